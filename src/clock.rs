@@ -1,0 +1,182 @@
+//! The injected clock.
+//!
+//! Every decision in medbox reads time from a [`Clock`], never from the operating system directly,
+//! so the whole appliance (its tokio tasks included) can run on simulated time: a test lives through
+//! thirty days in seconds, and a clock jump can be injected like any other fault.
+//!
+//! Two notions of time are kept apart on purpose. `now()` is the wall clock in UTC: it is what gets
+//! recorded and what schedules are evaluated against, and it can jump (an RTC-less Pi boots in 1970
+//! until NTP syncs). `monotonic()` never jumps: control loops, minimum compressor off times and the
+//! physics of the simulated board run on it, so a wall-clock jump cannot shorten a safety delay.
+
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A source of wall-clock and monotonic time, and the bridge to tokio's timer.
+pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock time in UTC. May jump.
+    fn now(&self) -> DateTime<Utc>;
+    /// Time elapsed since the clock started. Never jumps, never goes back.
+    fn monotonic(&self) -> Duration;
+    /// How long tokio must sleep for `d` of this clock's monotonic time to pass.
+    fn timer_duration(&self, d: Duration) -> Duration;
+}
+
+/// Longest single timer sleep. On the simulated board, blocking driver delays move the clock
+/// forward without tokio's timer knowing; waking at least this often bounds how late a long
+/// sleep can end in simulated time.
+const MAX_TIMER_SLICE: Duration = Duration::from_secs(5);
+
+/// Sleeps until the clock's monotonic time reaches `deadline` (returns at once if it has).
+pub async fn sleep_until(clock: &dyn Clock, deadline: Duration) {
+    loop {
+        let now = clock.monotonic();
+        if now >= deadline {
+            return;
+        }
+        let slice = (deadline - now).min(MAX_TIMER_SLICE);
+        tokio::time::sleep(clock.timer_duration(slice)).await;
+    }
+}
+
+/// The operating system's clocks, for the appliance on real hardware.
+#[derive(Debug)]
+pub struct SystemClock {
+    origin: std::time::Instant,
+}
+
+impl SystemClock {
+    /// Starts the monotonic count now.
+    pub fn new() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+    fn timer_duration(&self, d: Duration) -> Duration {
+        d
+    }
+}
+
+/// Simulated time for the simulated board, built on tokio's timer.
+///
+/// At `speed` 1 on a runtime started with paused time, tokio advances the clock whenever every task
+/// is idle, so the simulation runs as fast as the CPU allows and is fully deterministic (this is
+/// `--speed max`). At another speed on a normal runtime, simulated time runs `speed` times faster
+/// than real time (the live `sim` view).
+#[derive(Debug)]
+pub struct SimClock {
+    epoch: DateTime<Utc>,
+    origin: tokio::time::Instant,
+    speed: f64,
+    /// Injected wall-clock error in milliseconds (a clock-jump fault); monotonic time ignores it.
+    jump_ms: AtomicI64,
+    /// Time consumed by blocking driver delays on the simulated board, in nanoseconds.
+    blocked_ns: AtomicU64,
+}
+
+impl SimClock {
+    /// A clock whose wall time starts at `epoch` and whose monotonic time starts at zero now.
+    /// Must be called inside the tokio runtime that will drive it.
+    pub fn new(epoch: DateTime<Utc>, speed: f64) -> Self {
+        Self {
+            epoch,
+            origin: tokio::time::Instant::now(),
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
+            jump_ms: AtomicI64::new(0),
+            blocked_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves simulated time forward by `d` at once: a blocking driver delay (a stepper's pacing,
+    /// a probe's conversion) takes simulated time for the whole appliance, as a blocking call on
+    /// a real single-core controller would.
+    pub fn advance(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.blocked_ns.fetch_add(ns, Ordering::SeqCst);
+    }
+
+    /// Makes the wall clock jump by `by` (negative: backwards); monotonic time is unaffected.
+    pub fn jump(&self, by: chrono::Duration) {
+        self.jump_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> DateTime<Utc> {
+        let mono = chrono::Duration::from_std(self.monotonic()).unwrap_or(chrono::TimeDelta::MAX);
+        self.epoch + mono + chrono::Duration::milliseconds(self.jump_ms.load(Ordering::SeqCst))
+    }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed().mul_f64(self.speed)
+            + Duration::from_nanos(self.blocked_ns.load(Ordering::SeqCst))
+    }
+    fn timer_duration(&self, d: Duration) -> Duration {
+        d.div_f64(self.speed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_clock_advances_with_paused_tokio_time() {
+        let epoch = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let clock = SimClock::new(epoch, 1.0);
+        sleep_until(&clock, Duration::from_secs(86_400)).await;
+        assert_eq!(clock.monotonic(), Duration::from_secs(86_400));
+        assert_eq!(clock.now(), epoch + chrono::Duration::days(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_jump_moves_wall_time_but_not_monotonic_time() {
+        let epoch = Utc::now();
+        let clock = SimClock::new(epoch, 1.0);
+        clock.jump(chrono::Duration::hours(-3));
+        assert_eq!(clock.monotonic(), Duration::ZERO);
+        assert_eq!(clock.now(), epoch - chrono::Duration::hours(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocking_delays_advance_simulated_time_for_everyone() {
+        let clock = SimClock::new(Utc::now(), 1.0);
+        clock.advance(Duration::from_millis(750));
+        assert_eq!(clock.monotonic(), Duration::from_millis(750));
+        sleep_until(&clock, Duration::from_secs(2)).await;
+        assert_eq!(clock.monotonic(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faster_speed_needs_shorter_timer_sleeps() {
+        let clock = SimClock::new(Utc::now(), 60.0);
+        assert_eq!(
+            clock.timer_duration(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(clock.monotonic(), Duration::from_secs(60));
+    }
+}

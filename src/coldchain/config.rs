@@ -1,0 +1,149 @@
+//! Cold-chain settings, with the defaults of DESIGN.md §3.
+
+use crate::units::Celsius;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `[coldchain]` of the appliance config. Every field has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdChainConfig {
+    /// Lowest acceptable storage temperature (vaccines: 2.0 °C).
+    pub range_min: Celsius,
+    /// Highest acceptable storage temperature (vaccines: 8.0 °C).
+    pub range_max: Celsius,
+    /// The compressor stops when the buffered probe falls to this (band bottom).
+    pub cut_out: Celsius,
+    /// The compressor starts when the buffered probe rises to this (band top).
+    pub cut_in: Celsius,
+    /// How often the probes are read and the thermostat runs.
+    #[serde(with = "humantime_serde")]
+    pub control_period: Duration,
+    /// How often a reading is recorded (CDC: at least every 30 min; we record every minute).
+    #[serde(with = "humantime_serde")]
+    pub record_period: Duration,
+    /// Wait after mains returns before the compressor may start (avoids every appliance on a
+    /// circuit starting at once, and lets pressures settle).
+    #[serde(with = "humantime_serde")]
+    pub restart_delay: Duration,
+    /// Minimum compressor run (the relay enforces it again below us).
+    #[serde(with = "humantime_serde")]
+    pub min_on: Duration,
+    /// Minimum compressor rest.
+    #[serde(with = "humantime_serde")]
+    pub min_off: Duration,
+    /// Longest continuous run before a forced rest.
+    #[serde(with = "humantime_serde")]
+    pub max_on: Duration,
+    /// Fail-safe duty cycle with no valid probe: on time.
+    #[serde(with = "humantime_serde")]
+    pub failsafe_on: Duration,
+    /// Fail-safe duty cycle with no valid probe: off time.
+    #[serde(with = "humantime_serde")]
+    pub failsafe_off: Duration,
+    /// Lowest physically plausible reading.
+    pub plausible_min: Celsius,
+    /// Highest physically plausible reading.
+    pub plausible_max: Celsius,
+    /// Fastest plausible change of the buffered probe, °C per minute.
+    pub max_rate_per_min: f64,
+    /// Largest tolerated difference between the buffered probe and the air probe's buffered
+    /// equivalent.
+    pub max_disagreement: f64,
+    /// How long the disagreement must last before it is a fault (door openings make the air
+    /// probe lead the vial for a while).
+    #[serde(with = "humantime_serde")]
+    pub disagreement_for: Duration,
+    /// Time constant of the low-pass filter that turns the air probe into a "buffered
+    /// equivalent", for comparing it with the vial and for control when the vial probe fails.
+    #[serde(with = "humantime_serde")]
+    pub air_smoothing: Duration,
+    /// A probe with no valid reading for this long is stale.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// A reading that does not move at all over this window, while the compressor starts at
+    /// least twice, is stuck.
+    #[serde(with = "humantime_serde")]
+    pub stuck_window: Duration,
+}
+
+impl Default for ColdChainConfig {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            range_min: Celsius(2.0),
+            range_max: Celsius(8.0),
+            cut_out: Celsius(4.0),
+            cut_in: Celsius(6.0),
+            control_period: Duration::from_secs(10),
+            record_period: min(1),
+            restart_delay: min(3),
+            min_on: min(2),
+            min_off: min(4),
+            max_on: min(45),
+            failsafe_on: min(4),
+            failsafe_off: min(6),
+            plausible_min: Celsius(-40.0),
+            plausible_max: Celsius(60.0),
+            max_rate_per_min: 2.0,
+            max_disagreement: 1.5,
+            disagreement_for: min(30),
+            air_smoothing: min(10),
+            stale_after: min(10),
+            stuck_window: min(60),
+        }
+    }
+}
+
+impl ColdChainConfig {
+    /// Cross-field problems, as (key, message) pairs.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.range_min >= self.range_max {
+            p.push(("coldchain.range_min", "must be below range_max".to_string()));
+        }
+        if !(self.range_min < self.cut_out
+            && self.cut_out < self.cut_in
+            && self.cut_in < self.range_max)
+        {
+            p.push((
+                "coldchain.cut_in",
+                format!(
+                    "the band must sit inside the range: range_min {} < cut_out {} < cut_in {} < range_max {}",
+                    self.range_min.0, self.cut_out.0, self.cut_in.0, self.range_max.0
+                ),
+            ));
+        }
+        if self.max_on <= self.min_on {
+            p.push(("coldchain.max_on", "must be longer than min_on".into()));
+        }
+        if self.failsafe_on.is_zero() || self.failsafe_off.is_zero() {
+            p.push((
+                "coldchain.failsafe_on",
+                "fail-safe on and off times must both be above zero".into(),
+            ));
+        }
+        if self.failsafe_on > self.max_on || self.failsafe_on < self.min_on {
+            p.push((
+                "coldchain.failsafe_on",
+                "must lie between min_on and max_on".into(),
+            ));
+        }
+        if self.failsafe_off < self.min_off {
+            p.push(("coldchain.failsafe_off", "must be at least min_off".into()));
+        }
+        if self.control_period.is_zero() || self.control_period > self.record_period {
+            p.push((
+                "coldchain.control_period",
+                "must be above zero and no longer than record_period".into(),
+            ));
+        }
+        if self.record_period > Duration::from_secs(30 * 60) {
+            p.push((
+                "coldchain.record_period",
+                "must be 30 min or less (CDC digital data logger guidance)".into(),
+            ));
+        }
+        p
+    }
+}

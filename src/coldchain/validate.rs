@@ -1,0 +1,298 @@
+//! Probe validation: no reading is used before it passes these checks (DESIGN.md §3).
+//!
+//! Signatures rejected here: the driver's own (bus error, CRC, 85.000 power-on, 127.937 failed
+//! conversion, unreadable), a value outside the physically plausible range, a buffered probe moving
+//! faster than glycol can, a value frozen while the compressor cycles, and a probe with no valid
+//! reading for too long. Disagreement between the two probes is checked by [`Agreement`]. Every
+//! rejection is a probe fault, to be recorded as such and never as a temperature excursion.
+
+use super::config::ColdChainConfig;
+use crate::devices::ProbeError;
+use crate::units::Celsius;
+use std::time::Duration;
+
+/// Why a reading was rejected. The names are stable codes for records and alarms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProbeFaultKind {
+    /// The probe did not answer.
+    NotResponding,
+    /// Bus or CRC error.
+    BusError,
+    /// DS18B20 85.000 °C power-on value.
+    PowerOnValue,
+    /// DS18B20 127.937 °C failed conversion.
+    ConversionFailed,
+    /// The answer could not be parsed.
+    Malformed,
+    /// Outside the plausible range.
+    OutOfRange,
+    /// Changed faster than the probe's buffer allows.
+    ImplausibleRate,
+    /// Did not move while the compressor cycled.
+    Stuck,
+    /// No valid reading for `stale_after`.
+    Stale,
+    /// The two probes disagree for longer than `disagreement_for`.
+    Disagreement,
+}
+
+impl From<&ProbeError> for ProbeFaultKind {
+    fn from(e: &ProbeError) -> Self {
+        match e {
+            ProbeError::NotResponding(_) => Self::NotResponding,
+            ProbeError::Bus(_) => Self::BusError,
+            ProbeError::PowerOnValue => Self::PowerOnValue,
+            ProbeError::ConversionFailed => Self::ConversionFailed,
+            ProbeError::Malformed(_) => Self::Malformed,
+        }
+    }
+}
+
+/// The outcome of validating one reading.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Usable.
+    Valid(Celsius),
+    /// Rejected, with the raw value if there was one.
+    Rejected(ProbeFaultKind, Option<Celsius>),
+}
+
+/// Whether a probe sits in a thermal buffer (its rate of change is bounded) or in free air.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounting {
+    /// In a glycol vial.
+    Buffered,
+    /// In free air (door openings move it fast; no rate check).
+    Air,
+}
+
+/// Validation state of one probe.
+#[derive(Clone, Debug)]
+pub struct ProbeValidator {
+    cfg: ColdChainConfig,
+    mounting: Mounting,
+    last_valid: Option<(Duration, f64)>,
+    /// Reference for stuck detection: value, since when, compressor starts at that time.
+    unchanged: Option<(f64, Duration, u64)>,
+}
+
+impl ProbeValidator {
+    /// A validator with no history.
+    pub fn new(cfg: ColdChainConfig, mounting: Mounting) -> Self {
+        Self {
+            cfg,
+            mounting,
+            last_valid: None,
+            unchanged: None,
+        }
+    }
+
+    /// Validates a raw reading taken at `now`; `compressor_starts` is the running count of
+    /// compressor starts, for stuck detection.
+    pub fn check(
+        &mut self,
+        now: Duration,
+        raw: &Result<Celsius, ProbeError>,
+        compressor_starts: u64,
+    ) -> Verdict {
+        let value = match raw {
+            Ok(c) => *c,
+            Err(e) => return Verdict::Rejected(e.into(), None),
+        };
+        let v = value.0;
+        let c = &self.cfg;
+        if !v.is_finite() || value < c.plausible_min || value > c.plausible_max {
+            return Verdict::Rejected(ProbeFaultKind::OutOfRange, Some(value));
+        }
+        if self.mounting == Mounting::Buffered {
+            if let Some((t0, v0)) = self.last_valid {
+                let dt = now.saturating_sub(t0);
+                // Only against a recent anchor: after a long gap the probe may have moved honestly.
+                if dt > Duration::ZERO && dt <= c.stale_after {
+                    let per_min = (v - v0).abs() / (dt.as_secs_f64() / 60.0);
+                    // Allow the TMP117's quantisation noise on very short intervals.
+                    if per_min > c.max_rate_per_min && (v - v0).abs() > 0.1 {
+                        return Verdict::Rejected(ProbeFaultKind::ImplausibleRate, Some(value));
+                    }
+                }
+            }
+        }
+        match self.unchanged {
+            Some((v0, since, starts0)) if v == v0 => {
+                if now.saturating_sub(since) >= c.stuck_window && compressor_starts >= starts0 + 2 {
+                    return Verdict::Rejected(ProbeFaultKind::Stuck, Some(value));
+                }
+            }
+            _ => self.unchanged = Some((v, now, compressor_starts)),
+        }
+        self.last_valid = Some((now, v));
+        Verdict::Valid(value)
+    }
+
+    /// Whether the probe has had no valid reading for `stale_after` (counting from `started`
+    /// when it never had one).
+    pub fn is_stale(&self, now: Duration, started: Duration) -> bool {
+        let last = self.last_valid.map_or(started, |(t, _)| t);
+        now.saturating_sub(last) >= self.cfg.stale_after
+    }
+}
+
+/// Cross-check of the two probes: the air probe, low-pass filtered to resemble the buffered
+/// vial, must stay within `max_disagreement` of it. A short disagreement is normal (the door was
+/// open, the air moved first); only one lasting `disagreement_for` is a fault.
+#[derive(Clone, Debug)]
+pub struct Agreement {
+    cfg: ColdChainConfig,
+    smoothed_air: Option<(Duration, f64)>,
+    disagreeing_since: Option<Duration>,
+}
+
+impl Agreement {
+    /// No history.
+    pub fn new(cfg: ColdChainConfig) -> Self {
+        Self {
+            cfg,
+            smoothed_air: None,
+            disagreeing_since: None,
+        }
+    }
+
+    /// The air probe's buffered equivalent, if it has had a valid reading.
+    pub fn smoothed_air(&self) -> Option<Celsius> {
+        self.smoothed_air.map(|(_, v)| Celsius(v))
+    }
+
+    /// Feeds one period's valid readings; returns true while the probes disagree as a fault.
+    pub fn update(&mut self, now: Duration, vial: Option<Celsius>, air: Option<Celsius>) -> bool {
+        if let Some(a) = air {
+            self.smoothed_air = Some(match self.smoothed_air {
+                Some((t0, s)) => {
+                    let dt = now.saturating_sub(t0).as_secs_f64();
+                    let k = 1.0 - (-dt / self.cfg.air_smoothing.as_secs_f64().max(1.0)).exp();
+                    (now, s + k * (a.0 - s))
+                }
+                None => (now, a.0),
+            });
+        }
+        let (Some(v), Some(a)) = (vial, self.smoothed_air()) else {
+            self.disagreeing_since = None;
+            return false;
+        };
+        if (v.0 - a.0).abs() > self.cfg.max_disagreement {
+            let since = *self.disagreeing_since.get_or_insert(now);
+            now.saturating_sub(since) >= self.cfg.disagreement_for
+        } else {
+            self.disagreeing_since = None;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+    fn ok(v: f64) -> Result<Celsius, ProbeError> {
+        Ok(Celsius(v))
+    }
+    fn buffered() -> ProbeValidator {
+        ProbeValidator::new(ColdChainConfig::default(), Mounting::Buffered)
+    }
+
+    #[test]
+    fn driver_signatures_are_probe_faults() {
+        let mut p = buffered();
+        for (err, kind) in [
+            (ProbeError::Bus("crc".into()), ProbeFaultKind::BusError),
+            (ProbeError::PowerOnValue, ProbeFaultKind::PowerOnValue),
+            (
+                ProbeError::ConversionFailed,
+                ProbeFaultKind::ConversionFailed,
+            ),
+            (
+                ProbeError::NotResponding("nack".into()),
+                ProbeFaultKind::NotResponding,
+            ),
+        ] {
+            assert_eq!(p.check(s(0), &Err(err), 0), Verdict::Rejected(kind, None));
+        }
+    }
+
+    #[test]
+    fn readings_outside_physical_range_are_rejected() {
+        let mut p = buffered();
+        assert_eq!(
+            p.check(s(0), &ok(-40.5), 0),
+            Verdict::Rejected(ProbeFaultKind::OutOfRange, Some(Celsius(-40.5)))
+        );
+        assert_eq!(
+            p.check(s(0), &ok(60.5), 0),
+            Verdict::Rejected(ProbeFaultKind::OutOfRange, Some(Celsius(60.5)))
+        );
+        assert!(matches!(
+            p.check(s(0), &ok(f64::NAN), 0),
+            Verdict::Rejected(ProbeFaultKind::OutOfRange, _)
+        ));
+        assert_eq!(p.check(s(0), &ok(5.0), 0), Verdict::Valid(Celsius(5.0)));
+    }
+
+    #[test]
+    fn buffered_probe_jumping_more_than_two_degrees_a_minute_is_rejected() {
+        let mut p = buffered();
+        assert!(matches!(p.check(s(0), &ok(5.0), 0), Verdict::Valid(_)));
+        assert!(matches!(
+            p.check(s(60), &ok(7.1), 0),
+            Verdict::Rejected(ProbeFaultKind::ImplausibleRate, _)
+        ));
+        assert!(matches!(p.check(s(60), &ok(6.9), 0), Verdict::Valid(_)));
+    }
+
+    #[test]
+    fn air_probe_may_move_fast() {
+        let mut p = ProbeValidator::new(ColdChainConfig::default(), Mounting::Air);
+        p.check(s(0), &ok(5.0), 0);
+        assert!(matches!(p.check(s(60), &ok(12.0), 0), Verdict::Valid(_)));
+    }
+
+    #[test]
+    fn value_stuck_while_compressor_cycles_is_rejected() {
+        let mut p = buffered();
+        assert!(matches!(p.check(s(0), &ok(5.0), 10), Verdict::Valid(_)));
+        // An hour unchanged but only one compressor start: could be a quiet fridge.
+        assert!(matches!(p.check(s(3600), &ok(5.0), 11), Verdict::Valid(_)));
+        assert!(matches!(
+            p.check(s(3610), &ok(5.0), 12),
+            Verdict::Rejected(ProbeFaultKind::Stuck, _)
+        ));
+        // Any movement clears it.
+        assert!(matches!(p.check(s(3620), &ok(5.01), 12), Verdict::Valid(_)));
+    }
+
+    #[test]
+    fn probe_without_valid_reading_for_ten_minutes_is_stale() {
+        let mut p = buffered();
+        assert!(!p.is_stale(s(599), s(0)));
+        assert!(p.is_stale(s(600), s(0)));
+        p.check(s(600), &ok(5.0), 0);
+        assert!(!p.is_stale(s(1199), s(0)));
+        assert!(p.is_stale(s(1200), s(0)));
+    }
+
+    #[test]
+    fn probes_disagreeing_by_more_than_one_and_a_half_degrees_for_thirty_minutes_is_a_fault() {
+        let mut a = Agreement::new(ColdChainConfig::default());
+        let mut t = 0;
+        assert!(!a.update(s(t), Some(Celsius(5.0)), Some(Celsius(7.0))));
+        while t < 1799 {
+            t += 60;
+            let flagged = a.update(s(t), Some(Celsius(5.0)), Some(Celsius(7.0)));
+            assert_eq!(flagged, t >= 1800, "at {t}");
+        }
+        // Back in agreement clears it.
+        assert!(!a.update(s(t + 60), Some(Celsius(7.0)), Some(Celsius(7.0))));
+    }
+}

@@ -1,0 +1,134 @@
+//! The appliance config (`medbox run --config FILE`): which board profile, where the data lives,
+//! the cold-chain settings, and the uplink.
+
+use super::{line_of, Findings, Validate};
+use crate::coldchain::ColdChainConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `[appliance]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceSection {
+    /// Device id used in MQTT topics; never a patient's name.
+    pub device_id: String,
+    /// Board profile, relative to this file's directory.
+    pub board: PathBuf,
+    /// SQLite database.
+    pub db: PathBuf,
+    /// Directory of dosing schedules.
+    pub schedules: PathBuf,
+}
+
+/// `[mqtt]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker URL, `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+}
+
+/// The whole appliance config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// Identity and paths.
+    pub appliance: ApplianceSection,
+    /// Cold-chain settings (all defaulted).
+    #[serde(default)]
+    pub coldchain: ColdChainConfig,
+    /// Uplink; absent means store-only.
+    #[serde(default)]
+    pub mqtt: Option<MqttSection>,
+}
+
+impl ApplianceConfig {
+    /// Loads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, Vec<super::ConfigError>> {
+        super::load_file(path)
+    }
+
+    /// The board profile's path, resolved against the config file's directory.
+    pub fn board_path(&self, config_file: &Path) -> PathBuf {
+        let dir = config_file.parent().unwrap_or(Path::new("."));
+        dir.join(&self.appliance.board)
+    }
+}
+
+fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Validate for ApplianceConfig {
+    fn validate(&self, src: &str, out: &mut Findings) {
+        let line_at = |needle: &str| src.find(needle).map(|o| line_of(src, o)).unwrap_or(1);
+        if !valid_device_id(&self.appliance.device_id) {
+            out.at(
+                line_at("device_id"),
+                "appliance.device_id",
+                "must be 1–64 letters, digits, '-' or '_' (it becomes an MQTT topic level)",
+            );
+        }
+        for (key, message) in self.coldchain.problems() {
+            let field = key.rsplit('.').next().unwrap_or(key);
+            let line = src
+                .lines()
+                .position(|l| l.trim_start().starts_with(field))
+                .map(|i| i + 1)
+                .unwrap_or_else(|| line_at("[coldchain]"));
+            out.at(line, key, message);
+        }
+        if let Some(m) = &self.mqtt {
+            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+                out.at(
+                    line_at("url"),
+                    "mqtt.url",
+                    "must start with mqtt:// or mqtts://",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    const GOOD: &str = r#"
+[appliance]
+device_id = "medbox-0001"
+board = "../hw/rpi4.toml"
+db = "/var/lib/medbox/medbox.db"
+schedules = "/etc/medbox/schedules"
+
+[coldchain]
+cut_in = 6.5
+"#;
+
+    #[test]
+    fn appliance_config_parses_with_defaults() {
+        let c: ApplianceConfig = parse_str(GOOD, Path::new("a.toml")).unwrap();
+        assert_eq!(c.coldchain.cut_in.0, 6.5);
+        assert_eq!(c.coldchain.range_max.0, 8.0);
+    }
+
+    #[test]
+    fn band_outside_range_is_rejected_with_its_line() {
+        let src = GOOD.replace("cut_in = 6.5", "cut_in = 8.5");
+        let errs = parse_str::<ApplianceConfig>(&src, Path::new("a.toml")).unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.starts_with("a.toml:9: coldchain.cut_in:"), "{text}");
+    }
+
+    #[test]
+    fn device_id_must_be_topic_safe() {
+        let src = GOOD.replace("medbox-0001", "Mrs Smith/kitchen");
+        let errs = parse_str::<ApplianceConfig>(&src, Path::new("a.toml")).unwrap_err();
+        assert!(errs[0].to_string().contains("appliance.device_id"));
+    }
+}

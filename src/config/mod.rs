@@ -1,0 +1,182 @@
+//! Strict configuration: board profiles (`hw/*.toml`) and the appliance config.
+//!
+//! Modelled on Klipper: an unknown key is an error, bounds are checked while reading, and every
+//! error names the file, the line and the key, because the person reading it is standing in front of
+//! an appliance with a text editor, not a debugger. Parsing stops at the first syntax error (the
+//! TOML parser cannot go on); the cross-field checks after it report every problem they find.
+
+mod appliance;
+mod profile;
+
+pub use appliance::{ApplianceConfig, ApplianceSection, MqttSection};
+pub use profile::{
+    BoardKind, BoardProfile, CarouselWiring, DispenserWiring, FridgeWiring, I2cProbe, InputSpec,
+    Level, MotorWiring, OutputSpec, Pull, RelaySpec, SafeState, SimModel, W1Probe,
+};
+
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The shipped simulated board profile, so `medbox sim` works without any file on disk.
+pub const DEFAULT_SIM_PROFILE: &str = include_str!("../../hw/sim.toml");
+
+/// A problem with a configuration file, located as precisely as the file allows.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file that was asked for.
+        file: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type, or a key is unknown or missing.
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// The file parsed, but a value is out of range or contradicts another.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending value (the section's line when the key is absent).
+        line: usize,
+        /// Dotted path of the key, as written in the file.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// Cross-field problems found in a parsed file, before they are tied to its name.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    items: Vec<(usize, String, String)>,
+}
+
+impl Findings {
+    /// Records a problem at a byte offset of the source.
+    pub(crate) fn at(&mut self, line: usize, key: impl Into<String>, message: impl Into<String>) {
+        self.items.push((line, key.into(), message.into()));
+    }
+
+    fn into_errors(mut self, file: &Path) -> Vec<ConfigError> {
+        self.items.sort_by_key(|(line, _, _)| *line);
+        self.items
+            .into_iter()
+            .map(|(line, key, message)| ConfigError::Invalid {
+                file: file.to_path_buf(),
+                line,
+                key,
+                message,
+            })
+            .collect()
+    }
+}
+
+/// The 1-based line on which byte `offset` of `src` lies.
+pub fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()
+        .iter()
+        .take(offset.min(src.len()))
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// A config type that can check itself after parsing.
+pub(crate) trait Validate {
+    /// Pushes every cross-field problem into `findings`; `src` is the text, for line numbers.
+    fn validate(&self, src: &str, findings: &mut Findings);
+}
+
+/// Parses `src` (named `file` in errors) strictly and runs its cross-field checks.
+pub(crate) fn parse_str<T>(src: &str, file: &Path) -> Result<T, Vec<ConfigError>>
+where
+    T: DeserializeOwned + Validate,
+{
+    let value: T = toml::from_str(src).map_err(|e| {
+        let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(1);
+        vec![ConfigError::Syntax {
+            file: file.to_path_buf(),
+            line,
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+    let mut findings = Findings::default();
+    value.validate(src, &mut findings);
+    if findings.items.is_empty() {
+        Ok(value)
+    } else {
+        Err(findings.into_errors(file))
+    }
+}
+
+/// Reads and parses a file strictly.
+pub(crate) fn load_file<T>(file: &Path) -> Result<T, Vec<ConfigError>>
+where
+    T: DeserializeOwned + Validate,
+{
+    let src = std::fs::read_to_string(file).map_err(|source| {
+        vec![ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        }]
+    })?;
+    parse_str(&src, file)
+}
+
+/// What a config file turned out to be, for `medbox config check`.
+#[derive(Debug)]
+pub enum CheckedFile {
+    /// A board profile (`[board]` table).
+    Profile(Box<BoardProfile>),
+    /// An appliance config (`[appliance]` table).
+    Appliance(Box<ApplianceConfig>),
+}
+
+/// Validates one file of either kind, telling them apart by their first table.
+pub fn check_file(file: &Path) -> Result<CheckedFile, Vec<ConfigError>> {
+    let src = std::fs::read_to_string(file).map_err(|source| {
+        vec![ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        }]
+    })?;
+    let is_profile = src
+        .lines()
+        .map(str::trim)
+        .any(|l| l == "[board]" || l.starts_with("board.") || l.starts_with("[board."));
+    if is_profile {
+        let profile: BoardProfile = parse_str(&src, file)?;
+        Ok(CheckedFile::Profile(Box::new(profile)))
+    } else {
+        let config: ApplianceConfig = parse_str(&src, file)?;
+        // The profile the appliance names must be valid too.
+        let board = config.board_path(file);
+        let _profile: BoardProfile = load_file(&board)?;
+        Ok(CheckedFile::Appliance(Box::new(config)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_counts_newlines_before_offset() {
+        let src = "a\nb\nc";
+        assert_eq!(line_of(src, 0), 1);
+        assert_eq!(line_of(src, 2), 2);
+        assert_eq!(line_of(src, 4), 3);
+        assert_eq!(line_of(src, 99), 3);
+    }
+}

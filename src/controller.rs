@@ -1,0 +1,525 @@
+//! The controller: wires devices, domain cores and reporting with tokio tasks and channels.
+//!
+//! One task owns the fridge devices and runs the cold-chain cores; one owns the dispenser devices.
+//! Each sleeps until its next deadline or a command, on the injected clock. Both report [`Event`]s
+//! on one channel. On shutdown (the watch flips to true) each puts its actuators in their safe
+//! state before it returns, and `Stopped` is the last event.
+
+use crate::clock::{self, Clock};
+use crate::coldchain::validate::{Agreement, Mounting};
+use crate::coldchain::{
+    ColdChainConfig, ControlInput, ControlMode, ProbeValidator, Thermostat, Verdict,
+};
+use crate::devices::{CompressorState, DispenserDevices, FridgeDevices, Probe};
+use crate::events::{Event, FridgeRecord};
+use crate::units::Celsius;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Commands the dispenser task accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispenserCommand {
+    /// A maintenance test dispense (the dose engine will be the normal caller).
+    TestDispense {
+        /// Slot to use.
+        slot: u8,
+        /// Units to release.
+        units: u32,
+    },
+    /// Find home again (after a reported jam was cleared).
+    Rehome,
+}
+
+/// Handles to the running controller.
+pub struct Running {
+    /// Events from every task, in the order they happened per task.
+    pub events: mpsc::Receiver<Event>,
+    /// Commands to the dispenser.
+    pub dispenser: mpsc::Sender<DispenserCommand>,
+    /// Set to true to stop; every task then applies its safe states and ends.
+    pub shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events_tx: mpsc::Sender<Event>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Running {
+    /// Stops every task, waits until each has applied its safe states, reports `Stopped`, and
+    /// returns the event stream so the caller can drain what is left.
+    pub async fn stop(self) -> mpsc::Receiver<Event> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            // A task that panicked has already dropped its devices, whose drivers open their
+            // outputs on drop.
+            let _ = t.await;
+        }
+        let _ = self
+            .events_tx
+            .send(Event::Stopped {
+                at: self.clock.now(),
+            })
+            .await;
+        self.events
+    }
+}
+
+/// Starts the fridge and dispenser tasks on the current runtime.
+pub fn start(
+    clock: Arc<dyn Clock>,
+    cfg: ColdChainConfig,
+    fridge: FridgeDevices,
+    dispenser: DispenserDevices,
+) -> Running {
+    let (events_tx, events) = mpsc::channel(4096);
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, events_tx.clone());
+    let tasks = vec![
+        tokio::spawn(fridge_task.run(shutdown_rx.clone())),
+        tokio::spawn(dispenser_task(
+            clock.clone(),
+            dispenser,
+            cmd_rx,
+            events_tx.clone(),
+            shutdown_rx,
+        )),
+    ];
+    Running {
+        events,
+        dispenser: cmd_tx,
+        shutdown,
+        tasks,
+        events_tx,
+        clock,
+    }
+}
+
+/// Why a task stopped waiting.
+enum Wake {
+    Deadline,
+    Shutdown,
+}
+
+async fn wait(clock: &dyn Clock, deadline: Duration, shutdown: &mut watch::Receiver<bool>) -> Wake {
+    if *shutdown.borrow() {
+        return Wake::Shutdown;
+    }
+    tokio::select! {
+        _ = clock::sleep_until(clock, deadline) => Wake::Deadline,
+        _ = shutdown.changed() => Wake::Shutdown,
+    }
+}
+
+/// Sends an event; the receiver only goes away when the whole appliance is stopping.
+async fn emit(events: &mpsc::Sender<Event>, e: Event) {
+    let _ = events.send(e).await;
+}
+
+/// Latches a probe's fault so it is reported once per episode, not once per reading.
+#[derive(Default)]
+struct FaultLatch {
+    current: Option<crate::coldchain::ProbeFaultKind>,
+}
+
+struct FridgeTask {
+    clock: Arc<dyn Clock>,
+    cfg: ColdChainConfig,
+    dev: FridgeDevices,
+    events: mpsc::Sender<Event>,
+    thermostat: Thermostat,
+    vial: ProbeValidator,
+    air: ProbeValidator,
+    agreement: Agreement,
+    latches: [FaultLatch; 2],
+    starts: u64,
+    compressor_on: bool,
+    mode: Option<ControlMode>,
+    started: Duration,
+}
+
+impl FridgeTask {
+    fn new(
+        clock: Arc<dyn Clock>,
+        cfg: ColdChainConfig,
+        dev: FridgeDevices,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        let now = clock.monotonic();
+        Self {
+            thermostat: Thermostat::new(cfg.clone(), now),
+            vial: ProbeValidator::new(cfg.clone(), Mounting::Buffered),
+            air: ProbeValidator::new(cfg.clone(), Mounting::Air),
+            agreement: Agreement::new(cfg.clone()),
+            latches: Default::default(),
+            starts: 0,
+            compressor_on: false,
+            mode: None,
+            started: now,
+            clock,
+            cfg,
+            dev,
+            events,
+        }
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        emit(
+            &self.events,
+            Event::Started {
+                at: self.clock.now(),
+            },
+        )
+        .await;
+        let mut next_record = self.clock.monotonic();
+        loop {
+            let now = self.clock.monotonic();
+            let (record, deadline) = self.period(now).await;
+            if now >= next_record {
+                emit(&self.events, Event::Reading(record)).await;
+                next_record = now + self.cfg.record_period;
+            }
+            let mut wake_at = (now + self.cfg.control_period).min(next_record);
+            if let Some(d) = deadline {
+                wake_at = wake_at.min(d.max(now + Duration::from_millis(1)));
+            }
+            if let Wake::Shutdown = wait(&*self.clock, wake_at, &mut shutdown).await {
+                break;
+            }
+        }
+        let now = self.clock.monotonic();
+        if let Err(e) = self.dev.compressor.safe(now) {
+            emit(
+                &self.events,
+                Event::DeviceFault {
+                    at: self.clock.now(),
+                    device: e.line.to_string(),
+                    detail: format!("could not apply the safe state: {}", e.reason),
+                },
+            )
+            .await;
+        }
+    }
+
+    /// One control period: read, validate, decide, actuate.
+    async fn period(&mut self, now: Duration) -> (FridgeRecord, Option<Duration>) {
+        let at = self.clock.now();
+        let vial_raw = self.dev.vial.read();
+        let air_raw = self.dev.air.read();
+        let vial = self.vial.check(now, &vial_raw, self.starts);
+        let air = self.air.check(now, &air_raw, self.starts);
+        let vial_ok = self.judge(Probe::Vial, &vial, at).await;
+        let air_ok = self.judge(Probe::Air, &air, at).await;
+        let disagree = self.agreement.update(now, vial_ok, air_ok);
+        if disagree {
+            // Which probe is wrong cannot be known; both are reported, the vial still controls.
+            self.latch(
+                Probe::Vial,
+                Some(crate::coldchain::ProbeFaultKind::Disagreement),
+                None,
+                at,
+            )
+            .await;
+        }
+        let stale = [
+            (Probe::Vial, self.vial.is_stale(now, self.started)),
+            (Probe::Air, self.air.is_stale(now, self.started)),
+        ];
+        for (probe, is_stale) in stale {
+            if is_stale {
+                let idx = probe_index(probe);
+                if self.latches[idx].current.is_none() {
+                    self.latches[idx].current = Some(crate::coldchain::ProbeFaultKind::Stale);
+                    let _ = self
+                        .events
+                        .send(Event::ProbeFault {
+                            at,
+                            probe,
+                            fault: crate::coldchain::ProbeFaultKind::Stale,
+                            raw: None,
+                        })
+                        .await;
+                }
+            }
+        }
+        let control = vial_ok.or_else(|| air_ok.and(self.agreement.smoothed_air()));
+        let door_open = self.sample_input(true, now, at).await;
+        let mains = self.sample_input(false, now, at).await;
+        let decision = self.thermostat.step(now, ControlInput { control, mains });
+        if self.mode != Some(decision.mode) {
+            self.mode = Some(decision.mode);
+            emit(
+                &self.events,
+                Event::ControlModeChanged {
+                    at,
+                    mode: decision.mode,
+                },
+            )
+            .await;
+        }
+        match self.dev.compressor.command(decision.compressor_on, now) {
+            Ok(state) => {
+                let on = state == CompressorState::On;
+                if on && !self.compressor_on {
+                    self.starts += 1;
+                }
+                self.compressor_on = on;
+            }
+            Err(e) => {
+                emit(
+                    &self.events,
+                    Event::DeviceFault {
+                        at,
+                        device: e.line.to_string(),
+                        detail: e.reason,
+                    },
+                )
+                .await
+            }
+        }
+        let record = FridgeRecord {
+            at,
+            mono: now,
+            vial: vial_ok.map(|c| c.0),
+            air: air_ok.map(|c| c.0),
+            control: control.map(|c| c.0),
+            compressor_on: self.compressor_on,
+            compressor_starts: self.starts,
+            door_open,
+            mains,
+            mode: decision.mode,
+        };
+        (record, decision.next_deadline)
+    }
+
+    /// Reports fault transitions of a probe and returns its valid value.
+    async fn judge(
+        &mut self,
+        probe: Probe,
+        verdict: &Verdict,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Celsius> {
+        match verdict {
+            Verdict::Valid(c) => {
+                self.latch(probe, None, None, at).await;
+                Some(*c)
+            }
+            Verdict::Rejected(kind, raw) => {
+                self.latch(probe, Some(*kind), *raw, at).await;
+                None
+            }
+        }
+    }
+
+    async fn latch(
+        &mut self,
+        probe: Probe,
+        fault: Option<crate::coldchain::ProbeFaultKind>,
+        raw: Option<Celsius>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let latch = &mut self.latches[probe_index(probe)];
+        if latch.current == fault {
+            return;
+        }
+        let was = latch.current.replace_with(fault);
+        let event = match fault {
+            Some(fault) => Event::ProbeFault {
+                at,
+                probe,
+                fault,
+                raw: raw.map(|c| c.0),
+            },
+            None if was.is_some() => Event::ProbeRecovered { at, probe },
+            None => return,
+        };
+        emit(&self.events, event).await;
+    }
+
+    async fn sample_input(
+        &mut self,
+        door: bool,
+        now: Duration,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let sensor = if door {
+            &mut self.dev.door
+        } else {
+            &mut self.dev.mains
+        };
+        match sensor.sample(now) {
+            Ok(v) => v,
+            Err(e) => {
+                emit(
+                    &self.events,
+                    Event::DeviceFault {
+                        at,
+                        device: e.line.to_string(),
+                        detail: e.reason,
+                    },
+                )
+                .await;
+                // Unknown door: assume closed (no false alarm); unknown mains: assume present so
+                // the thermostat keeps cooling.
+                !door
+            }
+        }
+    }
+}
+
+trait ReplaceWith<T> {
+    fn replace_with(&mut self, v: Option<T>) -> Option<T>;
+}
+
+impl<T> ReplaceWith<T> for Option<T> {
+    fn replace_with(&mut self, v: Option<T>) -> Option<T> {
+        std::mem::replace(self, v)
+    }
+}
+
+fn probe_index(p: Probe) -> usize {
+    match p {
+        Probe::Vial => 0,
+        Probe::Air => 1,
+    }
+}
+
+/// How often the dispenser task samples the tray and button while a dispensed dose waits to be
+/// taken: fast enough to catch a 100 ms button press.
+const ATTENTIVE_POLL: Duration = Duration::from_millis(50);
+/// How often it samples them otherwise (the cup and button mean nothing with no dose waiting;
+/// the states are still tracked so a change is never misread as an edge later).
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long after a dispense the task stays attentive if nobody takes the dose.
+const ATTENTIVE_FOR: Duration = Duration::from_secs(2 * 3600);
+
+async fn dispenser_task(
+    clock: Arc<dyn Clock>,
+    mut dev: DispenserDevices,
+    mut commands: mpsc::Receiver<DispenserCommand>,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let emit = |e: Event| {
+        let events = events.clone();
+        async move {
+            let _ = events.send(e).await;
+        }
+    };
+    // Home without dispensing: the carousel may have stopped mid-turn (power cut, crash).
+    let mut homed = home(&clock, &mut dev, &emit).await;
+    let mut cup = None;
+    let mut button = None;
+    let mut attentive_until = Duration::ZERO;
+    loop {
+        let now = clock.monotonic();
+        let at = clock.now();
+        match dev.tray.sample(now) {
+            Ok(present) => {
+                if cup == Some(true) && !present {
+                    emit(Event::TrayPickup { at }).await;
+                    attentive_until = now;
+                }
+                cup = Some(present);
+            }
+            Err(e) => emit(device_fault(at, e.line, e.reason)).await,
+        }
+        match dev.button.sample(now) {
+            Ok(pressed) => {
+                if button == Some(false) && pressed {
+                    emit(Event::ButtonPressed { at }).await;
+                    attentive_until = now;
+                }
+                button = Some(pressed);
+            }
+            Err(e) => emit(device_fault(at, e.line, e.reason)).await,
+        }
+        for light in [&mut dev.buzzer, &mut dev.led] {
+            if let Err(e) = light.enforce(now) {
+                emit(device_fault(at, e.line, e.reason)).await;
+            }
+        }
+        let poll = if now < attentive_until {
+            ATTENTIVE_POLL
+        } else {
+            IDLE_POLL
+        };
+        tokio::select! {
+            _ = clock::sleep_until(&*clock, now + poll) => {}
+            cmd = commands.recv() => match cmd {
+                Some(DispenserCommand::Rehome) => homed = home(&clock, &mut dev, &emit).await,
+                Some(DispenserCommand::TestDispense { slot, units }) => {
+                    if !homed {
+                        emit(device_fault(clock.now(), "carousel", "not homed: dispense refused, nothing moved".into())).await;
+                        continue;
+                    }
+                    let result = dev.carousel.dispense(slot, units);
+                    let at = clock.now();
+                    match result {
+                        Ok(report) => {
+                            homed = report.returned_home;
+                            if report.drops_seen > 0 {
+                                attentive_until = clock.monotonic() + ATTENTIVE_FOR;
+                            }
+                            emit(Event::Dispensed {
+                                at,
+                                report,
+                                drops_seen: report.drops_seen,
+                                returned_home: report.returned_home,
+                            })
+                            .await;
+                        }
+                        Err(e) => {
+                            homed = false;
+                            emit(device_fault(at, "carousel", e.to_string())).await;
+                        }
+                    }
+                }
+                None => {}
+            },
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    let now = clock.monotonic();
+    let at = clock.now();
+    if let Err(e) = dev.carousel.release() {
+        emit(device_fault(at, "carousel", e.to_string())).await;
+    }
+    for light in [&mut dev.buzzer, &mut dev.led] {
+        if let Err(e) = light.set(false, now) {
+            emit(device_fault(at, e.line, e.reason)).await;
+        }
+    }
+}
+
+fn device_fault(at: chrono::DateTime<chrono::Utc>, device: &str, detail: String) -> Event {
+    Event::DeviceFault {
+        at,
+        device: device.to_string(),
+        detail,
+    }
+}
+
+async fn home<F, Fut>(clock: &Arc<dyn Clock>, dev: &mut DispenserDevices, emit: &F) -> bool
+where
+    F: Fn(Event) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    match dev.carousel.home() {
+        Ok(steps) => {
+            emit(Event::CarouselHomed {
+                at: clock.now(),
+                steps,
+            })
+            .await;
+            true
+        }
+        Err(e) => {
+            emit(device_fault(clock.now(), "carousel", e.to_string())).await;
+            false
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What the appliance reports: one enum of events, produced by the device tasks and consumed by
+//! the recorder (and, as the store and uplink land, by them).
+
+use crate::coldchain::{ControlMode, ProbeFaultKind};
+use crate::devices::DropReport;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+
+pub use crate::devices::Probe;
+
+/// One fridge record, taken every `record_period`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FridgeRecord {
+    /// Wall-clock time of the reading.
+    pub at: DateTime<Utc>,
+    /// Monotonic time of the reading.
+    #[serde(skip)]
+    pub mono: Duration,
+    /// Validated buffered (vial) temperature, if valid.
+    pub vial: Option<f64>,
+    /// Validated air temperature, if valid.
+    pub air: Option<f64>,
+    /// The temperature the thermostat used.
+    pub control: Option<f64>,
+    /// Compressor relay state after this period's decision.
+    pub compressor_on: bool,
+    /// Compressor starts since the controller started.
+    pub compressor_starts: u64,
+    /// Door open (debounced).
+    pub door_open: bool,
+    /// Mains present (debounced).
+    pub mains: bool,
+    /// How the compressor was decided.
+    pub mode: ControlMode,
+}
+
+/// Something the appliance reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// The controller started.
+    Started {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A periodic fridge record.
+    Reading(FridgeRecord),
+    /// A probe started giving rejected readings (one event per episode).
+    ProbeFault {
+        /// When.
+        at: DateTime<Utc>,
+        /// Which probe.
+        probe: Probe,
+        /// Why its readings are rejected.
+        fault: ProbeFaultKind,
+        /// The rejected value, if there was one.
+        raw: Option<f64>,
+    },
+    /// A faulty probe gives valid readings again.
+    ProbeRecovered {
+        /// When.
+        at: DateTime<Utc>,
+        /// Which probe.
+        probe: Probe,
+    },
+    /// The thermostat changed mode (fail-safe entered or left, power wait).
+    ControlModeChanged {
+        /// When.
+        at: DateTime<Utc>,
+        /// The new mode.
+        mode: ControlMode,
+    },
+    /// The carousel was homed at start-up or after a lost position.
+    CarouselHomed {
+        /// When.
+        at: DateTime<Utc>,
+        /// Steps taken to find home.
+        steps: u32,
+    },
+    /// A dispense ran; the report says what the sensors saw.
+    Dispensed {
+        /// When.
+        at: DateTime<Utc>,
+        /// What the mechanism reported.
+        #[serde(skip)]
+        report: DropReport,
+        /// Units seen falling.
+        drops_seen: u32,
+        /// Whether the carousel found home afterwards.
+        returned_home: bool,
+    },
+    /// A device failed (line error, carousel error).
+    DeviceFault {
+        /// When.
+        at: DateTime<Utc>,
+        /// Which device, by profile key.
+        device: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The cup was lifted from the tray.
+    TrayPickup {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The "taken" button was pressed.
+    ButtonPressed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The controller stopped with every actuator in its safe state.
+    Stopped {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}

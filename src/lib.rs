@@ -1,0 +1,30 @@
+//! medbox: the controller of a home-care appliance that is a medication dispenser and a
+//! vaccine fridge in one cabinet.
+//!
+//! Layers (data flows down, commands flow up):
+//!
+//! - [`config`]: strict board profiles (`hw/*.toml`) and the appliance config.
+//! - [`board`]: builds devices from a profile: `sim` (a physical model below the drivers) or
+//!   `rpi` (cargo feature `rpi`).
+//! - [`drivers`]: embedded-hal 1.0 drivers (TMP117, DS18B20, steppers, relay, inputs, indicators).
+//! - [`devices`]: the small traits the controller sees (`Thermometer`, `Compressor`, `Carousel`…).
+//! - [`coldchain`]: pure cores for the fridge: validation, thermostat, statistics.
+//! - [`clock`]: the injected clock (system or simulated).
+//! - [`controller`]: tokio tasks that wire devices and cores; safe states on shutdown.
+//! - [`events`]: what the appliance reports.
+//! - [`scenario`] and [`sim`]: the simulated appliance (`medbox sim`).
+//! - [`units`]: typed physical units.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod board;
+pub mod clock;
+pub mod coldchain;
+pub mod config;
+pub mod controller;
+pub mod devices;
+pub mod drivers;
+pub mod events;
+pub mod scenario;
+pub mod sim;
+pub mod units;

@@ -1,0 +1,358 @@
+//! Simulation scenarios: TOML files that schedule events at simulated times.
+//!
+//! ```toml
+//! name = "door left open"
+//! [[event]]
+//! at = "6h"            # from the start of the simulation (humantime: "1d 8h", "90m")
+//! action = "door_open"
+//! for = "1h"
+//! ```
+//!
+//! Actions: `door_open` (for), `power_cut` (for), `probe_fault` (probe, fault, optional for, sigma
+//! for `noisy`, by for `offset`), `probe_clear` (probe), `ambient` (celsius), `jam` (optional for),
+//! `unjam`, `empty_slot` (slot), `load_slot` (slot, units), `dispense` (slot, units: a maintenance
+//! test dispense), `rehome`, `tray_pickup` (optional for: how long the cup is away), `button_press`,
+//! `clock_jump` (by: a signed duration such as "-3h").
+//! Parsing is as strict as the board profiles': unknown keys and missing fields name the line.
+
+use crate::board::sim::ProbeFault;
+use crate::config::{line_of, parse_str, ConfigError, Findings, Validate};
+use crate::devices::Probe;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Every action a scenario event can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionName {
+    /// Open the door for a while.
+    DoorOpen,
+    /// Cut mains for a while.
+    PowerCut,
+    /// Inject a probe fault.
+    ProbeFault,
+    /// Clear a probe's faults.
+    ProbeClear,
+    /// Change the room temperature.
+    Ambient,
+    /// Jam the carousel.
+    Jam,
+    /// Free the carousel.
+    Unjam,
+    /// Empty a slot physically.
+    EmptySlot,
+    /// Load units into a slot.
+    LoadSlot,
+    /// Maintenance test dispense.
+    Dispense,
+    /// Ask the dispenser to find home again.
+    Rehome,
+    /// Lift the cup.
+    TrayPickup,
+    /// Press the "taken" button.
+    ButtonPress,
+    /// Jump the wall clock.
+    ClockJump,
+}
+
+/// The fault names a scenario may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultName {
+    /// See [`ProbeFault::Disconnected`].
+    Disconnected,
+    /// See [`ProbeFault::Stuck`].
+    Stuck,
+    /// See [`ProbeFault::Noisy`].
+    Noisy,
+    /// See [`ProbeFault::Offset`].
+    Offset,
+    /// See [`ProbeFault::PowerOn85`].
+    #[serde(rename = "power_on_85")]
+    PowerOn85,
+    /// See [`ProbeFault::FailedConversion`].
+    FailedConversion,
+    /// See [`ProbeFault::Crc`].
+    Crc,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    at: Spanned<String>,
+    action: ActionName,
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    duration: Option<Duration>,
+    probe: Option<Probe>,
+    fault: Option<FaultName>,
+    sigma: Option<f64>,
+    by: Option<String>,
+    celsius: Option<f64>,
+    slot: Option<u8>,
+    units: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, rename = "event")]
+    events: Vec<Spanned<RawEvent>>,
+}
+
+/// One primitive change to the simulated world at a simulated time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Door open (true) or closed.
+    Door(bool),
+    /// Mains present (true) or cut.
+    Mains(bool),
+    /// Start a probe fault (for a duration, or until cleared).
+    Fault(Probe, ProbeFault, Option<Duration>),
+    /// Clear a probe's faults.
+    ClearFault(Probe),
+    /// Room temperature.
+    Ambient(f64),
+    /// Carousel jammed (true) or free.
+    Jam(bool),
+    /// Empty a slot.
+    EmptySlot(u8),
+    /// Load a slot.
+    LoadSlot(u8, u32),
+    /// Test dispense.
+    Dispense(u8, u32),
+    /// Re-home.
+    Rehome,
+    /// Lift the cup for a while.
+    TrayPickup(Duration),
+    /// Press the button.
+    Button,
+    /// Wall-clock jump.
+    ClockJump(chrono::Duration),
+}
+
+/// A parsed scenario: primitive operations sorted by time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Operations sorted by their offset from the start.
+    pub ops: Vec<(Duration, Op)>,
+}
+
+fn need<T: Copy>(v: Option<T>, field: &str, action: &str) -> Result<T, (String, String)> {
+    v.ok_or_else(|| (field.to_string(), format!("`{action}` needs `{field}`")))
+}
+
+fn parse_signed(s: &str) -> Result<chrono::Duration, String> {
+    let (neg, body) = match s.trim().strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.trim().trim_start_matches('+')),
+    };
+    let d = humantime::parse_duration(body.trim()).map_err(|e| e.to_string())?;
+    let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
+    Ok(if neg { -d } else { d })
+}
+
+/// Expands one event into timed primitive operations, or says which field is wrong.
+fn expand(e: &RawEvent) -> Result<Vec<(Duration, Op)>, (String, String)> {
+    let at = humantime::parse_duration(e.at.get_ref())
+        .map_err(|err| ("at".to_string(), format!("{:?}: {err}", e.at.get_ref())))?;
+    let name = format!("{:?}", e.action);
+    let a = name.as_str();
+    let dur = |d: Option<Duration>| need(d, "for", a);
+    Ok(match e.action {
+        ActionName::DoorOpen => {
+            let d = dur(e.duration)?;
+            vec![(at, Op::Door(true)), (at + d, Op::Door(false))]
+        }
+        ActionName::PowerCut => {
+            let d = dur(e.duration)?;
+            vec![(at, Op::Mains(false)), (at + d, Op::Mains(true))]
+        }
+        ActionName::ProbeFault => {
+            let probe = need(e.probe, "probe", a)?;
+            let fault = match need(e.fault, "fault", a)? {
+                FaultName::Disconnected => ProbeFault::Disconnected,
+                FaultName::Stuck => ProbeFault::Stuck,
+                FaultName::Noisy => ProbeFault::Noisy {
+                    sigma: need(e.sigma, "sigma", a)?,
+                },
+                FaultName::Offset => ProbeFault::Offset {
+                    by: e
+                        .by
+                        .as_deref()
+                        .ok_or_else(|| {
+                            (
+                                "by".to_string(),
+                                "`offset` needs `by` (°C, as a string such as \"2.5\")".to_string(),
+                            )
+                        })?
+                        .parse::<f64>()
+                        .map_err(|err| ("by".to_string(), err.to_string()))?,
+                },
+                FaultName::PowerOn85 | FaultName::FailedConversion | FaultName::Crc
+                    if probe == Probe::Vial =>
+                {
+                    return Err((
+                        "fault".into(),
+                        "this signature belongs to the DS18B20: use probe = \"air\"".into(),
+                    ))
+                }
+                FaultName::PowerOn85 => ProbeFault::PowerOn85,
+                FaultName::FailedConversion => ProbeFault::FailedConversion,
+                FaultName::Crc => ProbeFault::Crc,
+            };
+            vec![(at, Op::Fault(probe, fault, e.duration))]
+        }
+        ActionName::ProbeClear => vec![(at, Op::ClearFault(need(e.probe, "probe", a)?))],
+        ActionName::Ambient => {
+            let c = need(e.celsius, "celsius", a)?;
+            if !(-20.0..=50.0).contains(&c) {
+                return Err((
+                    "celsius".into(),
+                    "room temperature must be -20–50 °C".into(),
+                ));
+            }
+            vec![(at, Op::Ambient(c))]
+        }
+        ActionName::Jam => match e.duration {
+            Some(d) => vec![(at, Op::Jam(true)), (at + d, Op::Jam(false))],
+            None => vec![(at, Op::Jam(true))],
+        },
+        ActionName::Unjam => vec![(at, Op::Jam(false))],
+        ActionName::EmptySlot => vec![(at, Op::EmptySlot(need(e.slot, "slot", a)?))],
+        ActionName::LoadSlot => vec![(
+            at,
+            Op::LoadSlot(need(e.slot, "slot", a)?, need(e.units, "units", a)?),
+        )],
+        ActionName::Dispense => vec![(
+            at,
+            Op::Dispense(need(e.slot, "slot", a)?, need(e.units, "units", a)?),
+        )],
+        ActionName::Rehome => vec![(at, Op::Rehome)],
+        ActionName::TrayPickup => vec![(
+            at,
+            Op::TrayPickup(e.duration.unwrap_or(Duration::from_secs(5))),
+        )],
+        ActionName::ButtonPress => vec![(at, Op::Button)],
+        ActionName::ClockJump => {
+            let by =
+                e.by.as_deref()
+                    .ok_or_else(|| ("by".to_string(), "`clock_jump` needs `by`".to_string()))?;
+            vec![(
+                at,
+                Op::ClockJump(parse_signed(by).map_err(|m| ("by".to_string(), m))?),
+            )]
+        }
+    })
+}
+
+impl Validate for ScenarioFile {
+    fn validate(&self, src: &str, out: &mut Findings) {
+        for (i, e) in self.events.iter().enumerate() {
+            if let Err((field, msg)) = expand(e.get_ref()) {
+                out.at(
+                    line_of(src, e.span().start),
+                    format!("event[{i}].{field}"),
+                    msg,
+                );
+            }
+        }
+    }
+}
+
+impl Scenario {
+    /// Parses scenario text (named `file` in errors).
+    pub fn parse(src: &str, file: &Path) -> Result<Self, Vec<ConfigError>> {
+        let f: ScenarioFile = parse_str(src, file)?;
+        let mut ops: Vec<(Duration, Op)> = f
+            .events
+            .iter()
+            .filter_map(|e| expand(e.get_ref()).ok())
+            .flatten()
+            .collect();
+        ops.sort_by_key(|(at, _)| *at);
+        Ok(Self {
+            name: f.name,
+            description: f.description,
+            ops,
+        })
+    }
+
+    /// Reads and parses a scenario file.
+    pub fn load(file: &Path) -> Result<Self, Vec<ConfigError>> {
+        let src = std::fs::read_to_string(file).map_err(|source| {
+            vec![ConfigError::Read {
+                file: file.to_path_buf(),
+                source,
+            }]
+        })?;
+        Self::parse(&src, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Scenario, Vec<ConfigError>> {
+        Scenario::parse(src, Path::new("s.toml"))
+    }
+
+    #[test]
+    fn events_expand_into_sorted_primitive_operations() {
+        let s = parse(
+            r#"
+name = "t"
+[[event]]
+at = "2h"
+action = "door_open"
+for = "30m"
+[[event]]
+at = "1h"
+action = "clock_jump"
+by = "-3h"
+"#,
+        )
+        .unwrap();
+        let h = |n: u64| Duration::from_secs(3600 * n);
+        assert_eq!(
+            s.ops,
+            vec![
+                (h(1), Op::ClockJump(chrono::Duration::hours(-3))),
+                (h(2), Op::Door(true)),
+                (h(2) + Duration::from_secs(1800), Op::Door(false)),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_field_names_event_line_and_field() {
+        let errs =
+            parse("name = \"t\"\n\n[[event]]\nat = \"1h\"\naction = \"door_open\"\n").unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.starts_with("s.toml:3: event[0].for:"), "{text}");
+    }
+
+    #[test]
+    fn unknown_action_and_unknown_key_are_rejected() {
+        let e = parse("name = \"t\"\n[[event]]\nat = \"1h\"\naction = \"explode\"\n").unwrap_err();
+        assert!(e[0].to_string().contains("explode"), "{}", e[0]);
+        let e = parse("name = \"t\"\n[[event]]\nat = \"1h\"\naction = \"unjam\"\ncolour = 1\n")
+            .unwrap_err();
+        assert!(e[0].to_string().contains("colour"), "{}", e[0]);
+    }
+
+    #[test]
+    fn ds18b20_signatures_cannot_be_injected_into_the_tmp117() {
+        let e = parse("name = \"t\"\n[[event]]\nat = \"1h\"\naction = \"probe_fault\"\nprobe = \"vial\"\nfault = \"power_on_85\"\n").unwrap_err();
+        assert!(e[0].to_string().contains("DS18B20"), "{}", e[0]);
+    }
+}

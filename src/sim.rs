@@ -1,0 +1,368 @@
+//! `medbox sim`: the appliance on the simulated board, on simulated time.
+//!
+//! Builds the simulated board from a profile, starts the same controller that runs on the Pi,
+//! plays a scenario against the physical model, and summarises what the controller recorded.
+//! Everything the summary says about the fridge comes from the records the controller made
+//! through the real drivers; the model's own truth is reported beside it only so the two can be
+//! compared.
+
+use crate::board::sim::{self, SimHandle};
+use crate::clock::{self, Clock, SimClock};
+use crate::coldchain::stats::FridgeStats;
+use crate::coldchain::ColdChainConfig;
+use crate::config::BoardProfile;
+use crate::controller::{self, DispenserCommand};
+use crate::events::Event;
+use crate::scenario::{Op, Scenario};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// How fast simulated time runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Speed {
+    /// As fast as the CPU allows (tokio paused time; deterministic).
+    Max,
+    /// This many simulated seconds per real second.
+    Factor(f64),
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The simulated board.
+    pub profile: BoardProfile,
+    /// Cold-chain settings.
+    pub coldchain: ColdChainConfig,
+    /// Events to play.
+    pub scenario: Option<Scenario>,
+    /// Stop after this much simulated time (None: until interrupted).
+    pub duration: Option<Duration>,
+    /// Seed override for the model's random draws.
+    pub seed: Option<u64>,
+    /// Print a status line about once a real second.
+    pub live: bool,
+}
+
+/// The simulation could not run.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// The board could not be built.
+    #[error(transparent)]
+    Board(#[from] sim::SimBoardError),
+    /// The profile has no `[sim]` model.
+    #[error("the profile has no [sim] model")]
+    NoModel,
+}
+
+/// What the physical model itself went through (truth, for comparison with the records).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ModelTruth {
+    /// Lowest air node temperature seen at a record.
+    pub air_min: f64,
+    /// Highest air node temperature seen at a record.
+    pub air_max: f64,
+    /// Lowest vial node temperature seen at a record.
+    pub vial_min: f64,
+    /// Highest vial node temperature seen at a record.
+    pub vial_max: f64,
+    /// Units released by the carousel.
+    pub units_released: u32,
+    /// Units left per slot.
+    pub stock: Vec<u32>,
+}
+
+/// What the dispenser did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DispenserSummary {
+    /// Successful homings.
+    pub homings: u32,
+    /// Dispenses run.
+    pub dispenses: u32,
+    /// Units the break-beam saw.
+    pub units_seen: u32,
+    /// Dispenses after which home was not found (jam).
+    pub lost_position: u32,
+    /// Cup pickups.
+    pub tray_pickups: u32,
+    /// Button presses.
+    pub button_presses: u32,
+}
+
+/// The summary `medbox sim` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimSummary {
+    /// Board profile name.
+    pub board: String,
+    /// Scenario name, if any.
+    pub scenario: Option<String>,
+    /// Seed of the model's random draws.
+    pub seed: u64,
+    /// Simulated start (UTC).
+    pub start: DateTime<Utc>,
+    /// Simulated end (UTC, as the controller's wall clock read it).
+    pub end: DateTime<Utc>,
+    /// Simulated days (monotonic time; a blocking dispense at the very end may add seconds).
+    pub days: f64,
+    /// Fridge statistics from the controller's records.
+    pub fridge: FridgeStats,
+    /// Probe faults reported, by probe and kind.
+    pub probe_faults: BTreeMap<String, u64>,
+    /// Thermostat mode changes.
+    pub mode_changes: u64,
+    /// Dispenser activity.
+    pub dispenser: DispenserSummary,
+    /// Device faults reported.
+    pub device_faults: Vec<String>,
+    /// Events reported, by kind.
+    pub events: BTreeMap<String, u64>,
+    /// The physical model's truth.
+    pub truth: ModelTruth,
+}
+
+/// Runs the simulation until `duration` passes or `stop` resolves. Call inside a runtime whose
+/// time is paused (for [`Speed::Max`]) or real (for a factor); `speed` must match it.
+pub async fn run(
+    opts: SimOptions,
+    speed: Speed,
+    stop: impl Future<Output = ()>,
+) -> Result<SimSummary, SimError> {
+    let mut model = opts.profile.sim.clone().ok_or(SimError::NoModel)?;
+    if let Some(seed) = opts.seed {
+        model.seed = seed;
+    }
+    let mut profile = opts.profile.clone();
+    profile.sim = Some(model.clone());
+    let factor = match speed {
+        Speed::Max => 1.0,
+        Speed::Factor(f) => f,
+    };
+    let sim_clock = Arc::new(SimClock::new(model.start, factor));
+    let clock: Arc<dyn Clock> = sim_clock.clone();
+    let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
+    let mut running = controller::start(clock.clone(), opts.coldchain.clone(), fridge, dispenser);
+    let scenario_task = opts.scenario.clone().map(|s| {
+        tokio::spawn(play(
+            s,
+            handle.clone(),
+            sim_clock.clone(),
+            running.dispenser.clone(),
+        ))
+    });
+
+    let mut acc = Accumulator::new(&opts, &profile, model.seed);
+    let end = opts.duration.map(|d| clock.monotonic() + d);
+    let mut last_status = std::time::Instant::now();
+    tokio::pin!(stop);
+    loop {
+        let until_end = async {
+            match end {
+                Some(e) => clock::sleep_until(&*clock, e).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            ev = running.events.recv() => match ev {
+                Some(ev) => {
+                    acc.add(&ev, &handle);
+                    if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
+                        if let Event::Reading(r) = &ev {
+                            last_status = std::time::Instant::now();
+                            eprintln!("{}", status_line(r, &handle));
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = until_end => break,
+            _ = &mut stop => break,
+        }
+    }
+    if let Some(t) = scenario_task {
+        t.abort();
+    }
+    let end_at = clock.now();
+    let elapsed = clock.monotonic();
+    let mut rest = running.stop().await;
+    rest.close();
+    while let Some(ev) = rest.recv().await {
+        acc.add(&ev, &handle);
+    }
+    Ok(acc.finish(end_at, elapsed, &handle))
+}
+
+fn status_line(r: &crate::events::FridgeRecord, handle: &SimHandle) -> String {
+    let t = handle.world().thermals();
+    let fmt = |v: Option<f64>| v.map_or("  --  ".to_string(), |v| format!("{v:6.2}"));
+    format!(
+        "{}  vial {} °C  air {} °C  compressor {:3}  door {:6}  mains {:3}  mode {:?}  (room {:.1} °C)",
+        r.at.format("%Y-%m-%d %H:%M"),
+        fmt(r.vial),
+        fmt(r.air),
+        if r.compressor_on { "on" } else { "off" },
+        if r.door_open { "open" } else { "closed" },
+        if r.mains { "on" } else { "off" },
+        r.mode,
+        t.ambient,
+    )
+}
+
+/// Plays a scenario against the world, in simulated time.
+async fn play(
+    s: Scenario,
+    handle: SimHandle,
+    clock: Arc<SimClock>,
+    dispenser: mpsc::Sender<DispenserCommand>,
+) {
+    let start = clock.monotonic();
+    for (at, op) in s.ops {
+        clock::sleep_until(&*clock, start + at).await;
+        match op {
+            Op::Dispense(slot, units) => {
+                let _ = dispenser
+                    .send(DispenserCommand::TestDispense { slot, units })
+                    .await;
+            }
+            Op::Rehome => {
+                let _ = dispenser.send(DispenserCommand::Rehome).await;
+            }
+            Op::ClockJump(by) => clock.jump(by),
+            op => {
+                let mut w = handle.world();
+                match op {
+                    Op::Door(open) => w.set_door_open(open),
+                    Op::Mains(on) => w.set_mains(on),
+                    Op::Fault(p, f, d) => w.inject_probe_fault(p, f, d),
+                    Op::ClearFault(p) => w.clear_probe_faults(p),
+                    Op::Ambient(c) => w.set_ambient(c),
+                    Op::Jam(j) => w.set_jammed(j),
+                    Op::EmptySlot(s) => w.empty_slot(s),
+                    Op::LoadSlot(s, u) => w.load_slot(s, u),
+                    Op::TrayPickup(d) => w.pick_up_cup(d),
+                    Op::Button => w.press_button(),
+                    Op::Dispense(..) | Op::Rehome | Op::ClockJump(_) => {}
+                }
+            }
+        }
+    }
+}
+
+struct Accumulator {
+    board: String,
+    scenario: Option<String>,
+    seed: u64,
+    start: DateTime<Utc>,
+    record_period: Duration,
+    fridge: FridgeStats,
+    probe_faults: BTreeMap<String, u64>,
+    mode_changes: u64,
+    dispenser: DispenserSummary,
+    device_faults: Vec<String>,
+    events: BTreeMap<String, u64>,
+    truth: Option<ModelTruth>,
+}
+
+impl Accumulator {
+    fn new(opts: &SimOptions, profile: &BoardProfile, seed: u64) -> Self {
+        Self {
+            board: profile.board.name.clone(),
+            scenario: opts.scenario.as_ref().map(|s| s.name.clone()),
+            seed,
+            start: profile.sim.as_ref().map(|m| m.start).unwrap_or_default(),
+            record_period: opts.coldchain.record_period,
+            fridge: FridgeStats::new(&opts.coldchain),
+            probe_faults: BTreeMap::new(),
+            mode_changes: 0,
+            dispenser: DispenserSummary::default(),
+            device_faults: Vec::new(),
+            events: BTreeMap::new(),
+            truth: None,
+        }
+    }
+
+    fn add(&mut self, ev: &Event, handle: &SimHandle) {
+        let kind = serde_json::to_value(ev)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        *self.events.entry(kind).or_default() += 1;
+        match ev {
+            Event::Reading(r) => {
+                self.fridge.add(r, self.record_period);
+                let t = handle.world().thermals();
+                let truth = self.truth.get_or_insert(ModelTruth {
+                    air_min: t.air,
+                    air_max: t.air,
+                    vial_min: t.vial,
+                    vial_max: t.vial,
+                    ..ModelTruth::default()
+                });
+                truth.air_min = truth.air_min.min(t.air);
+                truth.air_max = truth.air_max.max(t.air);
+                truth.vial_min = truth.vial_min.min(t.vial);
+                truth.vial_max = truth.vial_max.max(t.vial);
+            }
+            Event::ProbeFault { probe, fault, .. } => {
+                let key = format!(
+                    "{}:{}",
+                    serde_json::to_value(probe)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    serde_json::to_value(fault)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                );
+                *self.probe_faults.entry(key).or_default() += 1;
+            }
+            Event::ControlModeChanged { .. } => self.mode_changes += 1,
+            Event::CarouselHomed { .. } => self.dispenser.homings += 1,
+            Event::Dispensed {
+                drops_seen,
+                returned_home,
+                ..
+            } => {
+                self.dispenser.dispenses += 1;
+                self.dispenser.units_seen += drops_seen;
+                if !returned_home {
+                    self.dispenser.lost_position += 1;
+                }
+            }
+            Event::TrayPickup { .. } => self.dispenser.tray_pickups += 1,
+            Event::ButtonPressed { .. } => self.dispenser.button_presses += 1,
+            Event::DeviceFault { device, detail, .. } => {
+                self.device_faults.push(format!("{device}: {detail}"))
+            }
+            Event::Started { .. } | Event::ProbeRecovered { .. } | Event::Stopped { .. } => {}
+        }
+    }
+
+    fn finish(self, end: DateTime<Utc>, elapsed: Duration, handle: &SimHandle) -> SimSummary {
+        let w = handle.world();
+        let mut truth = self.truth.unwrap_or_default();
+        truth.units_released = w.released_total();
+        truth.stock = w.stock().to_vec();
+        SimSummary {
+            board: self.board,
+            scenario: self.scenario,
+            seed: self.seed,
+            start: self.start,
+            end,
+            days: elapsed.as_secs_f64() / 86_400.0,
+            fridge: self.fridge,
+            probe_faults: self.probe_faults,
+            mode_changes: self.mode_changes,
+            dispenser: self.dispenser,
+            device_faults: self.device_faults,
+            events: self.events,
+            truth,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The command line as an operator uses it.
+
+use std::process::Command;
+
+fn medbox(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medbox"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("medbox runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn config_check_accepts_the_shipped_profiles() {
+    let (code, text) = medbox(&["config", "check", "hw/rpi4.toml", "hw/sim.toml"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("hw/rpi4.toml: ok"));
+}
+
+#[test]
+fn config_check_names_both_uses_of_a_duplicated_pin_and_every_other_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let src = include_str!("../hw/rpi4.toml")
+        .replace("pin = 27", "pin = 17")
+        .replace("0x48", "0x50");
+    std::fs::write(&bad, src).unwrap();
+    let (code, text) = medbox(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "fridge.door.pin: GPIO 17 is already used by fridge.compressor.pin (line 14)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("fridge.vial_probe.address"), "{text}");
+}
+
+#[test]
+fn run_on_a_host_without_the_rpi_feature_says_how_to_build_it() {
+    if cfg!(feature = "rpi") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("medbox.toml");
+    let board = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/rpi4.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[appliance]\ndevice_id = \"medbox-test\"\nboard = {:?}\ndb = \"x.db\"\nschedules = \"s\"\n",
+            board
+        ),
+    )
+    .unwrap();
+    let (code, text) = medbox(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(text.contains("--features rpi"), "{text}");
+}
+
+#[test]
+fn sim_prints_a_json_summary_from_the_model() {
+    let (code, text) = medbox(&["sim", "--days", "0.5", "--speed", "max", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
+    assert!(v["fridge"]["vial"]["min"].as_f64().unwrap() < 22.0);
+    assert!(v["fridge"]["compressor_starts"].as_u64().unwrap() >= 1);
+    assert!((v["days"].as_f64().unwrap() - 0.5).abs() < 0.001, "{v}");
+}
+
+#[test]
+fn sim_rejects_a_bad_scenario_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = dir.path().join("s.toml");
+    std::fs::write(
+        &sc,
+        "name = \"x\"\n[[event]]\nat = \"1h\"\naction = \"door_open\"\n",
+    )
+    .unwrap();
+    let (code, text) = medbox(&["sim", "--days", "1", "--scenario", sc.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(text.contains("s.toml:2: event[0].for"), "{text}");
+}

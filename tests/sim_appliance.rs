@@ -1,0 +1,107 @@
+//! The whole appliance (controller, drivers, simulated board) on simulated time.
+
+mod common;
+
+use medbox::scenario::Scenario;
+use std::path::Path;
+
+#[test]
+fn two_days_pull_down_then_hold_the_buffered_probe_in_range() {
+    let s = common::run_days(2.0, None);
+    let f = &s.fridge;
+    // One record a minute, every one of them valid.
+    assert!((2880..=2881).contains(&f.vial.readings), "{f:?}");
+    assert_eq!(f.vial.rejected, 0);
+    // Switched on at room temperature: the only time out of range is the first pull-down.
+    assert!(f.minutes_out_of_range < 180.0, "{f:?}");
+    assert!(f.minutes_in_range > 2700.0, "{f:?}");
+    let mean = f.vial.mean.unwrap();
+    assert!((4.0..=6.5).contains(&mean), "mean {mean}");
+    // The thermostat cycles, and its protections keep the rate sane.
+    assert!(f.compressor_starts >= 10, "{f:?}");
+    assert!(f.compressor_starts_per_hour <= 6.0, "{f:?}");
+    // The records come from the model through the drivers: they match its truth.
+    assert!((f.vial.min.unwrap() - s.truth.vial_min).abs() < 0.1);
+    assert!((f.vial.max.unwrap() - s.truth.vial_max).abs() < 0.1);
+    assert!((f.air.min.unwrap() - s.truth.air_min).abs() < 0.3);
+    assert_eq!(s.dispenser.homings, 1, "the carousel homes at start");
+}
+
+#[test]
+fn a_door_left_open_for_an_hour_visibly_warms_the_fridge() {
+    let base = common::run_days(1.5, None);
+    let open = common::run_days(1.5, Some("door-left-open.toml"));
+    assert!((open.fridge.door_open_minutes - 60.0).abs() <= 1.0);
+    assert!(open.fridge.air.max.unwrap() > 9.0 || open.truth.air_max > 9.0);
+    assert!(
+        open.fridge.minutes_out_of_range > base.fridge.minutes_out_of_range + 30.0,
+        "door open: {} min out of range, closed: {}",
+        open.fridge.minutes_out_of_range,
+        base.fridge.minutes_out_of_range
+    );
+}
+
+#[test]
+fn both_probes_failed_runs_the_failsafe_duty_cycle_and_reports_faults() {
+    let s = common::run_days(1.0, Some("both-probes-failed.toml"));
+    assert!(
+        (s.fridge.failsafe_minutes - 240.0).abs() <= 11.0,
+        "{:?}",
+        s.fridge
+    );
+    assert_eq!(s.probe_faults.get("vial:NOT_RESPONDING"), Some(&1));
+    assert_eq!(s.probe_faults.get("air:BUS_ERROR"), Some(&1));
+    // Rejected readings are never counted as temperatures.
+    assert_eq!(s.fridge.vial.rejected, 240);
+    // The duty cycle kept the load neither frozen nor warm.
+    assert!(s.truth.vial_min > 0.0, "{:?}", s.truth);
+}
+
+#[test]
+fn a_disconnected_buffered_probe_falls_back_to_the_air_probe() {
+    let s = common::run_days(1.0, Some("probe-disconnected.toml"));
+    assert_eq!(s.fridge.failsafe_minutes, 0.0);
+    assert_eq!(s.probe_faults.get("vial:NOT_RESPONDING"), Some(&1));
+    assert_eq!(s.probe_faults.get("air:POWER_ON_VALUE"), Some(&1));
+    assert!(s.fridge.vial.rejected >= 180);
+}
+
+#[test]
+fn dispenser_scenario_counts_what_fell_and_reports_the_jam() {
+    let s = common::run_days(0.25, Some("dispenser-faults.toml"));
+    let d = &s.dispenser;
+    assert_eq!(d.dispenses, 3, "{d:?}");
+    assert_eq!(d.units_seen, s.truth.units_released);
+    assert_eq!(d.units_seen, 3);
+    assert_eq!(d.homings, 2);
+    assert_eq!(d.tray_pickups, 1);
+    assert_eq!(d.button_presses, 1);
+    assert!(
+        s.device_faults.iter().any(|f| f.contains("jammed")),
+        "{:?}",
+        s.device_faults
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let text = include_str!("../hw/scenarios/daily-door-use.toml");
+    let sc = || Some(Scenario::parse(text, Path::new("daily-door-use.toml")).unwrap());
+    let a = serde_json::to_string(&common::run_with(0.5, sc(), Some(7))).unwrap();
+    let b = serde_json::to_string(&common::run_with(0.5, sc(), Some(7))).unwrap();
+    assert_eq!(a, b);
+    let c = serde_json::to_string(&common::run_with(0.5, sc(), Some(8))).unwrap();
+    assert_ne!(a, c, "another seed gives other noise");
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 6);
+}
