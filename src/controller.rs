@@ -6,6 +6,8 @@
 //! state before it returns, and `Stopped` is the last event.
 
 use crate::clock::{self, Clock};
+use crate::coldchain::control::ControlDecision;
+use crate::coldchain::monitor::{Monitor, Observation};
 use crate::coldchain::validate::{Agreement, Mounting};
 use crate::coldchain::{
     ColdChainConfig, ControlInput, ControlMode, ProbeValidator, Thermostat, Verdict,
@@ -16,6 +18,31 @@ use crate::units::Celsius;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+/// How the compressor is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The medbox controller: validated buffered probe, hysteresis, compressor protection,
+    /// fail-safe duty cycle.
+    Protected,
+    /// A naive baseline for comparison only: bang-bang on the raw air probe, no validation, no
+    /// minimum times (the relay's own protections still apply below it).
+    NaiveBaseline,
+}
+
+/// Commands the fridge task accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FridgeCommand {
+    /// Acknowledge a raised alarm.
+    AcknowledgeAlarm {
+        /// Which.
+        alarm: crate::coldchain::monitor::AlarmKind,
+        /// Who.
+        actor: String,
+        /// Why.
+        comment: String,
+    },
+}
 
 /// Commands the dispenser task accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +56,8 @@ pub enum DispenserCommand {
     },
     /// Find home again (after a reported jam was cleared).
     Rehome,
+    /// Sound the local alarm (buzzer and LED) or silence it.
+    Annunciate(bool),
 }
 
 /// Handles to the running controller.
@@ -37,6 +66,8 @@ pub struct Running {
     pub events: mpsc::Receiver<Event>,
     /// Commands to the dispenser.
     pub dispenser: mpsc::Sender<DispenserCommand>,
+    /// Commands to the fridge.
+    pub fridge: mpsc::Sender<FridgeCommand>,
     /// Set to true to stop; every task then applies its safe states and ends.
     pub shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -68,15 +99,19 @@ impl Running {
 pub fn start(
     clock: Arc<dyn Clock>,
     cfg: ColdChainConfig,
+    strategy: Strategy,
     fridge: FridgeDevices,
     dispenser: DispenserDevices,
 ) -> Running {
     let (events_tx, events) = mpsc::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (fridge_tx, fridge_rx) = mpsc::channel(64);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, events_tx.clone());
+    let mut fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, events_tx.clone());
+    fridge_task.strategy = strategy;
+    fridge_task.annunciator = Some(cmd_tx.clone());
     let tasks = vec![
-        tokio::spawn(fridge_task.run(shutdown_rx.clone())),
+        tokio::spawn(fridge_task.run(fridge_rx, shutdown_rx.clone())),
         tokio::spawn(dispenser_task(
             clock.clone(),
             dispenser,
@@ -88,6 +123,7 @@ pub fn start(
     Running {
         events,
         dispenser: cmd_tx,
+        fridge: fridge_tx,
         shutdown,
         tasks,
         events_tx,
@@ -106,6 +142,7 @@ async fn wait(clock: &dyn Clock, deadline: Duration, shutdown: &mut watch::Recei
         return Wake::Shutdown;
     }
     tokio::select! {
+        biased;
         _ = clock::sleep_until(clock, deadline) => Wake::Deadline,
         _ = shutdown.changed() => Wake::Shutdown,
     }
@@ -135,7 +172,12 @@ struct FridgeTask {
     starts: u64,
     compressor_on: bool,
     mode: Option<ControlMode>,
-    started: Duration,
+    monitor: Monitor,
+    disagreeing: bool,
+    strategy: Strategy,
+    naive_on: bool,
+    annunciator: Option<mpsc::Sender<DispenserCommand>>,
+    sounding: bool,
 }
 
 impl FridgeTask {
@@ -155,7 +197,12 @@ impl FridgeTask {
             starts: 0,
             compressor_on: false,
             mode: None,
-            started: now,
+            monitor: Monitor::new(cfg.clone()),
+            disagreeing: false,
+            strategy: Strategy::Protected,
+            naive_on: false,
+            annunciator: None,
+            sounding: false,
             clock,
             cfg,
             dev,
@@ -163,29 +210,37 @@ impl FridgeTask {
         }
     }
 
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        emit(
-            &self.events,
-            Event::Started {
-                at: self.clock.now(),
-            },
-        )
-        .await;
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<FridgeCommand>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let at = self.clock.now();
+        emit(&self.events, Event::Started { at }).await;
         let mut next_record = self.clock.monotonic();
         loop {
             let now = self.clock.monotonic();
             let (record, deadline) = self.period(now).await;
             if now >= next_record {
-                emit(&self.events, Event::Reading(record)).await;
+                self.record(record).await;
                 next_record = now + self.cfg.record_period;
             }
             let mut wake_at = (now + self.cfg.control_period).min(next_record);
             if let Some(d) = deadline {
                 wake_at = wake_at.min(d.max(now + Duration::from_millis(1)));
             }
-            if let Wake::Shutdown = wait(&*self.clock, wake_at, &mut shutdown).await {
-                break;
+            tokio::select! {
+                biased;
+                wake = wait(&*self.clock, wake_at, &mut shutdown) => {
+                    if let Wake::Shutdown = wake {
+                        break;
+                    }
+                }
+                Some(cmd) = commands.recv() => self.command(cmd).await,
             }
+        }
+        for e in crate::coldchain::analysis::final_events(&mut self.monitor) {
+            emit(&self.events, Event::ColdChain(e)).await;
         }
         let now = self.clock.monotonic();
         if let Err(e) = self.dev.compressor.safe(now) {
@@ -201,6 +256,88 @@ impl FridgeTask {
         }
     }
 
+    /// Emits a record and runs the cold-chain monitor on it.
+    async fn record(&mut self, record: FridgeRecord) {
+        let obs = Observation {
+            at: record.at,
+            buffered: record.vial,
+            any_valid: record.vial.is_some() || record.air.is_some(),
+            door_open: Some(record.door_open),
+            mains: Some(record.mains),
+        };
+        emit(&self.events, Event::Reading(record)).await;
+        for e in self.monitor.observe(&obs) {
+            emit(&self.events, Event::ColdChain(e)).await;
+        }
+        self.annunciate().await;
+    }
+
+    /// Sounds the local alarm while any alarm is raised and not acknowledged.
+    async fn annunciate(&mut self) {
+        let wanted = self.monitor.active_alarms().iter().any(|(_, ack)| !ack);
+        if wanted != self.sounding {
+            self.sounding = wanted;
+            if let Some(tx) = &self.annunciator {
+                let _ = tx.send(DispenserCommand::Annunciate(wanted)).await;
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: FridgeCommand) {
+        let at = self.clock.now();
+        match cmd {
+            FridgeCommand::AcknowledgeAlarm {
+                alarm,
+                actor,
+                comment,
+            } => match self.monitor.acknowledge(alarm, &actor, &comment) {
+                Ok(()) => {
+                    emit(
+                        &self.events,
+                        Event::AlarmAcknowledged {
+                            at,
+                            alarm,
+                            actor,
+                            comment,
+                        },
+                    )
+                    .await;
+                    self.annunciate().await;
+                }
+                Err(e) => {
+                    emit(
+                        &self.events,
+                        Event::CommandRejected {
+                            at,
+                            command: "acknowledge_alarm".into(),
+                            reason: e.to_string(),
+                        },
+                    )
+                    .await
+                }
+            },
+        }
+    }
+
+    /// The naive baseline's decision: bang-bang on whatever the air probe's driver returned.
+    fn naive_decision(
+        &mut self,
+        air_raw: &Result<Celsius, crate::devices::ProbeError>,
+    ) -> ControlDecision {
+        if let Ok(t) = air_raw {
+            if *t >= self.cfg.cut_in {
+                self.naive_on = true;
+            } else if *t <= self.cfg.cut_out {
+                self.naive_on = false;
+            }
+        }
+        ControlDecision {
+            compressor_on: self.naive_on,
+            mode: ControlMode::Thermostat,
+            next_deadline: None,
+        }
+    }
+
     /// One control period: read, validate, decide, actuate.
     async fn period(&mut self, now: Duration) -> (FridgeRecord, Option<Duration>) {
         let at = self.clock.now();
@@ -211,41 +348,28 @@ impl FridgeTask {
         let vial_ok = self.judge(Probe::Vial, &vial, at).await;
         let air_ok = self.judge(Probe::Air, &air, at).await;
         let disagree = self.agreement.update(now, vial_ok, air_ok);
-        if disagree {
-            // Which probe is wrong cannot be known; both are reported, the vial still controls.
-            self.latch(
-                Probe::Vial,
-                Some(crate::coldchain::ProbeFaultKind::Disagreement),
-                None,
-                at,
+        if disagree && !self.disagreeing {
+            // Which probe is wrong cannot be known; the vial still controls, the fault is
+            // reported once per episode against the cross-checking air probe.
+            emit(
+                &self.events,
+                Event::ProbeFault {
+                    at,
+                    probe: Probe::Air,
+                    fault: crate::coldchain::ProbeFaultKind::Disagreement,
+                    raw: air_ok.map(|c| c.0),
+                },
             )
             .await;
         }
-        let stale = [
-            (Probe::Vial, self.vial.is_stale(now, self.started)),
-            (Probe::Air, self.air.is_stale(now, self.started)),
-        ];
-        for (probe, is_stale) in stale {
-            if is_stale {
-                let idx = probe_index(probe);
-                if self.latches[idx].current.is_none() {
-                    self.latches[idx].current = Some(crate::coldchain::ProbeFaultKind::Stale);
-                    let _ = self
-                        .events
-                        .send(Event::ProbeFault {
-                            at,
-                            probe,
-                            fault: crate::coldchain::ProbeFaultKind::Stale,
-                            raw: None,
-                        })
-                        .await;
-                }
-            }
-        }
+        self.disagreeing = disagree;
         let control = vial_ok.or_else(|| air_ok.and(self.agreement.smoothed_air()));
         let door_open = self.sample_input(true, now, at).await;
         let mains = self.sample_input(false, now, at).await;
-        let decision = self.thermostat.step(now, ControlInput { control, mains });
+        let decision = match self.strategy {
+            Strategy::Protected => self.thermostat.step(now, ControlInput { control, mains }),
+            Strategy::NaiveBaseline => self.naive_decision(&air_raw),
+        };
         if self.mode != Some(decision.mode) {
             self.mode = Some(decision.mode);
             emit(
@@ -445,9 +569,18 @@ async fn dispenser_task(
             IDLE_POLL
         };
         tokio::select! {
+            biased;
             _ = clock::sleep_until(&*clock, now + poll) => {}
             cmd = commands.recv() => match cmd {
                 Some(DispenserCommand::Rehome) => homed = home(&clock, &mut dev, &emit).await,
+                Some(DispenserCommand::Annunciate(on)) => {
+                    let now = clock.monotonic();
+                    for light in [&mut dev.buzzer, &mut dev.led] {
+                        if let Err(e) = light.set(on, now) {
+                            emit(device_fault(clock.now(), e.line, e.reason)).await;
+                        }
+                    }
+                }
                 Some(DispenserCommand::TestDispense { slot, units }) => {
                     if !homed {
                         emit(device_fault(clock.now(), "carousel", "not homed: dispense refused, nothing moved".into())).await;

@@ -109,6 +109,28 @@ pub enum Event {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The cold-chain monitor reported an excursion, an alarm or a day's record.
+    ColdChain(crate::coldchain::monitor::MonitorEvent),
+    /// Someone acknowledged an alarm.
+    AlarmAcknowledged {
+        /// When.
+        at: DateTime<Utc>,
+        /// Which alarm.
+        alarm: crate::coldchain::monitor::AlarmKind,
+        /// Who (a person's id).
+        actor: String,
+        /// Why, in their words.
+        comment: String,
+    },
+    /// A command was refused; nothing changed.
+    CommandRejected {
+        /// When.
+        at: DateTime<Utc>,
+        /// The command's name.
+        command: String,
+        /// Why.
+        reason: String,
+    },
     /// The controller stopped with every actuator in its safe state.
     Stopped {
         /// When.

@@ -36,6 +36,36 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Cold-chain tools for pharmacists.
+    Coldchain {
+        #[command(subcommand)]
+        command: ColdchainCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ColdchainCommand {
+    /// Min, max, mean, MKT, time in range, excursions and the alarms that would have fired, from a
+    /// readings CSV (`time,celsius`, ISO-8601 times with offset; or `medbox sim --export-readings`).
+    Stats {
+        /// The readings file.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Appliance config whose [coldchain] rules to apply (default: the built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ControllerArg {
+    /// The medbox controller.
+    Medbox,
+    /// Naive baseline for comparison: bang-bang on the raw air probe, no minimum times.
+    Naive,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +101,12 @@ struct SimArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Which controller decides the compressor.
+    #[arg(long, value_enum, default_value = "medbox")]
+    controller: ControllerArg,
+    /// Write every fridge record to this CSV file (readable by `medbox coldchain stats`).
+    #[arg(long)]
+    export_readings: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +123,9 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { files },
         } => return config_check(&files),
+        Command::Coldchain {
+            command: ColdchainCommand::Stats { csv, config, json },
+        } => coldchain_stats(&csv, config.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,6 +225,11 @@ fn run_sim(args: SimArgs) -> Result<()> {
         duration,
         seed: args.seed,
         live: duration.is_none() || !args.json,
+        strategy: match args.controller {
+            ControllerArg::Medbox => medbox::controller::Strategy::Protected,
+            ControllerArg::Naive => medbox::controller::Strategy::NaiveBaseline,
+        },
+        keep_records: args.export_readings.is_some(),
     };
     let runtime = match speed {
         // Paused time on one thread: tokio jumps to the next timer whenever every task is idle.
@@ -202,6 +246,15 @@ fn run_sim(args: SimArgs) -> Result<()> {
     let live = opts.live && duration.is_none();
     let opts = SimOptions { live, ..opts };
     let summary = runtime.block_on(sim::run(opts, speed, shutdown_signal()))?;
+    if let Some(path) = &args.export_readings {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        medbox::coldchain::readings_csv::write_records(
+            std::io::BufWriter::new(file),
+            &summary.records,
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -223,6 +276,7 @@ async fn shutdown_signal() {
             }
         };
         tokio::select! {
+            biased;
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
@@ -273,6 +327,13 @@ fn print_summary(s: &sim::SimSummary) {
     if !s.probe_faults.is_empty() {
         println!("  probe faults: {:?}", s.probe_faults);
     }
+    print_coldchain(&s.coldchain);
+    for a in &s.acknowledgements {
+        println!("  acknowledged: {a}");
+    }
+    for c in &s.commands_rejected {
+        println!("  command rejected: {c}");
+    }
     let d = &s.dispenser;
     println!();
     println!(
@@ -292,6 +353,85 @@ fn print_summary(s: &sim::SimSummary) {
         s.truth.units_released,
         s.truth.stock
     );
+}
+
+fn print_coldchain(r: &medbox::coldchain::analysis::AnalysisReport) {
+    println!(
+        "  MKT {} °C   worst excursion {:.0} min   {} excursions   {} alarms",
+        opt(r.mkt),
+        r.worst_excursion_minutes,
+        r.excursions.len(),
+        r.alarms.len()
+    );
+    for x in &r.excursions {
+        let end = x.end.map_or("still open".to_string(), |e| e.to_rfc3339());
+        println!(
+            "  excursion {}: {} → {} ({:.0} min), {:.2}–{:.2} °C, MKT {:.2} °C (24 h {:.2} °C)",
+            x.id,
+            x.start.to_rfc3339(),
+            end,
+            x.minutes,
+            x.min,
+            x.max,
+            x.mkt,
+            x.mkt_24h
+        );
+    }
+    for a in &r.alarms {
+        println!(
+            "  alarm {} raised {} (condition since {})",
+            a.alarm.code(),
+            a.at.to_rfc3339(),
+            a.since.to_rfc3339()
+        );
+    }
+}
+
+fn coldchain_stats(
+    csv: &std::path::Path,
+    config: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let cfg = match config {
+        Some(p) => {
+            config::ApplianceConfig::load(p)
+                .map_err(config_errors)?
+                .coldchain
+        }
+        None => ColdChainConfig::default(),
+    };
+    let file =
+        std::fs::File::open(csv).with_context(|| format!("cannot open {}", csv.display()))?;
+    let observations =
+        medbox::coldchain::readings_csv::read_observations(std::io::BufReader::new(file))
+            .with_context(|| csv.display().to_string())?;
+    let report = medbox::coldchain::analysis::analyse(&cfg, observations);
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} valid readings, {} without a valid value",
+        csv.display(),
+        report.readings,
+        report.rejected
+    );
+    println!(
+        "  min {} °C  max {} °C  mean {} °C",
+        opt(report.min),
+        opt(report.max),
+        opt(report.mean)
+    );
+    println!(
+        "  in {:.1}–{:.1} °C: {:.0} min   out of range: {:.0} min   unknown: {:.0} min",
+        cfg.range_min.0,
+        cfg.range_max.0,
+        report.minutes_in_range,
+        report.minutes_out_of_range,
+        report.minutes_unknown
+    );
+    print_coldchain(&report);
+    Ok(())
 }
 
 fn run_appliance(config_path: PathBuf) -> Result<()> {
@@ -320,11 +460,18 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let (fridge, dispenser) = medbox::board::rpi::build(&profile, clock.monotonic())
             .context("cannot open the Raspberry Pi's GPIO and buses")?;
-        let mut running = medbox::controller::start(clock, cfg.coldchain, fridge, dispenser);
+        let mut running = medbox::controller::start(
+            clock,
+            cfg.coldchain,
+            medbox::controller::Strategy::Protected,
+            fridge,
+            dispenser,
+        );
         let signal = shutdown_signal();
         tokio::pin!(signal);
         loop {
             tokio::select! {
+                biased;
                 ev = running.events.recv() => match ev {
                     Some(ev) => println!("{}", serde_json::to_string(&ev)?),
                     None => break,

@@ -12,7 +12,8 @@
 //! for `noisy`, by for `offset`), `probe_clear` (probe), `ambient` (celsius), `jam` (optional for),
 //! `unjam`, `empty_slot` (slot), `load_slot` (slot, units), `dispense` (slot, units: a maintenance
 //! test dispense), `rehome`, `tray_pickup` (optional for: how long the cup is away), `button_press`,
-//! `clock_jump` (by: a signed duration such as "-3h").
+//! `clock_jump` (by: a signed duration such as "-3h"), `ack_alarm` (alarm code, actor, comment).
+//! Any event repeats with `every` (a duration) and `times` (how many in all).
 //! Parsing is as strict as the board profiles': unknown keys and missing fields name the line.
 
 use crate::board::sim::ProbeFault;
@@ -55,6 +56,8 @@ pub enum ActionName {
     ButtonPress,
     /// Jump the wall clock.
     ClockJump,
+    /// Acknowledge a raised alarm.
+    AckAlarm,
 }
 
 /// The fault names a scenario may inject.
@@ -92,6 +95,14 @@ struct RawEvent {
     celsius: Option<f64>,
     slot: Option<u8>,
     units: Option<u32>,
+    alarm: Option<String>,
+    actor: Option<String>,
+    comment: Option<String>,
+    /// Repeat the event this often…
+    #[serde(default, with = "humantime_serde")]
+    every: Option<Duration>,
+    /// …this many times in all (default 1).
+    times: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -133,6 +144,8 @@ pub enum Op {
     Button,
     /// Wall-clock jump.
     ClockJump(chrono::Duration),
+    /// Acknowledge an alarm: which, who, why.
+    AckAlarm(crate::coldchain::monitor::AlarmKind, String, String),
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -160,10 +173,29 @@ fn parse_signed(s: &str) -> Result<chrono::Duration, String> {
     Ok(if neg { -d } else { d })
 }
 
-/// Expands one event into timed primitive operations, or says which field is wrong.
+/// Expands one event, with its repetitions, into timed primitive operations.
 fn expand(e: &RawEvent) -> Result<Vec<(Duration, Op)>, (String, String)> {
     let at = humantime::parse_duration(e.at.get_ref())
         .map_err(|err| ("at".to_string(), format!("{:?}: {err}", e.at.get_ref())))?;
+    let times = e.times.unwrap_or(1);
+    let every = match (e.every, times) {
+        (_, 0) => return Err(("times".into(), "must be at least 1".into())),
+        (None, 1) => Duration::ZERO,
+        (None, _) => return Err(("every".into(), "`times` needs `every`".into())),
+        (Some(d), _) if d.is_zero() => return Err(("every".into(), "must be above zero".into())),
+        (Some(d), _) => d,
+    };
+    let once = expand_once(e, Duration::ZERO)?;
+    let mut out = Vec::with_capacity(once.len() * times as usize);
+    for i in 0..times {
+        let offset = at + every * i;
+        out.extend(once.iter().map(|(t, op)| (*t + offset, op.clone())));
+    }
+    Ok(out)
+}
+
+/// Expands one occurrence of an event at `at`.
+fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (String, String)> {
     let name = format!("{:?}", e.action);
     let a = name.as_str();
     let dur = |d: Option<Duration>| need(d, "for", a);
@@ -250,6 +282,21 @@ fn expand(e: &RawEvent) -> Result<Vec<(Duration, Op)>, (String, String)> {
                 at,
                 Op::ClockJump(parse_signed(by).map_err(|m| ("by".to_string(), m))?),
             )]
+        }
+        ActionName::AckAlarm => {
+            let code = e
+                .alarm
+                .as_deref()
+                .ok_or_else(|| ("alarm".to_string(), "`ack_alarm` needs `alarm`".to_string()))?;
+            let alarm = crate::coldchain::monitor::AlarmKind::from_code(code).ok_or_else(|| {
+                (
+                    "alarm".to_string(),
+                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG)"),
+                )
+            })?;
+            let actor = e.actor.clone().unwrap_or_default();
+            let comment = e.comment.clone().unwrap_or_default();
+            vec![(at, Op::AckAlarm(alarm, actor, comment))]
         }
     })
 }

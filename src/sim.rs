@@ -8,11 +8,13 @@
 
 use crate::board::sim::{self, SimHandle};
 use crate::clock::{self, Clock, SimClock};
+use crate::coldchain::analysis::{Analysis, AnalysisReport};
 use crate::coldchain::stats::FridgeStats;
 use crate::coldchain::ColdChainConfig;
 use crate::config::BoardProfile;
-use crate::controller::{self, DispenserCommand};
+use crate::controller::{self, DispenserCommand, FridgeCommand, Strategy};
 use crate::events::Event;
+use crate::events::FridgeRecord;
 use crate::scenario::{Op, Scenario};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -47,6 +49,10 @@ pub struct SimOptions {
     pub seed: Option<u64>,
     /// Print a status line about once a real second.
     pub live: bool,
+    /// How the compressor is decided.
+    pub strategy: Strategy,
+    /// Keep every fridge record, to export them.
+    pub keep_records: bool,
 }
 
 /// The simulation could not run.
@@ -121,6 +127,15 @@ pub struct SimSummary {
     pub device_faults: Vec<String>,
     /// Events reported, by kind.
     pub events: BTreeMap<String, u64>,
+    /// The cold-chain record: excursions, alarms, daily min/max and MKT, time in range.
+    pub coldchain: AnalysisReport,
+    /// Alarm acknowledgements taken (alarm, actor, comment).
+    pub acknowledgements: Vec<String>,
+    /// Commands refused, with their reasons.
+    pub commands_rejected: Vec<String>,
+    /// Every fridge record, when asked for (`--export-readings`).
+    #[serde(skip)]
+    pub records: Vec<FridgeRecord>,
     /// The physical model's truth.
     pub truth: ModelTruth,
 }
@@ -138,6 +153,11 @@ pub async fn run(
     }
     let mut profile = opts.profile.clone();
     profile.sim = Some(model.clone());
+    if opts.strategy == Strategy::NaiveBaseline {
+        // The baseline has no minimum times; only the relay's maximum on-time stays.
+        profile.fridge.compressor.min_on = Duration::from_secs(1);
+        profile.fridge.compressor.min_off = Duration::from_secs(1);
+    }
     let factor = match speed {
         Speed::Max => 1.0,
         Speed::Factor(f) => f,
@@ -145,13 +165,20 @@ pub async fn run(
     let sim_clock = Arc::new(SimClock::new(model.start, factor));
     let clock: Arc<dyn Clock> = sim_clock.clone();
     let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
-    let mut running = controller::start(clock.clone(), opts.coldchain.clone(), fridge, dispenser);
+    let mut running = controller::start(
+        clock.clone(),
+        opts.coldchain.clone(),
+        opts.strategy,
+        fridge,
+        dispenser,
+    );
     let scenario_task = opts.scenario.clone().map(|s| {
         tokio::spawn(play(
             s,
             handle.clone(),
             sim_clock.clone(),
             running.dispenser.clone(),
+            running.fridge.clone(),
         ))
     });
 
@@ -219,6 +246,7 @@ async fn play(
     handle: SimHandle,
     clock: Arc<SimClock>,
     dispenser: mpsc::Sender<DispenserCommand>,
+    fridge: mpsc::Sender<FridgeCommand>,
 ) {
     let start = clock.monotonic();
     for (at, op) in s.ops {
@@ -233,6 +261,15 @@ async fn play(
                 let _ = dispenser.send(DispenserCommand::Rehome).await;
             }
             Op::ClockJump(by) => clock.jump(by),
+            Op::AckAlarm(alarm, actor, comment) => {
+                let _ = fridge
+                    .send(FridgeCommand::AcknowledgeAlarm {
+                        alarm,
+                        actor,
+                        comment,
+                    })
+                    .await;
+            }
             op => {
                 let mut w = handle.world();
                 match op {
@@ -246,7 +283,7 @@ async fn play(
                     Op::LoadSlot(s, u) => w.load_slot(s, u),
                     Op::TrayPickup(d) => w.pick_up_cup(d),
                     Op::Button => w.press_button(),
-                    Op::Dispense(..) | Op::Rehome | Op::ClockJump(_) => {}
+                    Op::Dispense(..) | Op::Rehome | Op::ClockJump(_) | Op::AckAlarm(..) => {}
                 }
             }
         }
@@ -266,6 +303,10 @@ struct Accumulator {
     device_faults: Vec<String>,
     events: BTreeMap<String, u64>,
     truth: Option<ModelTruth>,
+    analysis: Analysis,
+    acknowledgements: Vec<String>,
+    commands_rejected: Vec<String>,
+    records: Option<Vec<FridgeRecord>>,
 }
 
 impl Accumulator {
@@ -283,6 +324,10 @@ impl Accumulator {
             device_faults: Vec::new(),
             events: BTreeMap::new(),
             truth: None,
+            analysis: Analysis::default(),
+            acknowledgements: Vec::new(),
+            commands_rejected: Vec::new(),
+            records: opts.keep_records.then(Vec::new),
         }
     }
 
@@ -295,6 +340,10 @@ impl Accumulator {
         match ev {
             Event::Reading(r) => {
                 self.fridge.add(r, self.record_period);
+                self.analysis.add_reading(r.vial);
+                if let Some(records) = self.records.as_mut() {
+                    records.push(r.clone());
+                }
                 let t = handle.world().thermals();
                 let truth = self.truth.get_or_insert(ModelTruth {
                     air_min: t.air,
@@ -340,6 +389,18 @@ impl Accumulator {
             Event::DeviceFault { device, detail, .. } => {
                 self.device_faults.push(format!("{device}: {detail}"))
             }
+            Event::ColdChain(e) => self.analysis.add_event(e),
+            Event::AlarmAcknowledged {
+                alarm,
+                actor,
+                comment,
+                ..
+            } => self
+                .acknowledgements
+                .push(format!("{}: {actor}: {comment}", alarm.code())),
+            Event::CommandRejected {
+                command, reason, ..
+            } => self.commands_rejected.push(format!("{command}: {reason}")),
             Event::Started { .. } | Event::ProbeRecovered { .. } | Event::Stopped { .. } => {}
         }
     }
@@ -363,6 +424,10 @@ impl Accumulator {
             device_faults: self.device_faults,
             events: self.events,
             truth,
+            coldchain: self.analysis.report(),
+            acknowledgements: self.acknowledgements,
+            commands_rejected: self.commands_rejected,
+            records: self.records.unwrap_or_default(),
         }
     }
 }

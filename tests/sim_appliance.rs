@@ -105,3 +105,128 @@ fn every_shipped_scenario_parses() {
     }
     assert!(n >= 6);
 }
+
+#[test]
+fn coldchain_stats_agrees_with_the_live_controller_on_the_same_readings() {
+    let live = common::run_days(2.0, Some("door-left-open.toml"));
+    let mut csv = Vec::new();
+    medbox::coldchain::readings_csv::write_records(&mut csv, &live.records).unwrap();
+    let obs = medbox::coldchain::readings_csv::read_observations(csv.as_slice()).unwrap();
+    let offline = medbox::coldchain::analysis::analyse(&Default::default(), obs);
+    let l = &live.coldchain;
+    assert_eq!(offline.excursions.len(), l.excursions.len());
+    for (a, b) in offline.excursions.iter().zip(&l.excursions) {
+        assert_eq!((a.start, a.end), (b.start, b.end));
+        assert!((a.max - b.max).abs() < 1e-3 && (a.mkt - b.mkt).abs() < 1e-3);
+    }
+    let kinds = |r: &medbox::coldchain::analysis::AnalysisReport| {
+        r.alarms.iter().map(|a| (a.alarm, a.at)).collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&offline), kinds(l));
+    assert!((offline.minutes_in_range - l.minutes_in_range).abs() < 1.0);
+    assert!((offline.mkt.unwrap() - l.mkt.unwrap()).abs() < 1e-3);
+    // The door alarm fired five minutes after the door opened, and an excursion followed.
+    assert!(kinds(l)
+        .iter()
+        .any(|(k, _)| *k == medbox::coldchain::monitor::AlarmKind::DoorOpen));
+}
+
+#[test]
+fn an_acknowledged_alarm_is_recorded_with_actor_and_comment() {
+    let text = r#"
+name = "ack"
+[[event]]
+at = "6h"
+action = "door_open"
+for = "20m"
+[[event]]
+at = "6h 10m"
+action = "ack_alarm"
+alarm = "DOOR_OPEN"
+actor = "nurse-17"
+comment = "restocking"
+[[event]]
+at = "6h 11m"
+action = "ack_alarm"
+alarm = "HEAT"
+actor = "nurse-17"
+comment = "nothing to see"
+"#;
+    let sc = Scenario::parse(text, Path::new("ack.toml")).unwrap();
+    let s = common::run_with(0.5, Some(sc), None);
+    assert_eq!(
+        s.acknowledgements,
+        vec!["DOOR_OPEN: nurse-17: restocking".to_string()]
+    );
+    assert_eq!(
+        s.commands_rejected,
+        vec!["acknowledge_alarm: alarm HEAT is not raised".to_string()]
+    );
+}
+
+#[test]
+fn a_hot_room_still_stays_in_range_after_pull_down() {
+    let s = common::run_days(3.0, Some("hot-room.toml"));
+    // Only the initial pull-down from room temperature is an excursion.
+    assert_eq!(
+        s.coldchain.excursions.len(),
+        1,
+        "{:?}",
+        s.coldchain.excursions
+    );
+    let later = &s.coldchain.days[1..];
+    assert!(
+        later
+            .iter()
+            .all(|d| d.minutes_below + d.minutes_above == 0.0),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_six_hour_power_cut_raises_mains_lost_and_an_excursion_that_closes_after_recovery() {
+    let s = common::run_days(2.0, Some("power-cut-6h.toml"));
+    let alarms: Vec<_> = s.coldchain.alarms.iter().map(|a| a.alarm.code()).collect();
+    assert!(alarms.contains(&"MAINS_LOST"), "{alarms:?}");
+    let cut = s.coldchain.excursions.last().unwrap();
+    assert!(cut.end.is_some(), "recovered after mains returned");
+    assert!(cut.max > 10.0 && cut.max < 22.0, "{cut:?}");
+    assert!((s.fridge.mains_off_minutes - 360.0).abs() <= 1.0);
+}
+
+#[test]
+fn the_naive_baseline_short_cycles_and_trusts_a_stuck_probe() {
+    let run = |strategy| {
+        let text = r#"
+name = "stuck air probe"
+[[event]]
+at = "1d 1h"
+action = "probe_fault"
+probe = "air"
+fault = "stuck"
+for = "3h"
+"#;
+        let opts = medbox::sim::SimOptions {
+            profile: common::profile(),
+            coldchain: Default::default(),
+            scenario: Some(Scenario::parse(text, Path::new("stuck.toml")).unwrap()),
+            duration: Some(std::time::Duration::from_secs(2 * 86_400)),
+            seed: None,
+            live: false,
+            strategy,
+            keep_records: false,
+        };
+        common::paused_runtime()
+            .block_on(medbox::sim::run(
+                opts,
+                medbox::sim::Speed::Max,
+                std::future::pending(),
+            ))
+            .unwrap()
+    };
+    let medbox_run = run(medbox::controller::Strategy::Protected);
+    let naive = run(medbox::controller::Strategy::NaiveBaseline);
+    assert!(naive.fridge.compressor_starts > medbox_run.fridge.compressor_starts);
+    assert_eq!(medbox_run.probe_faults.get("air:STUCK"), Some(&1));
+    assert!(naive.coldchain.excursions.len() > medbox_run.coldchain.excursions.len());
+}

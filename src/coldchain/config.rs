@@ -65,6 +65,89 @@ pub struct ColdChainConfig {
     /// least twice, is stuck.
     #[serde(with = "humantime_serde")]
     pub stuck_window: Duration,
+    /// In-range readings needed to close an excursion (one in-range reading between two bad
+    /// ones is not a recovery).
+    pub excursion_close_after: u32,
+    /// Alarm rules.
+    pub alarms: AlarmRules,
+}
+
+/// Whether an alarm needs its condition for one continuous stretch or in total over a window.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Semantics {
+    /// The condition must hold continuously for the delay (WHO PQS 30-day logger alarms).
+    Single,
+    /// The condition's minutes add up over a rolling 24 h until they reach the delay.
+    Cumulative,
+}
+
+/// A temperature alarm: beyond `threshold` for `delay`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemperatureRule {
+    /// Threshold (freeze: at or below; heat: above).
+    pub threshold: Celsius,
+    /// How long beyond the threshold before the alarm is raised.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Continuous or cumulative over 24 h.
+    pub semantics: Semantics,
+}
+
+/// A condition alarm: the condition for `delay`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DelayRule {
+    /// How long the condition must last before the alarm is raised (zero: at once).
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+/// `[coldchain.alarms]`: each alarm with its own delay (defaults: WHO PQS 30-day loggers for
+/// freeze and heat, fast local alarms for the rest).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmRules {
+    /// Freeze: at or below −0.5 °C for 60 min continuous.
+    pub freeze: TemperatureRule,
+    /// Heat: above 8.0 °C for 600 min continuous.
+    pub heat: TemperatureRule,
+    /// Any excursion lasting 15 min.
+    pub excursion: DelayRule,
+    /// Door open for more than 5 min.
+    pub door_open: DelayRule,
+    /// No valid probe for 10 min.
+    pub no_valid_probe: DelayRule,
+    /// Mains lost (at once).
+    pub mains_lost: DelayRule,
+    /// Mains lost for more than 24 h (the UPS will not last; stock must be moved).
+    pub power_lost_long: DelayRule,
+}
+
+impl Default for AlarmRules {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            freeze: TemperatureRule {
+                threshold: Celsius(-0.5),
+                delay: min(60),
+                semantics: Semantics::Single,
+            },
+            heat: TemperatureRule {
+                threshold: Celsius(8.0),
+                delay: min(600),
+                semantics: Semantics::Single,
+            },
+            excursion: DelayRule { delay: min(15) },
+            door_open: DelayRule { delay: min(5) },
+            no_valid_probe: DelayRule { delay: min(10) },
+            mains_lost: DelayRule { delay: min(0) },
+            power_lost_long: DelayRule {
+                delay: min(24 * 60),
+            },
+        }
+    }
 }
 
 impl Default for ColdChainConfig {
@@ -91,6 +174,8 @@ impl Default for ColdChainConfig {
             air_smoothing: min(10),
             stale_after: min(10),
             stuck_window: min(60),
+            excursion_close_after: 3,
+            alarms: AlarmRules::default(),
         }
     }
 }
@@ -136,6 +221,24 @@ impl ColdChainConfig {
             p.push((
                 "coldchain.control_period",
                 "must be above zero and no longer than record_period".into(),
+            ));
+        }
+        if self.excursion_close_after == 0 {
+            p.push((
+                "coldchain.excursion_close_after",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.alarms.freeze.threshold >= self.range_min {
+            p.push((
+                "coldchain.alarms.freeze.threshold",
+                "must be below range_min".into(),
+            ));
+        }
+        if self.alarms.heat.threshold < self.range_max {
+            p.push((
+                "coldchain.alarms.heat.threshold",
+                "must be at or above range_max".into(),
             ));
         }
         if self.record_period > Duration::from_secs(30 * 60) {

@@ -8,8 +8,12 @@
 //! Each core takes the monotonic time and its inputs and returns decisions and the next deadline;
 //! the fridge task in the controller does the I/O.
 
+pub mod analysis;
 pub mod config;
 pub mod control;
+pub mod mkt;
+pub mod monitor;
+pub mod readings_csv;
 pub mod stats;
 pub mod validate;
 

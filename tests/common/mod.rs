@@ -48,6 +48,8 @@ pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> Sim
         duration: Some(Duration::from_secs_f64(days * 86_400.0)),
         seed,
         live: false,
+        strategy: medbox::controller::Strategy::Protected,
+        keep_records: true,
     };
     paused_runtime()
         .block_on(medbox::sim::run(opts, Speed::Max, std::future::pending()))
