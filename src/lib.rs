@@ -3,6 +3,7 @@
 //!
 //! Layers (data flows down, commands flow up):
 //!
+//! - [`bench`]: benchmark figures (`medbox bench`).
 //! - [`config`]: strict board profiles (`hw/*.toml`) and the appliance config.
 //! - [`board`]: builds devices from a profile: `sim` (a physical model below the drivers) or
 //!   `rpi` (cargo feature `rpi`).
@@ -12,11 +13,14 @@
 //! - [`clock`]: the injected clock (system or simulated).
 //! - [`controller`]: tokio tasks that wire devices and cores; safe states on shutdown.
 //! - [`events`]: what the appliance reports.
+//! - [`report`]: the printable HTML report for pharmacists.
 //! - [`scenario`] and [`sim`]: the simulated appliance (`medbox sim`).
+//! - [`store`]: SQLite: migrations, the hash-chained audit log, signed checkpoints, readings.
 //! - [`units`]: typed physical units.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod board;
 pub mod clock;
 pub mod coldchain;
@@ -25,6 +29,8 @@ pub mod controller;
 pub mod devices;
 pub mod drivers;
 pub mod events;
+pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod store;
 pub mod units;

@@ -41,6 +41,134 @@ enum Command {
         #[command(subcommand)]
         command: ColdchainCommand,
     },
+    /// Print benchmark figures (not assertions).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// The audit log: verify, read, export, report.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct AuditFilter {
+    /// From this time (RFC 3339, inclusive).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// To this time (RFC 3339, exclusive).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Kind, or a prefix ending in "." (e.g. "coldchain.").
+    #[arg(long)]
+    kind: Option<String>,
+    /// Patient pseudonym.
+    #[arg(long)]
+    patient: Option<String>,
+    /// Medication name.
+    #[arg(long)]
+    medication: Option<String>,
+}
+
+impl AuditFilter {
+    fn to_filter(&self) -> medbox::store::audit::Filter {
+        medbox::store::audit::Filter {
+            from: self.from,
+            to: self.to,
+            kind: self.kind.clone(),
+            patient: self.patient.clone(),
+            medication: self.medication.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// One CSV row per audit row, with a header.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable audit appends against plain inserts (same settings), and verify time.
+    Store {
+        /// Durable appends to time (each its own fsynced transaction).
+        #[arg(long, default_value_t = 2000)]
+        appends: u64,
+        /// Rows to verify.
+        #[arg(long, default_value_t = 1_000_000)]
+        verify_rows: u64,
+        /// Directory for the benchmark databases (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain (and signed checkpoints held elsewhere). Exit 0 intact, 1 broken,
+    /// 2 cannot verify.
+    Verify {
+        /// The database.
+        #[arg(long, conflicts_with = "export", required_unless_present = "export")]
+        db: Option<PathBuf>,
+        /// A complete export (`audit export`, .json or .csv) instead of a database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Checkpoints held off the device (one JSON object per line).
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// File holding the HMAC secret the chain was keyed with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Print rows as a readable table.
+    Log {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Export complete rows, hashes included.
+    Export {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Print the stored signed checkpoints (one JSON object per line).
+    Checkpoints {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Write the printable HTML report.
+    Report {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// From this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// To this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +235,18 @@ struct SimArgs {
     /// Write every fridge record to this CSV file (readable by `medbox coldchain stats`).
     #[arg(long)]
     export_readings: Option<PathBuf>,
+    /// Make every event durable in this SQLite database (audit chain, readings, checkpoints).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Append the signed checkpoints of this run to this file (the copies held off the device).
+    #[arg(long)]
+    checkpoints_out: Option<PathBuf>,
+    /// Cap the database at this many pages, to rehearse a full disk.
+    #[arg(long, hide = true)]
+    db_max_pages: Option<u32>,
+    /// Print `durable <seq>` after each audit row commits (crash-test harness).
+    #[arg(long, hide = true)]
+    print_durable: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +266,27 @@ fn main() -> ExitCode {
         Command::Coldchain {
             command: ColdchainCommand::Stats { csv, config, json },
         } => coldchain_stats(&csv, config.as_deref(), json),
+        Command::Audit { command } => return audit_command(command),
+        Command::Bench {
+            command:
+                BenchCommand::Store {
+                    appends,
+                    verify_rows,
+                    dir,
+                },
+        } => (|| {
+            let tmp;
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempfile::tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let r = medbox::bench::store(&dir, appends, verify_rows)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,6 +391,9 @@ fn run_sim(args: SimArgs) -> Result<()> {
             ControllerArg::Naive => medbox::controller::Strategy::NaiveBaseline,
         },
         keep_records: args.export_readings.is_some(),
+        db: args.db.clone(),
+        db_max_pages: args.db_max_pages,
+        print_durable: args.print_durable,
     };
     let runtime = match speed {
         // Paused time on one thread: tokio jumps to the next timer whenever every task is idle.
@@ -245,7 +409,26 @@ fn run_sim(args: SimArgs) -> Result<()> {
     .context("cannot start the async runtime")?;
     let live = opts.live && duration.is_none();
     let opts = SimOptions { live, ..opts };
-    let summary = runtime.block_on(sim::run(opts, speed, shutdown_signal()))?;
+    let summary = match runtime.block_on(sim::run(opts, speed, shutdown_signal())) {
+        Ok(s) => s,
+        Err(e @ sim::SimError::Store(_)) => {
+            eprintln!("medbox: {e}");
+            // Distinct from configuration errors, so a supervisor can tell them apart.
+            std::process::exit(3);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(path) = &args.checkpoints_out {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        for c in &summary.checkpoints {
+            writeln!(f, "{}", serde_json::to_string(c)?)?;
+        }
+    }
     if let Some(path) = &args.export_readings {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -431,6 +614,231 @@ fn coldchain_stats(
         report.minutes_unknown
     );
     print_coldchain(&report);
+    Ok(())
+}
+
+fn read_export(path: &std::path::Path) -> Result<Vec<medbox::store::audit::Row>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        let mut rdr = csv::Reader::from_reader(file);
+        let rows = rdr
+            .deserialize()
+            .collect::<Result<Vec<medbox::store::audit::Row>, _>>()
+            .with_context(|| format!("{}: not an audit export", path.display()))?;
+        Ok(rows)
+    } else {
+        use std::io::BufRead as _;
+        let mut rows = Vec::new();
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            rows.push(
+                serde_json::from_str(&line)
+                    .with_context(|| format!("{}:{}: not an audit row", path.display(), i + 1))?,
+            );
+        }
+        Ok(rows)
+    }
+}
+
+fn read_checkpoints(path: &std::path::Path) -> Result<Vec<medbox::store::checkpoint::Checkpoint>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a checkpoint", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn audit_verify(
+    db: Option<PathBuf>,
+    export: Option<PathBuf>,
+    against: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use medbox::store::audit::{self, ChainKey, CheckpointRef, Verification};
+    let key = match &secret_file {
+        Some(f) => ChainKey::keyed(
+            std::fs::read(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .trim_ascii(),
+        ),
+        None => ChainKey::unkeyed(),
+    };
+    let rows = match (&db, &export) {
+        (Some(db), _) => {
+            let conn = medbox::store::schema::open_read_only(db)
+                .with_context(|| db.display().to_string())?;
+            audit::rows(&conn, &audit::Filter::default())?
+        }
+        (None, Some(e)) => read_export(e)?,
+        (None, None) => bail!("give --db or --export"),
+    };
+    let mut refs = Vec::new();
+    if let Some(path) = &against {
+        for c in read_checkpoints(path)? {
+            if !c.signature_valid() {
+                println!(
+                    "broken: checkpoint for row {} has an invalid signature (forged or altered copy)",
+                    c.seq
+                );
+                return Ok(ExitCode::from(1));
+            }
+            refs.push(CheckpointRef {
+                seq: c.seq,
+                head: c.head,
+            });
+        }
+    }
+    let v = audit::verify(rows, &key, &refs);
+    match &v {
+        Verification::Intact {
+            count,
+            head,
+            first_utc,
+            last_utc,
+            checkpoints,
+        } => {
+            println!(
+                "intact: {count} rows, {} to {}, head {head}, {checkpoints} checkpoints matched",
+                first_utc.as_deref().unwrap_or("-"),
+                last_utc.as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Verification::Broken {
+            seq,
+            kind,
+            last_good,
+            detail,
+        } => {
+            println!(
+                "broken: first bad row {seq} ({}); last good row {}; {detail}",
+                serde_json::to_value(kind)?.as_str().unwrap_or("?"),
+                last_good.map_or("none".to_string(), |s| s.to_string())
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn audit_command(cmd: AuditCommand) -> ExitCode {
+    let result = match cmd {
+        AuditCommand::Verify {
+            db,
+            export,
+            against,
+            secret_file,
+        } => {
+            return match audit_verify(db, export, against, secret_file) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("medbox: cannot verify: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        AuditCommand::Log { db, filter } => audit_log(&db, &filter),
+        AuditCommand::Export {
+            db,
+            format,
+            out,
+            filter,
+        } => audit_export(&db, format, out.as_deref(), &filter),
+        AuditCommand::Checkpoints { db } => (|| {
+            let conn = medbox::store::schema::open_read_only(&db)
+                .with_context(|| db.display().to_string())?;
+            for c in medbox::store::checkpoint::all(&conn)? {
+                println!("{}", serde_json::to_string(&c)?);
+            }
+            Ok(())
+        })(),
+        AuditCommand::Report { db, from, to, out } => (|| {
+            let conn = medbox::store::schema::open_read_only(&db)
+                .with_context(|| db.display().to_string())?;
+            let html = medbox::report::render(
+                &conn,
+                &ColdChainConfig::default(),
+                from,
+                to,
+                chrono::Utc::now(),
+            )?;
+            std::fs::write(&out, html)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_log(db: &std::path::Path, filter: &AuditFilter) -> Result<()> {
+    let conn =
+        medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
+    let rows = medbox::store::audit::rows(&conn, &filter.to_filter())?;
+    println!(
+        "{:>7}  {:24}  {:30}  {:22}  {:18}  reason",
+        "seq", "utc", "kind", "subject", "actor"
+    );
+    for r in &rows {
+        println!(
+            "{:>7}  {:24}  {:30}  {:22}  {:18}  {}",
+            r.seq, r.utc, r.kind, r.subject, r.actor, r.reason
+        );
+    }
+    eprintln!("{} rows", rows.len());
+    Ok(())
+}
+
+fn audit_export(
+    db: &std::path::Path,
+    format: ExportFormat,
+    out: Option<&std::path::Path>,
+    filter: &AuditFilter,
+) -> Result<()> {
+    use std::io::Write as _;
+    let conn =
+        medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
+    let rows = medbox::store::audit::rows(&conn, &filter.to_filter())?;
+    let sink: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = std::io::BufWriter::new(sink);
+    match format {
+        ExportFormat::Json => {
+            for r in &rows {
+                writeln!(sink, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(sink);
+            for r in &rows {
+                w.serialize(r)?;
+            }
+            w.flush()?;
+            return Ok(());
+        }
+    }
+    sink.flush()?;
     Ok(())
 }
 

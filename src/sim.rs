@@ -53,6 +53,13 @@ pub struct SimOptions {
     pub strategy: Strategy,
     /// Keep every fridge record, to export them.
     pub keep_records: bool,
+    /// Make every event durable in this SQLite database (audit chain, readings, checkpoints).
+    pub db: Option<std::path::PathBuf>,
+    /// Cap the database at this many pages (rehearses a full disk).
+    pub db_max_pages: Option<u32>,
+    /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
+    /// the crash harness: a printed record is an acknowledged one).
+    pub print_durable: bool,
 }
 
 /// The simulation could not run.
@@ -64,6 +71,10 @@ pub enum SimError {
     /// The profile has no `[sim]` model.
     #[error("the profile has no [sim] model")]
     NoModel,
+    /// The database could not be opened, or a write failed. The appliance stopped with its
+    /// actuators safe; a supervisor restarts it.
+    #[error("storage failed, appliance stopped: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What the physical model itself went through (truth, for comparison with the records).
@@ -136,6 +147,11 @@ pub struct SimSummary {
     /// Every fridge record, when asked for (`--export-readings`).
     #[serde(skip)]
     pub records: Vec<FridgeRecord>,
+    /// Checkpoints signed during the run (with `--db`): the copies to hold off the device.
+    #[serde(skip)]
+    pub checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
+    /// Records made durable during the run (audit rows and readings, with `--db`).
+    pub durable_records: u64,
     /// The physical model's truth.
     pub truth: ModelTruth,
 }
@@ -151,6 +167,18 @@ pub async fn run(
     if let Some(seed) = opts.seed {
         model.seed = seed;
     }
+    let mut recorder = match &opts.db {
+        Some(path) => Some(crate::store::recorder::Recorder::open(
+            path,
+            crate::store::audit::ChainKey::unkeyed(),
+            boot_id(),
+        )?),
+        None => None,
+    };
+    if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
+        rec.limit_pages(pages)?;
+    }
+    let print_durable = opts.print_durable;
     let mut profile = opts.profile.clone();
     profile.sim = Some(model.clone());
     if opts.strategy == Strategy::NaiveBaseline {
@@ -185,6 +213,7 @@ pub async fn run(
     let mut acc = Accumulator::new(&opts, &profile, model.seed);
     let end = opts.duration.map(|d| clock.monotonic() + d);
     let mut last_status = std::time::Instant::now();
+    let mut storage_error = None;
     tokio::pin!(stop);
     loop {
         let until_end = async {
@@ -197,6 +226,18 @@ pub async fn run(
             biased;
             ev = running.events.recv() => match ev {
                 Some(ev) => {
+                    if let Some(rec) = recorder.as_mut() {
+                        match rec.record(&ev, clock.monotonic(), true, clock.now()) {
+                            Ok(r) => acc.stored(r, print_durable),
+                            Err(e) => {
+                                // Never carry on as if it had been recorded: sound the alarm and
+                                // stop; the supervisor restarts us.
+                                let _ = running.dispenser.send(DispenserCommand::Annunciate(true)).await;
+                                storage_error = Some(e);
+                                break;
+                            }
+                        }
+                    }
                     acc.add(&ev, &handle);
                     if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
                         if let Event::Reading(r) = &ev {
@@ -219,9 +260,30 @@ pub async fn run(
     let mut rest = running.stop().await;
     rest.close();
     while let Some(ev) = rest.recv().await {
+        if storage_error.is_none() {
+            if let Some(rec) = recorder.as_mut() {
+                match rec.record(&ev, clock.monotonic(), true, clock.now()) {
+                    Ok(r) => acc.stored(r, print_durable),
+                    Err(e) => storage_error = Some(e),
+                }
+            }
+        }
         acc.add(&ev, &handle);
     }
+    if let Some(e) = storage_error {
+        return Err(SimError::Store(e));
+    }
     Ok(acc.finish(end_at, elapsed, &handle))
+}
+
+/// A fresh identifier for this run of the process.
+fn boot_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => crate::store::audit::hex(&b),
+        Err(_) => format!("{:x}", std::process::id()),
+    }
 }
 
 fn status_line(r: &crate::events::FridgeRecord, handle: &SimHandle) -> String {
@@ -307,6 +369,8 @@ struct Accumulator {
     acknowledgements: Vec<String>,
     commands_rejected: Vec<String>,
     records: Option<Vec<FridgeRecord>>,
+    checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
+    durable_records: u64,
 }
 
 impl Accumulator {
@@ -328,7 +392,23 @@ impl Accumulator {
             acknowledgements: Vec::new(),
             commands_rejected: Vec::new(),
             records: opts.keep_records.then(Vec::new),
+            checkpoints: Vec::new(),
+            durable_records: 0,
         }
+    }
+
+    fn stored(&mut self, r: crate::store::recorder::Recorded, print: bool) {
+        self.durable_records += 1;
+        if print {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = match r.seq {
+                Some(seq) => writeln!(out, "durable audit {seq}"),
+                None => writeln!(out, "durable reading"),
+            };
+            let _ = out.flush();
+        }
+        self.checkpoints.extend(r.checkpoint);
     }
 
     fn add(&mut self, ev: &Event, handle: &SimHandle) {
@@ -428,6 +508,8 @@ impl Accumulator {
             acknowledgements: self.acknowledgements,
             commands_rejected: self.commands_rejected,
             records: self.records.unwrap_or_default(),
+            checkpoints: self.checkpoints,
+            durable_records: self.durable_records,
         }
     }
 }

@@ -215,6 +215,9 @@ for = "3h"
             live: false,
             strategy,
             keep_records: false,
+            db: None,
+            db_max_pages: None,
+            print_durable: false,
         };
         common::paused_runtime()
             .block_on(medbox::sim::run(

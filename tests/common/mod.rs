@@ -50,6 +50,9 @@ pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> Sim
         live: false,
         strategy: medbox::controller::Strategy::Protected,
         keep_records: true,
+        db: None,
+        db_max_pages: None,
+        print_durable: false,
     };
     paused_runtime()
         .block_on(medbox::sim::run(opts, Speed::Max, std::future::pending()))

@@ -1,0 +1,112 @@
+//! `medbox bench`: figures, not assertions (the machines are shared and noisy; tests never assert
+//! on wall-clock time).
+
+use crate::store::audit::{self, ChainKey, Entry, Filter};
+use crate::store::{schema, StoreError};
+use chrono::Utc;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Store benchmark figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreBench {
+    /// Durable appends measured.
+    pub appends: u64,
+    /// Durable audit appends per second (one transaction each, hash chained, synchronous=FULL).
+    pub audit_appends_per_s: f64,
+    /// Plain inserts of the same rows per second, same settings, one transaction each.
+    pub plain_inserts_per_s: f64,
+    /// audit / plain.
+    pub ratio: f64,
+    /// Rows verified.
+    pub verify_rows: u64,
+    /// Seconds to read and verify them.
+    pub verify_seconds: f64,
+    /// Rows verified per second.
+    pub verify_rows_per_s: f64,
+}
+
+fn entry(i: u64) -> Entry {
+    Entry {
+        utc: Utc::now(),
+        mono_ms: i as i64,
+        boot_id: "bench".into(),
+        clock_trusted: true,
+        actor: "system:bench".into(),
+        kind: "bench.event".into(),
+        subject: format!("n:{i}"),
+        body: serde_json::json!({ "i": i, "vial": 4.98, "air": 5.12, "note": "a typical small event body" }),
+        reason: String::new(),
+    }
+}
+
+/// Runs the store benchmark in `dir`.
+pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, StoreError> {
+    let key = ChainKey::unkeyed();
+    let mut conn = schema::open(&dir.join("bench-audit.db"))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS plain (utc TEXT, mono_ms INTEGER, boot_id TEXT, clock_trusted INTEGER, actor TEXT, kind TEXT, subject TEXT, body TEXT, reason TEXT)",
+    )?;
+    // Interleave the two so both see the same disk conditions.
+    let (mut t_audit, mut t_plain) = (0.0, 0.0);
+    for i in 0..appends {
+        let e = entry(i);
+        let t = Instant::now();
+        let tx = conn.transaction()?;
+        audit::append(&tx, &key, &e)?;
+        tx.commit()?;
+        t_audit += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO plain VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            rusqlite::params![
+                e.utc.to_rfc3339(),
+                e.mono_ms,
+                e.boot_id,
+                1,
+                e.actor,
+                e.kind,
+                e.subject,
+                serde_json::to_string(&e.body)?,
+                e.reason
+            ],
+        )?;
+        tx.commit()?;
+        t_plain += t.elapsed().as_secs_f64();
+    }
+    drop(conn);
+
+    let mut conn = schema::open(&dir.join("bench-verify.db"))?;
+    let have: u64 =
+        conn.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0))? as u64;
+    if have < verify_rows {
+        let tx = conn.transaction()?;
+        for i in have..verify_rows {
+            audit::append(&tx, &key, &entry(i))?;
+        }
+        tx.commit()?;
+    }
+    let t = Instant::now();
+    let rows = audit::rows(&conn, &Filter::default())?;
+    let n = rows.len() as u64;
+    let v = audit::verify(rows, &key, &[]);
+    let verify_seconds = t.elapsed().as_secs_f64();
+    if !matches!(v, audit::Verification::Intact { .. }) {
+        return Err(StoreError::Key(format!(
+            "benchmark chain did not verify: {v:?}"
+        )));
+    }
+    let audit_rate = appends as f64 / t_audit.max(1e-9);
+    let plain_rate = appends as f64 / t_plain.max(1e-9);
+    Ok(StoreBench {
+        appends,
+        audit_appends_per_s: audit_rate,
+        plain_inserts_per_s: plain_rate,
+        ratio: audit_rate / plain_rate,
+        verify_rows: n,
+        verify_seconds,
+        verify_rows_per_s: n as f64 / verify_seconds.max(1e-9),
+    })
+}

@@ -1,0 +1,415 @@
+//! The printable report for pharmacists: one self-contained HTML page (inline CSS and SVG, no
+//! scripts, no external resources) built from the database.
+
+use crate::coldchain::analysis::{analyse, AnalysisReport};
+use crate::coldchain::monitor::Observation;
+use crate::coldchain::ColdChainConfig;
+use crate::store::audit::{self, Filter, Row, Verification};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use std::fmt::Write;
+
+/// One stored reading.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredReading {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Buffered probe.
+    pub vial: Option<f64>,
+    /// Air probe.
+    pub air: Option<f64>,
+    /// Door open.
+    pub door_open: bool,
+    /// Mains present.
+    pub mains: bool,
+}
+
+/// Reads stored readings in a time range, in time order.
+pub fn readings(
+    conn: &Connection,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<StoredReading>, StoreError> {
+    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let from = from.map(fmt).unwrap_or_default();
+    let to = to.map(fmt).unwrap_or_else(|| "9999".into());
+    let mut stmt = conn.prepare(
+        "SELECT utc, vial, air, door_open, mains FROM readings WHERE utc >= ?1 AND utc < ?2 ORDER BY utc, id",
+    )?;
+    let rows = stmt
+        .query_map([from, to], |r| {
+            let utc: String = r.get(0)?;
+            Ok((
+                utc,
+                r.get::<_, Option<f64>>(1)?,
+                r.get::<_, Option<f64>>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out: Vec<StoredReading> = Vec::with_capacity(rows.len());
+    for (utc, vial, air, door_open, mains) in rows {
+        let Ok(at) = DateTime::parse_from_rfc3339(&utc) else {
+            continue;
+        };
+        let at = at.with_timezone(&Utc);
+        // A simulated run restarted over the same database repeats times; keep time order.
+        if out.last().is_some_and(|l| at <= l.at) {
+            continue;
+        }
+        out.push(StoredReading {
+            at,
+            vial,
+            air,
+            door_open,
+            mains,
+        });
+    }
+    Ok(out)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn f2(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.2}"))
+}
+
+/// An SVG chart of one probe's readings with the acceptable band and excursions marked.
+fn chart(
+    title: &str,
+    points: &[(DateTime<Utc>, f64)],
+    band: (f64, f64),
+    excursions: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> String {
+    let (w, h, left, bottom, top) = (900.0, 260.0, 50.0, 30.0, 20.0);
+    if points.len() < 2 {
+        return format!("<p>{}: not enough readings for a chart.</p>", esc(title));
+    }
+    let t0 = points[0].0;
+    let t1 = points[points.len() - 1].0;
+    let span = (t1 - t0).num_seconds().max(1) as f64;
+    let (mut lo, mut hi) = (band.0 - 1.0, band.1 + 1.0);
+    for (_, v) in points {
+        lo = lo.min(*v);
+        hi = hi.max(*v);
+    }
+    let x = |t: DateTime<Utc>| left + (t - t0).num_seconds() as f64 / span * (w - left - 10.0);
+    let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{t}">"#,
+        t = esc(title)
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{y1:.1}" width="{bw:.1}" height="{bh:.1}" fill="#dff3e4"/>"##,
+        y1 = y(band.1),
+        bw = w - left - 10.0,
+        bh = y(band.0) - y(band.1)
+    );
+    for (s, e) in excursions {
+        let (xs, xe) = (x((*s).max(t0)), x((*e).min(t1)));
+        let _ = write!(
+            svg,
+            r##"<rect x="{xs:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#f8d0d0" opacity="0.7"/>"##,
+            (xe - xs).max(1.5),
+            h - top - bottom
+        );
+    }
+    // Down-sample to at most ~1500 points, keeping each bucket's extremes.
+    let bucket = (points.len() / 750).max(1);
+    let mut path = String::new();
+    for chunk in points.chunks(bucket) {
+        let (mut mn, mut mx) = (chunk[0], chunk[0]);
+        for p in chunk {
+            if p.1 < mn.1 {
+                mn = *p;
+            }
+            if p.1 > mx.1 {
+                mx = *p;
+            }
+        }
+        let (a, b) = if mn.0 <= mx.0 { (mn, mx) } else { (mx, mn) };
+        for p in [a, b] {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1}",
+                if path.is_empty() { "M" } else { " L" },
+                x(p.0),
+                y(p.1)
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        r##"<path d="{path}" fill="none" stroke="#1f4e9c" stroke-width="1.2"/>"##
+    );
+    for v in [band.0, band.1] {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#2e7d32" stroke-dasharray="4 3"/><text x="4" y="{ty:.1}" font-size="11">{v:.0} °C</text>"##,
+            x2 = w - 10.0,
+            yy = y(v),
+            ty = y(v) + 4.0
+        );
+    }
+    for v in [lo, hi] {
+        let _ = write!(
+            svg,
+            r#"<text x="4" y="{:.1}" font-size="11">{v:.1}</text>"#,
+            y(v) + 4.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{left}" y="{by}" font-size="11">{}</text><text x="{ex}" y="{by}" font-size="11" text-anchor="end">{}</text>"#,
+        t0.format("%Y-%m-%d %H:%M"),
+        t1.format("%Y-%m-%d %H:%M"),
+        by = h - 8.0,
+        ex = w - 10.0
+    );
+    svg.push_str("</svg>");
+    format!(
+        "<figure><figcaption>{}</figcaption>{svg}</figure>",
+        esc(title)
+    )
+}
+
+fn verification_html(v: &Verification) -> String {
+    match v {
+        Verification::Intact {
+            count,
+            head,
+            first_utc,
+            last_utc,
+            checkpoints,
+        } => format!(
+            r#"<p class="ok">Audit chain intact: {count} rows from {} to {}, head <code>{}</code>, {checkpoints} stored checkpoints match.</p>"#,
+            esc(first_utc.as_deref().unwrap_or("—")),
+            esc(last_utc.as_deref().unwrap_or("—")),
+            esc(head)
+        ),
+        Verification::Broken {
+            seq,
+            kind,
+            last_good,
+            detail,
+        } => format!(
+            r#"<p class="bad">AUDIT CHAIN BROKEN at row {seq} ({kind:?}); last good row {}. {}</p>"#,
+            last_good.map_or("none".into(), |s| s.to_string()),
+            esc(detail)
+        ),
+    }
+}
+
+/// Builds the report for `[from, to)`.
+pub fn render(
+    conn: &Connection,
+    cfg: &ColdChainConfig,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    generated: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let all_rows = audit::rows(conn, &Filter::default())?;
+    let stored_checkpoints: Vec<audit::CheckpointRef> = crate::store::checkpoint::all(conn)?
+        .into_iter()
+        .map(|c| audit::CheckpointRef {
+            seq: c.seq,
+            head: c.head,
+        })
+        .collect();
+    let verification = audit::verify(all_rows, &audit::ChainKey::unkeyed(), &stored_checkpoints);
+    let rs = readings(conn, from, to)?;
+    let obs: Vec<Observation> = rs
+        .iter()
+        .map(|r| Observation {
+            at: r.at,
+            buffered: r.vial,
+            any_valid: r.vial.is_some() || r.air.is_some(),
+            door_open: Some(r.door_open),
+            mains: Some(r.mains),
+        })
+        .collect();
+    let a: AnalysisReport = analyse(cfg, obs);
+    let rows = audit::rows(
+        conn,
+        &Filter {
+            from,
+            to,
+            ..Default::default()
+        },
+    )?;
+    let excursion_spans: Vec<_> = a
+        .excursions
+        .iter()
+        .map(|x| {
+            (
+                x.start,
+                x.end.unwrap_or_else(|| rs.last().map_or(x.start, |r| r.at)),
+            )
+        })
+        .collect();
+    let band = (cfg.range_min.0, cfg.range_max.0);
+    let vial: Vec<_> = rs
+        .iter()
+        .filter_map(|r| r.vial.map(|v| (r.at, v)))
+        .collect();
+    let air: Vec<_> = rs.iter().filter_map(|r| r.air.map(|v| (r.at, v))).collect();
+
+    let mut h = String::new();
+    let period = match (rs.first(), rs.last()) {
+        (Some(f), Some(l)) => format!(
+            "{} – {}",
+            f.at.format("%Y-%m-%d %H:%M UTC"),
+            l.at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        _ => "no readings".into(),
+    };
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>medbox report</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:60em}}
+h1{{font-size:1.5em}} h2{{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.6em}}
+table{{border-collapse:collapse;font-size:.9em}} td,th{{border:1px solid #bbb;padding:.25em .5em;text-align:right}}
+th{{background:#f0f0f0}} td.l,th.l{{text-align:left}} .ok{{color:#1b5e20;font-weight:600}} .bad{{color:#b71c1c;font-weight:700}}
+figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{font-size:.8em;word-break:break-all}}
+@media print{{body{{margin:0}} h2{{break-after:avoid}} table,figure{{break-inside:avoid}}}}
+</style></head><body>
+<h1>medbox cold-chain and dispensing report</h1>
+<p>Period: {period}. Generated {}. Range {:.1}–{:.1} °C; MKT with ΔH/R = 10 000 K.</p>
+{}"#,
+        generated.format("%Y-%m-%d %H:%M UTC"),
+        band.0,
+        band.1,
+        verification_html(&verification)
+    );
+    let _ = write!(
+        h,
+        "<h2>Summary</h2><table><tr><th class=l>valid readings</th><td>{}</td><th class=l>min</th><td>{} °C</td><th class=l>max</th><td>{} °C</td><th class=l>mean</th><td>{} °C</td><th class=l>MKT</th><td>{} °C</td></tr>\
+<tr><th class=l>in range</th><td>{:.0} min</td><th class=l>out of range</th><td>{:.0} min</td><th class=l>unknown</th><td>{:.0} min</td><th class=l>excursions</th><td>{}</td><th class=l>alarms</th><td>{}</td></tr></table>",
+        a.readings, f2(a.min), f2(a.max), f2(a.mean), f2(a.mkt), a.minutes_in_range, a.minutes_out_of_range, a.minutes_unknown, a.excursions.len(), a.alarms.len()
+    );
+    h.push_str("<h2>Temperature</h2>");
+    h.push_str(&chart(
+        "Buffered probe (TMP117 in glycol), °C",
+        &vial,
+        band,
+        &excursion_spans,
+    ));
+    h.push_str(&chart(
+        "Air probe (DS18B20), °C",
+        &air,
+        band,
+        &excursion_spans,
+    ));
+    h.push_str("<h2>Daily record</h2><table><tr><th class=l>day (UTC)</th><th>min °C</th><th>max °C</th><th>mean °C</th><th>MKT °C</th><th>in range min</th><th>below min</th><th>above min</th><th>unknown min</th></tr>");
+    for d in &a.days {
+        let _ = write!(
+            h,
+            "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td></tr>",
+            d.date, f2(d.min), f2(d.max), f2(d.mean), f2(d.mkt), d.minutes_in_range, d.minutes_below, d.minutes_above, d.minutes_unknown
+        );
+    }
+    h.push_str("</table><h2>Excursions</h2>");
+    if a.excursions.is_empty() {
+        h.push_str("<p>No excursion in this period.</p>");
+    } else {
+        h.push_str("<table><tr><th class=l>#</th><th class=l>start</th><th class=l>end</th><th>minutes</th><th>min °C</th><th>peak °C</th><th>MKT °C</th><th>24 h MKT °C</th></tr>");
+        for x in &a.excursions {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+                x.id,
+                x.start.format("%Y-%m-%d %H:%M"),
+                x.end.map_or("still open".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
+                x.minutes, x.min, x.max, x.mkt, x.mkt_24h
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Alarms, acknowledgements and faults</h2>");
+    let notable: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.kind.starts_with("coldchain.alarm")
+                || r.kind == "coldchain.probe_fault"
+                || r.kind == "device.fault"
+                || r.kind == "command.rejected"
+        })
+        .collect();
+    if notable.is_empty() {
+        h.push_str("<p>None in this period.</p>");
+    } else {
+        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th><th class=l>actor</th><th class=l>reason / comment</th></tr>");
+        for r in notable {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
+                r.seq, esc(&r.utc), esc(&r.kind), esc(&r.subject), esc(&r.actor), esc(&r.reason)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Adherence per patient</h2>");
+    let doses: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.kind.starts_with("dose."))
+        .collect();
+    if doses.is_empty() {
+        h.push_str("<p>No dosing records in this period.</p>");
+    } else {
+        let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for r in doses {
+            let patient = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|b| {
+                    b.get("patient")
+                        .and_then(|p| p.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "?".into());
+            *per.entry((patient, r.kind.trim_start_matches("dose.").to_string()))
+                .or_default() += 1;
+        }
+        h.push_str(
+            "<table><tr><th class=l>patient</th><th class=l>outcome</th><th>count</th></tr>",
+        );
+        for ((p, k), n) in per {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td>{n}</td></tr>",
+                esc(&p),
+                esc(&k)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Dispenser mechanics, inventory and refills</h2>");
+    let mech: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.kind.starts_with("dispenser."))
+        .collect();
+    if mech.is_empty() {
+        h.push_str("<p>No dispenser activity recorded in this period.</p>");
+    } else {
+        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th></tr>");
+        for r in mech {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
+                r.seq, esc(&r.utc), esc(&r.kind), esc(&r.subject)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
+    Ok(h)
+}

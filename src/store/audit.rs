@@ -1,0 +1,629 @@
+//! The audit log: one append-only table, each row chained to the previous by
+//! `hash = SHA-256(prev_hash ‖ canonical row)` (HMAC-SHA-256 with the configured secret, when
+//! one is set). Triggers refuse UPDATE and DELETE; anyone who edits the file anyway breaks the
+//! chain at the first row they touched, and [`verify`] names it.
+//!
+//! The canonical form of a row is the JSON array `[seq, utc, mono_ms, boot_id, clock_trusted,
+//! actor, kind, subject, body, reason]`, with `body` as the exact stored JSON text: unambiguous,
+//! and reproducible by anyone with a JSON library.
+
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use ring::{digest, hmac};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+/// The hash that precedes the first row.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Wall-clock time (UTC).
+    pub utc: DateTime<Utc>,
+    /// Monotonic milliseconds since this boot's start.
+    pub mono_ms: i64,
+    /// Identifies one run of the process (monotonic time restarts with it).
+    pub boot_id: String,
+    /// Whether the wall clock was trusted when the row was written.
+    pub clock_trusted: bool,
+    /// A person's id, or `system:<component>`.
+    pub actor: String,
+    /// Dotted kind, e.g. `coldchain.alarm_raised`.
+    pub kind: String,
+    /// What the row is about, e.g. `alarm:DOOR_OPEN`, `probe:vial`.
+    pub subject: String,
+    /// Details.
+    pub body: serde_json::Value,
+    /// Why (a reason code or a person's comment), or empty.
+    pub reason: String,
+}
+
+/// A stored row, as exported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Gapless sequence number from 1.
+    pub seq: i64,
+    /// UTC, RFC 3339.
+    pub utc: String,
+    /// Monotonic milliseconds.
+    pub mono_ms: i64,
+    /// Boot id.
+    pub boot_id: String,
+    /// Clock trusted.
+    pub clock_trusted: bool,
+    /// Actor.
+    pub actor: String,
+    /// Kind.
+    pub kind: String,
+    /// Subject.
+    pub subject: String,
+    /// Body, exact JSON text.
+    pub body: String,
+    /// Reason.
+    pub reason: String,
+    /// Previous row's hash (hex).
+    pub prev_hash: String,
+    /// This row's hash (hex).
+    pub hash: String,
+}
+
+/// How rows are linked: plain SHA-256, or HMAC-SHA-256 with a secret.
+#[derive(Clone)]
+pub struct ChainKey(Option<hmac::Key>);
+
+impl ChainKey {
+    /// Plain SHA-256 chaining.
+    pub fn unkeyed() -> Self {
+        Self(None)
+    }
+
+    /// HMAC-SHA-256 chaining with `secret` (verification then needs the same secret).
+    pub fn keyed(secret: &[u8]) -> Self {
+        Self(Some(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+
+    /// The link hash of a row given its predecessor's hash.
+    pub fn link(&self, prev_hash: &str, canonical: &[u8]) -> String {
+        let mut msg = Vec::with_capacity(prev_hash.len() + canonical.len());
+        msg.extend_from_slice(prev_hash.as_bytes());
+        msg.extend_from_slice(canonical);
+        match &self.0 {
+            Some(k) => hex(hmac::sign(k, &msg).as_ref()),
+            None => hex(digest::digest(&digest::SHA256, &msg).as_ref()),
+        }
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Row {
+    /// The canonical bytes that are hashed.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(&(
+            self.seq,
+            &self.utc,
+            self.mono_ms,
+            &self.boot_id,
+            self.clock_trusted,
+            &self.actor,
+            &self.kind,
+            &self.subject,
+            &self.body,
+            &self.reason,
+        ))
+        .unwrap_or_default()
+    }
+
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Row {
+            seq: r.get(0)?,
+            utc: r.get(1)?,
+            mono_ms: r.get(2)?,
+            boot_id: r.get(3)?,
+            clock_trusted: r.get::<_, i64>(4)? != 0,
+            actor: r.get(5)?,
+            kind: r.get(6)?,
+            subject: r.get(7)?,
+            body: r.get(8)?,
+            reason: r.get(9)?,
+            prev_hash: r.get(10)?,
+            hash: r.get(11)?,
+        })
+    }
+}
+
+/// The chain's head: last sequence number and hash.
+pub fn head(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Appends one row inside `tx`; the caller commits (with the domain change that goes with it).
+pub fn append(tx: &Transaction<'_>, key: &ChainKey, e: &Entry) -> Result<Row, StoreError> {
+    let (seq, prev_hash) = match head(tx)? {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS.to_string()),
+    };
+    let mut row = Row {
+        seq,
+        utc: e.utc.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        mono_ms: e.mono_ms,
+        boot_id: e.boot_id.clone(),
+        clock_trusted: e.clock_trusted,
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        subject: e.subject.clone(),
+        body: serde_json::to_string(&e.body)?,
+        reason: e.reason.clone(),
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = key.link(&row.prev_hash, &row.canonical());
+    tx.execute(
+        "INSERT INTO audit (seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            row.seq,
+            row.utc,
+            row.mono_ms,
+            row.boot_id,
+            row.clock_trusted as i64,
+            row.actor,
+            row.kind,
+            row.subject,
+            row.body,
+            row.reason,
+            row.prev_hash,
+            row.hash
+        ],
+    )?;
+    Ok(row)
+}
+
+/// Filters for reading rows back.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// From this UTC time (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// To this UTC time (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    /// Kind, or a kind prefix ending in `.` (`coldchain.`).
+    pub kind: Option<String>,
+    /// Patient pseudonym (the body's `patient`).
+    pub patient: Option<String>,
+    /// Medication name (the body's `medication`).
+    pub medication: Option<String>,
+}
+
+/// Reads rows in sequence order, filtered.
+pub fn rows(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    let mut sql = String::from(
+        "SELECT seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash FROM audit WHERE 1=1",
+    );
+    let mut args: Vec<String> = Vec::new();
+    let fmt = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Some(t) = &f.from {
+        args.push(fmt(t));
+        sql += &format!(" AND utc >= ?{}", args.len());
+    }
+    if let Some(t) = &f.to {
+        args.push(fmt(t));
+        sql += &format!(" AND utc < ?{}", args.len());
+    }
+    if let Some(k) = &f.kind {
+        if let Some(prefix) = k.strip_suffix('.') {
+            args.push(format!("{prefix}.%"));
+            sql += &format!(" AND kind LIKE ?{}", args.len());
+        } else {
+            args.push(k.clone());
+            sql += &format!(" AND kind = ?{}", args.len());
+        }
+    }
+    if let Some(p) = &f.patient {
+        args.push(p.clone());
+        sql += &format!(" AND json_extract(body, '$.patient') = ?{}", args.len());
+    }
+    if let Some(m) = &f.medication {
+        args.push(m.clone());
+        sql += &format!(" AND json_extract(body, '$.medication') = ?{}", args.len());
+    }
+    sql += " ORDER BY seq";
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), Row::from_sql)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// How a chain was found broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakKind {
+    /// A row's content or hash was altered.
+    Changed,
+    /// A row is missing (a gap in the sequence).
+    Missing,
+    /// A genuine row sits where another belongs.
+    Reordered,
+    /// Rows at the end are gone (seen against a checkpoint).
+    Truncated,
+    /// The chain differs from a signed checkpoint (consistently rewritten), or the checkpoint's
+    /// signature is wrong.
+    CheckpointMismatch,
+}
+
+/// The result of a verification.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Verification {
+    /// Every row links to the previous one (and matches every checkpoint given).
+    Intact {
+        /// Rows.
+        count: i64,
+        /// Head hash.
+        head: String,
+        /// First row's time.
+        first_utc: Option<String>,
+        /// Last row's time.
+        last_utc: Option<String>,
+        /// Checkpoints checked.
+        checkpoints: usize,
+    },
+    /// The first break.
+    Broken {
+        /// First bad sequence number.
+        seq: i64,
+        /// What kind of break.
+        kind: BreakKind,
+        /// Last row that verified.
+        last_good: Option<i64>,
+        /// Details for the pharmacist.
+        detail: String,
+    },
+}
+
+/// A checkpoint as held off the device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// Sequence number of the head at the time.
+    pub seq: i64,
+    /// Head hash at that sequence number.
+    pub head: String,
+}
+
+/// Verifies rows given in sequence order (from the database or an export).
+pub fn verify(
+    rows: impl IntoIterator<Item = Row>,
+    key: &ChainKey,
+    checkpoints: &[CheckpointRef],
+) -> Verification {
+    let mut expected_seq = 1;
+    let mut prev = GENESIS.to_string();
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut first_utc = None;
+    let mut last_utc = None;
+    let mut hashes_at: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
+    let wanted: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
+    let last_good = |s: i64| (s > 1).then_some(s - 1);
+    for row in rows {
+        if row.seq != expected_seq {
+            let kind = if row.seq > expected_seq {
+                BreakKind::Missing
+            } else {
+                BreakKind::Reordered
+            };
+            return Verification::Broken {
+                seq: expected_seq,
+                kind,
+                last_good: last_good(expected_seq),
+                detail: format!("expected row {expected_seq}, found row {}", row.seq),
+            };
+        }
+        if row.prev_hash != prev {
+            let kind = match seen.get(&row.prev_hash) {
+                Some(_) => BreakKind::Reordered,
+                None => BreakKind::Changed,
+            };
+            return Verification::Broken {
+                seq: row.seq,
+                kind,
+                last_good: last_good(row.seq),
+                detail: "prev_hash does not match the previous row's hash".into(),
+            };
+        }
+        let h = key.link(&row.prev_hash, &row.canonical());
+        if h != row.hash {
+            return Verification::Broken {
+                seq: row.seq,
+                kind: BreakKind::Changed,
+                last_good: last_good(row.seq),
+                detail: "content does not match its hash (altered, or verified with the wrong HMAC secret)".into(),
+            };
+        }
+        if first_utc.is_none() {
+            first_utc = Some(row.utc.clone());
+        }
+        last_utc = Some(row.utc.clone());
+        if wanted.contains(&row.seq) {
+            hashes_at.insert(row.seq, row.hash.clone());
+        }
+        seen.insert(row.hash.clone(), row.seq);
+        prev = row.hash;
+        expected_seq += 1;
+    }
+    let count = expected_seq - 1;
+    for c in checkpoints {
+        match hashes_at.get(&c.seq) {
+            None if c.seq > count => {
+                return Verification::Broken {
+                    seq: count + 1,
+                    kind: BreakKind::Truncated,
+                    last_good: (count > 0).then_some(count),
+                    detail: format!("a checkpoint holds row {} but the chain ends at row {count}", c.seq),
+                }
+            }
+            Some(h) if *h == c.head => {}
+            _ => {
+                return Verification::Broken {
+                    seq: c.seq,
+                    kind: BreakKind::CheckpointMismatch,
+                    last_good: None,
+                    detail: format!(
+                        "row {} differs from the signed checkpoint: the chain was rewritten at or before it",
+                        c.seq
+                    ),
+                }
+            }
+        }
+    }
+    Verification::Intact {
+        count,
+        head: prev,
+        first_utc,
+        last_utc,
+        checkpoints: checkpoints.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: i64) -> Entry {
+        Entry {
+            utc: DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                + chrono::Duration::minutes(i),
+            mono_ms: i * 60_000,
+            boot_id: "boot-1".into(),
+            clock_trusted: true,
+            actor: "system:test".into(),
+            kind: "test.event".into(),
+            subject: format!("n:{i}"),
+            body: serde_json::json!({ "i": i, "patient": if i % 2 == 0 { "p-even" } else { "p-odd" } }),
+            reason: String::new(),
+        }
+    }
+
+    fn db(n: i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::schema::open(&dir.path().join("a.db")).unwrap();
+        let key = ChainKey::unkeyed();
+        for i in 0..n {
+            let tx = conn.transaction().unwrap();
+            append(&tx, &key, &entry(i)).unwrap();
+            tx.commit().unwrap();
+        }
+        (dir, conn)
+    }
+
+    fn all(conn: &Connection) -> Vec<Row> {
+        rows(conn, &Filter::default()).unwrap()
+    }
+
+    fn tamper(conn: &Connection, sql: &str) {
+        conn.execute_batch(&format!(
+            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; {sql}"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let (_d, conn) = db(20);
+        match verify(all(&conn), &ChainKey::unkeyed(), &[]) {
+            Verification::Intact { count, head, .. } => {
+                assert_eq!(count, 20);
+                assert_eq!(head, super::head(&conn).unwrap().unwrap().1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn triggers_refuse_update_and_delete() {
+        let (_d, conn) = db(3);
+        assert!(conn
+            .execute("UPDATE audit SET actor = 'x' WHERE seq = 2", [])
+            .is_err());
+        assert!(conn.execute("DELETE FROM audit WHERE seq = 3", []).is_err());
+    }
+
+    #[test]
+    fn a_changed_body_is_named_at_its_row() {
+        let (_d, conn) = db(20);
+        tamper(
+            &conn,
+            "UPDATE audit SET body = replace(body, '\"i\":7', '\"i\":70') WHERE seq = 8;",
+        );
+        assert_eq!(
+            verify(all(&conn), &ChainKey::unkeyed(), &[]),
+            Verification::Broken {
+                seq: 8,
+                kind: BreakKind::Changed,
+                last_good: Some(7),
+                detail: "content does not match its hash (altered, or verified with the wrong HMAC secret)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_deleted_row_is_missing() {
+        let (_d, conn) = db(20);
+        tamper(&conn, "DELETE FROM audit WHERE seq = 5;");
+        assert!(matches!(
+            verify(all(&conn), &ChainKey::unkeyed(), &[]),
+            Verification::Broken {
+                seq: 5,
+                kind: BreakKind::Missing,
+                last_good: Some(4),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn swapped_rows_are_reordered() {
+        let (_d, conn) = db(20);
+        // Swap the content of rows 10 and 11 (keeping their positions).
+        tamper(
+            &conn,
+            "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq IN (10, 11);
+             DELETE FROM audit WHERE seq IN (10, 11);
+             INSERT INTO audit SELECT 21 - seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash FROM t;",
+        );
+        assert!(matches!(
+            verify(all(&conn), &ChainKey::unkeyed(), &[]),
+            Verification::Broken { seq: 10, .. }
+        ));
+        // Rows 10 and 11 swapped: row 10 now carries row 11's prev_hash, which is row 10's
+        // genuine hash, unknown so far; row 11 would carry row 9's. Move 11 before 10 instead:
+        let (_d2, conn2) = db(20);
+        tamper(
+            &conn2,
+            "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq = 12;
+             DELETE FROM audit WHERE seq = 12;
+             INSERT INTO audit SELECT 12, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason,
+                 (SELECT prev_hash FROM audit WHERE seq = 6), hash FROM t;",
+        );
+        assert!(matches!(
+            verify(all(&conn2), &ChainKey::unkeyed(), &[]),
+            Verification::Broken {
+                seq: 12,
+                kind: BreakKind::Reordered,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_consistent_rewrite_is_caught_by_a_checkpoint() {
+        let (_d, conn) = db(20);
+        let cp = CheckpointRef {
+            seq: 15,
+            head: all(&conn)[14].hash.clone(),
+        };
+        // Rewrite from row 8 on and re-chain every hash after it: the chain alone is intact.
+        let key = ChainKey::unkeyed();
+        let mut rows_now = all(&conn);
+        rows_now[7].body = "{\"i\":700}".into();
+        let mut prev = rows_now[6].hash.clone();
+        for r in rows_now.iter_mut().skip(7) {
+            r.prev_hash = prev.clone();
+            r.hash = key.link(&r.prev_hash, &r.canonical());
+            prev = r.hash.clone();
+        }
+        assert!(matches!(
+            verify(rows_now.clone(), &key, &[]),
+            Verification::Intact { .. }
+        ));
+        assert!(matches!(
+            verify(rows_now, &key, std::slice::from_ref(&cp)),
+            Verification::Broken {
+                seq: 15,
+                kind: BreakKind::CheckpointMismatch,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_truncated_tail_is_caught_by_a_checkpoint() {
+        let (_d, conn) = db(20);
+        let cp = CheckpointRef {
+            seq: 20,
+            head: all(&conn)[19].hash.clone(),
+        };
+        tamper(&conn, "DELETE FROM audit WHERE seq > 16;");
+        assert!(matches!(
+            verify(all(&conn), &ChainKey::unkeyed(), &[cp]),
+            Verification::Broken {
+                seq: 17,
+                kind: BreakKind::Truncated,
+                last_good: Some(16),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_keyed_chain_needs_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::schema::open(&dir.path().join("k.db")).unwrap();
+        let key = ChainKey::keyed(b"pharmacy secret");
+        for i in 0..3 {
+            let tx = conn.transaction().unwrap();
+            append(&tx, &key, &entry(i)).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(
+            verify(all(&conn), &key, &[]),
+            Verification::Intact { .. }
+        ));
+        assert!(matches!(
+            verify(all(&conn), &ChainKey::unkeyed(), &[]),
+            Verification::Broken {
+                seq: 1,
+                kind: BreakKind::Changed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn filters_select_by_kind_time_and_patient() {
+        let (_d, conn) = db(10);
+        let f = Filter {
+            patient: Some("p-odd".into()),
+            ..Default::default()
+        };
+        assert_eq!(rows(&conn, &f).unwrap().len(), 5);
+        let f = Filter {
+            kind: Some("test.".into()),
+            from: Some(entry(5).utc),
+            ..Default::default()
+        };
+        assert_eq!(rows(&conn, &f).unwrap().len(), 5);
+        let f = Filter {
+            kind: Some("other".into()),
+            ..Default::default()
+        };
+        assert!(rows(&conn, &f).unwrap().is_empty());
+    }
+}

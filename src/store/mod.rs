@@ -1,0 +1,46 @@
+//! The store: one SQLite database, owned by one task, for everything that must survive.
+//!
+//! - [`schema`]: the connection's settings (WAL, `synchronous=FULL`, foreign keys, busy timeout,
+//!   WAL size limit), read back and refused on mismatch; `PRAGMA user_version` migrations.
+//! - [`audit`]: the append-only, hash-chained audit log and its verification.
+//! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head, for copies held off-device.
+//! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
+
+pub mod audit;
+pub mod checkpoint;
+pub mod recorder;
+pub mod schema;
+
+use thiserror::Error;
+
+/// What can go wrong with the store. A storage error is never reported as success.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, I/O error, locked, corrupt).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A connection setting did not take (the durability promises would not hold).
+    #[error("database setting {pragma} is {actual:?}, expected {expected:?}: refusing to run")]
+    Settings {
+        /// The pragma.
+        pragma: &'static str,
+        /// What we asked for.
+        expected: String,
+        /// What SQLite reports.
+        actual: String,
+    },
+    /// The database was written by a newer medbox.
+    #[error("database schema version {found} is newer than this medbox understands ({supported}); upgrade medbox, do not downgrade a database")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest this build knows.
+        supported: i64,
+    },
+    /// A body could not be encoded.
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The device key is unusable.
+    #[error("device key: {0}")]
+    Key(String),
+}

@@ -1,0 +1,258 @@
+//! Turns controller events into durable records: an audit row per event (readings go to their
+//! own table), each in its own transaction together with any checkpoint that falls due, so an
+//! event is on disk before the recorder returns.
+
+use super::audit::{self, ChainKey, Entry};
+use super::checkpoint::{self, Checkpoint, DeviceKey};
+use super::{schema, StoreError};
+use crate::coldchain::monitor::MonitorEvent;
+use crate::events::Event;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+use std::path::Path;
+use std::time::Duration;
+
+/// Where a recorded event went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// Its audit sequence number (None: a reading, stored in the readings table).
+    pub seq: Option<i64>,
+    /// A checkpoint signed in the same transaction.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The one owner of the database connection.
+pub struct Recorder {
+    conn: Connection,
+    key: ChainKey,
+    device: DeviceKey,
+    boot_id: String,
+    last_checkpoint: Option<(i64, DateTime<Utc>)>,
+}
+
+fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// How an event is filed: kind, actor, subject, reason.
+fn classify(e: &Event) -> (String, String, String, String) {
+    let sys = |c: &str| format!("system:{c}");
+    match e {
+        Event::Started { .. } => (
+            "system.start".into(),
+            sys("controller"),
+            "controller".into(),
+            String::new(),
+        ),
+        Event::Stopped { .. } => (
+            "system.stop".into(),
+            sys("controller"),
+            "controller".into(),
+            String::new(),
+        ),
+        Event::Reading(_) => (
+            "coldchain.reading".into(),
+            sys("fridge"),
+            "fridge".into(),
+            String::new(),
+        ),
+        Event::ProbeFault { probe, fault, .. } => (
+            "coldchain.probe_fault".into(),
+            sys("fridge"),
+            format!("probe:{}", name(probe)),
+            name(fault),
+        ),
+        Event::ProbeRecovered { probe, .. } => (
+            "coldchain.probe_recovered".into(),
+            sys("fridge"),
+            format!("probe:{}", name(probe)),
+            String::new(),
+        ),
+        Event::ControlModeChanged { mode, .. } => (
+            "coldchain.control_mode".into(),
+            sys("fridge"),
+            "compressor".into(),
+            name(mode),
+        ),
+        Event::CarouselHomed { .. } => (
+            "dispenser.homed".into(),
+            sys("dispenser"),
+            "carousel".into(),
+            String::new(),
+        ),
+        Event::Dispensed { report, .. } => (
+            "dispenser.test_dispense".into(),
+            sys("dispenser"),
+            format!("slot:{}", report.slot),
+            String::new(),
+        ),
+        Event::DeviceFault { device, .. } => (
+            "device.fault".into(),
+            sys("controller"),
+            device.clone(),
+            String::new(),
+        ),
+        Event::TrayPickup { .. } => (
+            "dispenser.tray_pickup".into(),
+            sys("dispenser"),
+            "tray".into(),
+            String::new(),
+        ),
+        Event::ButtonPressed { .. } => (
+            "dispenser.button".into(),
+            sys("dispenser"),
+            "button".into(),
+            String::new(),
+        ),
+        Event::ColdChain(m) => match m {
+            MonitorEvent::ExcursionOpened { id, .. } => (
+                "coldchain.excursion_opened".into(),
+                sys("fridge"),
+                format!("excursion:{id}"),
+                String::new(),
+            ),
+            MonitorEvent::ExcursionClosed(x) => (
+                "coldchain.excursion_closed".into(),
+                sys("fridge"),
+                format!("excursion:{}", x.id),
+                String::new(),
+            ),
+            MonitorEvent::AlarmRaised { alarm, .. } => (
+                "coldchain.alarm_raised".into(),
+                sys("fridge"),
+                format!("alarm:{}", alarm.code()),
+                alarm.code().into(),
+            ),
+            MonitorEvent::AlarmCleared { alarm, .. } => (
+                "coldchain.alarm_cleared".into(),
+                sys("fridge"),
+                format!("alarm:{}", alarm.code()),
+                String::new(),
+            ),
+            MonitorEvent::DayClosed(d) => (
+                "coldchain.day".into(),
+                sys("fridge"),
+                format!("day:{}", d.date),
+                String::new(),
+            ),
+        },
+        Event::AlarmAcknowledged {
+            alarm,
+            actor,
+            comment,
+            ..
+        } => (
+            "coldchain.alarm_acknowledged".into(),
+            actor.clone(),
+            format!("alarm:{}", alarm.code()),
+            comment.clone(),
+        ),
+        Event::CommandRejected {
+            command, reason, ..
+        } => (
+            "command.rejected".into(),
+            sys("controller"),
+            format!("command:{command}"),
+            reason.clone(),
+        ),
+    }
+}
+
+fn event_time(e: &Event) -> Option<DateTime<Utc>> {
+    serde_json::to_value(e)
+        .ok()?
+        .get("at")
+        .and_then(|v| v.as_str())
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl Recorder {
+    /// Opens (or creates) the database and the device key. `boot_id` names this run.
+    pub fn open(path: &Path, key: ChainKey, boot_id: String) -> Result<Self, StoreError> {
+        let conn = schema::open(path)?;
+        let device = DeviceKey::load_or_create(&conn)?;
+        let last_checkpoint = checkpoint::last(&conn)?;
+        Ok(Self {
+            conn,
+            key,
+            device,
+            boot_id,
+            last_checkpoint,
+        })
+    }
+
+    /// The connection, for queries.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Caps the database at `pages` pages, so a full disk can be rehearsed: the next write past
+    /// it fails with SQLITE_FULL.
+    pub fn limit_pages(&self, pages: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "max_page_count", pages)?;
+        Ok(())
+    }
+
+    /// Makes one event durable; says where it went and returns any checkpoint signed with it.
+    /// `now` is the wall clock when the event's own time is absent.
+    pub fn record(
+        &mut self,
+        e: &Event,
+        mono: Duration,
+        clock_trusted: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError> {
+        let tx = self.conn.transaction()?;
+        let at = event_time(e).unwrap_or(now);
+        let mut cp = None;
+        let mut seq = None;
+        if let Event::Reading(r) = e {
+            tx.execute(
+                "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    r.vial,
+                    r.air,
+                    r.compressor_on,
+                    r.door_open,
+                    r.mains,
+                    name(&r.mode)
+                ],
+            )?;
+        } else {
+            let (kind, actor, subject, reason) = classify(e);
+            let row = audit::append(
+                &tx,
+                &self.key,
+                &Entry {
+                    utc: at,
+                    mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
+                    boot_id: self.boot_id.clone(),
+                    clock_trusted,
+                    actor,
+                    kind,
+                    subject,
+                    body: serde_json::to_value(e)?,
+                    reason,
+                },
+            )?;
+            seq = Some(row.seq);
+            if checkpoint::due(self.last_checkpoint, row.seq, at) {
+                let c = self.device.checkpoint(&tx, row.seq, &row.hash, at)?;
+                cp = Some(c);
+            }
+        }
+        tx.commit()?;
+        if let Some(c) = &cp {
+            self.last_checkpoint = Some((c.seq, at));
+        }
+        Ok(Recorded {
+            seq,
+            checkpoint: cp,
+        })
+    }
+}
