@@ -9,6 +9,7 @@
 //!   `rpi` (cargo feature `rpi`).
 //! - [`drivers`]: embedded-hal 1.0 drivers (TMP117, DS18B20, steppers, relay, inputs, indicators).
 //! - [`devices`]: the small traits the controller sees (`Thermometer`, `Compressor`, `Carousel`…).
+//! - [`dosing`]: pure dosing cores: schedules, occurrences with daylight-saving rules, the engine.
 //! - [`coldchain`]: pure cores for the fridge: validation, thermostat, statistics.
 //! - [`clock`]: the injected clock (system or simulated).
 //! - [`controller`]: tokio tasks that wire devices and cores; safe states on shutdown.
@@ -27,6 +28,7 @@ pub mod coldchain;
 pub mod config;
 pub mod controller;
 pub mod devices;
+pub mod dosing;
 pub mod drivers;
 pub mod events;
 pub mod report;

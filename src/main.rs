@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: ColdchainCommand,
     },
+    /// Dosing schedules: check them, list the next doses, explain a decision.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Print benchmark figures (not assertions).
     Bench {
         #[command(subcommand)]
@@ -90,6 +95,45 @@ enum ExportFormat {
     Csv,
     /// One JSON object per line.
     Json,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Validate schedule files or directories: exit 0 when valid, else 1 printing
+    /// `file:line: field: message` for every problem.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// The next dose occurrences of each medication, with their windows.
+    Next {
+        /// The schedule file.
+        file: PathBuf,
+        /// From this time (RFC 3339; default: now).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Occurrences per medication.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the engine would do at a moment for each medication, and why.
+    Explain {
+        /// The schedule file.
+        file: PathBuf,
+        /// The moment (RFC 3339).
+        #[arg(long)]
+        at: chrono::DateTime<chrono::FixedOffset>,
+        /// Take the recorded dose history from this database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,6 +311,7 @@ fn main() -> ExitCode {
             command: ColdchainCommand::Stats { csv, config, json },
         } => coldchain_stats(&csv, config.as_deref(), json),
         Command::Audit { command } => return audit_command(command),
+        Command::Schedule { command } => return schedule_command(command),
         Command::Bench {
             command:
                 BenchCommand::Store {
@@ -839,6 +884,206 @@ fn audit_export(
         }
     }
     sink.flush()?;
+    Ok(())
+}
+
+fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
+    let result = match cmd {
+        ScheduleCommand::Check { paths } => {
+            let mut errors = Vec::new();
+            let mut checked = 0;
+            for p in &paths {
+                if p.is_dir() {
+                    let (ok, errs) = medbox::dosing::schedule::Schedule::load_dir(p);
+                    checked += ok.len();
+                    errors.extend(errs);
+                } else {
+                    match medbox::dosing::schedule::Schedule::load(p) {
+                        Ok(_) => checked += 1,
+                        Err(e) => errors.extend(e),
+                    }
+                }
+            }
+            for e in &errors {
+                println!("{e}");
+            }
+            if errors.is_empty() {
+                println!("{checked} schedule(s) valid");
+                return ExitCode::SUCCESS;
+            }
+            return ExitCode::FAILURE;
+        }
+        ScheduleCommand::Next {
+            file,
+            from,
+            count,
+            json,
+        } => schedule_next(&file, from, count, json),
+        ScheduleCommand::Explain { file, at, db, json } => {
+            schedule_explain(&file, at, db.as_deref(), json)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_schedule(file: &std::path::Path) -> Result<medbox::dosing::schedule::Schedule> {
+    medbox::dosing::schedule::Schedule::load(file).map_err(config_errors)
+}
+
+fn schedule_next(
+    file: &std::path::Path,
+    from: Option<chrono::DateTime<chrono::FixedOffset>>,
+    count: usize,
+    json: bool,
+) -> Result<()> {
+    use medbox::dosing::engine::windows;
+    let s = load_schedule(file)?;
+    let from = from.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+    let mut out = Vec::new();
+    for (m, rec) in &s.medications {
+        let Some(rec) = rec else {
+            out.push(serde_json::json!({ "medication": m.name, "prn": true, "occurrences": [] }));
+            continue;
+        };
+        let occ = rec.next(s.tz, from - chrono::Duration::seconds(1), count * 3);
+        let horizon = occ.last().copied().unwrap_or(from);
+        let ws = windows(m, rec, s.tz, from, horizon);
+        let list: Vec<_> = ws
+            .iter()
+            .filter(|w| {
+                w.occurrence >= from && m.active_on(w.occurrence.with_timezone(&s.tz).date_naive())
+            })
+            .take(count)
+            .map(|w| {
+                let day = w.occurrence.with_timezone(&s.tz).date_naive();
+                serde_json::json!({
+                    "local": w.occurrence.with_timezone(&s.tz).to_rfc3339(),
+                    "utc": w.occurrence.to_rfc3339(),
+                    "units": m.units_on(day),
+                    "opens_local": w.opens.with_timezone(&s.tz).to_rfc3339(),
+                    "closes_local": w.closes.with_timezone(&s.tz).to_rfc3339(),
+                })
+            })
+            .collect();
+        out.push(serde_json::json!({ "medication": m.name, "slot": m.slot.get_ref(), "occurrences": list }));
+    }
+    let doc = serde_json::json!({ "patient": s.patient, "timezone": s.tz.name(), "from": from.to_rfc3339(), "medications": out });
+    if json {
+        println!("{doc}");
+        return Ok(());
+    }
+    println!("patient {} ({})", s.patient, s.tz.name());
+    for m in out {
+        println!("{}", m["medication"].as_str().unwrap_or(""));
+        if m["prn"].as_bool() == Some(true) {
+            println!("  as needed");
+        }
+        for o in m["occurrences"].as_array().into_iter().flatten() {
+            println!(
+                "  {}  (UTC {})  {} unit(s)  window {} – {}",
+                o["local"].as_str().unwrap_or(""),
+                o["utc"].as_str().unwrap_or(""),
+                o["units"],
+                o["opens_local"].as_str().unwrap_or(""),
+                o["closes_local"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Dose history from `dose.*` audit rows (bodies carry medication, occurrence, outcome, units).
+fn dose_history(
+    db: &std::path::Path,
+    patient: &str,
+) -> Result<Vec<medbox::dosing::engine::DoseRecord>> {
+    let conn =
+        medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
+    let rows = medbox::store::audit::rows(
+        &conn,
+        &medbox::store::audit::Filter {
+            kind: Some("dose.".into()),
+            patient: Some(patient.into()),
+            ..Default::default()
+        },
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .filter_map(|b| serde_json::from_value(b.get("record")?.clone()).ok())
+        .collect())
+}
+
+fn schedule_explain(
+    file: &std::path::Path,
+    at: chrono::DateTime<chrono::FixedOffset>,
+    db: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    use medbox::dosing::engine::{decide, decide_prn, Decision, PrnRequest, Role};
+    let s = load_schedule(file)?;
+    let now = at.with_timezone(&chrono::Utc);
+    let history = match db {
+        Some(db) => dose_history(db, &s.patient)?,
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (m, rec) in &s.medications {
+        let d = match rec {
+            Some(r) => decide(m, r, s.tz, now, &history, &[], true),
+            None => decide_prn(
+                m,
+                s.tz,
+                now,
+                &history,
+                &[],
+                true,
+                &PrnRequest {
+                    actor: "explain".into(),
+                    role: Role::Patient,
+                    override_reason: None,
+                },
+            ),
+        };
+        out.push((m.name.clone(), d));
+    }
+    if json {
+        let v: Vec<_> = out
+            .iter()
+            .map(|(n, d)| serde_json::json!({ "medication": n, "result": d }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "patient": s.patient, "at": now.to_rfc3339(), "medications": v })
+        );
+        return Ok(());
+    }
+    println!(
+        "patient {} at {} ({})",
+        s.patient,
+        now.with_timezone(&s.tz).to_rfc3339(),
+        s.tz.name()
+    );
+    for (name, d) in out {
+        match d {
+            Decision::Dispense { occurrence, units } => println!(
+                "  {name}: DISPENSE {units} unit(s){}",
+                occurrence.map_or(" (as needed)".to_string(), |o| format!(
+                    " for the dose of {}",
+                    o.with_timezone(&s.tz).to_rfc3339()
+                ))
+            ),
+            Decision::Refuse { reason, detail } => {
+                println!("  {name}: {}: {detail}", reason.code())
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,11 @@
+//! Dosing: caregiver schedules and the dose engine (pure; no hardware, no I/O).
+//!
+//! - [`schedule`]: the schedule file format, strict parsing and cross-field validation.
+//! - [`when`]: occurrences in the patient's zone, with RFC 5545 daylight-saving semantics on top
+//!   of cron's field matching (a time in a skipped hour moves forward by the gap; a time in a
+//!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
+//! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
+
+pub mod engine;
+pub mod schedule;
+pub mod when;

@@ -1,0 +1,706 @@
+//! Schedule files: one TOML file per patient, written by caregivers.
+//!
+//! ```toml
+//! [patient]
+//! id = "p-0042"                 # a pseudonym, never a name
+//! timezone = "Europe/Berlin"
+//!
+//! [[medication]]
+//! name = "Metoprolol"
+//! strength = "25 mg"
+//! slot = 0
+//! units = 1
+//! times = ["08:00", "20:00"]    # or: every = "8h" with first = "2026-03-02T06:00";
+//!                               #     every_other_day = true (with times); cron = "0 8 * * Mon";
+//!                               #     prn = { min_interval = "4h", max_per_24h = 4 }
+//! max_daily_units = 2
+//! [[medication.hold]]
+//! vital = "heart_rate"
+//! below = 55
+//! max_age = "2h"
+//! ```
+//!
+//! Parsing is strict (unknown keys are errors) and every problem names the file, the line and the
+//! field, because the person reading it is a caregiver, not a programmer.
+
+use super::when::Recurrence;
+use crate::config::{line_of, parse_str, ConfigError, Findings, Validate};
+use chrono::{DateTime, Duration as CDuration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Accepts a TOML date (`2026-03-02`) or a quoted one (`"2026-03-02"`).
+fn date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    let text = match &v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(dt) => dt.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "expected a date like 2026-03-02, found {other}"
+            )))
+        }
+    };
+    NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a date like 2026-03-02")))
+}
+
+fn opt_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    date(d).map(Some)
+}
+
+/// `[patient]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patient {
+    /// Pseudonym; appears in records and payloads, never a name.
+    pub id: Spanned<String>,
+    /// IANA zone in which the schedule is evaluated.
+    pub timezone: Spanned<String>,
+}
+
+/// As-needed dosing limits.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Prn {
+    /// Shortest time between two doses.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Most doses in any rolling 24 h.
+    pub max_per_24h: u32,
+}
+
+/// Vital signs a hold can watch.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vital {
+    /// Beats per minute.
+    HeartRate,
+    /// mmHg.
+    SystolicBp,
+    /// mmHg.
+    DiastolicBp,
+    /// Percent.
+    Spo2,
+    /// °C.
+    BodyTemperature,
+    /// mg/dL.
+    Glucose,
+}
+
+/// A clinician-set hold parameter.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// The vital watched.
+    pub vital: Vital,
+    /// Hold when the reading is below this.
+    pub below: Option<f64>,
+    /// Hold when the reading is above this.
+    pub above: Option<f64>,
+    /// A reading older than this does not count (a new one is asked for).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+/// A taper segment: a different number of units between two dates.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Taper {
+    /// First day (inclusive).
+    #[serde(deserialize_with = "date")]
+    pub from: NaiveDate,
+    /// Last day (inclusive).
+    #[serde(deserialize_with = "date")]
+    pub until: NaiveDate,
+    /// Units per dose in the segment.
+    pub units: u32,
+}
+
+/// What happens to a dose that is not taken on time.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedPolicy {
+    /// A late dose may still be taken until half the interval to the next dose has passed (and
+    /// never after the late window).
+    #[default]
+    HalfInterval,
+    /// A late dose may be taken until the late window closes.
+    Window,
+}
+
+/// One `[[medication]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Medication {
+    /// Name as on the label.
+    pub name: String,
+    /// Strength as on the label.
+    #[serde(default)]
+    pub strength: String,
+    /// Carousel slot.
+    pub slot: Spanned<u8>,
+    /// Units per dose.
+    pub units: u32,
+    /// Wall-clock times ("HH:MM").
+    #[serde(default)]
+    pub times: Option<Vec<String>>,
+    /// Days of the week for `times` ("mon".."sun"); all days when absent.
+    #[serde(default)]
+    pub days: Option<Vec<String>>,
+    /// With `times`: only every other day, counted from `start`.
+    #[serde(default)]
+    pub every_other_day: bool,
+    /// Fixed interval, with `first`.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// First dose of an interval schedule (local time, "YYYY-MM-DDTHH:MM").
+    #[serde(default)]
+    pub first: Option<String>,
+    /// Raw cron expression (minute hour day-of-month month day-of-week, names for days).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// As-needed limits.
+    #[serde(default)]
+    pub prn: Option<Prn>,
+    /// First day of the course.
+    #[serde(default, deserialize_with = "opt_date")]
+    pub start: Option<NaiveDate>,
+    /// Last day of the course.
+    #[serde(default, deserialize_with = "opt_date")]
+    pub end: Option<NaiveDate>,
+    /// Availability before the scheduled time.
+    #[serde(default, with = "humantime_serde")]
+    pub early: Option<Duration>,
+    /// Availability after the scheduled time.
+    #[serde(default, with = "humantime_serde")]
+    pub late: Option<Duration>,
+    /// Time-critical: ±30 min.
+    #[serde(default)]
+    pub time_critical: bool,
+    /// Most units in one calendar day (patient's zone).
+    pub max_daily_units: Option<u32>,
+    /// Missed-dose policy.
+    #[serde(default)]
+    pub missed_policy: MissedPolicy,
+    /// Weekly high-alert medication (e.g. methotrexate): never twice within 6 days.
+    #[serde(default)]
+    pub high_alert_weekly: bool,
+    /// Holds on vitals.
+    #[serde(default, rename = "hold")]
+    pub holds: Vec<Hold>,
+    /// Taper segments.
+    #[serde(default, rename = "taper")]
+    pub tapers: Vec<Taper>,
+}
+
+/// A whole schedule file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    /// The patient.
+    pub patient: Patient,
+    /// Medications.
+    #[serde(rename = "medication")]
+    pub medications: Vec<Spanned<Medication>>,
+}
+
+/// Default availability before a dose.
+pub const DEFAULT_EARLY: Duration = Duration::from_secs(30 * 60);
+/// Default availability after a dose.
+pub const DEFAULT_LATE: Duration = Duration::from_secs(2 * 3600);
+/// Window of a time-critical medication, each side.
+pub const CRITICAL_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// Shortest time between two doses of a weekly high-alert medication.
+pub const WEEKLY_GUARD: Duration = Duration::from_secs(6 * 86_400);
+
+const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+impl Medication {
+    /// Compiles the friendly forms into one recurrence, or None for PRN. `Err(field, message)`.
+    pub fn recurrence(&self, tz: Tz) -> Result<Option<Recurrence>, (&'static str, String)> {
+        let forms = [
+            self.times.is_some(),
+            self.every.is_some(),
+            self.cron.is_some(),
+            self.prn.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if forms != 1 {
+            return Err((
+                "times",
+                "give exactly one of `times`, `every` (with `first`), `cron` or `prn`".into(),
+            ));
+        }
+        if self.days.is_some() && self.times.is_none() {
+            return Err(("days", "`days` goes with `times`".into()));
+        }
+        if self.every_other_day && self.times.is_none() {
+            return Err((
+                "every_other_day",
+                "`every_other_day` goes with `times`".into(),
+            ));
+        }
+        if let Some(times) = &self.times {
+            if times.is_empty() {
+                return Err(("times", "list at least one time".into()));
+            }
+            let mut parsed = Vec::new();
+            for t in times {
+                let nt = NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| {
+                    (
+                        "times",
+                        format!("{t:?} is not a time like \"08:00\" (24-hour HH:MM)"),
+                    )
+                })?;
+                use chrono::Timelike;
+                parsed.push((nt.hour(), nt.minute()));
+            }
+            let dow = match &self.days {
+                None => "*".to_string(),
+                Some(days) => {
+                    if days.is_empty() {
+                        return Err((
+                            "days",
+                            "list at least one day, or leave `days` out for every day".into(),
+                        ));
+                    }
+                    let mut names = Vec::new();
+                    for d in days {
+                        let d = d.to_ascii_lowercase();
+                        if !DAYS.contains(&d.as_str()) {
+                            return Err((
+                                "days",
+                                format!("{d:?} is not a day (mon, tue, wed, thu, fri, sat, sun)"),
+                            ));
+                        }
+                        let mut c = d.chars();
+                        let cap: String = c
+                            .next()
+                            .map(|f| f.to_ascii_uppercase())
+                            .into_iter()
+                            .chain(c)
+                            .collect();
+                        names.push(cap);
+                    }
+                    names.join(",")
+                }
+            };
+            // One cron expression per distinct minute keeps it exact: "0 M H * * DOW".
+            let mut exprs: Vec<String> = parsed
+                .iter()
+                .map(|(h, m)| format!("0 {m} {h} * * {dow}"))
+                .collect();
+            exprs.dedup();
+            let every_other = if self.every_other_day {
+                Some(self.start.ok_or((
+                    "every_other_day",
+                    "`every_other_day` needs a `start` date to count from".to_string(),
+                ))?)
+            } else {
+                None
+            };
+            if exprs.len() == 1 {
+                return Recurrence::from_cron(&exprs[0], every_other)
+                    .map(Some)
+                    .map_err(|e| ("times", e));
+            }
+            // Several times: minutes and hours as lists only when they pair up; otherwise use a
+            // multi-recurrence through `Multi`.
+            return Ok(Some(Recurrence::Multi(
+                exprs
+                    .iter()
+                    .map(|e| Recurrence::from_cron(e, every_other).map_err(|m| ("times", m)))
+                    .collect::<Result<_, _>>()?,
+            )));
+        }
+        if let Some(every) = self.every {
+            let first = self.first.as_deref().ok_or((
+                "first",
+                "`every` needs `first`, the first dose as local \"YYYY-MM-DDTHH:MM\"".to_string(),
+            ))?;
+            let naive = NaiveDateTime::parse_from_str(first, "%Y-%m-%dT%H:%M").map_err(|_| {
+                (
+                    "first",
+                    format!("{first:?} is not a local time like \"2026-03-02T06:00\""),
+                )
+            })?;
+            let anchor = super::when::resolve_local(tz, naive)
+                .ok_or(("first", format!("{first:?} does not exist in {tz}")))?;
+            if every < Duration::from_secs(3600) || every > Duration::from_secs(7 * 86_400) {
+                return Err(("every", "must be between 1h and 7d".into()));
+            }
+            return Ok(Some(Recurrence::Interval {
+                anchor,
+                every: CDuration::from_std(every).map_err(|e| ("every", e.to_string()))?,
+            }));
+        }
+        if let Some(expr) = &self.cron {
+            return Recurrence::from_cron(expr, None)
+                .map(Some)
+                .map_err(|e| ("cron", e));
+        }
+        Ok(None)
+    }
+
+    /// The availability window before and after a dose (before clamping against neighbours).
+    pub fn window(&self) -> (Duration, Duration) {
+        if self.time_critical {
+            return (CRITICAL_WINDOW, CRITICAL_WINDOW);
+        }
+        (
+            self.early.unwrap_or(DEFAULT_EARLY),
+            self.late.unwrap_or(DEFAULT_LATE),
+        )
+    }
+
+    /// Units per dose on `day` (tapers override `units`).
+    pub fn units_on(&self, day: NaiveDate) -> u32 {
+        self.tapers
+            .iter()
+            .find(|t| t.from <= day && day <= t.until)
+            .map_or(self.units, |t| t.units)
+    }
+
+    /// Whether the course runs on `day`.
+    pub fn active_on(&self, day: NaiveDate) -> bool {
+        self.start.is_none_or(|s| day >= s) && self.end.is_none_or(|e| day <= e)
+    }
+}
+
+/// A parsed and validated schedule, ready for the engine.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Patient pseudonym.
+    pub patient: String,
+    /// Patient's zone.
+    pub tz: Tz,
+    /// Medications with their compiled recurrences.
+    pub medications: Vec<(Medication, Option<Recurrence>)>,
+    /// Line of each medication's `slot` key, for errors that span files.
+    pub slot_lines: Vec<usize>,
+}
+
+/// Slots available to schedules when no board profile is given.
+pub const DEFAULT_SLOTS: u8 = 8;
+
+fn validate_medication(
+    m: &Medication,
+    tz: Tz,
+    slots: u8,
+    line: usize,
+    key: &str,
+    out: &mut Findings,
+) {
+    let k = |f: &str| format!("{key}.{f}");
+    let rec = match m.recurrence(tz) {
+        Ok(r) => r,
+        Err((field, msg)) => {
+            out.at(line, k(field), msg);
+            return;
+        }
+    };
+    if *m.slot.get_ref() >= slots {
+        out.at(
+            line,
+            k("slot"),
+            format!(
+                "slot {} does not exist (the carousel has slots 0–{})",
+                m.slot.get_ref(),
+                slots - 1
+            ),
+        );
+    }
+    if m.units == 0 || m.units > 10 {
+        out.at(line, k("units"), "must be 1–10 units per dose");
+    }
+    if let Some(late) = m.late {
+        if !(Duration::from_secs(1800)..=Duration::from_secs(86_400)).contains(&late) {
+            out.at(line, k("late"), "must be between 30m and 24h");
+        }
+    }
+    if let Some(early) = m.early {
+        if early > Duration::from_secs(4 * 3600) {
+            out.at(line, k("early"), "must be 4h or less");
+        }
+    }
+    if m.time_critical && (m.early.is_some() || m.late.is_some()) {
+        out.at(
+            line,
+            k("time_critical"),
+            "a time-critical medication has a fixed ±30 min window: remove `early`/`late`",
+        );
+    }
+    if let (Some(s), Some(e)) = (m.start, m.end) {
+        if e < s {
+            out.at(line, k("end"), "is before `start`");
+        }
+    }
+    for (i, h) in m.holds.iter().enumerate() {
+        if h.below.is_none() && h.above.is_none() {
+            out.at(line, format!("{key}.hold[{i}]"), "needs `below` or `above`");
+        }
+        if h.max_age.is_zero() {
+            out.at(
+                line,
+                format!("{key}.hold[{i}].max_age"),
+                "must be above zero",
+            );
+        }
+    }
+    let mut tapers = m.tapers.clone();
+    tapers.sort_by_key(|t| t.from);
+    for (i, t) in tapers.iter().enumerate() {
+        if t.until < t.from {
+            out.at(
+                line,
+                format!("{key}.taper[{i}]"),
+                "`until` is before `from`",
+            );
+        }
+        if let Some(next) = tapers.get(i + 1) {
+            if next.from <= t.until {
+                out.at(
+                    line,
+                    format!("{key}.taper[{i}]"),
+                    format!("overlaps the segment starting {}", next.from),
+                );
+            }
+        }
+        if t.units > 10 {
+            out.at(line, format!("{key}.taper[{i}].units"), "must be 0–10");
+        }
+    }
+    match (&rec, &m.prn) {
+        (None, Some(prn)) => {
+            if prn.max_per_24h == 0 {
+                out.at(line, k("prn.max_per_24h"), "must be at least 1");
+            }
+            if prn.min_interval.is_zero() {
+                out.at(line, k("prn.min_interval"), "must be above zero");
+            }
+            if let Some(max) = m.max_daily_units {
+                if max < m.units {
+                    out.at(
+                        line,
+                        k("max_daily_units"),
+                        format!("{max} is below one dose of {} units", m.units),
+                    );
+                }
+            }
+            if m.high_alert_weekly {
+                out.at(
+                    line,
+                    k("high_alert_weekly"),
+                    "a weekly high-alert medication cannot be as-needed",
+                );
+            }
+        }
+        (Some(r), _) => {
+            // Look at eight weeks from the course start (or a fixed reference week).
+            let from = match r {
+                Recurrence::Interval { anchor, .. } => Some(*anchor - CDuration::seconds(1)),
+                _ => None,
+            };
+            let from = from
+                .or_else(|| {
+                    m.start
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .and_then(|n| super::when::resolve_local(tz, n))
+                })
+                .unwrap_or_else(|| {
+                    DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default()
+                });
+            let occ = r.between(tz, from - CDuration::seconds(1), from + CDuration::weeks(8));
+            if occ.is_empty() {
+                out.at(line, key.to_string(), "the schedule never fires");
+                return;
+            }
+            if m.high_alert_weekly
+                && occ
+                    .windows(2)
+                    .any(|w| (w[1] - w[0]).to_std().unwrap_or_default() < WEEKLY_GUARD)
+            {
+                out.at(line, k("high_alert_weekly"), "a weekly high-alert medication needs a schedule at most once a week (e.g. times = [\"08:00\"], days = [\"mon\"])");
+            }
+            if let Some(max) = m.max_daily_units {
+                let mut per_day: std::collections::BTreeMap<NaiveDate, u32> = Default::default();
+                for t in &occ {
+                    let d = t.with_timezone(&tz).date_naive();
+                    if m.active_on(d) {
+                        *per_day.entry(d).or_default() += m.units_on(d);
+                    }
+                }
+                if let Some((day, units)) = per_day.iter().max_by_key(|(_, u)| **u) {
+                    if *units > max {
+                        out.at(
+                            line,
+                            k("max_daily_units"),
+                            format!("{max} is below what the schedule itself gives ({units} units on {day})"),
+                        );
+                    }
+                }
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+impl Validate for ScheduleFile {
+    fn validate(&self, src: &str, out: &mut Findings) {
+        let tz_line = line_of(src, self.patient.timezone.span().start);
+        let tz: Tz = match self.patient.timezone.get_ref().parse() {
+            Ok(tz) => tz,
+            Err(_) => {
+                out.at(
+                    tz_line,
+                    "patient.timezone",
+                    format!(
+                        "{:?} is not an IANA time zone (e.g. \"Europe/Berlin\")",
+                        self.patient.timezone.get_ref()
+                    ),
+                );
+                return;
+            }
+        };
+        let id = self.patient.id.get_ref();
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            out.at(
+                line_of(src, self.patient.id.span().start),
+                "patient.id",
+                "must be a pseudonym of letters, digits, '-' or '_' (never the patient's name)",
+            );
+        }
+        let mut slots: std::collections::BTreeMap<u8, String> = Default::default();
+        let mut names = std::collections::BTreeSet::new();
+        for m in &self.medications {
+            let line = line_of(src, m.span().start);
+            let med = m.get_ref();
+            let key = format!("medication {:?}", med.name);
+            if !names.insert(med.name.clone()) {
+                out.at(line, key.clone(), "is listed twice");
+            }
+            if let Some(other) = slots.insert(*med.slot.get_ref(), med.name.clone()) {
+                out.at(
+                    line_of(src, med.slot.span().start),
+                    format!("{key}.slot"),
+                    format!("slot {} is already used by {other:?}", med.slot.get_ref()),
+                );
+            }
+            validate_medication(med, tz, DEFAULT_SLOTS, line, &key, out);
+        }
+    }
+}
+
+impl Schedule {
+    /// Parses and validates schedule text (named `file` in errors).
+    pub fn parse(src: &str, file: &Path) -> Result<Self, Vec<ConfigError>> {
+        let f: ScheduleFile = parse_str(src, file)?;
+        let tz: Tz = f
+            .patient
+            .timezone
+            .get_ref()
+            .parse()
+            .map_err(|_| Vec::new())?;
+        let slot_lines = f
+            .medications
+            .iter()
+            .map(|m| line_of(src, m.get_ref().slot.span().start))
+            .collect();
+        let medications = f
+            .medications
+            .into_iter()
+            .map(|m| {
+                let m = m.into_inner();
+                let r = m.recurrence(tz).ok().flatten();
+                (m, r)
+            })
+            .collect();
+        Ok(Self {
+            patient: f.patient.id.into_inner(),
+            tz,
+            medications,
+            slot_lines,
+        })
+    }
+
+    /// Reads and validates one file.
+    pub fn load(file: &Path) -> Result<Self, Vec<ConfigError>> {
+        let src = std::fs::read_to_string(file).map_err(|source| {
+            vec![ConfigError::Read {
+                file: file.to_path_buf(),
+                source,
+            }]
+        })?;
+        Self::parse(&src, file)
+    }
+
+    /// Loads every `*.toml` in a directory (not its subdirectories) and checks that no slot is
+    /// used by two files; returns the schedules and every error found.
+    pub fn load_dir(dir: &Path) -> (Vec<(std::path::PathBuf, Schedule)>, Vec<ConfigError>) {
+        let mut files: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+                .collect(),
+            Err(source) => {
+                return (
+                    Vec::new(),
+                    vec![ConfigError::Read {
+                        file: dir.to_path_buf(),
+                        source,
+                    }],
+                )
+            }
+        };
+        files.sort();
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for f in files {
+            match Self::load(&f) {
+                Ok(s) => ok.push((f, s)),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let mut used: std::collections::BTreeMap<u8, (String, std::path::PathBuf)> =
+            Default::default();
+        for (path, s) in &ok {
+            for ((m, _), line) in s.medications.iter().zip(&s.slot_lines) {
+                let slot = *m.slot.get_ref();
+                match used.get(&slot) {
+                    Some((other, other_file)) if other_file != path => errors.push(ConfigError::Invalid {
+                        file: path.clone(),
+                        line: *line,
+                        key: format!("medication {:?}.slot", m.name),
+                        message: format!(
+                            "slot {slot} is also used by {other:?} in {} (one carousel serves every schedule)",
+                            other_file.display()
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        used.insert(slot, (m.name.clone(), path.clone()));
+                    }
+                }
+            }
+        }
+        (ok, errors)
+    }
+
+    /// The medication with this name.
+    pub fn medication(&self, name: &str) -> Option<&(Medication, Option<Recurrence>)> {
+        self.medications.iter().find(|(m, _)| m.name == name)
+    }
+}

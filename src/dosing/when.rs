@@ -1,0 +1,264 @@
+//! Dose occurrences in the patient's time zone.
+//!
+//! Wall-clock schedules (times, days, cron) are matched on *naive local* time — cron's fields are
+//! evaluated as if the zone had no daylight saving — and each naive time is then resolved to an
+//! instant with the RFC 5545 rule: in a gap, shifted forward by the gap's length; in a fold, the
+//! first occurrence. The `cron` crate alone would skip a 02:30 dose on a spring-forward night.
+//! Interval schedules ("every 8 h") are anchored instants plus multiples of the interval in UTC.
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use std::str::FromStr;
+
+/// How a medication's times are given, compiled from the friendly forms.
+#[derive(Clone, Debug)]
+pub enum Recurrence {
+    /// Cron field matching on local wall-clock time (times/days compile to this too).
+    Wall {
+        /// The cron schedule (seconds field first, as the `cron` crate wants).
+        cron: Box<cron::Schedule>,
+        /// Only every other day, counted from this date.
+        every_other_day_from: Option<NaiveDate>,
+    },
+    /// The union of several recurrences (several daily times).
+    Multi(Vec<Recurrence>),
+    /// Fixed elapsed spacing from an anchor instant.
+    Interval {
+        /// First dose.
+        anchor: DateTime<Utc>,
+        /// Spacing.
+        every: Duration,
+    },
+}
+
+/// Resolves a local wall-clock time in `tz` to an instant (RFC 5545: gap → forward by the gap,
+/// fold → first occurrence).
+pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match tz.from_local_datetime(&local) {
+        chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+        chrono::LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
+        chrono::LocalResult::None => {
+            // Use the offset in force before the gap: the result lands `gap` later on the wall.
+            let before = tz
+                .from_local_datetime(&(local - Duration::hours(3)))
+                .earliest()?;
+            let offset = before.offset().fix();
+            Some(Utc.from_utc_datetime(
+                &(local - Duration::seconds(i64::from(offset.local_minus_utc()))),
+            ))
+        }
+    }
+}
+
+use chrono::Offset;
+
+impl Recurrence {
+    /// Builds a wall-clock recurrence from a cron expression (5 fields, minute first, or the
+    /// crate's 6/7 fields with seconds).
+    pub fn from_cron(expr: &str, every_other_day_from: Option<NaiveDate>) -> Result<Self, String> {
+        let fields = expr.split_whitespace().count();
+        let full = if fields == 5 {
+            format!("0 {expr}")
+        } else {
+            expr.to_string()
+        };
+        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?}: {e}"))?;
+        Ok(Recurrence::Wall {
+            cron: Box::new(cron),
+            every_other_day_from,
+        })
+    }
+
+    /// Occurrences strictly after `after`, in order, up to `until`.
+    pub fn between(
+        &self,
+        tz: Tz,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        match self {
+            Recurrence::Multi(parts) => {
+                let mut all: Vec<DateTime<Utc>> = parts
+                    .iter()
+                    .flat_map(|p| p.between(tz, after, until))
+                    .collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+            Recurrence::Interval { anchor, every } => {
+                if every.num_seconds() <= 0 {
+                    return Vec::new();
+                }
+                let k = if after < *anchor {
+                    0
+                } else {
+                    (after - *anchor).num_seconds() / every.num_seconds() + 1
+                };
+                let mut out = Vec::new();
+                let mut t = *anchor + *every * k as i32;
+                while t <= until {
+                    if t > after {
+                        out.push(t);
+                    }
+                    t += *every;
+                }
+                out
+            }
+            Recurrence::Wall {
+                cron,
+                every_other_day_from,
+            } => {
+                // Walk naive local time, from a day before `after` (to catch shifted times).
+                let start_local = after.with_timezone(&tz).naive_local() - Duration::days(1);
+                let end_local = until.with_timezone(&tz).naive_local() + Duration::days(1);
+                let mut out: Vec<DateTime<Utc>> = Vec::new();
+                for naive in cron.after(&Utc.from_utc_datetime(&start_local)) {
+                    let naive = naive.naive_utc();
+                    if naive > end_local {
+                        break;
+                    }
+                    if let Some(from) = every_other_day_from {
+                        if (naive.date() - *from).num_days().rem_euclid(2) != 0 {
+                            continue;
+                        }
+                    }
+                    if let Some(t) = resolve_local(tz, naive) {
+                        if t > after && t <= until && !out.contains(&t) {
+                            out.push(t);
+                        }
+                    }
+                }
+                out.sort();
+                out
+            }
+        }
+    }
+
+    /// The next `n` occurrences after `after` (searching up to a year ahead).
+    pub fn next(&self, tz: Tz, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut from = after;
+        while out.len() < n {
+            let chunk = self.between(tz, from, from + Duration::days(31));
+            if chunk.is_empty() {
+                if from - after > Duration::days(366) {
+                    break;
+                }
+                from += Duration::days(31);
+                continue;
+            }
+            from = *chunk.last().unwrap_or(&from);
+            out.extend(chunk);
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// The last occurrence at or before `at` (searching up to 40 days back).
+    pub fn previous(&self, tz: Tz, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.between(tz, at - Duration::days(40), at)
+            .into_iter()
+            .next_back()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn local(tz: Tz, t: DateTime<Utc>) -> String {
+        t.with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %:z")
+            .to_string()
+    }
+
+    #[test]
+    fn dose_in_a_skipped_hour_moves_forward_by_the_gap() {
+        // 2026-03-08 is the spring-forward night in New York: 02:00 → 03:00.
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let r = Recurrence::from_cron("30 2 * * *", None).unwrap();
+        let got: Vec<_> = r
+            .between(tz, utc("2026-03-07T00:00:00Z"), utc("2026-03-10T00:00:00Z"))
+            .into_iter()
+            .map(|t| local(tz, t))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "2026-03-07 02:30 -05:00",
+                "2026-03-08 03:30 -04:00",
+                "2026-03-09 02:30 -04:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn dose_in_a_repeated_hour_fires_once_at_its_first_occurrence() {
+        // 2026-10-25 in Berlin: 03:00 CEST → 02:00 CET, so 02:30 happens twice.
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let r = Recurrence::from_cron("30 2 * * *", None).unwrap();
+        let got: Vec<_> = r
+            .between(tz, utc("2026-10-24T12:00:00Z"), utc("2026-10-26T12:00:00Z"))
+            .into_iter()
+            .map(|t| local(tz, t))
+            .collect();
+        assert_eq!(
+            got,
+            vec!["2026-10-25 02:30 +02:00", "2026-10-26 02:30 +01:00"]
+        );
+    }
+
+    #[test]
+    fn sub_hourly_schedule_keeps_order_through_the_repeated_hour() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let r = Recurrence::from_cron("*/30 1-3 * * *", None).unwrap();
+        let got = r.between(tz, utc("2026-10-24T22:00:00Z"), utc("2026-10-25T04:00:00Z"));
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+        // 01:00 01:30 02:00 02:30 03:00 03:30 on the wall, each once.
+        assert_eq!(got.len(), 6);
+    }
+
+    #[test]
+    fn interval_medication_keeps_elapsed_spacing_across_daylight_saving() {
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let r = Recurrence::Interval {
+            anchor: utc("2026-03-07T11:00:00Z"),
+            every: Duration::hours(8),
+        };
+        let got = r.between(tz, utc("2026-03-07T00:00:00Z"), utc("2026-03-09T00:00:00Z"));
+        assert!(got.windows(2).all(|w| w[1] - w[0] == Duration::hours(8)));
+        // Wall times shift by an hour after the change, elapsed spacing does not.
+        assert_eq!(local(tz, got[0]), "2026-03-07 06:00 -05:00");
+        assert_eq!(local(tz, got[3]), "2026-03-08 07:00 -04:00");
+    }
+
+    #[test]
+    fn cron_day_of_week_names_are_used_not_numbers() {
+        let tz: Tz = "Europe/London".parse().unwrap();
+        let r = Recurrence::from_cron("0 8 * * Mon,Thu", None).unwrap();
+        let got: Vec<_> = r
+            .next(tz, utc("2026-03-01T00:00:00Z"), 3)
+            .into_iter()
+            .map(|t| t.with_timezone(&tz).format("%a %H:%M").to_string())
+            .collect();
+        assert_eq!(got, vec!["Mon 08:00", "Thu 08:00", "Mon 08:00"]);
+    }
+
+    #[test]
+    fn every_other_day_counts_from_its_start_date() {
+        let tz: Tz = "UTC".parse().unwrap();
+        let start = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        let r = Recurrence::from_cron("0 9 * * *", Some(start)).unwrap();
+        let got: Vec<_> = r
+            .next(tz, utc("2026-03-01T00:00:00Z"), 3)
+            .into_iter()
+            .map(|t| t.format("%d").to_string())
+            .collect();
+        assert_eq!(got, vec!["02", "04", "06"]);
+    }
+}
