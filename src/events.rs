@@ -35,6 +35,17 @@ pub struct FridgeRecord {
     pub mode: ControlMode,
 }
 
+/// A durability barrier: whoever makes events durable signals it once every earlier event is
+/// on disk, so the dispenser can write its intent before it moves the motor.
+#[derive(Clone, Debug, Default)]
+pub struct Durable(pub std::sync::Arc<tokio::sync::Notify>);
+
+impl PartialEq for Durable {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Something the appliance reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -130,6 +141,60 @@ pub enum Event {
         command: String,
         /// Why.
         reason: String,
+    },
+    /// A dose outcome (dispensed, taken, missed, held, failed, uncertain, skipped).
+    Dose {
+        /// When.
+        at: DateTime<Utc>,
+        /// Patient pseudonym.
+        patient: String,
+        /// Medication (also inside `record`, here for filtering).
+        medication: String,
+        /// Carousel slot.
+        slot: u8,
+        /// What happened.
+        record: crate::dosing::engine::DoseRecord,
+        /// The reason code for a held, missed or refused dose.
+        reason: Option<String>,
+        /// Details for people (units seen falling, the hold's reading).
+        detail: String,
+    },
+    /// A dose waits on a person (a vital reading, a limit): the caregiver is alerted once.
+    DoseAlert {
+        /// When.
+        at: DateTime<Utc>,
+        /// Patient pseudonym.
+        patient: String,
+        /// Medication.
+        medication: String,
+        /// The occurrence.
+        occurrence: DateTime<Utc>,
+        /// Reason code.
+        reason: String,
+        /// Details.
+        detail: String,
+    },
+    /// A vital reading arrived.
+    Vital {
+        /// When it was received.
+        at: DateTime<Utc>,
+        /// The reading.
+        reading: crate::dosing::engine::VitalReading,
+    },
+    /// The wall clock became untrusted (jumped) or trusted again; the dispenser locks meanwhile.
+    ClockTrust {
+        /// When (wall clock, as read).
+        at: DateTime<Utc>,
+        /// Whether it is trusted now.
+        trusted: bool,
+        /// Wall clock minus monotonic clock, against the start, in seconds.
+        drift_s: i64,
+    },
+    /// Signal `token` once every earlier event is durable (not itself recorded).
+    Barrier {
+        /// What to signal.
+        #[serde(skip)]
+        token: Durable,
     },
     /// The controller stopped with every actuator in its safe state.
     Stopped {

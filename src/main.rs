@@ -261,6 +261,9 @@ struct SimArgs {
     /// Scenario of events to play (TOML; see hw/scenarios/).
     #[arg(long)]
     scenario: Option<PathBuf>,
+    /// Dosing schedules: a file or a directory (default: the shipped examples, embedded).
+    #[arg(long)]
+    schedules: Option<PathBuf>,
     /// Simulated days to run, then print a summary (default: run until interrupted).
     #[arg(long)]
     days: Option<f64>,
@@ -424,7 +427,25 @@ fn run_sim(args: SimArgs) -> Result<()> {
         (None, Some(_)) => Speed::Max,
         (None, None) => Speed::Factor(60.0),
     };
+    let schedules = match &args.schedules {
+        Some(p) if p.is_dir() => {
+            let (ok, errs) = medbox::dosing::schedule::Schedule::load_dir(p);
+            if !errs.is_empty() {
+                return Err(config_errors(errs));
+            }
+            ok.into_iter().map(|(_, s)| s).collect()
+        }
+        Some(p) => vec![medbox::dosing::schedule::Schedule::load(p).map_err(config_errors)?],
+        None => medbox::dosing::schedule::DEFAULT_SCHEDULES
+            .iter()
+            .map(|(name, src)| {
+                medbox::dosing::schedule::Schedule::parse(src, std::path::Path::new(name))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(config_errors)?,
+    };
     let opts = SimOptions {
+        schedules,
         profile,
         coldchain,
         scenario,
@@ -565,9 +586,13 @@ fn print_summary(s: &sim::SimSummary) {
     let d = &s.dispenser;
     println!();
     println!(
-        "dispenser: {} homings, {} dispenses, {} units seen, {} lost positions, {} cup pickups, {} button presses",
+        "dispenser: {} homings, {} test dispenses, {} units seen, {} lost positions, {} cup pickups, {} button presses",
         d.homings, d.dispenses, d.units_seen, d.lost_position, d.tray_pickups, d.button_presses
     );
+    println!("  doses: {:?}", d.doses);
+    if !d.dose_alerts.is_empty() {
+        println!("  dose alerts: {:?}", d.dose_alerts);
+    }
     for fault in &s.device_faults {
         println!("  device fault: {fault}");
     }
@@ -1109,24 +1134,50 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let (schedules, errs) = medbox::dosing::schedule::Schedule::load_dir(&cfg.appliance.schedules);
+    if !errs.is_empty() {
+        return Err(config_errors(errs));
+    }
+    let mut recorder = medbox::store::recorder::Recorder::open(
+        &cfg.appliance.db,
+        medbox::store::audit::ChainKey::unkeyed(),
+        format!("{:x}", std::process::id()),
+    )
+    .with_context(|| cfg.appliance.db.display().to_string())?;
+    let dosing = medbox::controller::Dosing {
+        schedules: schedules.into_iter().map(|(_, s)| s).collect(),
+        history: medbox::store::doses::history(recorder.connection())?,
+        since: medbox::store::doses::first_start(recorder.connection())?,
+    };
     runtime.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let (fridge, dispenser) = medbox::board::rpi::build(&profile, clock.monotonic())
             .context("cannot open the Raspberry Pi's GPIO and buses")?;
         let mut running = medbox::controller::start(
-            clock,
+            clock.clone(),
             cfg.coldchain,
             medbox::controller::Strategy::Protected,
             fridge,
             dispenser,
+            dosing,
         );
         let signal = shutdown_signal();
         tokio::pin!(signal);
+        let mut failure = None;
         loop {
             tokio::select! {
                 biased;
                 ev = running.events.recv() => match ev {
-                    Some(ev) => println!("{}", serde_json::to_string(&ev)?),
+                    Some(medbox::events::Event::Barrier { token }) => token.0.notify_one(),
+                    Some(ev) => {
+                        // Durable before anything else hears of it.
+                        if let Err(e) = recorder.record(&ev, clock.monotonic(), true, clock.now()) {
+                            let _ = running.dispenser.send(medbox::controller::DispenserCommand::Annunciate(true)).await;
+                            failure = Some(e);
+                            break;
+                        }
+                        println!("{}", serde_json::to_string(&ev)?);
+                    }
                     None => break,
                 },
                 _ = &mut signal => break,
@@ -1135,7 +1186,20 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         let mut rest = running.stop().await;
         rest.close();
         while let Some(ev) = rest.recv().await {
+            if let medbox::events::Event::Barrier { token } = &ev {
+                token.0.notify_one();
+                continue;
+            }
+            if failure.is_none() {
+                if let Err(e) = recorder.record(&ev, clock.monotonic(), true, clock.now()) {
+                    failure = Some(e);
+                }
+            }
             println!("{}", serde_json::to_string(&ev)?);
+        }
+        if let Some(e) = failure {
+            eprintln!("medbox: storage failed, appliance stopped: {e}");
+            std::process::exit(3);
         }
         Ok(())
     })

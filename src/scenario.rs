@@ -58,6 +58,10 @@ pub enum ActionName {
     ClockJump,
     /// Acknowledge a raised alarm.
     AckAlarm,
+    /// A vital reading arrives (vital, value, optional quality).
+    Vital,
+    /// A caregiver confirms the clock after a jump.
+    TrustClock,
 }
 
 /// The fault names a scenario may inject.
@@ -98,6 +102,9 @@ struct RawEvent {
     alarm: Option<String>,
     actor: Option<String>,
     comment: Option<String>,
+    vital: Option<crate::dosing::schedule::Vital>,
+    value: Option<f64>,
+    quality: Option<crate::dosing::engine::Quality>,
     /// Repeat the event this often…
     #[serde(default, with = "humantime_serde")]
     every: Option<Duration>,
@@ -146,6 +153,10 @@ pub enum Op {
     ClockJump(chrono::Duration),
     /// Acknowledge an alarm: which, who, why.
     AckAlarm(crate::coldchain::monitor::AlarmKind, String, String),
+    /// A vital reading (its time is set when played).
+    Vital(crate::dosing::engine::VitalReading),
+    /// Trust the clock again.
+    TrustClock,
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -283,6 +294,23 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
                 Op::ClockJump(parse_signed(by).map_err(|m| ("by".to_string(), m))?),
             )]
         }
+        ActionName::Vital => {
+            let vital = need(e.vital, "vital", a)?;
+            let value = need(e.value, "value", a)?;
+            if !value.is_finite() {
+                return Err(("value".into(), "must be a number".into()));
+            }
+            vec![(
+                at,
+                Op::Vital(crate::dosing::engine::VitalReading {
+                    vital,
+                    value,
+                    at: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                    quality: e.quality.unwrap_or(crate::dosing::engine::Quality::Good),
+                }),
+            )]
+        }
+        ActionName::TrustClock => vec![(at, Op::TrustClock)],
         ActionName::AckAlarm => {
             let code = e
                 .alarm

@@ -55,6 +55,8 @@ pub struct SimOptions {
     pub keep_records: bool,
     /// Make every event durable in this SQLite database (audit chain, readings, checkpoints).
     pub db: Option<std::path::PathBuf>,
+    /// Dosing schedules to run.
+    pub schedules: Vec<crate::dosing::schedule::Schedule>,
     /// Cap the database at this many pages (rehearses a full disk).
     pub db_max_pages: Option<u32>,
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
@@ -109,6 +111,12 @@ pub struct DispenserSummary {
     pub tray_pickups: u32,
     /// Button presses.
     pub button_presses: u32,
+    /// Dose outcomes by kind (dispensed, taken, missed, held, failed, uncertain, skipped).
+    pub doses: BTreeMap<String, u32>,
+    /// Dose alerts (a reading needed, a limit reached), by reason.
+    pub dose_alerts: BTreeMap<String, u32>,
+    /// Clock trust changes.
+    pub clock_trust_changes: u32,
 }
 
 /// The summary `medbox sim` prints.
@@ -152,6 +160,9 @@ pub struct SimSummary {
     pub checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     /// Records made durable during the run (audit rows and readings, with `--db`).
     pub durable_records: u64,
+    /// Every dose outcome of the run.
+    #[serde(skip)]
+    pub dose_records: Vec<crate::dosing::engine::DoseRecord>,
     /// The physical model's truth.
     pub truth: ModelTruth,
 }
@@ -193,12 +204,24 @@ pub async fn run(
     let sim_clock = Arc::new(SimClock::new(model.start, factor));
     let clock: Arc<dyn Clock> = sim_clock.clone();
     let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
+    let dosing = controller::Dosing {
+        schedules: opts.schedules.clone(),
+        history: match &recorder {
+            Some(r) => crate::store::doses::history(r.connection())?,
+            None => Vec::new(),
+        },
+        since: match &recorder {
+            Some(r) => crate::store::doses::first_start(r.connection())?,
+            None => None,
+        },
+    };
     let mut running = controller::start(
         clock.clone(),
         opts.coldchain.clone(),
         opts.strategy,
         fridge,
         dispenser,
+        dosing,
     );
     let scenario_task = opts.scenario.clone().map(|s| {
         tokio::spawn(play(
@@ -225,6 +248,7 @@ pub async fn run(
         tokio::select! {
             biased;
             ev = running.events.recv() => match ev {
+                Some(Event::Barrier { token }) => token.0.notify_one(),
                 Some(ev) => {
                     if let Some(rec) = recorder.as_mut() {
                         match rec.record(&ev, clock.monotonic(), true, clock.now()) {
@@ -260,6 +284,10 @@ pub async fn run(
     let mut rest = running.stop().await;
     rest.close();
     while let Some(ev) = rest.recv().await {
+        if let Event::Barrier { token } = &ev {
+            token.0.notify_one();
+            continue;
+        }
         if storage_error.is_none() {
             if let Some(rec) = recorder.as_mut() {
                 match rec.record(&ev, clock.monotonic(), true, clock.now()) {
@@ -323,6 +351,16 @@ async fn play(
                 let _ = dispenser.send(DispenserCommand::Rehome).await;
             }
             Op::ClockJump(by) => clock.jump(by),
+            Op::Vital(reading) => {
+                let reading = crate::dosing::engine::VitalReading {
+                    at: clock.now(),
+                    ..reading
+                };
+                let _ = dispenser.send(DispenserCommand::Vital(reading)).await;
+            }
+            Op::TrustClock => {
+                let _ = dispenser.send(DispenserCommand::TrustClock).await;
+            }
             Op::AckAlarm(alarm, actor, comment) => {
                 let _ = fridge
                     .send(FridgeCommand::AcknowledgeAlarm {
@@ -345,7 +383,12 @@ async fn play(
                     Op::LoadSlot(s, u) => w.load_slot(s, u),
                     Op::TrayPickup(d) => w.pick_up_cup(d),
                     Op::Button => w.press_button(),
-                    Op::Dispense(..) | Op::Rehome | Op::ClockJump(_) | Op::AckAlarm(..) => {}
+                    Op::Dispense(..)
+                    | Op::Rehome
+                    | Op::ClockJump(_)
+                    | Op::AckAlarm(..)
+                    | Op::Vital(_)
+                    | Op::TrustClock => {}
                 }
             }
         }
@@ -371,6 +414,7 @@ struct Accumulator {
     records: Option<Vec<FridgeRecord>>,
     checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     durable_records: u64,
+    dose_records: Vec<crate::dosing::engine::DoseRecord>,
 }
 
 impl Accumulator {
@@ -394,6 +438,7 @@ impl Accumulator {
             records: opts.keep_records.then(Vec::new),
             checkpoints: Vec::new(),
             durable_records: 0,
+            dose_records: Vec::new(),
         }
     }
 
@@ -481,7 +526,27 @@ impl Accumulator {
             Event::CommandRejected {
                 command, reason, ..
             } => self.commands_rejected.push(format!("{command}: {reason}")),
-            Event::Started { .. } | Event::ProbeRecovered { .. } | Event::Stopped { .. } => {}
+            Event::Dose { record, .. } => {
+                let k = serde_json::to_value(record.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                *self.dispenser.doses.entry(k).or_default() += 1;
+                self.dose_records.push(record.clone());
+            }
+            Event::DoseAlert { reason, .. } => {
+                *self
+                    .dispenser
+                    .dose_alerts
+                    .entry(reason.clone())
+                    .or_default() += 1
+            }
+            Event::ClockTrust { .. } => self.dispenser.clock_trust_changes += 1,
+            Event::Started { .. }
+            | Event::ProbeRecovered { .. }
+            | Event::Stopped { .. }
+            | Event::Vital { .. }
+            | Event::Barrier { .. } => {}
         }
     }
 
@@ -510,6 +575,7 @@ impl Accumulator {
             records: self.records.unwrap_or_default(),
             checkpoints: self.checkpoints,
             durable_records: self.durable_records,
+            dose_records: self.dose_records,
         }
     }
 }

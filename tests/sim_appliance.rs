@@ -217,6 +217,7 @@ for = "3h"
             keep_records: false,
             db: None,
             db_max_pages: None,
+            schedules: Vec::new(),
             print_durable: false,
         };
         common::paused_runtime()

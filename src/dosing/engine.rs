@@ -33,6 +33,9 @@ pub enum Outcome {
     Failed,
     /// The motor turned but no drop was seen, or it jammed mid-way: a caregiver must reconcile it.
     Uncertain,
+    /// Written, durably, before the motor moves; superseded by the outcome. Alone (the process
+    /// died mid-dispense) it means uncertain: never retried automatically.
+    Dispensing,
 }
 
 impl Outcome {
@@ -40,9 +43,25 @@ impl Outcome {
     pub fn counts(self) -> bool {
         matches!(
             self,
-            Outcome::Dispensed | Outcome::Taken | Outcome::Uncertain
+            Outcome::Dispensed | Outcome::Taken | Outcome::Uncertain | Outcome::Dispensing
         )
     }
+}
+
+/// The records that stand: a `Dispensing` intent is dropped once its occurrence has an outcome.
+pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
+    let settled: std::collections::HashSet<(&str, Option<DateTime<Utc>>)> = history
+        .iter()
+        .filter(|r| r.outcome != Outcome::Dispensing)
+        .map(|r| (r.medication.as_str(), r.occurrence))
+        .collect();
+    history
+        .iter()
+        .filter(|r| {
+            r.outcome != Outcome::Dispensing
+                || !settled.contains(&(r.medication.as_str(), r.occurrence))
+        })
+        .collect()
 }
 
 /// One thing that happened to a medication.
@@ -180,8 +199,21 @@ pub fn windows(
     let (early, late) = med.window();
     let early = Duration::from_std(early).unwrap_or_default();
     let late = Duration::from_std(late).unwrap_or_default();
-    let margin = Duration::days(8);
-    let occ = rec.between(tz, from - margin, to + margin);
+    // Neighbours clamp the first and last windows: look two days either side, and further
+    // (up to the weekly guard's reach) only where that found none.
+    let near = Duration::days(2);
+    let far = Duration::days(8);
+    let mut occ = rec.between(tz, from - near, to + near);
+    if occ.first().is_none_or(|f| *f > from - Duration::days(1)) {
+        if let Some(p) = rec.between(tz, from - far, from - near).last() {
+            occ.insert(0, *p);
+        }
+    }
+    if occ.last().is_none_or(|l| *l < to + Duration::days(1)) {
+        if let Some(n) = rec.between(tz, to + near, to + far).first() {
+            occ.push(*n);
+        }
+    }
     let mut out = Vec::new();
     for (i, &o) in occ.iter().enumerate() {
         let prev = i.checked_sub(1).map(|j| occ[j]);
@@ -219,7 +251,7 @@ fn day_of(tz: Tz, t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&tz).date_naive()
 }
 
-fn units_on_day(name: &str, tz: Tz, day: NaiveDate, history: &[DoseRecord]) -> u32 {
+fn units_on_day(name: &str, tz: Tz, day: NaiveDate, history: &[&DoseRecord]) -> u32 {
     history
         .iter()
         .filter(|r| r.medication == name && r.outcome.counts() && day_of(tz, r.at) == day)
@@ -275,7 +307,7 @@ fn check_limits(
     tz: Tz,
     now: DateTime<Utc>,
     units: u32,
-    history: &[DoseRecord],
+    history: &[&DoseRecord],
 ) -> Option<Decision> {
     if med.high_alert_weekly {
         let guard = Duration::from_std(WEEKLY_GUARD).unwrap_or_default();
@@ -321,6 +353,7 @@ pub fn decide(
             "the clock jumped and is not trusted yet; the dispenser stays locked",
         );
     }
+    let history = effective(history);
     let ws = windows(
         med,
         rec,
@@ -369,21 +402,37 @@ pub fn decide(
             format!("the course does not run on {day}"),
         );
     }
-    for r in history
+    let mine: Vec<&&DoseRecord> = history
         .iter()
         .filter(|r| r.medication == med.name && r.occurrence == Some(w.occurrence))
+        .collect();
+    if let Some(r) = mine
+        .iter()
+        .find(|r| matches!(r.outcome, Outcome::Dispensed | Outcome::Taken))
     {
-        match r.outcome {
-            Outcome::Dispensed | Outcome::Taken => {
-                return refuse(Reason::AlreadyDispensed, format!("the dose of {} was dispensed at {}", w.occurrence.to_rfc3339(), r.at.to_rfc3339()))
-            }
-            Outcome::Uncertain => {
-                return refuse(Reason::Unreconciled, "an uncertain dispense of this dose awaits reconciliation; it is never retried automatically")
-            }
-            Outcome::Skipped => return refuse(Reason::Skipped, "a caregiver skipped this dose"),
-            Outcome::Missed => return refuse(Reason::MissedLocked, "this dose was recorded missed"),
-            Outcome::Held | Outcome::Failed => {}
-        }
+        return refuse(
+            Reason::AlreadyDispensed,
+            format!(
+                "the dose of {} was dispensed at {}",
+                w.occurrence.to_rfc3339(),
+                r.at.to_rfc3339()
+            ),
+        );
+    }
+    if mine
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing))
+    {
+        return refuse(
+            Reason::Unreconciled,
+            "an uncertain or interrupted dispense of this dose awaits reconciliation; it is never retried automatically",
+        );
+    }
+    if mine.iter().any(|r| r.outcome == Outcome::Skipped) {
+        return refuse(Reason::Skipped, "a caregiver skipped this dose");
+    }
+    if mine.iter().any(|r| r.outcome == Outcome::Missed) {
+        return refuse(Reason::MissedLocked, "this dose was recorded missed");
     }
     let units = med.units_on(day);
     if units == 0 {
@@ -392,7 +441,7 @@ pub fn decide(
             format!("the taper gives 0 units on {day}"),
         );
     }
-    if let Some(d) = check_limits(med, tz, now, units, history) {
+    if let Some(d) = check_limits(med, tz, now, units, &history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {
@@ -480,8 +529,10 @@ pub fn decide_prn(
         }
         None => false,
     };
+    let history = effective(history);
     let given: Vec<&DoseRecord> = history
         .iter()
+        .copied()
         .filter(|r| r.medication == med.name && r.outcome.counts() && r.at <= now)
         .collect();
     if !overriding {
@@ -513,7 +564,7 @@ pub fn decide_prn(
         }
     }
     let units = med.units_on(day);
-    if let Some(d) = check_limits(med, tz, now, units, history) {
+    if let Some(d) = check_limits(med, tz, now, units, &history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {
@@ -678,6 +729,34 @@ mod tests {
             reason(&run(&s, "2026-03-02T07:10:00Z", &h, &[])),
             Some(Reason::Unreconciled)
         );
+    }
+
+    #[test]
+    fn an_interrupted_dispense_is_never_repeated_after_a_restart() {
+        let s = schedule(TWICE);
+        let intent = DoseRecord {
+            outcome: Outcome::Dispensing,
+            ..dispensed("2026-03-02T07:00:00Z", "2026-03-02T07:00:00Z")
+        };
+        assert_eq!(
+            reason(&run(
+                &s,
+                "2026-03-02T07:10:00Z",
+                std::slice::from_ref(&intent),
+                &[]
+            )),
+            Some(Reason::Unreconciled)
+        );
+        // Intent then outcome: the outcome stands, and its units count once.
+        let h = [
+            intent,
+            dispensed("2026-03-02T07:00:05Z", "2026-03-02T07:00:00Z"),
+        ];
+        assert_eq!(
+            reason(&run(&s, "2026-03-02T07:10:00Z", &h, &[])),
+            Some(Reason::AlreadyDispensed)
+        );
+        assert!(reason(&run(&s, "2026-03-02T19:00:00Z", &h, &[])).is_none());
     }
 
     #[test]

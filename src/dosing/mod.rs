@@ -7,5 +7,6 @@
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 
 pub mod engine;
+pub mod plan;
 pub mod schedule;
 pub mod when;

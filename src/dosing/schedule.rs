@@ -386,6 +386,26 @@ pub struct Schedule {
     pub slot_lines: Vec<usize>,
 }
 
+/// The shipped example schedules, embedded so `medbox sim` needs no files.
+pub const DEFAULT_SCHEDULES: [(&str, &str); 4] = [
+    (
+        "schedules/p-0042-twice-daily-and-beta-blocker.toml",
+        include_str!("../../schedules/p-0042-twice-daily-and-beta-blocker.toml"),
+    ),
+    (
+        "schedules/p-0107-weekly-methotrexate.toml",
+        include_str!("../../schedules/p-0107-weekly-methotrexate.toml"),
+    ),
+    (
+        "schedules/p-0311-prn-painkiller.toml",
+        include_str!("../../schedules/p-0311-prn-painkiller.toml"),
+    ),
+    (
+        "schedules/p-0520-prednisolone-taper.toml",
+        include_str!("../../schedules/p-0520-prednisolone-taper.toml"),
+    ),
+];
+
 /// Slots available to schedules when no board profile is given.
 pub const DEFAULT_SLOTS: u8 = 8;
 

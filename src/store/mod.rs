@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod doses;
 pub mod recorder;
 pub mod schema;
 

@@ -150,6 +150,51 @@ fn classify(e: &Event) -> (String, String, String, String) {
             format!("alarm:{}", alarm.code()),
             comment.clone(),
         ),
+        Event::Dose {
+            patient,
+            medication,
+            record,
+            reason,
+            ..
+        } => (
+            format!("dose.{}", name(&record.outcome)),
+            sys("dispenser"),
+            format!("patient:{patient}/medication:{medication}"),
+            reason.clone().unwrap_or_default(),
+        ),
+        Event::DoseAlert {
+            patient,
+            medication,
+            reason,
+            ..
+        } => (
+            "dose.alert".into(),
+            sys("dispenser"),
+            format!("patient:{patient}/medication:{medication}"),
+            reason.clone(),
+        ),
+        Event::Vital { reading, .. } => (
+            "vitals.reading".into(),
+            sys("vitals"),
+            format!("vital:{}", name(&reading.vital)),
+            String::new(),
+        ),
+        Event::ClockTrust { trusted, .. } => (
+            "system.clock".into(),
+            sys("controller"),
+            "clock".into(),
+            if *trusted {
+                "TRUSTED".into()
+            } else {
+                "UNTRUSTED".into()
+            },
+        ),
+        Event::Barrier { .. } => (
+            "system.barrier".into(),
+            sys("controller"),
+            String::new(),
+            String::new(),
+        ),
         Event::CommandRejected {
             command, reason, ..
         } => (
@@ -206,6 +251,12 @@ impl Recorder {
         clock_trusted: bool,
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
+        if let Event::Barrier { .. } = e {
+            return Ok(Recorded {
+                seq: None,
+                checkpoint: None,
+            });
+        }
         let tx = self.conn.transaction()?;
         let at = event_time(e).unwrap_or(now);
         let mut cp = None;

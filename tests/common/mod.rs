@@ -52,6 +52,7 @@ pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> Sim
         keep_records: true,
         db: None,
         db_max_pages: None,
+        schedules: Vec::new(),
         print_durable: false,
     };
     paused_runtime()

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+mod dispenser;
+
 /// How the compressor is decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -45,7 +47,7 @@ pub enum FridgeCommand {
 }
 
 /// Commands the dispenser task accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DispenserCommand {
     /// A maintenance test dispense (the dose engine will be the normal caller).
     TestDispense {
@@ -58,6 +60,22 @@ pub enum DispenserCommand {
     Rehome,
     /// Sound the local alarm (buzzer and LED) or silence it.
     Annunciate(bool),
+    /// A vital reading for the holds.
+    Vital(crate::dosing::engine::VitalReading),
+    /// A caregiver confirms the wall clock is right again (after a jump): re-baseline it.
+    TrustClock,
+}
+
+/// What the dispenser needs to dose: the schedules, what has already happened (rebuilt from the
+/// store at start-up), and since when the appliance is responsible for doses.
+#[derive(Clone, Debug, Default)]
+pub struct Dosing {
+    /// Validated schedules.
+    pub schedules: Vec<crate::dosing::schedule::Schedule>,
+    /// Dose history.
+    pub history: Vec<crate::dosing::engine::DoseRecord>,
+    /// The appliance's first start (None: now).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Handles to the running controller.
@@ -102,6 +120,7 @@ pub fn start(
     strategy: Strategy,
     fridge: FridgeDevices,
     dispenser: DispenserDevices,
+    dosing: Dosing,
 ) -> Running {
     let (events_tx, events) = mpsc::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -112,13 +131,10 @@ pub fn start(
     fridge_task.annunciator = Some(cmd_tx.clone());
     let tasks = vec![
         tokio::spawn(fridge_task.run(fridge_rx, shutdown_rx.clone())),
-        tokio::spawn(dispenser_task(
-            clock.clone(),
-            dispenser,
-            cmd_rx,
-            events_tx.clone(),
-            shutdown_rx,
-        )),
+        tokio::spawn(
+            dispenser::DispenserTask::new(clock.clone(), dispenser, dosing, events_tx.clone())
+                .run(cmd_rx, shutdown_rx),
+        ),
     ];
     Running {
         events,
@@ -132,12 +148,18 @@ pub fn start(
 }
 
 /// Why a task stopped waiting.
-enum Wake {
+pub(crate) enum Wake {
+    /// The deadline passed.
     Deadline,
+    /// Shutdown was asked for.
     Shutdown,
 }
 
-async fn wait(clock: &dyn Clock, deadline: Duration, shutdown: &mut watch::Receiver<bool>) -> Wake {
+pub(crate) async fn wait(
+    clock: &dyn Clock,
+    deadline: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Wake {
     if *shutdown.borrow() {
         return Wake::Shutdown;
     }
@@ -149,7 +171,7 @@ async fn wait(clock: &dyn Clock, deadline: Duration, shutdown: &mut watch::Recei
 }
 
 /// Sends an event; the receiver only goes away when the whole appliance is stopping.
-async fn emit(events: &mpsc::Sender<Event>, e: Event) {
+pub(crate) async fn emit(events: &mpsc::Sender<Event>, e: Event) {
     let _ = events.send(e).await;
 }
 
@@ -508,151 +530,14 @@ fn probe_index(p: Probe) -> usize {
     }
 }
 
-/// How often the dispenser task samples the tray and button while a dispensed dose waits to be
-/// taken: fast enough to catch a 100 ms button press.
-const ATTENTIVE_POLL: Duration = Duration::from_millis(50);
-/// How often it samples them otherwise (the cup and button mean nothing with no dose waiting;
-/// the states are still tracked so a change is never misread as an edge later).
-const IDLE_POLL: Duration = Duration::from_secs(5);
-/// How long after a dispense the task stays attentive if nobody takes the dose.
-const ATTENTIVE_FOR: Duration = Duration::from_secs(2 * 3600);
-
-async fn dispenser_task(
-    clock: Arc<dyn Clock>,
-    mut dev: DispenserDevices,
-    mut commands: mpsc::Receiver<DispenserCommand>,
-    events: mpsc::Sender<Event>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let emit = |e: Event| {
-        let events = events.clone();
-        async move {
-            let _ = events.send(e).await;
-        }
-    };
-    // Home without dispensing: the carousel may have stopped mid-turn (power cut, crash).
-    let mut homed = home(&clock, &mut dev, &emit).await;
-    let mut cup = None;
-    let mut button = None;
-    let mut attentive_until = Duration::ZERO;
-    loop {
-        let now = clock.monotonic();
-        let at = clock.now();
-        match dev.tray.sample(now) {
-            Ok(present) => {
-                if cup == Some(true) && !present {
-                    emit(Event::TrayPickup { at }).await;
-                    attentive_until = now;
-                }
-                cup = Some(present);
-            }
-            Err(e) => emit(device_fault(at, e.line, e.reason)).await,
-        }
-        match dev.button.sample(now) {
-            Ok(pressed) => {
-                if button == Some(false) && pressed {
-                    emit(Event::ButtonPressed { at }).await;
-                    attentive_until = now;
-                }
-                button = Some(pressed);
-            }
-            Err(e) => emit(device_fault(at, e.line, e.reason)).await,
-        }
-        for light in [&mut dev.buzzer, &mut dev.led] {
-            if let Err(e) = light.enforce(now) {
-                emit(device_fault(at, e.line, e.reason)).await;
-            }
-        }
-        let poll = if now < attentive_until {
-            ATTENTIVE_POLL
-        } else {
-            IDLE_POLL
-        };
-        tokio::select! {
-            biased;
-            _ = clock::sleep_until(&*clock, now + poll) => {}
-            cmd = commands.recv() => match cmd {
-                Some(DispenserCommand::Rehome) => homed = home(&clock, &mut dev, &emit).await,
-                Some(DispenserCommand::Annunciate(on)) => {
-                    let now = clock.monotonic();
-                    for light in [&mut dev.buzzer, &mut dev.led] {
-                        if let Err(e) = light.set(on, now) {
-                            emit(device_fault(clock.now(), e.line, e.reason)).await;
-                        }
-                    }
-                }
-                Some(DispenserCommand::TestDispense { slot, units }) => {
-                    if !homed {
-                        emit(device_fault(clock.now(), "carousel", "not homed: dispense refused, nothing moved".into())).await;
-                        continue;
-                    }
-                    let result = dev.carousel.dispense(slot, units);
-                    let at = clock.now();
-                    match result {
-                        Ok(report) => {
-                            homed = report.returned_home;
-                            if report.drops_seen > 0 {
-                                attentive_until = clock.monotonic() + ATTENTIVE_FOR;
-                            }
-                            emit(Event::Dispensed {
-                                at,
-                                report,
-                                drops_seen: report.drops_seen,
-                                returned_home: report.returned_home,
-                            })
-                            .await;
-                        }
-                        Err(e) => {
-                            homed = false;
-                            emit(device_fault(at, "carousel", e.to_string())).await;
-                        }
-                    }
-                }
-                None => {}
-            },
-            _ = shutdown.changed() => break,
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-    }
-    let now = clock.monotonic();
-    let at = clock.now();
-    if let Err(e) = dev.carousel.release() {
-        emit(device_fault(at, "carousel", e.to_string())).await;
-    }
-    for light in [&mut dev.buzzer, &mut dev.led] {
-        if let Err(e) = light.set(false, now) {
-            emit(device_fault(at, e.line, e.reason)).await;
-        }
-    }
-}
-
-fn device_fault(at: chrono::DateTime<chrono::Utc>, device: &str, detail: String) -> Event {
+pub(crate) fn device_fault(
+    at: chrono::DateTime<chrono::Utc>,
+    device: &str,
+    detail: String,
+) -> Event {
     Event::DeviceFault {
         at,
         device: device.to_string(),
         detail,
-    }
-}
-
-async fn home<F, Fut>(clock: &Arc<dyn Clock>, dev: &mut DispenserDevices, emit: &F) -> bool
-where
-    F: Fn(Event) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    match dev.carousel.home() {
-        Ok(steps) => {
-            emit(Event::CarouselHomed {
-                at: clock.now(),
-                steps,
-            })
-            .await;
-            true
-        }
-        Err(e) => {
-            emit(device_fault(clock.now(), "carousel", e.to_string())).await;
-            false
-        }
     }
 }

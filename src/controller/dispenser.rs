@@ -1,0 +1,541 @@
+//! The dispenser task: owns the carousel, the tray and button, buzzer and LED; runs the dose
+//! planner each minute and carries out its actions; watches the wall clock against the monotonic
+//! one and locks dispensing while it is not trusted.
+//!
+//! Outcomes follow DESIGN.md §4: a release the break-beam confirms is `dispensed` (then `taken` on
+//! pickup or button); a jam before anything moved, or an empty-slot refusal before motion, is
+//! `failed` (may be tried again); anything else — the motor turned but the beam saw too little,
+//! or the carousel lost its position — is `uncertain`, sounds the alarm and is never retried.
+
+use super::{device_fault, DispenserCommand, Dosing};
+use crate::clock::{self, Clock};
+use crate::devices::{CarouselError, DispenserDevices};
+use crate::dosing::engine::{DoseRecord, Outcome, VitalReading};
+use crate::dosing::plan::{Action, Planner};
+use crate::events::Event;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often the tray and button are sampled in the first minutes after a dispense, while the
+/// reminder sounds: fast enough for a short button press.
+const ATTENTIVE_POLL: Duration = Duration::from_millis(100);
+/// How long the dispenser stays that attentive after a dispense.
+const ATTENTIVE_FOR: Duration = Duration::from_secs(15 * 60);
+/// How often while a dispensed dose still waits to be taken (a cup is lifted for seconds).
+const PENDING_POLL: Duration = Duration::from_secs(1);
+/// How often otherwise (the states are still tracked so a change is never misread as an edge).
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How often the dose planner runs.
+const PLAN_EVERY: Duration = Duration::from_secs(60);
+/// A wall clock this far off the monotonic clock is not trusted (DESIGN.md §4).
+const CLOCK_TOLERANCE_S: i64 = 60;
+
+/// A dispensed dose waiting to be taken.
+#[derive(Clone, Debug)]
+struct Pending {
+    patient: String,
+    slot: u8,
+    record: DoseRecord,
+}
+
+/// The dispenser task's state.
+pub(super) struct DispenserTask {
+    clock: Arc<dyn Clock>,
+    dev: DispenserDevices,
+    events: mpsc::Sender<Event>,
+    dosing: Dosing,
+    planner: Planner,
+    vitals: Vec<VitalReading>,
+    homed: bool,
+    pending: Option<Pending>,
+    attentive_until: Duration,
+    /// Wall minus monotonic at the last baseline, in seconds.
+    baseline_s: i64,
+    clock_trusted: bool,
+}
+
+impl DispenserTask {
+    pub(super) fn new(
+        clock: Arc<dyn Clock>,
+        dev: DispenserDevices,
+        dosing: Dosing,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        let since = dosing.since.unwrap_or_else(|| clock.now());
+        let baseline_s = wall_minus_mono(&*clock);
+        Self {
+            planner: Planner::new(since),
+            clock,
+            dev,
+            events,
+            dosing,
+            vitals: Vec::new(),
+            homed: false,
+            pending: None,
+            attentive_until: Duration::ZERO,
+            baseline_s,
+            clock_trusted: true,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<DispenserCommand>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        // Home without dispensing: the carousel may have stopped mid-turn (power cut, crash).
+        self.home().await;
+        let (mut cup, mut button) = (None, None);
+        let mut next_plan = self.clock.monotonic();
+        loop {
+            let now = self.clock.monotonic();
+            let at = self.clock.now();
+            match self.dev.tray.sample(now) {
+                Ok(present) => {
+                    if cup == Some(true) && !present {
+                        super::emit(&self.events, Event::TrayPickup { at }).await;
+                        self.taken(at).await;
+                    }
+                    cup = Some(present);
+                }
+                Err(e) => super::emit(&self.events, device_fault(at, e.line, e.reason)).await,
+            }
+            match self.dev.button.sample(now) {
+                Ok(pressed) => {
+                    if button == Some(false) && pressed {
+                        super::emit(&self.events, Event::ButtonPressed { at }).await;
+                        self.taken(at).await;
+                    }
+                    button = Some(pressed);
+                }
+                Err(e) => super::emit(&self.events, device_fault(at, e.line, e.reason)).await,
+            }
+            for i in 0..2 {
+                let light = if i == 0 {
+                    &mut self.dev.buzzer
+                } else {
+                    &mut self.dev.led
+                };
+                if let Err(e) = light.enforce(now) {
+                    let _ = self.events.send(device_fault(at, e.line, e.reason)).await;
+                }
+            }
+            if now >= next_plan {
+                // A dose nobody took within two hours stays recorded as dispensed, not taken;
+                // stop waiting for it.
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| at - p.record.at > chrono::Duration::hours(2))
+                {
+                    self.pending = None;
+                    self.lights(false).await;
+                }
+                self.check_clock().await;
+                self.plan().await;
+                next_plan = now + PLAN_EVERY;
+            }
+            let poll = if now < self.attentive_until {
+                ATTENTIVE_POLL
+            } else if self.pending.is_some() {
+                PENDING_POLL
+            } else {
+                IDLE_POLL
+            };
+            let wake = (now + poll).min(next_plan);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+                _ = clock::sleep_until(&*self.clock, wake) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        let now = self.clock.monotonic();
+        let at = self.clock.now();
+        if let Err(e) = self.dev.carousel.release() {
+            super::emit(&self.events, device_fault(at, "carousel", e.to_string())).await;
+        }
+        for i in 0..2 {
+            let light = if i == 0 {
+                &mut self.dev.buzzer
+            } else {
+                &mut self.dev.led
+            };
+            if let Err(e) = light.set(false, now) {
+                let _ = self.events.send(device_fault(at, e.line, e.reason)).await;
+            }
+        }
+    }
+
+    async fn home(&mut self) -> bool {
+        let at = self.clock.now();
+        match self.dev.carousel.home() {
+            Ok(steps) => {
+                self.homed = true;
+                super::emit(&self.events, Event::CarouselHomed { at, steps }).await;
+            }
+            Err(e) => {
+                self.homed = false;
+                super::emit(&self.events, device_fault(at, "carousel", e.to_string())).await;
+            }
+        }
+        self.homed
+    }
+
+    async fn lights(&mut self, on: bool) {
+        let now = self.clock.monotonic();
+        let at = self.clock.now();
+        for i in 0..2 {
+            let light = if i == 0 {
+                &mut self.dev.buzzer
+            } else {
+                &mut self.dev.led
+            };
+            if let Err(e) = light.set(on, now) {
+                let _ = self.events.send(device_fault(at, e.line, e.reason)).await;
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: DispenserCommand) {
+        match cmd {
+            DispenserCommand::Rehome => {
+                self.home().await;
+            }
+            DispenserCommand::Annunciate(on) => self.lights(on).await,
+            DispenserCommand::TestDispense { slot, units } => {
+                let at = self.clock.now();
+                if !self.homed {
+                    super::emit(
+                        &self.events,
+                        device_fault(
+                            at,
+                            "carousel",
+                            "not homed: dispense refused, nothing moved".into(),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                match self.dev.carousel.dispense(slot, units) {
+                    Ok(report) => {
+                        self.homed = report.returned_home;
+                        if report.drops_seen > 0 {
+                            self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
+                        }
+                        super::emit(
+                            &self.events,
+                            Event::Dispensed {
+                                at: self.clock.now(),
+                                report,
+                                drops_seen: report.drops_seen,
+                                returned_home: report.returned_home,
+                            },
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        self.homed = false;
+                        super::emit(
+                            &self.events,
+                            device_fault(self.clock.now(), "carousel", e.to_string()),
+                        )
+                        .await;
+                    }
+                }
+            }
+            DispenserCommand::Vital(reading) => {
+                super::emit(
+                    &self.events,
+                    Event::Vital {
+                        at: self.clock.now(),
+                        reading: reading.clone(),
+                    },
+                )
+                .await;
+                self.vitals.push(reading);
+                // Keep a day of readings: holds look back hours at most.
+                let horizon = self.clock.now() - chrono::Duration::days(1);
+                self.vitals.retain(|v| v.at > horizon);
+                // A new reading may release a held dose at once.
+                self.plan().await;
+            }
+            DispenserCommand::TrustClock => {
+                self.baseline_s = wall_minus_mono(&*self.clock);
+                if !self.clock_trusted {
+                    self.clock_trusted = true;
+                    super::emit(
+                        &self.events,
+                        Event::ClockTrust {
+                            at: self.clock.now(),
+                            trusted: true,
+                            drift_s: 0,
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn check_clock(&mut self) {
+        let drift = wall_minus_mono(&*self.clock) - self.baseline_s;
+        let trusted = drift.abs() <= CLOCK_TOLERANCE_S;
+        if trusted != self.clock_trusted {
+            self.clock_trusted = trusted;
+            super::emit(
+                &self.events,
+                Event::ClockTrust {
+                    at: self.clock.now(),
+                    trusted,
+                    drift_s: drift,
+                },
+            )
+            .await;
+        }
+    }
+
+    async fn plan(&mut self) {
+        let now = self.clock.now();
+        let actions = self.planner.plan(
+            &self.dosing.schedules,
+            now,
+            &self.dosing.history,
+            &self.vitals,
+            self.clock_trusted,
+        );
+        for a in actions {
+            match a {
+                Action::Dispense {
+                    patient,
+                    medication,
+                    slot,
+                    occurrence,
+                    units,
+                } => {
+                    self.dispense(patient, medication, slot, occurrence, units)
+                        .await
+                }
+                Action::Record {
+                    patient,
+                    record,
+                    reason,
+                } => {
+                    let slot = self.slot_of(&patient, &record.medication);
+                    self.record(patient, slot, record, Some(reason.code()), String::new())
+                        .await;
+                }
+                Action::Alert {
+                    patient,
+                    medication,
+                    occurrence,
+                    reason,
+                    detail,
+                } => {
+                    super::emit(
+                        &self.events,
+                        Event::DoseAlert {
+                            at: now,
+                            patient,
+                            medication,
+                            occurrence,
+                            reason: reason.code(),
+                            detail,
+                        },
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
+    fn slot_of(&self, patient: &str, medication: &str) -> u8 {
+        self.dosing
+            .schedules
+            .iter()
+            .filter(|s| s.patient == patient)
+            .find_map(|s| s.medication(medication).map(|(m, _)| *m.slot.get_ref()))
+            .unwrap_or(u8::MAX)
+    }
+
+    async fn record(
+        &mut self,
+        patient: String,
+        slot: u8,
+        record: DoseRecord,
+        reason: Option<String>,
+        detail: String,
+    ) {
+        self.dosing.history.push(record.clone());
+        super::emit(
+            &self.events,
+            Event::Dose {
+                at: record.at,
+                patient,
+                medication: record.medication.clone(),
+                slot,
+                record,
+                reason,
+                detail,
+            },
+        )
+        .await;
+    }
+
+    async fn dispense(
+        &mut self,
+        patient: String,
+        medication: String,
+        slot: u8,
+        occurrence: DateTime<Utc>,
+        units: u32,
+    ) {
+        if !self.homed && !self.home().await {
+            let record = DoseRecord {
+                medication,
+                occurrence: Some(occurrence),
+                at: self.clock.now(),
+                units: 0,
+                outcome: Outcome::Failed,
+            };
+            self.record(
+                patient,
+                slot,
+                record,
+                Some("NOT_HOMED".into()),
+                "the carousel could not find home; nothing moved".into(),
+            )
+            .await;
+            return;
+        }
+        // Durable intent before any motion: if the process dies mid-turn, the restart finds it
+        // and treats the dose as uncertain instead of dispensing it again.
+        let intent = DoseRecord {
+            medication: medication.clone(),
+            occurrence: Some(occurrence),
+            at: self.clock.now(),
+            units,
+            outcome: Outcome::Dispensing,
+        };
+        self.record(
+            patient.clone(),
+            slot,
+            intent,
+            Some("DISPENSING".into()),
+            String::new(),
+        )
+        .await;
+        let token = crate::events::Durable::default();
+        super::emit(
+            &self.events,
+            Event::Barrier {
+                token: token.clone(),
+            },
+        )
+        .await;
+        let limit = self.clock.monotonic() + Duration::from_secs(30);
+        let durable = tokio::select! {
+            biased;
+            _ = token.0.notified() => true,
+            _ = clock::sleep_until(&*self.clock, limit) => false,
+        };
+        if !durable {
+            let record = DoseRecord {
+                medication,
+                occurrence: Some(occurrence),
+                at: self.clock.now(),
+                units: 0,
+                outcome: Outcome::Failed,
+            };
+            self.record(
+                patient,
+                slot,
+                record,
+                Some("NOT_DURABLE".into()),
+                "the intent could not be made durable; nothing moved".into(),
+            )
+            .await;
+            return;
+        }
+        let result = self.dev.carousel.dispense(slot, units);
+        let at = self.clock.now();
+        let (outcome, given, detail) = match &result {
+            Ok(r) if r.drops_seen == units && r.returned_home => (
+                Outcome::Dispensed,
+                units,
+                format!("{units} unit(s) seen falling"),
+            ),
+            Ok(r) => {
+                self.homed = r.returned_home;
+                (
+                    Outcome::Uncertain,
+                    r.drops_seen,
+                    format!(
+                        "{} of {units} unit(s) seen; carousel {} home",
+                        r.drops_seen,
+                        if r.returned_home {
+                            "returned"
+                        } else {
+                            "did not return"
+                        }
+                    ),
+                )
+            }
+            Err(CarouselError::Jammed { steps }) => {
+                self.homed = false;
+                (
+                    Outcome::Failed,
+                    0,
+                    format!("jammed at home after {steps} steps; nothing released"),
+                )
+            }
+            Err(e) => {
+                self.homed = false;
+                (Outcome::Uncertain, 0, e.to_string())
+            }
+        };
+        let record = DoseRecord {
+            medication,
+            occurrence: Some(occurrence),
+            at,
+            units: given,
+            outcome,
+        };
+        match outcome {
+            Outcome::Dispensed => {
+                self.pending = Some(Pending {
+                    patient: patient.clone(),
+                    slot,
+                    record: record.clone(),
+                });
+                self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
+                self.lights(true).await;
+            }
+            Outcome::Uncertain => self.lights(true).await,
+            _ => {}
+        }
+        self.record(patient, slot, record, None, detail).await;
+    }
+
+    async fn taken(&mut self, at: DateTime<Utc>) {
+        let Some(p) = self.pending.take() else { return };
+        let record = DoseRecord {
+            at,
+            outcome: Outcome::Taken,
+            ..p.record
+        };
+        self.attentive_until = self.clock.monotonic();
+        self.lights(false).await;
+        self.record(p.patient, p.slot, record, None, "picked up".into())
+            .await;
+    }
+}
+
+fn wall_minus_mono(clock: &dyn Clock) -> i64 {
+    clock.now().timestamp() - clock.monotonic().as_secs() as i64
+}
