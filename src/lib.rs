@@ -18,6 +18,7 @@
 //! - [`scenario`] and [`sim`]: the simulated appliance (`medbox sim`).
 //! - [`store`]: SQLite: migrations, the hash-chained audit log, signed checkpoints, readings.
 //! - [`units`]: typed physical units.
+//! - [`uplink`]: MQTT store-and-forward from the outbox.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -36,3 +37,4 @@ pub mod scenario;
 pub mod sim;
 pub mod store;
 pub mod units;
+pub mod uplink;

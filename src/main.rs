@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// The MQTT uplink on its own.
+    Uplink {
+        #[command(subcommand)]
+        command: UplinkCommand,
+    },
     /// Print benchmark figures (not assertions).
     Bench {
         #[command(subcommand)]
@@ -133,6 +138,25 @@ enum ScheduleCommand {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UplinkCommand {
+    /// Publish everything waiting in a database's outbox, then stop.
+    Drain {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The broker.
+        #[arg(long)]
+        mqtt: String,
+        /// Device id.
+        #[arg(long)]
+        device_id: String,
+        /// Give up after this many seconds without a connection.
+        #[arg(long, default_value_t = 30)]
+        give_up_s: u64,
     },
 }
 
@@ -288,6 +312,12 @@ struct SimArgs {
     /// Append the signed checkpoints of this run to this file (the copies held off the device).
     #[arg(long)]
     checkpoints_out: Option<PathBuf>,
+    /// Publish to this MQTT broker (mqtt://host:port). Without it everything stays in the outbox.
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// Device id (topic level and MQTT client id; never a patient's name).
+    #[arg(long, default_value = "medbox-sim")]
+    device_id: String,
     /// Cap the database at this many pages, to rehearse a full disk.
     #[arg(long, hide = true)]
     db_max_pages: Option<u32>,
@@ -315,6 +345,28 @@ fn main() -> ExitCode {
         } => coldchain_stats(&csv, config.as_deref(), json),
         Command::Audit { command } => return audit_command(command),
         Command::Schedule { command } => return schedule_command(command),
+        Command::Uplink {
+            command:
+                UplinkCommand::Drain {
+                    db,
+                    mqtt,
+                    device_id,
+                    give_up_s,
+                },
+        } => (|| {
+            // Apply migrations (the outbox table) before draining.
+            drop(medbox::store::schema::open(&db).with_context(|| db.display().to_string())?);
+            let u = medbox::uplink::UplinkThread::spawn(
+                medbox::uplink::UplinkConfig::new(&mqtt, &device_id, &db),
+                std::time::Duration::from_secs(give_up_s),
+            )?;
+            let stats = u.drain()?;
+            println!("{}", serde_json::to_string(&stats)?);
+            if stats.left > 0 {
+                bail!("{} messages could not be delivered", stats.left);
+            }
+            Ok(())
+        })(),
         Command::Bench {
             command:
                 BenchCommand::Store {
@@ -444,7 +496,19 @@ fn run_sim(args: SimArgs) -> Result<()> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(config_errors)?,
     };
+    // The outbox lives in the database: with a broker but no --db, use a temporary one.
+    let tmp_db;
+    let db = match (&args.db, &args.mqtt) {
+        (Some(db), _) => Some(db.clone()),
+        (None, Some(_)) => {
+            tmp_db = tempfile::tempdir()?;
+            Some(tmp_db.path().join("medbox-sim.db"))
+        }
+        (None, None) => None,
+    };
     let opts = SimOptions {
+        mqtt: args.mqtt.clone(),
+        device_id: args.device_id.clone(),
         schedules,
         profile,
         coldchain,
@@ -457,7 +521,7 @@ fn run_sim(args: SimArgs) -> Result<()> {
             ControllerArg::Naive => medbox::controller::Strategy::NaiveBaseline,
         },
         keep_records: args.export_readings.is_some(),
-        db: args.db.clone(),
+        db,
         db_max_pages: args.db_max_pages,
         print_durable: args.print_durable,
     };
@@ -590,6 +654,15 @@ fn print_summary(s: &sim::SimSummary) {
         d.homings, d.dispenses, d.units_seen, d.lost_position, d.tray_pickups, d.button_presses
     );
     println!("  doses: {:?}", d.doses);
+    if let Some(n) = s.outbox_before_uplink {
+        match &s.uplink {
+            None => println!("  outbox: {n} messages kept for the uplink (no broker configured; --mqtt mqtt://127.0.0.1:1883 to send)"),
+            Some(u) => println!(
+                "  uplink: {} messages acknowledged by the broker, {} left in the outbox, {} connects, {} failed attempts",
+                u.acked, u.left, u.connects, u.failures
+            ),
+        }
+    }
     if !d.dose_alerts.is_empty() {
         println!("  dose alerts: {:?}", d.dose_alerts);
     }

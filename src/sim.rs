@@ -57,6 +57,10 @@ pub struct SimOptions {
     pub db: Option<std::path::PathBuf>,
     /// Dosing schedules to run.
     pub schedules: Vec<crate::dosing::schedule::Schedule>,
+    /// Publish the outbox to this broker (`mqtt://host:port`); needs `db`.
+    pub mqtt: Option<String>,
+    /// Device id for topics and the MQTT client id.
+    pub device_id: String,
     /// Cap the database at this many pages (rehearses a full disk).
     pub db_max_pages: Option<u32>,
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
@@ -73,6 +77,9 @@ pub enum SimError {
     /// The profile has no `[sim]` model.
     #[error("the profile has no [sim] model")]
     NoModel,
+    /// The uplink could not start or failed.
+    #[error("uplink: {0}")]
+    Uplink(String),
     /// The database could not be opened, or a write failed. The appliance stopped with its
     /// actuators safe; a supervisor restarts it.
     #[error("storage failed, appliance stopped: {0}")]
@@ -160,6 +167,10 @@ pub struct SimSummary {
     pub checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     /// Records made durable during the run (audit rows and readings, with `--db`).
     pub durable_records: u64,
+    /// Messages in the outbox when the run ended, before the uplink drained it.
+    pub outbox_before_uplink: Option<i64>,
+    /// What the uplink did (with `--mqtt`).
+    pub uplink: Option<crate::uplink::UplinkStats>,
     /// Every dose outcome of the run.
     #[serde(skip)]
     pub dose_records: Vec<crate::dosing::engine::DoseRecord>,
@@ -189,6 +200,24 @@ pub async fn run(
     if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
         rec.limit_pages(pages)?;
     }
+    if let Some(rec) = recorder.as_mut() {
+        rec.set_device_id(&opts.device_id);
+    }
+    let uplink = match (&opts.mqtt, &opts.db) {
+        (Some(url), Some(db)) => Some(
+            crate::uplink::UplinkThread::spawn(
+                crate::uplink::UplinkConfig::new(url, &opts.device_id, db),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| SimError::Uplink(e.to_string()))?,
+        ),
+        (Some(_), None) => {
+            return Err(SimError::Uplink(
+                "--mqtt needs --db (the outbox lives there)".into(),
+            ))
+        }
+        _ => None,
+    };
     let print_durable = opts.print_durable;
     let mut profile = opts.profile.clone();
     profile.sim = Some(model.clone());
@@ -301,7 +330,20 @@ pub async fn run(
     if let Some(e) = storage_error {
         return Err(SimError::Store(e));
     }
-    Ok(acc.finish(end_at, elapsed, &handle))
+    let outbox = match &recorder {
+        Some(r) => Some(crate::store::recorder::outbox_len(r.connection())?),
+        None => None,
+    };
+    drop(recorder);
+    let uplink = match uplink {
+        // Drain what the run produced; give up after a while without a broker.
+        Some(u) => Some(u.drain().map_err(|e| SimError::Uplink(e.to_string()))?),
+        None => None,
+    };
+    let mut summary = acc.finish(end_at, elapsed, &handle);
+    summary.outbox_before_uplink = outbox;
+    summary.uplink = uplink;
+    Ok(summary)
 }
 
 /// A fresh identifier for this run of the process.
@@ -576,6 +618,8 @@ impl Accumulator {
             checkpoints: self.checkpoints,
             durable_records: self.durable_records,
             dose_records: self.dose_records,
+            outbox_before_uplink: None,
+            uplink: None,
         }
     }
 }

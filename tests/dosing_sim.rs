@@ -29,6 +29,8 @@ fn run(days: f64, scenario: Option<&str>, db: Option<&Path>) -> SimSummary {
         keep_records: false,
         db: db.map(Path::to_path_buf),
         db_max_pages: None,
+        mqtt: None,
+        device_id: "medbox-test".into(),
         schedules: schedules(),
         print_durable: false,
     };

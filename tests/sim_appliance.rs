@@ -217,6 +217,8 @@ for = "3h"
             keep_records: false,
             db: None,
             db_max_pages: None,
+            mqtt: None,
+            device_id: "medbox-test".into(),
             schedules: Vec::new(),
             print_durable: false,
         };

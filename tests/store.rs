@@ -35,6 +35,8 @@ fn sim_into(db: &Path, days: f64, scenario: Option<&str>) -> medbox::sim::SimSum
         keep_records: false,
         db: Some(db.to_path_buf()),
         db_max_pages: None,
+        mqtt: None,
+        device_id: "medbox-test".into(),
         schedules: Vec::new(),
         print_durable: false,
     };

@@ -12,6 +12,50 @@ use rusqlite::{params, Connection};
 use std::path::Path;
 use std::time::Duration;
 
+/// Outbox priority: lower drains first, so a new alarm overtakes a backlog of telemetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// Alarms.
+    Alarm = 0,
+    /// Dose outcomes, faults, other events.
+    Event = 1,
+    /// Periodic readings.
+    Telemetry = 2,
+}
+
+/// The topic suffix and priority of an audit kind (DESIGN.md §6: `events/<kind>`, `vitals`).
+fn route(kind: &str) -> (Priority, String) {
+    let k = match kind {
+        k if k.starts_with("coldchain.alarm") => return (Priority::Alarm, "events/alarm".into()),
+        k if k.starts_with("coldchain.excursion") => "excursion",
+        "coldchain.probe_fault" | "device.fault" => "fault",
+        "coldchain.day" => "coldchain_day",
+        k if k.starts_with("dose.") => "dose",
+        k if k.starts_with("vitals.") => return (Priority::Event, "vitals".into()),
+        k => k.split('.').next().unwrap_or("system"),
+    };
+    (Priority::Event, format!("events/{k}"))
+}
+
+fn outbox(
+    tx: &rusqlite::Transaction<'_>,
+    p: Priority,
+    topic: &str,
+    payload: &serde_json::Value,
+    utc: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (?1, ?2, ?3, ?4)",
+        params![p as i64, topic, serde_json::to_string(payload)?, utc],
+    )?;
+    Ok(())
+}
+
+/// Messages waiting in the outbox.
+pub fn outbox_len(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+}
+
 /// Where a recorded event went.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recorded {
@@ -28,6 +72,7 @@ pub struct Recorder {
     device: DeviceKey,
     boot_id: String,
     last_checkpoint: Option<(i64, DateTime<Utc>)>,
+    device_id: String,
 }
 
 fn name<T: serde::Serialize>(v: &T) -> String {
@@ -227,12 +272,18 @@ impl Recorder {
             device,
             boot_id,
             last_checkpoint,
+            device_id: "medbox-sim".into(),
         })
     }
 
     /// The connection, for queries.
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Sets the device id used in outbox topics (`medbox/<device-id>/…`).
+    pub fn set_device_id(&mut self, id: &str) {
+        self.device_id = id.to_string();
     }
 
     /// Caps the database at `pages` pages, so a full disk can be rehearsed: the next write past
@@ -261,11 +312,13 @@ impl Recorder {
         let at = event_time(e).unwrap_or(now);
         let mut cp = None;
         let mut seq = None;
+        let dev = self.device_id.clone();
         if let Event::Reading(r) = e {
+            let utc = r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             tx.execute(
                 "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    utc,
                     r.vial,
                     r.air,
                     r.compressor_on,
@@ -273,6 +326,25 @@ impl Recorder {
                     r.mains,
                     name(&r.mode)
                 ],
+            )?;
+            let rowid = tx.last_insert_rowid();
+            let payload = serde_json::json!({
+                "schema": "medbox.telemetry.v1",
+                "id": format!("{dev}:r{rowid}"),
+                "utc": utc,
+                "vial_c": r.vial,
+                "air_c": r.air,
+                "compressor_on": r.compressor_on,
+                "door_open": r.door_open,
+                "mains": r.mains,
+                "mode": name(&r.mode),
+            });
+            outbox(
+                &tx,
+                Priority::Telemetry,
+                &format!("medbox/{dev}/telemetry/fridge"),
+                &payload,
+                &utc,
             )?;
         } else {
             let (kind, actor, subject, reason) = classify(e);
@@ -292,8 +364,40 @@ impl Recorder {
                 },
             )?;
             seq = Some(row.seq);
+            let (priority, topic) = route(&row.kind);
+            let payload = serde_json::json!({
+                "schema": "medbox.event.v1",
+                "id": format!("{dev}:{}", row.seq),
+                "seq": row.seq,
+                "utc": row.utc,
+                "kind": row.kind,
+                "subject": row.subject,
+                "actor": row.actor,
+                "reason": row.reason,
+                "clock_trusted": row.clock_trusted,
+                "body": serde_json::from_str::<serde_json::Value>(&row.body)?,
+            });
+            outbox(
+                &tx,
+                priority,
+                &format!("medbox/{dev}/{topic}"),
+                &payload,
+                &row.utc,
+            )?;
             if checkpoint::due(self.last_checkpoint, row.seq, at) {
                 let c = self.device.checkpoint(&tx, row.seq, &row.hash, at)?;
+                let payload = serde_json::json!({
+                    "schema": "medbox.checkpoint.v1",
+                    "id": format!("{dev}:c{}", c.seq),
+                    "checkpoint": c,
+                });
+                outbox(
+                    &tx,
+                    Priority::Event,
+                    &format!("medbox/{dev}/audit/checkpoint"),
+                    &payload,
+                    &c.utc,
+                )?;
                 cp = Some(c);
             }
         }

@@ -56,6 +56,17 @@ const MIGRATIONS: &[&str] = &[
         created_utc TEXT NOT NULL
     );
     "#,
+    // 2: the uplink's store-and-forward outbox, written in the same transaction as its record.
+    r#"
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,
+        priority    INTEGER NOT NULL,
+        topic       TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,
+        created_utc TEXT    NOT NULL
+    );
+    CREATE INDEX outbox_order ON outbox(priority, id);
+    "#,
 ];
 
 /// The newest schema version this build knows.

@@ -52,6 +52,8 @@ pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> Sim
         keep_records: true,
         db: None,
         db_max_pages: None,
+        mqtt: None,
+        device_id: "medbox-test".into(),
         schedules: Vec::new(),
         print_durable: false,
     };

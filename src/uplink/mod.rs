@@ -1,0 +1,268 @@
+//! The MQTT uplink: drains the SQLite outbox to the broker with QoS 1, in order within each
+//! priority (alarms first), deleting a message only after the broker's PUBACK.
+//!
+//! The outbox is written by the recorder in the same transaction as the audit row, so a broker
+//! outage of days loses nothing: the backlog waits on disk and drains at full speed on reconnect.
+//! The event loop is owned by this one task, polled continuously, and reconnects with a capped
+//! exponential backoff (rumqttc alone would reconnect at once, forever). The session is clean:
+//! rumqttc's in-flight queue is memory-only, so after every reconnect we resend whatever the
+//! outbox still holds; a message whose PUBACK was lost may arrive twice, and receivers
+//! de-duplicate by its `id`. A retained `status` of `online` is published on every connect, and
+//! the broker publishes the Last Will `offline` when the connection dies.
+//!
+//! The uplink runs on its own real-time runtime thread (tokio's paused time, which drives the
+//! simulation, must not be mixed with real sockets) and reads the outbox over its own connection
+//! to the database file (WAL lets it read and delete while the recorder writes).
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rusqlite::{params, Connection};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// The uplink could not start.
+#[derive(Debug, Error)]
+pub enum UplinkError {
+    /// The broker URL is not `mqtt://host:port`.
+    #[error("broker URL {0:?}: expected mqtt://host:port")]
+    Url(String),
+    /// The outbox could not be read.
+    #[error("outbox: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// Device id: the topic level and the MQTT client id.
+    pub device_id: String,
+    /// Database holding the outbox.
+    pub db: PathBuf,
+    /// Most unacknowledged publishes at once.
+    pub max_inflight: usize,
+    /// Keep-alive (the Last Will fires about 1.5× this after the link dies).
+    pub keep_alive: Duration,
+}
+
+impl UplinkConfig {
+    /// Defaults for a device and broker.
+    pub fn new(url: &str, device_id: &str, db: &Path) -> Self {
+        Self {
+            url: url.to_string(),
+            device_id: device_id.to_string(),
+            db: db.to_path_buf(),
+            max_inflight: 50,
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the uplink did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UplinkStats {
+    /// Messages acknowledged by the broker (and deleted from the outbox).
+    pub acked: u64,
+    /// Connections made.
+    pub connects: u64,
+    /// Connection attempts that failed.
+    pub failures: u64,
+    /// Messages still in the outbox when it stopped.
+    pub left: i64,
+}
+
+fn parse_url(url: &str) -> Result<(String, u16), UplinkError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| UplinkError::Url(url.to_string()))?;
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    let port: u16 = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| UplinkError::Url(url.to_string()))?;
+    if host.is_empty() {
+        return Err(UplinkError::Url(url.to_string()));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// How the uplink should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Keep running.
+    Run,
+    /// Stop once the outbox is empty (or `give_up` passed without a connection).
+    Drain,
+    /// Stop now.
+    Now,
+}
+
+/// Runs the uplink until `stop` says so.
+pub async fn run(
+    cfg: UplinkConfig,
+    mut stop: watch::Receiver<StopMode>,
+    give_up: Duration,
+) -> Result<UplinkStats, UplinkError> {
+    let (host, port) = parse_url(&cfg.url)?;
+    let conn = Connection::open(&cfg.db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let status = format!("medbox/{}/status", cfg.device_id);
+    let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+    let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
+    let mut stats = UplinkStats::default();
+    let mut connected = false;
+    let mut backoff = Duration::from_millis(500);
+    // Row ids in publish order, waiting for their packet id (None: our own status message).
+    let mut awaiting: VecDeque<Option<i64>> = VecDeque::new();
+    let mut by_pkid: HashMap<u16, Option<i64>> = HashMap::new();
+    let mut in_flight: HashSet<i64> = HashSet::new();
+    let started = tokio::time::Instant::now();
+    loop {
+        let mode = *stop.borrow();
+        if mode == StopMode::Now {
+            break;
+        }
+        let outbox_len: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        if mode == StopMode::Drain
+            && (outbox_len == 0 || (!connected && started.elapsed() > give_up))
+        {
+            break;
+        }
+        if connected && in_flight.len() < cfg.max_inflight {
+            let room = (cfg.max_inflight - in_flight.len()) as i64;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, topic, payload FROM outbox ORDER BY priority, id LIMIT ?1",
+            )?;
+            let rows: Vec<(i64, String, String)> = stmt
+                .query_map(params![room + in_flight.len() as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (id, topic, payload) in rows {
+                if in_flight.contains(&id) {
+                    continue;
+                }
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    break;
+                }
+                awaiting.push_back(Some(id));
+                in_flight.insert(id);
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    stats.connects += 1;
+                    backoff = Duration::from_millis(500);
+                    awaiting.clear();
+                    by_pkid.clear();
+                    in_flight.clear();
+                    if client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
+                        awaiting.push_back(None);
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(row) = awaiting.pop_front() {
+                        by_pkid.insert(pkid, row);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(Some(id)) = by_pkid.remove(&ack.pkid) {
+                        conn.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                        in_flight.remove(&id);
+                        stats.acked += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("mqtt: {e}; retrying in {backoff:?}");
+                    connected = false;
+                    stats.failures += 1;
+                    awaiting.clear();
+                    by_pkid.clear();
+                    in_flight.clear();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)), if in_flight.is_empty() => {}
+        }
+    }
+    if connected {
+        let _ = client.try_disconnect();
+        // Let the DISCONNECT go out; a clean disconnect does not fire the Last Will, so say it.
+        let _ = client.try_publish(status, QoS::AtLeastOnce, true, "offline");
+        for _ in 0..10 {
+            if tokio::time::timeout(Duration::from_millis(100), eventloop.poll())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    stats.left = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+    Ok(stats)
+}
+
+/// An uplink on its own thread and real-time runtime.
+pub struct UplinkThread {
+    stop: watch::Sender<StopMode>,
+    handle: std::thread::JoinHandle<Result<UplinkStats, UplinkError>>,
+}
+
+impl UplinkThread {
+    /// Starts the uplink.
+    pub fn spawn(cfg: UplinkConfig, give_up: Duration) -> std::io::Result<Self> {
+        let (stop, rx) = watch::channel(StopMode::Run);
+        let handle = std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| UplinkError::Url(e.to_string()))?;
+                rt.block_on(run(cfg, rx, give_up))
+            })?;
+        Ok(Self { stop, handle })
+    }
+
+    /// Asks it to drain the outbox (or give up) and waits for it.
+    pub fn drain(self) -> Result<UplinkStats, UplinkError> {
+        let _ = self.stop.send(StopMode::Drain);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(UplinkError::Url("uplink thread panicked".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_are_checked() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".into(), 1883)
+        );
+        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("mqtt://:1").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The uplink against the real Mosquitto on 127.0.0.1:1883 (`.ci/run` starts it). Each test uses
+//! its own device id, so tests run in parallel without seeing each other's messages.
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn device(name: &str) -> String {
+    format!("t-{}-{name}", std::process::id())
+}
+
+fn medbox() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medbox"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+/// Subscribes to `medbox/<dev>/#` and collects (topic, payload) until `done` returns true or
+/// `limit` passes without any message.
+async fn collect(
+    dev: &str,
+    ready: tokio::sync::oneshot::Sender<()>,
+    limit: Duration,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let mut opts = MqttOptions::new(format!("{dev}-sub"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut ev) = AsyncClient::new(opts, 100);
+    client
+        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut ready = Some(ready);
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(limit, ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.push((
+                    p.topic.clone(),
+                    String::from_utf8_lossy(&p.payload).to_string(),
+                ));
+                if done(&got) {
+                    break;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("subscriber: {e}"),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn outbox_len(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
+    let dev = device("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    // The broker is "down": a closed port. The appliance runs half a day regardless.
+    let out = medbox()
+        .args([
+            "sim",
+            "--days",
+            "0.5",
+            "--mqtt",
+            "mqtt://127.0.0.1:1",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backlog = outbox_len(&db);
+    assert!(
+        backlog > 700,
+        "half a day of telemetry and events waits: {backlog}"
+    );
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let want = backlog as usize;
+    let dev2 = dev.clone();
+    let sub = tokio::spawn(async move {
+        collect(&dev2, tx, Duration::from_secs(10), move |got| {
+            got.iter().filter(|(t, _)| !t.ends_with("/status")).count() >= want
+        })
+        .await
+    });
+    rx.await.unwrap();
+    let drain = medbox()
+        .args([
+            "uplink",
+            "drain",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        drain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    let got = sub.await.unwrap();
+    assert_eq!(outbox_len(&db), 0, "acknowledged messages are deleted");
+    // De-duplicate by id, as a receiver must; every message arrived, none twice after that.
+    let mut by_id: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut order = Vec::new();
+    for (i, (topic, payload)) in got.iter().enumerate() {
+        if topic.ends_with("/status") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(v["schema"].as_str().unwrap().starts_with("medbox."));
+        if by_id.insert(id.clone(), (i, topic.clone())).is_none() {
+            order.push(v);
+        }
+    }
+    assert_eq!(by_id.len(), want);
+    // Within telemetry, readings arrive in the order they were taken.
+    let times: Vec<&str> = order
+        .iter()
+        .filter(|v| v["schema"] == "medbox.telemetry.v1")
+        .map(|v| v["utc"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    // Events keep their audit order, and alarms came before the telemetry backlog.
+    let seqs: Vec<i64> = order
+        .iter()
+        .filter(|v| {
+            v["schema"] == "medbox.event.v1"
+                && !v["kind"].as_str().unwrap().starts_with("coldchain.alarm")
+        })
+        .map(|v| v["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let first_alarm = order
+        .iter()
+        .position(|v| v["kind"] == "coldchain.alarm_raised")
+        .unwrap();
+    let first_telemetry = order
+        .iter()
+        .position(|v| v["schema"] == "medbox.telemetry.v1")
+        .unwrap();
+    assert!(first_alarm < first_telemetry);
+    // No patient name in any topic: only the device id and fixed words.
+    assert!(by_id
+        .values()
+        .all(|(_, t)| t.starts_with(&format!("medbox/{dev}/"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_says_offline_when_the_process_is_killed() {
+    let dev = device("lwt");
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let dev2 = dev.clone();
+    let sub = tokio::spawn(async move {
+        collect(&dev2, tx, Duration::from_secs(20), |got| {
+            got.iter()
+                .any(|(t, p)| t.ends_with("/status") && p == "offline")
+        })
+        .await
+    });
+    rx.await.unwrap();
+    let mut child = medbox()
+        .args([
+            "sim",
+            "--speed",
+            "5",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(dir.path().join("m.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the appliance has said it is online, then kill it without a goodbye.
+    let online = {
+        let mut opts = MqttOptions::new(format!("{dev}-probe"), "127.0.0.1", 1883);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (c, mut ev) = AsyncClient::new(opts, 10);
+        c.subscribe(format!("medbox/{dev}/status"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut seen = false;
+        while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(15), ev.poll()).await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                if p.payload.as_ref() == b"online" {
+                    seen = true;
+                    break;
+                }
+            }
+        }
+        seen
+    };
+    assert!(online, "the appliance never said online");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let got = sub.await.unwrap();
+    let statuses: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t.ends_with("/status"))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert_eq!(statuses.last(), Some(&"offline"), "{statuses:?}");
+    // Clear the retained status so it does not linger on the broker.
+    let mut opts = MqttOptions::new(format!("{dev}-clean"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(opts, 10);
+    c.publish(
+        format!("medbox/{dev}/status"),
+        QoS::AtLeastOnce,
+        true,
+        Vec::<u8>::new(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(2), ev.poll()).await
+        {
+            break;
+        }
+    }
+}
