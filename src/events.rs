@@ -190,6 +190,23 @@ pub enum Event {
         /// Wall clock minus monotonic clock, against the start, in seconds.
         drift_s: i64,
     },
+    /// The answer to a command from outside (published on `cmd/<name>/result`).
+    CommandResult {
+        /// When.
+        at: DateTime<Utc>,
+        /// The command's name.
+        command: String,
+        /// The command's id (None when it could not be read).
+        id: Option<String>,
+        /// Who sent it, as they said.
+        actor: Option<String>,
+        /// Done (true) or refused (false).
+        ok: bool,
+        /// What was done, or why not (a reason code first).
+        detail: String,
+        /// True when this id was seen before: answered again, not executed again.
+        duplicate: bool,
+    },
     /// Signal `token` once every earlier event is durable (not itself recorded).
     Barrier {
         /// What to signal.

@@ -203,21 +203,11 @@ pub async fn run(
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
     }
-    let uplink = match (&opts.mqtt, &opts.db) {
-        (Some(url), Some(db)) => Some(
-            crate::uplink::UplinkThread::spawn(
-                crate::uplink::UplinkConfig::new(url, &opts.device_id, db),
-                Duration::from_secs(10),
-            )
-            .map_err(|e| SimError::Uplink(e.to_string()))?,
-        ),
-        (Some(_), None) => {
-            return Err(SimError::Uplink(
-                "--mqtt needs --db (the outbox lives there)".into(),
-            ))
-        }
-        _ => None,
-    };
+    if opts.mqtt.is_some() && opts.db.is_none() {
+        return Err(SimError::Uplink(
+            "--mqtt needs --db (the outbox lives there)".into(),
+        ));
+    }
     let print_durable = opts.print_durable;
     let mut profile = opts.profile.clone();
     profile.sim = Some(model.clone());
@@ -252,6 +242,17 @@ pub async fn run(
         dispenser,
         dosing,
     );
+    let uplink = match (&opts.mqtt, &opts.db) {
+        (Some(url), Some(db)) => {
+            let mut cfg = crate::uplink::UplinkConfig::new(url, &opts.device_id, db);
+            cfg.commands = Some(running.commands.clone());
+            Some(
+                crate::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10))
+                    .map_err(|e| SimError::Uplink(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
     let scenario_task = opts.scenario.clone().map(|s| {
         tokio::spawn(play(
             s,
@@ -409,6 +410,7 @@ async fn play(
                         alarm,
                         actor,
                         comment,
+                        reply: None,
                     })
                     .await;
             }
@@ -589,6 +591,16 @@ impl Accumulator {
             | Event::Stopped { .. }
             | Event::Vital { .. }
             | Event::Barrier { .. } => {}
+            Event::CommandResult {
+                command,
+                ok,
+                detail,
+                ..
+            } => {
+                if !ok {
+                    self.commands_rejected.push(format!("{command}: {detail}"));
+                }
+            }
         }
     }
 

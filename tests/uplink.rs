@@ -250,3 +250,95 @@ async fn the_last_will_says_offline_when_the_process_is_killed() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_validated_authorised_deduplicated_and_answered() {
+    let dev = device("cmd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = MqttOptions::new(format!("{dev}-ctl"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, 100);
+    client
+        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut child = medbox()
+        .args([
+            "sim",
+            "--days",
+            "0.5",
+            "--speed",
+            "3600",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(dir.path().join("m.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let topic = |name: &str| format!("medbox/{dev}/cmd/{name}");
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    let mut sent = false;
+    let prn = |id: &str, role: &str| {
+        serde_json::json!({"id": id, "actor": "p-0311", "role": role,
+            "args": {"patient": "p-0311", "medication": "Paracetamol"}})
+        .to_string()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while results.len() < 7 && tokio::time::Instant::now() < deadline {
+        let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
+            break;
+        };
+        let Event::Incoming(Packet::Publish(p)) = e else {
+            continue;
+        };
+        if p.topic.ends_with("/status") && p.payload.as_ref() == b"online" && !sent {
+            sent = true;
+            let cmds: Vec<(String, Vec<u8>)> = vec![
+                (topic("acknowledge_alarm"), b"not json".to_vec()),
+                (topic("explode"), br#"{"id":"c2","actor":"n-1","role":"nurse"}"#.to_vec()),
+                (topic("request_prn"), vec![b' '; 20_000]),
+                (topic("acknowledge_alarm"), br#"{"id":"c4","actor":"p-0311","role":"patient","args":{"alarm":"EXCURSION","comment":"x"}}"#.to_vec()),
+                (topic("request_prn"), prn("c5", "patient").into_bytes()),
+                (topic("request_prn"), prn("c5", "patient").into_bytes()),
+                (topic("request_prn"), prn("c7", "patient").into_bytes()),
+            ];
+            for (t, payload) in cmds {
+                client
+                    .publish(t, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+        if p.topic.ends_with("/result") {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            let body = v["body"].clone();
+            if !results.iter().any(|r| r["id_seq"] == v["seq"]) {
+                let mut b = body;
+                b["id_seq"] = v["seq"].clone();
+                results.push(b);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_string();
+    assert_eq!(results.len(), 7, "{results:#?}");
+    assert!(detail(0).starts_with("MALFORMED"), "{}", detail(0));
+    assert!(detail(1).starts_with("UNKNOWN_COMMAND"), "{}", detail(1));
+    assert!(detail(2).starts_with("PAYLOAD_TOO_LARGE"), "{}", detail(2));
+    assert!(detail(3).starts_with("ROLE_NOT_ALLOWED"), "{}", detail(3));
+    assert_eq!(results[4]["ok"], true, "{}", detail(4));
+    assert!(detail(4).starts_with("dispensed"), "{}", detail(4));
+    assert_eq!(
+        (results[5]["ok"].clone(), results[5]["duplicate"].clone()),
+        (serde_json::json!(true), serde_json::json!(true))
+    );
+    assert!(detail(6).starts_with("PRN_TOO_SOON"), "{}", detail(6));
+    assert!(results.iter().all(|r| r["kind"] == "command_result"));
+}

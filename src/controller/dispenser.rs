@@ -204,6 +204,23 @@ impl DispenserTask {
 
     async fn command(&mut self, cmd: DispenserCommand) {
         match cmd {
+            DispenserCommand::SkipDose {
+                patient,
+                medication,
+                occurrence,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.skip(patient, medication, occurrence, actor).await);
+            }
+            DispenserCommand::RequestPrn {
+                patient,
+                medication,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(self.prn(patient, medication, request).await);
+            }
             DispenserCommand::Rehome => {
                 self.home().await;
             }
@@ -283,6 +300,113 @@ impl DispenserTask {
         }
     }
 
+    async fn skip(
+        &mut self,
+        patient: String,
+        medication: String,
+        occurrence: DateTime<Utc>,
+        actor: String,
+    ) -> Result<String, String> {
+        let Some(schedule) = self.dosing.schedules.iter().find(|s| s.patient == patient) else {
+            return Err(format!("UNKNOWN_PATIENT: {patient:?}"));
+        };
+        let Some((m, Some(rec))) = schedule.medication(&medication) else {
+            return Err(format!(
+                "UNKNOWN_MEDICATION: {medication:?} is not a scheduled medication of {patient}"
+            ));
+        };
+        let tz = schedule.tz;
+        let slot = *m.slot.get_ref();
+        let known = crate::dosing::engine::windows(
+            m,
+            rec,
+            tz,
+            occurrence - chrono::Duration::days(1),
+            occurrence + chrono::Duration::days(1),
+        )
+        .iter()
+        .any(|w| w.occurrence == occurrence);
+        if !known {
+            return Err(format!(
+                "UNKNOWN_OCCURRENCE: {medication} is not scheduled at {}",
+                occurrence.to_rfc3339()
+            ));
+        }
+        let settled = crate::dosing::engine::effective(&self.dosing.history)
+            .iter()
+            .any(|r| {
+                r.medication == medication
+                    && r.occurrence == Some(occurrence)
+                    && r.outcome != Outcome::Failed
+            });
+        if settled {
+            return Err("ALREADY_SETTLED: this dose already has an outcome".into());
+        }
+        let record = DoseRecord {
+            medication,
+            occurrence: Some(occurrence),
+            at: self.clock.now(),
+            units: 0,
+            outcome: Outcome::Skipped,
+        };
+        self.record(
+            patient,
+            slot,
+            record,
+            Some("SKIPPED".into()),
+            format!("skipped by {actor}"),
+        )
+        .await;
+        Ok("skipped".into())
+    }
+
+    async fn prn(
+        &mut self,
+        patient: String,
+        medication: String,
+        request: crate::dosing::engine::PrnRequest,
+    ) -> Result<String, String> {
+        let Some(schedule) = self.dosing.schedules.iter().find(|s| s.patient == patient) else {
+            return Err(format!("UNKNOWN_PATIENT: {patient:?}"));
+        };
+        let Some((m, _)) = schedule.medication(&medication) else {
+            return Err(format!("UNKNOWN_MEDICATION: {medication:?}"));
+        };
+        let now = self.clock.now();
+        let decision = crate::dosing::engine::decide_prn(
+            m,
+            schedule.tz,
+            now,
+            &self.dosing.history,
+            &self.vitals,
+            self.clock_trusted,
+            &request,
+        );
+        let slot = *m.slot.get_ref();
+        match decision {
+            crate::dosing::engine::Decision::Refuse { reason, detail } => {
+                Err(format!("{}: {detail}", reason.code()))
+            }
+            crate::dosing::engine::Decision::Dispense { units, .. } => {
+                let before = self.dosing.history.len();
+                self.dispense(patient, medication, slot, None, units).await;
+                let outcome = self.dosing.history[before..].last().map(|r| r.outcome);
+                match outcome {
+                    Some(Outcome::Dispensed) => Ok(format!("dispensed {units} unit(s)")),
+                    Some(o) => Err(format!(
+                        "{}: the dispense ended {o:?}",
+                        if o == Outcome::Failed {
+                            "FAILED"
+                        } else {
+                            "UNCERTAIN"
+                        }
+                    )),
+                    None => Err("FAILED: nothing recorded".into()),
+                }
+            }
+        }
+    }
+
     async fn check_clock(&mut self) {
         let drift = wall_minus_mono(&*self.clock) - self.baseline_s;
         let trusted = drift.abs() <= CLOCK_TOLERANCE_S;
@@ -318,7 +442,7 @@ impl DispenserTask {
                     occurrence,
                     units,
                 } => {
-                    self.dispense(patient, medication, slot, occurrence, units)
+                    self.dispense(patient, medication, slot, Some(occurrence), units)
                         .await
                 }
                 Action::Record {
@@ -392,13 +516,13 @@ impl DispenserTask {
         patient: String,
         medication: String,
         slot: u8,
-        occurrence: DateTime<Utc>,
+        occurrence: Option<DateTime<Utc>>,
         units: u32,
     ) {
         if !self.homed && !self.home().await {
             let record = DoseRecord {
                 medication,
-                occurrence: Some(occurrence),
+                occurrence,
                 at: self.clock.now(),
                 units: 0,
                 outcome: Outcome::Failed,
@@ -417,7 +541,7 @@ impl DispenserTask {
         // and treats the dose as uncertain instead of dispensing it again.
         let intent = DoseRecord {
             medication: medication.clone(),
-            occurrence: Some(occurrence),
+            occurrence,
             at: self.clock.now(),
             units,
             outcome: Outcome::Dispensing,
@@ -447,7 +571,7 @@ impl DispenserTask {
         if !durable {
             let record = DoseRecord {
                 medication,
-                occurrence: Some(occurrence),
+                occurrence,
                 at: self.clock.now(),
                 units: 0,
                 outcome: Outcome::Failed,
@@ -501,7 +625,7 @@ impl DispenserTask {
         };
         let record = DoseRecord {
             medication,
-            occurrence: Some(occurrence),
+            occurrence,
             at,
             units: given,
             outcome,

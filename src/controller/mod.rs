@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+pub mod commands;
 mod dispenser;
 
 /// How the compressor is decided.
@@ -32,8 +33,11 @@ pub enum Strategy {
     NaiveBaseline,
 }
 
+/// The answer to a command: `Ok(detail)` or `Err(reason)`.
+pub type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 /// Commands the fridge task accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum FridgeCommand {
     /// Acknowledge a raised alarm.
     AcknowledgeAlarm {
@@ -43,12 +47,38 @@ pub enum FridgeCommand {
         actor: String,
         /// Why.
         comment: String,
+        /// Where to answer (None: a local action, answered by an event only).
+        reply: Option<Reply>,
     },
 }
 
 /// Commands the dispenser task accepts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub enum DispenserCommand {
+    /// A caregiver skips a scheduled dose.
+    SkipDose {
+        /// Patient pseudonym.
+        patient: String,
+        /// Medication.
+        medication: String,
+        /// The occurrence (RFC 3339).
+        occurrence: chrono::DateTime<chrono::Utc>,
+        /// Who.
+        actor: String,
+        /// Where to answer.
+        reply: Reply,
+    },
+    /// An as-needed dose is requested.
+    RequestPrn {
+        /// Patient pseudonym.
+        patient: String,
+        /// Medication.
+        medication: String,
+        /// The request.
+        request: crate::dosing::engine::PrnRequest,
+        /// Where to answer.
+        reply: Reply,
+    },
     /// A maintenance test dispense (the dose engine will be the normal caller).
     TestDispense {
         /// Slot to use.
@@ -86,6 +116,8 @@ pub struct Running {
     pub dispenser: mpsc::Sender<DispenserCommand>,
     /// Commands to the fridge.
     pub fridge: mpsc::Sender<FridgeCommand>,
+    /// Commands from outside (MQTT `cmd/<name>`), validated and authorised by the router.
+    pub commands: mpsc::Sender<commands::Inbound>,
     /// Set to true to stop; every task then applies its safe states and ends.
     pub shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -129,7 +161,15 @@ pub fn start(
     let mut fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, events_tx.clone());
     fridge_task.strategy = strategy;
     fridge_task.annunciator = Some(cmd_tx.clone());
+    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let router = commands::Router::new(
+        clock.clone(),
+        fridge_tx.clone(),
+        cmd_tx.clone(),
+        events_tx.clone(),
+    );
     let tasks = vec![
+        tokio::spawn(router.run(inbound_rx, shutdown_rx.clone())),
         tokio::spawn(fridge_task.run(fridge_rx, shutdown_rx.clone())),
         tokio::spawn(
             dispenser::DispenserTask::new(clock.clone(), dispenser, dosing, events_tx.clone())
@@ -140,6 +180,7 @@ pub fn start(
         events,
         dispenser: cmd_tx,
         fridge: fridge_tx,
+        commands: inbound_tx,
         shutdown,
         tasks,
         events_tx,
@@ -312,8 +353,12 @@ impl FridgeTask {
                 alarm,
                 actor,
                 comment,
+                reply,
             } => match self.monitor.acknowledge(alarm, &actor, &comment) {
                 Ok(()) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(format!("alarm {} acknowledged", alarm.code())));
+                    }
                     emit(
                         &self.events,
                         Event::AlarmAcknowledged {
@@ -327,6 +372,10 @@ impl FridgeTask {
                     self.annunciate().await;
                 }
                 Err(e) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(e.to_string()));
+                        return;
+                    }
                     emit(
                         &self.events,
                         Event::CommandRejected {

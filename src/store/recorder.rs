@@ -234,6 +234,18 @@ fn classify(e: &Event) -> (String, String, String, String) {
                 "UNTRUSTED".into()
             },
         ),
+        Event::CommandResult {
+            command,
+            ok,
+            detail,
+            actor,
+            ..
+        } => (
+            "command.result".into(),
+            actor.clone().unwrap_or_else(|| "unknown".into()),
+            format!("command:{command}"),
+            if *ok { String::new() } else { detail.clone() },
+        ),
         Event::Barrier { .. } => (
             "system.barrier".into(),
             sys("controller"),
@@ -308,7 +320,12 @@ impl Recorder {
                 checkpoint: None,
             });
         }
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: take the write lock at BEGIN (waiting up to the busy timeout), so a
+        // concurrent writer (the uplink deleting acknowledged messages) cannot invalidate the
+        // read snapshot between the head lookup and the insert.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let at = event_time(e).unwrap_or(now);
         let mut cp = None;
         let mut seq = None;
@@ -364,7 +381,12 @@ impl Recorder {
                 },
             )?;
             seq = Some(row.seq);
-            let (priority, topic) = route(&row.kind);
+            let (priority, topic) = match row.subject.strip_prefix("command:") {
+                Some(cmd) if row.kind == "command.result" => {
+                    (Priority::Alarm, format!("cmd/{cmd}/result"))
+                }
+                _ => route(&row.kind),
+            };
             let payload = serde_json::json!({
                 "schema": "medbox.event.v1",
                 "id": format!("{dev}:{}", row.seq),

@@ -46,6 +46,8 @@ pub struct UplinkConfig {
     pub max_inflight: usize,
     /// Keep-alive (the Last Will fires about 1.5× this after the link dies).
     pub keep_alive: Duration,
+    /// Where inbound commands (`cmd/<name>`) go; None: not subscribed.
+    pub commands: Option<tokio::sync::mpsc::Sender<crate::controller::commands::Inbound>>,
 }
 
 impl UplinkConfig {
@@ -57,6 +59,7 @@ impl UplinkConfig {
             db: db.to_path_buf(),
             max_inflight: 50,
             keep_alive: Duration::from_secs(5),
+            commands: None,
         }
     }
 }
@@ -110,9 +113,13 @@ pub async fn run(
     let conn = Connection::open(&cfg.db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let status = format!("medbox/{}/status", cfg.device_id);
+    let cmd_prefix = format!("medbox/{}/cmd/", cfg.device_id);
     let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
+    // Accept packets well past the command limit, so an oversized command gets a reasoned
+    // refusal instead of tearing the connection down (the broker should cap sizes too).
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
     opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
     let mut stats = UplinkStats::default();
@@ -172,10 +179,23 @@ pub async fn run(
                     if client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
                         awaiting.push_back(None);
                     }
+                    if cfg.commands.is_some() {
+                        let _ = client.try_subscribe(format!("{cmd_prefix}+"), QoS::AtLeastOnce);
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(row) = awaiting.pop_front() {
                         by_pkid.insert(pkid, row);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let (Some(name), Some(tx)) = (p.topic.strip_prefix(&cmd_prefix), &cfg.commands) {
+                        if !name.is_empty() && !name.contains('/') {
+                            let inbound = crate::controller::commands::Inbound { name: name.to_string(), payload: p.payload.to_vec() };
+                            if tx.try_send(inbound).is_err() {
+                                tracing::warn!("command {name} dropped: the appliance is busy or stopping");
+                            }
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {

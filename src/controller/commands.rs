@@ -1,0 +1,250 @@
+//! Commands from outside (MQTT `cmd/<name>`): validated, authorised by role, de-duplicated by id,
+//! dispatched to the task that owns the affected device, and always answered with a result
+//! event (published on `cmd/<name>/result`). A bad command changes nothing.
+//!
+//! Payload: `{"id": "...", "actor": "...", "role": "nurse", "args": {...}}`.
+
+use super::{DispenserCommand, FridgeCommand};
+use crate::clock::Clock;
+use crate::coldchain::monitor::AlarmKind;
+use crate::dosing::engine::{PrnRequest, Role};
+use crate::events::Event;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Largest accepted payload.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// A command as it arrived.
+#[derive(Debug)]
+pub struct Inbound {
+    /// `<name>` from `cmd/<name>`.
+    pub name: String,
+    /// Raw payload.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    id: String,
+    actor: String,
+    role: Role,
+    #[serde(default)]
+    args: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckArgs {
+    alarm: String,
+    comment: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkipArgs {
+    patient: String,
+    medication: String,
+    occurrence: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrnArgs {
+    patient: String,
+    medication: String,
+    #[serde(default)]
+    override_reason: Option<String>,
+}
+
+/// Which roles may send which command.
+fn allowed(command: &str, role: Role) -> bool {
+    use Role::*;
+    match command {
+        "acknowledge_alarm" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
+        "skip_dose" => matches!(role, Caregiver | Nurse | Clinician),
+        "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
+        _ => false,
+    }
+}
+
+/// The command router's state.
+pub(super) struct Router {
+    clock: Arc<dyn Clock>,
+    fridge: mpsc::Sender<FridgeCommand>,
+    dispenser: mpsc::Sender<DispenserCommand>,
+    events: mpsc::Sender<Event>,
+    answered: HashMap<String, (String, bool, String)>,
+}
+
+impl Router {
+    pub(super) fn new(
+        clock: Arc<dyn Clock>,
+        fridge: mpsc::Sender<FridgeCommand>,
+        dispenser: mpsc::Sender<DispenserCommand>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            clock,
+            fridge,
+            dispenser,
+            events,
+            answered: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                cmd = inbound.recv() => match cmd {
+                    Some(c) => self.handle(c).await,
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        command: &str,
+        id: Option<String>,
+        actor: Option<String>,
+        result: Result<String, String>,
+        duplicate: bool,
+    ) {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(r) => (false, r),
+        };
+        super::emit(
+            &self.events,
+            Event::CommandResult {
+                at: self.clock.now(),
+                command: command.to_string(),
+                id,
+                actor,
+                ok,
+                detail,
+                duplicate,
+            },
+        )
+        .await;
+    }
+
+    async fn handle(&mut self, c: Inbound) {
+        let name = c.name.clone();
+        if c.payload.len() > MAX_PAYLOAD {
+            return self
+                .answer(
+                    &name,
+                    None,
+                    None,
+                    Err(format!(
+                        "PAYLOAD_TOO_LARGE: {} bytes (at most {MAX_PAYLOAD})",
+                        c.payload.len()
+                    )),
+                    false,
+                )
+                .await;
+        }
+        let env: Envelope = match serde_json::from_slice(&c.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                return self
+                    .answer(&name, None, None, Err(format!("MALFORMED: {e}")), false)
+                    .await
+            }
+        };
+        if let Some((cmd, ok, detail)) = self.answered.get(&env.id).cloned() {
+            let result = if ok { Ok(detail) } else { Err(detail) };
+            return self
+                .answer(&cmd, Some(env.id), Some(env.actor), result, true)
+                .await;
+        }
+        let result = self.execute(&name, &env).await;
+        let (ok, detail) = match &result {
+            Ok(d) => (true, d.clone()),
+            Err(r) => (false, r.clone()),
+        };
+        self.answered
+            .insert(env.id.clone(), (name.clone(), ok, detail));
+        self.answer(&name, Some(env.id), Some(env.actor), result, false)
+            .await;
+    }
+
+    async fn execute(&self, name: &str, env: &Envelope) -> Result<String, String> {
+        if !matches!(name, "acknowledge_alarm" | "skip_dose" | "request_prn") {
+            return Err(format!(
+                "UNKNOWN_COMMAND: {name:?} (acknowledge_alarm, skip_dose, request_prn)"
+            ));
+        }
+        if env.actor.trim().is_empty() || env.id.trim().is_empty() {
+            return Err("MALFORMED: `id` and `actor` must not be empty".into());
+        }
+        if !allowed(name, env.role) {
+            return Err(format!("ROLE_NOT_ALLOWED: a {:?} may not {name}", env.role));
+        }
+        let args = |v: &serde_json::Value| v.clone();
+        let (tx, rx) = oneshot::channel();
+        match name {
+            "acknowledge_alarm" => {
+                let a: AckArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let alarm = AlarmKind::from_code(&a.alarm)
+                    .ok_or_else(|| format!("MALFORMED: {:?} is not an alarm code", a.alarm))?;
+                self.fridge
+                    .send(FridgeCommand::AcknowledgeAlarm {
+                        alarm,
+                        actor: env.actor.clone(),
+                        comment: a.comment,
+                        reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the fridge task is stopping".to_string())?;
+            }
+            "skip_dose" => {
+                let a: SkipArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                self.dispenser
+                    .send(DispenserCommand::SkipDose {
+                        patient: a.patient,
+                        medication: a.medication,
+                        occurrence: a.occurrence,
+                        actor: env.actor.clone(),
+                        reply: tx,
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
+            _ => {
+                let a: PrnArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let request = PrnRequest {
+                    actor: env.actor.clone(),
+                    role: env.role,
+                    override_reason: a.override_reason,
+                };
+                self.dispenser
+                    .send(DispenserCommand::RequestPrn {
+                        patient: a.patient,
+                        medication: a.medication,
+                        request,
+                        reply: tx,
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("UNAVAILABLE: no answer".into()))
+    }
+}
