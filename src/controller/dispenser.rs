@@ -520,22 +520,10 @@ impl DispenserTask {
         units: u32,
     ) {
         if !self.homed && !self.home().await {
-            let record = DoseRecord {
-                medication,
-                occurrence,
-                at: self.clock.now(),
-                units: 0,
-                outcome: Outcome::Failed,
-            };
-            self.record(
-                patient,
-                slot,
-                record,
-                Some("NOT_HOMED".into()),
-                "the carousel could not find home; nothing moved".into(),
-            )
-            .await;
-            return;
+            let detail = "the carousel could not find home; nothing moved";
+            return self
+                .failed_before_motion(patient, medication, slot, occurrence, "NOT_HOMED", detail)
+                .await;
         }
         // Durable intent before any motion: if the process dies mid-turn, the restart finds it
         // and treats the dose as uncertain instead of dispensing it again.
@@ -569,22 +557,10 @@ impl DispenserTask {
             _ = clock::sleep_until(&*self.clock, limit) => false,
         };
         if !durable {
-            let record = DoseRecord {
-                medication,
-                occurrence,
-                at: self.clock.now(),
-                units: 0,
-                outcome: Outcome::Failed,
-            };
-            self.record(
-                patient,
-                slot,
-                record,
-                Some("NOT_DURABLE".into()),
-                "the intent could not be made durable; nothing moved".into(),
-            )
-            .await;
-            return;
+            let detail = "the intent could not be made durable; nothing moved";
+            return self
+                .failed_before_motion(patient, medication, slot, occurrence, "NOT_DURABLE", detail)
+                .await;
         }
         let result = self.dev.carousel.dispense(slot, units);
         let at = self.clock.now();
@@ -644,6 +620,27 @@ impl DispenserTask {
             _ => {}
         }
         self.record(patient, slot, record, None, detail).await;
+    }
+
+    /// Records a dispense that ended before the motor moved: `failed`, which may be tried again.
+    async fn failed_before_motion(
+        &mut self,
+        patient: String,
+        medication: String,
+        slot: u8,
+        occurrence: Option<DateTime<Utc>>,
+        code: &str,
+        detail: &str,
+    ) {
+        let record = DoseRecord {
+            medication,
+            occurrence,
+            at: self.clock.now(),
+            units: 0,
+            outcome: Outcome::Failed,
+        };
+        self.record(patient, slot, record, Some(code.into()), detail.into())
+            .await;
     }
 
     async fn taken(&mut self, at: DateTime<Utc>) {
