@@ -1217,8 +1217,16 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         format!("{:x}", std::process::id()),
     )
     .with_context(|| cfg.appliance.db.display().to_string())?;
+    let schedules: Vec<_> = schedules.into_iter().map(|(_, s)| s).collect();
+    recorder.set_device_id(&cfg.appliance.device_id);
+    recorder.record_versions(
+        &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),
+        "system:loader",
+        chrono::Utc::now(),
+        std::time::Duration::ZERO,
+    )?;
     let dosing = medbox::controller::Dosing {
-        schedules: schedules.into_iter().map(|(_, s)| s).collect(),
+        schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,
     };

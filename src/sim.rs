@@ -202,6 +202,16 @@ pub async fn run(
     }
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
+        rec.record_versions(
+            &crate::store::recorder::config_versions(
+                &opts.profile,
+                &opts.coldchain,
+                &opts.schedules,
+            ),
+            "system:loader",
+            model.start,
+            Duration::ZERO,
+        )?;
     }
     if opts.mqtt.is_some() && opts.db.is_none() {
         return Err(SimError::Uplink(

@@ -74,7 +74,11 @@ fn the_simulated_appliance_records_a_verifiable_chain_readings_and_checkpoints()
         .into_iter()
         .map(|r| r.kind)
         .collect();
-    assert_eq!(kinds.first().map(String::as_str), Some("system.start"));
+    // The versions of the configuration in use come first, then the start.
+    assert_eq!(
+        &kinds[..3],
+        ["config.change", "config.change", "system.start"]
+    );
     assert_eq!(kinds.last().map(String::as_str), Some("system.stop"));
     assert!(kinds.iter().any(|k| k == "coldchain.alarm_raised"));
     assert!(!s.checkpoints.is_empty());
@@ -352,4 +356,67 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         verified_prefix = rows.into_iter().map(|r| r.hash).collect();
     }
     assert!(verified_prefix.len() > 10);
+}
+
+#[test]
+fn configuration_changes_are_audited_with_old_and_new_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let run = |cut_in: f64| {
+        let coldchain = medbox::coldchain::ColdChainConfig {
+            cut_in: medbox::units::Celsius(cut_in),
+            ..Default::default()
+        };
+        let opts = medbox::sim::SimOptions {
+            profile: common::profile(),
+            coldchain,
+            scenario: None,
+            duration: Some(std::time::Duration::from_secs(3600)),
+            seed: None,
+            live: false,
+            strategy: medbox::controller::Strategy::Protected,
+            keep_records: false,
+            db: Some(db.clone()),
+            db_max_pages: None,
+            mqtt: None,
+            device_id: "medbox-test".into(),
+            schedules: Vec::new(),
+            print_durable: false,
+        };
+        common::paused_runtime()
+            .block_on(medbox::sim::run(
+                opts,
+                medbox::sim::Speed::Max,
+                std::future::pending(),
+            ))
+            .unwrap();
+    };
+    run(6.0);
+    run(6.0);
+    run(6.5);
+    let conn = schema::open_read_only(&db).unwrap();
+    let changes = audit::rows(
+        &conn,
+        &Filter {
+            kind: Some("config.change".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let summary: Vec<(String, String)> = changes
+        .iter()
+        .map(|r| (r.subject.clone(), r.reason.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("config:board".to_string(), "FIRST_SEEN".to_string()),
+            ("config:coldchain".to_string(), "FIRST_SEEN".to_string()),
+            ("config:coldchain".to_string(), "CHANGED".to_string()),
+        ]
+    );
+    let last: serde_json::Value = serde_json::from_str(&changes[2].body).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&changes[1].body).unwrap();
+    assert_eq!(last["old"], first["new"]);
+    assert_ne!(last["old"], last["new"]);
 }

@@ -8,9 +8,37 @@ use super::{schema, StoreError};
 use crate::coldchain::monitor::MonitorEvent;
 use crate::events::Event;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
+
+/// Version fingerprints (SHA-256 of the parsed settings) of the configuration and schedules in
+/// use, for [`Recorder::record_versions`].
+pub fn config_versions(
+    profile: &crate::config::BoardProfile,
+    coldchain: &crate::coldchain::ColdChainConfig,
+    schedules: &[crate::dosing::schedule::Schedule],
+) -> Vec<(String, String)> {
+    let fp = |text: String| {
+        audit::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+    };
+    let mut out = vec![
+        ("config:board".to_string(), fp(format!("{profile:?}"))),
+        ("config:coldchain".to_string(), fp(format!("{coldchain:?}"))),
+    ];
+    for s in schedules {
+        let meds: Vec<String> = s
+            .medications
+            .iter()
+            .map(|(m, _)| format!("{m:?}"))
+            .collect();
+        out.push((
+            format!("schedule:{}", s.patient),
+            fp(format!("{}|{}|{meds:?}", s.patient, s.tz)),
+        ));
+    }
+    out
+}
 
 /// Outbox priority: lower drains first, so a new alarm overtakes a backlog of telemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,6 +324,64 @@ impl Recorder {
     /// Sets the device id used in outbox topics (`medbox/<device-id>/…`).
     pub fn set_device_id(&mut self, id: &str) {
         self.device_id = id.to_string();
+    }
+
+    /// Records which versions of the configuration and schedules this run uses: for each
+    /// `(subject, version)` that differs from the last recorded one, an audit row
+    /// `config.change` (board profile, cold-chain settings) or `schedule.change` with the old and
+    /// new version, so a pharmacist can see when what changed. Returns the rows written.
+    pub fn record_versions(
+        &mut self,
+        items: &[(String, String)],
+        actor: &str,
+        now: DateTime<Utc>,
+        mono: Duration,
+    ) -> Result<u64, StoreError> {
+        let mut written = 0;
+        for (subject, version) in items {
+            let kind = if subject.starts_with("schedule:") {
+                "schedule.change"
+            } else {
+                "config.change"
+            };
+            let old: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT json_extract(body, '$.new') FROM audit WHERE kind = ?1 AND subject = ?2 ORDER BY seq DESC LIMIT 1",
+                    params![kind, subject],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if old.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            audit::append(
+                &tx,
+                &self.key,
+                &Entry {
+                    utc: now,
+                    mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
+                    boot_id: self.boot_id.clone(),
+                    clock_trusted: true,
+                    actor: actor.to_string(),
+                    kind: kind.to_string(),
+                    subject: subject.clone(),
+                    body: serde_json::json!({ "old": old, "new": version }),
+                    reason: if old.is_some() {
+                        "CHANGED".into()
+                    } else {
+                        "FIRST_SEEN".into()
+                    },
+                },
+            )?;
+            tx.commit()?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// Caps the database at `pages` pages, so a full disk can be rehearsed: the next write past
