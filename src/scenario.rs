@@ -363,12 +363,7 @@ impl Scenario {
 
     /// Reads and parses a scenario file.
     pub fn load(file: &Path) -> Result<Self, Vec<ConfigError>> {
-        let src = std::fs::read_to_string(file).map_err(|source| {
-            vec![ConfigError::Read {
-                file: file.to_path_buf(),
-                source,
-            }]
-        })?;
+        let src = crate::config::read_source(file)?;
         Self::parse(&src, file)
     }
 }

@@ -5,10 +5,9 @@ mod common;
 use medbox::dosing::engine::Outcome;
 use medbox::dosing::schedule::{Schedule, DEFAULT_SCHEDULES};
 use medbox::scenario::Scenario;
-use medbox::sim::{SimOptions, SimSummary, Speed};
+use medbox::sim::{SimOptions, SimSummary};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 fn schedules() -> Vec<Schedule> {
     DEFAULT_SCHEDULES
@@ -18,25 +17,13 @@ fn schedules() -> Vec<Schedule> {
 }
 
 fn run(days: f64, scenario: Option<&str>, db: Option<&Path>) -> SimSummary {
-    let opts = SimOptions {
-        profile: common::profile(),
-        coldchain: Default::default(),
+    common::run(SimOptions {
         scenario: scenario.map(|t| Scenario::parse(t, Path::new("s.toml")).unwrap()),
-        duration: Some(Duration::from_secs_f64(days * 86_400.0)),
-        seed: None,
-        live: false,
-        strategy: medbox::controller::Strategy::Protected,
         keep_records: false,
         db: db.map(Path::to_path_buf),
-        db_max_pages: None,
-        mqtt: None,
-        device_id: "medbox-test".into(),
         schedules: schedules(),
-        print_durable: false,
-    };
-    common::paused_runtime()
-        .block_on(medbox::sim::run(opts, Speed::Max, std::future::pending()))
-        .unwrap()
+        ..common::options(days)
+    })
 }
 
 #[test]

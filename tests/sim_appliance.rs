@@ -206,29 +206,12 @@ probe = "air"
 fault = "stuck"
 for = "3h"
 "#;
-        let opts = medbox::sim::SimOptions {
-            profile: common::profile(),
-            coldchain: Default::default(),
+        common::run(medbox::sim::SimOptions {
             scenario: Some(Scenario::parse(text, Path::new("stuck.toml")).unwrap()),
-            duration: Some(std::time::Duration::from_secs(2 * 86_400)),
-            seed: None,
-            live: false,
             strategy,
             keep_records: false,
-            db: None,
-            db_max_pages: None,
-            mqtt: None,
-            device_id: "medbox-test".into(),
-            schedules: Vec::new(),
-            print_durable: false,
-        };
-        common::paused_runtime()
-            .block_on(medbox::sim::run(
-                opts,
-                medbox::sim::Speed::Max,
-                std::future::pending(),
-            ))
-            .unwrap()
+            ..common::options(2.0)
+        })
     };
     let medbox_run = run(medbox::controller::Strategy::Protected);
     let naive = run(medbox::controller::Strategy::NaiveBaseline);

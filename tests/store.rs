@@ -24,29 +24,12 @@ fn sim_into(db: &Path, days: f64, scenario: Option<&str>) -> medbox::sim::SimSum
         )
         .unwrap()
     });
-    let opts = medbox::sim::SimOptions {
-        profile: common::profile(),
-        coldchain: Default::default(),
+    common::run(medbox::sim::SimOptions {
         scenario,
-        duration: Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
-        seed: None,
-        live: false,
-        strategy: medbox::controller::Strategy::Protected,
         keep_records: false,
         db: Some(db.to_path_buf()),
-        db_max_pages: None,
-        mqtt: None,
-        device_id: "medbox-test".into(),
-        schedules: Vec::new(),
-        print_durable: false,
-    };
-    common::paused_runtime()
-        .block_on(medbox::sim::run(
-            opts,
-            medbox::sim::Speed::Max,
-            std::future::pending(),
-        ))
-        .unwrap()
+        ..common::options(days)
+    })
 }
 
 fn verify_db(db: &Path) -> Verification {
@@ -367,29 +350,12 @@ fn configuration_changes_are_audited_with_old_and_new_versions() {
             cut_in: medbox::units::Celsius(cut_in),
             ..Default::default()
         };
-        let opts = medbox::sim::SimOptions {
-            profile: common::profile(),
+        common::run(medbox::sim::SimOptions {
             coldchain,
-            scenario: None,
-            duration: Some(std::time::Duration::from_secs(3600)),
-            seed: None,
-            live: false,
-            strategy: medbox::controller::Strategy::Protected,
             keep_records: false,
             db: Some(db.clone()),
-            db_max_pages: None,
-            mqtt: None,
-            device_id: "medbox-test".into(),
-            schedules: Vec::new(),
-            print_durable: false,
-        };
-        common::paused_runtime()
-            .block_on(medbox::sim::run(
-                opts,
-                medbox::sim::Speed::Max,
-                std::future::pending(),
-            ))
-            .unwrap();
+            ..common::options(1.0 / 24.0)
+        });
     };
     run(6.0);
     run(6.0);

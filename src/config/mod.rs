@@ -120,17 +120,22 @@ where
     }
 }
 
+/// Reads a config-like file, with the error naming it.
+pub(crate) fn read_source(file: &Path) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(file).map_err(|source| {
+        vec![ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        }]
+    })
+}
+
 /// Reads and parses a file strictly.
 pub(crate) fn load_file<T>(file: &Path) -> Result<T, Vec<ConfigError>>
 where
     T: DeserializeOwned + Validate,
 {
-    let src = std::fs::read_to_string(file).map_err(|source| {
-        vec![ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
-        }]
-    })?;
+    let src = read_source(file)?;
     parse_str(&src, file)
 }
 
@@ -145,12 +150,7 @@ pub enum CheckedFile {
 
 /// Validates one file of either kind, telling them apart by their first table.
 pub fn check_file(file: &Path) -> Result<CheckedFile, Vec<ConfigError>> {
-    let src = std::fs::read_to_string(file).map_err(|source| {
-        vec![ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
-        }]
-    })?;
+    let src = read_source(file)?;
     let is_profile = src
         .lines()
         .map(str::trim)

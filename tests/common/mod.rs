@@ -39,14 +39,14 @@ pub fn run_days(days: f64, scenario: Option<&str>) -> SimSummary {
     run_with(days, scenario, None)
 }
 
-/// Runs the appliance for `days` with a scenario and seed.
-pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> SimSummary {
-    let opts = SimOptions {
+/// Options for `days` on the shipped profile with nothing else: tests override what they need.
+pub fn options(days: f64) -> SimOptions {
+    SimOptions {
         profile: profile(),
         coldchain: ColdChainConfig::default(),
-        scenario,
+        scenario: None,
         duration: Some(Duration::from_secs_f64(days * 86_400.0)),
-        seed,
+        seed: None,
         live: false,
         strategy: medbox::controller::Strategy::Protected,
         keep_records: true,
@@ -56,10 +56,23 @@ pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> Sim
         device_id: "medbox-test".into(),
         schedules: Vec::new(),
         print_durable: false,
-    };
+    }
+}
+
+/// Runs the appliance with `opts` on paused time.
+pub fn run(opts: SimOptions) -> SimSummary {
     paused_runtime()
         .block_on(medbox::sim::run(opts, Speed::Max, std::future::pending()))
         .expect("simulation runs")
+}
+
+/// Runs the appliance for `days` with a scenario and seed.
+pub fn run_with(days: f64, scenario: Option<Scenario>, seed: Option<u64>) -> SimSummary {
+    run(SimOptions {
+        scenario,
+        seed,
+        ..options(days)
+    })
 }
 
 /// Builds the simulated board alone (no controller), for physics tests. The caller must stay
