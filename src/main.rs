@@ -658,8 +658,8 @@ fn print_summary(s: &sim::SimSummary) {
         match &s.uplink {
             None => println!("  outbox: {n} messages kept for the uplink (no broker configured; --mqtt mqtt://127.0.0.1:1883 to send)"),
             Some(u) => println!(
-                "  uplink: {} messages acknowledged by the broker, {} left in the outbox, {} connects, {} failed attempts",
-                u.acked, u.left, u.connects, u.failures
+                "  uplink: {} messages acknowledged by the broker, {} left in the outbox, {} connects, {} failed attempts, {} broker outages",
+                u.acked, u.left, u.connects, u.failures, u.outages
             ),
         }
     }

@@ -62,6 +62,8 @@ pub enum ActionName {
     Vital,
     /// A caregiver confirms the clock after a jump.
     TrustClock,
+    /// The home network drops the broker connection for a while.
+    BrokerOutage,
 }
 
 /// The fault names a scenario may inject.
@@ -157,6 +159,8 @@ pub enum Op {
     Vital(crate::dosing::engine::VitalReading),
     /// Trust the clock again.
     TrustClock,
+    /// The link to the broker is up (true) or down.
+    Broker(bool),
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -311,6 +315,10 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             )]
         }
         ActionName::TrustClock => vec![(at, Op::TrustClock)],
+        ActionName::BrokerOutage => {
+            let d = dur(e.duration)?;
+            vec![(at, Op::Broker(false)), (at + d, Op::Broker(true))]
+        }
         ActionName::AckAlarm => {
             let code = e
                 .alarm
@@ -389,6 +397,10 @@ for = "30m"
 at = "1h"
 action = "clock_jump"
 by = "-3h"
+[[event]]
+at = "3h"
+action = "broker_outage"
+for = "2d"
 "#,
         )
         .unwrap();
@@ -399,6 +411,8 @@ by = "-3h"
                 (h(1), Op::ClockJump(chrono::Duration::hours(-3))),
                 (h(2), Op::Door(true)),
                 (h(2) + Duration::from_secs(1800), Op::Door(false)),
+                (h(3), Op::Broker(false)),
+                (h(51), Op::Broker(true)),
             ]
         );
     }

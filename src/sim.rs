@@ -252,10 +252,13 @@ pub async fn run(
         dispenser,
         dosing,
     );
+    // The simulated home network: scenario outages cut the uplink's path to the broker.
+    let (network, link) = tokio::sync::watch::channel(true);
     let uplink = match (&opts.mqtt, &opts.db) {
         (Some(url), Some(db)) => {
             let mut cfg = crate::uplink::UplinkConfig::new(url, &opts.device_id, db);
             cfg.commands = Some(running.commands.clone());
+            cfg.link = Some(link);
             Some(
                 crate::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10))
                     .map_err(|e| SimError::Uplink(e.to_string()))?,
@@ -270,6 +273,7 @@ pub async fn run(
             sim_clock.clone(),
             running.dispenser.clone(),
             running.fridge.clone(),
+            network.clone(),
         ))
     });
 
@@ -346,6 +350,8 @@ pub async fn run(
         None => None,
     };
     drop(recorder);
+    // The run is over; an outage still going on ends so the drain below can deliver the record.
+    network.send_if_modified(|up| !std::mem::replace(up, true));
     let uplink = match uplink {
         // Drain what the run produced; give up after a while without a broker.
         Some(u) => Some(u.drain().map_err(|e| SimError::Uplink(e.to_string()))?),
@@ -390,6 +396,7 @@ async fn play(
     clock: Arc<SimClock>,
     dispenser: mpsc::Sender<DispenserCommand>,
     fridge: mpsc::Sender<FridgeCommand>,
+    network: tokio::sync::watch::Sender<bool>,
 ) {
     let start = clock.monotonic();
     for (at, op) in s.ops {
@@ -413,6 +420,14 @@ async fn play(
             }
             Op::TrustClock => {
                 let _ = dispenser.send(DispenserCommand::TrustClock).await;
+            }
+            Op::Broker(up) => {
+                tracing::info!(
+                    "scenario: broker link {}",
+                    if up { "restored" } else { "lost" }
+                );
+                // Only real transitions, so the uplink can count every outage it did not watch.
+                network.send_if_modified(|now| std::mem::replace(now, up) != up);
             }
             Op::AckAlarm(alarm, actor, comment) => {
                 let _ = fridge
@@ -442,7 +457,8 @@ async fn play(
                     | Op::ClockJump(_)
                     | Op::AckAlarm(..)
                     | Op::Vital(_)
-                    | Op::TrustClock => {}
+                    | Op::TrustClock
+                    | Op::Broker(_) => {}
                 }
             }
         }

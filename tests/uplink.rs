@@ -124,7 +124,24 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
     );
     let got = sub.await.unwrap();
     assert_eq!(outbox_len(&db), 0, "acknowledged messages are deleted");
-    // De-duplicate by id, as a receiver must; every message arrived, none twice after that.
+    let order = delivered_in_order(&got, &dev);
+    assert_eq!(order.len(), want);
+    // The alarms went out ahead of the telemetry backlog.
+    let first_alarm = order
+        .iter()
+        .position(|v| v["kind"] == "coldchain.alarm_raised")
+        .unwrap();
+    let first_telemetry = order
+        .iter()
+        .position(|v| v["schema"] == "medbox.telemetry.v1")
+        .unwrap();
+    assert!(first_alarm < first_telemetry);
+}
+
+/// De-duplicates what a subscriber got by message id, as a receiver must, checks that telemetry
+/// and events arrived in their recorded order with alarms ahead of the telemetry backlog and only
+/// the device id in topics, and returns the distinct messages in their order of first arrival.
+fn delivered_in_order(got: &[(String, String)], dev: &str) -> Vec<serde_json::Value> {
     let mut by_id: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut order = Vec::new();
     for (i, (topic, payload)) in got.iter().enumerate() {
@@ -138,7 +155,6 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
             order.push(v);
         }
     }
-    assert_eq!(by_id.len(), want);
     // Within telemetry, readings arrive in the order they were taken.
     let times: Vec<&str> = order
         .iter()
@@ -146,7 +162,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
         .map(|v| v["utc"].as_str().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
-    // Events keep their audit order, and alarms came before the telemetry backlog.
+    // Events keep their audit order.
     let seqs: Vec<i64> = order
         .iter()
         .filter(|v| {
@@ -156,19 +172,80 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
         .map(|v| v["seq"].as_i64().unwrap())
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let first_alarm = order
-        .iter()
-        .position(|v| v["kind"] == "coldchain.alarm_raised")
-        .unwrap();
-    let first_telemetry = order
-        .iter()
-        .position(|v| v["schema"] == "medbox.telemetry.v1")
-        .unwrap();
-    assert!(first_alarm < first_telemetry);
     // No patient name in any topic: only the device id and fixed words.
     assert!(by_id
         .values()
         .all(|(_, t)| t.starts_with(&format!("medbox/{dev}/"))));
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_once_after() {
+    let dev = device("scenario-outage");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let dev2 = dev.clone();
+    // Done when the appliance said goodbye after coming back once: onlines, then the last offline.
+    let sub = tokio::spawn(async move {
+        collect(&dev2, tx, Duration::from_secs(30), |got| {
+            let statuses: Vec<&str> = got
+                .iter()
+                .filter(|(t, _)| t.ends_with("/status"))
+                .map(|(_, p)| p.as_str())
+                .collect();
+            statuses.iter().filter(|s| **s == "online").count() >= 2
+                && statuses.last() == Some(&"offline")
+                && got.last().is_some_and(|(t, _)| t.ends_with("/status"))
+        })
+        .await
+    });
+    rx.await.unwrap();
+    let out = medbox()
+        .args([
+            "sim",
+            "--days",
+            "3",
+            "--json",
+            "--scenario",
+            "hw/scenarios/broker-outage.toml",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uplink = &summary["uplink"];
+    assert_eq!(uplink["outages"], 1, "{uplink}");
+    assert!(uplink["connects"].as_u64().unwrap() >= 2, "{uplink}");
+    assert_eq!(uplink["left"], 0, "{uplink}");
+    let got = sub.await.unwrap();
+    // The broker saw the link die (Last Will) and the appliance come back.
+    let statuses: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t.ends_with("/status"))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    let back = statuses.iter().position(|s| *s == "offline").unwrap();
+    assert_eq!(statuses.first(), Some(&"online"), "{statuses:?}");
+    assert_eq!(statuses.get(back + 1), Some(&"online"), "{statuses:?}");
+    // Everything written during the run arrived, once each after de-duplication, in order.
+    let order = delivered_in_order(&got, &dev);
+    assert_eq!(order.len() as u64, uplink["acked"].as_u64().unwrap());
+    assert_eq!(outbox_len(&db), 0);
+    // The door alarm raised during the outage arrived after the link came back.
+    assert!(order
+        .iter()
+        .any(|v| v["kind"] == "coldchain.alarm_raised" && v["body"]["alarm"] == "DOOR_OPEN"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

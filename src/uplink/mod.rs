@@ -48,6 +48,9 @@ pub struct UplinkConfig {
     pub keep_alive: Duration,
     /// Where inbound commands (`cmd/<name>`) go; None: not subscribed.
     pub commands: Option<tokio::sync::mpsc::Sender<crate::controller::commands::Inbound>>,
+    /// Whether the network path to the broker exists (a simulated outage sets it false); None:
+    /// always.
+    pub link: Option<watch::Receiver<bool>>,
 }
 
 impl UplinkConfig {
@@ -60,6 +63,7 @@ impl UplinkConfig {
             max_inflight: 50,
             keep_alive: Duration::from_secs(5),
             commands: None,
+            link: None,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct UplinkStats {
     pub connects: u64,
     /// Connection attempts that failed.
     pub failures: u64,
+    /// Times the network path went away under a live connection (simulated outages).
+    pub outages: u64,
     /// Messages still in the outbox when it stopped.
     pub left: i64,
 }
@@ -105,7 +111,7 @@ pub enum StopMode {
 
 /// Runs the uplink until `stop` says so.
 pub async fn run(
-    cfg: UplinkConfig,
+    mut cfg: UplinkConfig,
     mut stop: watch::Receiver<StopMode>,
     give_up: Duration,
 ) -> Result<UplinkStats, UplinkError> {
@@ -140,6 +146,38 @@ pub async fn run(
             && (outbox_len == 0 || (!connected && started.elapsed() > give_up))
         {
             break;
+        }
+        if let Some(link) = cfg.link.as_mut() {
+            // A change seen while up means a whole outage passed between two looks: the switch
+            // only ever alternates, so drop the connection for it too.
+            let changed = link.has_changed().unwrap_or(false);
+            let up = *link.borrow_and_update();
+            if !up || changed {
+                if eventloop.network.is_some() {
+                    // The path is gone: drop the socket without a DISCONNECT, as a dead router
+                    // would, so the broker publishes the Last Will. Nothing is lost: whatever
+                    // was in flight is still in the outbox and goes again after reconnecting.
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    stats.outages += 1;
+                }
+                connected = false;
+                awaiting.clear();
+                by_pkid.clear();
+                in_flight.clear();
+            }
+            if !up {
+                let switch_gone = tokio::select! {
+                    r = link.changed() => r.is_err(),
+                    _ = stop.changed() => false,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+                };
+                if switch_gone {
+                    // Whoever simulated the outage is gone: the path is back for good.
+                    cfg.link = None;
+                }
+                continue;
+            }
         }
         if connected && in_flight.len() < cfg.max_inflight {
             let room = (cfg.max_inflight - in_flight.len()) as i64;
