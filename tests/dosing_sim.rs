@@ -166,3 +166,42 @@ fn a_restart_neither_repeats_nor_loses_a_dose() {
     assert!(!dispensed.is_empty());
     assert!(dispensed.values().all(|n| *n == 1), "{dispensed:?}");
 }
+
+#[test]
+fn escalation_of_a_dose_left_in_the_cup_reaches_the_caregiver_and_a_pickup_stops_it() {
+    let alerts = |s: &SimSummary, code: &str| s.dispenser.dose_alerts.get(code).copied();
+    let nobody = run(1.0, None, None);
+    let left: Vec<_> = nobody
+        .dose_records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Dispensed)
+        .collect();
+    assert!(left.len() >= 4, "{left:?}");
+    // Nobody lifted the cup: every dispensed dose whose window closed reached "not taken", and
+    // the caregiver heard of each before that.
+    let not_taken = alerts(&nobody, "NOT_TAKEN").unwrap_or(0);
+    assert!(not_taken >= 3, "{:?}", nobody.dispenser.dose_alerts);
+    assert!(alerts(&nobody, "CAREGIVER_ALERT").unwrap_or(0) >= not_taken);
+    assert!(alerts(&nobody, "LATE_NOTICE").unwrap_or(0) >= 1);
+    // The patient lifts the cup after every dose: no escalation at all.
+    let sc = r#"
+name = "pickups"
+[[event]]
+at = "0s"
+action = "tray_pickup"
+every = "5m"
+times = 288
+"#;
+    let diligent = run(1.0, Some(sc), None);
+    assert_eq!(
+        alerts(&diligent, "NOT_TAKEN"),
+        None,
+        "{:?}",
+        diligent.dispenser.dose_alerts
+    );
+    assert_eq!(alerts(&diligent, "CAREGIVER_ALERT"), None);
+    assert!(diligent
+        .dose_records
+        .iter()
+        .any(|r| r.outcome == Outcome::Taken));
+}

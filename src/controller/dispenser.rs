@@ -11,6 +11,7 @@ use super::{device_fault, DispenserCommand, Dosing};
 use crate::clock::{self, Clock};
 use crate::devices::{CarouselError, DispenserDevices};
 use crate::dosing::engine::{DoseRecord, Outcome, VitalReading};
+use crate::dosing::escalation::{self, Step};
 use crate::dosing::plan::{Action, Planner};
 use crate::events::Event;
 use chrono::{DateTime, Utc};
@@ -38,6 +39,10 @@ struct Pending {
     patient: String,
     slot: u8,
     record: DoseRecord,
+    /// Its reminders and alerts, each with when it falls due.
+    escalation: Vec<(DateTime<Utc>, Step)>,
+    /// Steps up to this instant have been given.
+    escalated_to: DateTime<Utc>,
 }
 
 /// The dispenser task's state.
@@ -49,7 +54,8 @@ pub(super) struct DispenserTask {
     planner: Planner,
     vitals: Vec<VitalReading>,
     homed: bool,
-    pending: Option<Pending>,
+    /// Doses in the cup, oldest first: one pickup takes them all.
+    pending: Vec<Pending>,
     attentive_until: Duration,
     /// Wall minus monotonic at the last baseline, in seconds.
     baseline_s: i64,
@@ -73,7 +79,7 @@ impl DispenserTask {
             dosing,
             vitals: Vec::new(),
             homed: false,
-            pending: None,
+            pending: Vec::new(),
             attentive_until: Duration::ZERO,
             baseline_s,
             clock_trusted: true,
@@ -123,23 +129,14 @@ impl DispenserTask {
                 }
             }
             if now >= next_plan {
-                // A dose nobody took within two hours stays recorded as dispensed, not taken;
-                // stop waiting for it.
-                if self
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| at - p.record.at > chrono::Duration::hours(2))
-                {
-                    self.pending = None;
-                    self.lights(false).await;
-                }
+                self.escalate(at).await;
                 self.check_clock().await;
                 self.plan().await;
                 next_plan = now + PLAN_EVERY;
             }
             let poll = if now < self.attentive_until {
                 ATTENTIVE_POLL
-            } else if self.pending.is_some() {
+            } else if !self.pending.is_empty() {
                 PENDING_POLL
             } else {
                 IDLE_POLL
@@ -185,6 +182,70 @@ impl DispenserTask {
             }
         }
         self.homed
+    }
+
+    /// Gives the waiting dose's reminders and alerts that fell due. When its window closes it
+    /// stays recorded as dispensed, not taken: the caregiver is told and the appliance stops
+    /// waiting for it.
+    async fn escalate(&mut self, now: DateTime<Utc>) {
+        let mut alerts = Vec::new();
+        for p in &mut self.pending {
+            for step in escalation::due(&p.escalation, p.escalated_to, now) {
+                alerts.push((step, p.clone()));
+            }
+            p.escalated_to = now;
+        }
+        let before = self.pending.len();
+        self.pending
+            .retain(|p| p.escalation.last().is_none_or(|(at, _)| *at > now));
+        if alerts.iter().any(|(s, _)| *s == Step::LateNotice) {
+            self.lights(true).await;
+        } else if self.pending.is_empty() && before > 0 {
+            self.lights(false).await;
+        }
+        for (step, p) in alerts {
+            super::emit(
+                &self.events,
+                Event::DoseAlert {
+                    at: now,
+                    patient: p.patient,
+                    medication: p.record.medication.clone(),
+                    occurrence: p.record.occurrence.unwrap_or(p.record.at),
+                    reason: step.code().into(),
+                    detail: format!(
+                        "{} unit(s) dispensed at {} not taken yet",
+                        p.record.units,
+                        p.record.at.to_rfc3339()
+                    ),
+                },
+            )
+            .await;
+        }
+    }
+
+    /// The window of a scheduled occurrence (None for an as-needed dose).
+    fn window_of(
+        &self,
+        patient: &str,
+        medication: &str,
+        occurrence: Option<DateTime<Utc>>,
+    ) -> Option<crate::dosing::engine::Window> {
+        let occurrence = occurrence?;
+        let s = self
+            .dosing
+            .schedules
+            .iter()
+            .find(|s| s.patient == patient)?;
+        let (m, rec) = s.medication(medication)?;
+        crate::dosing::engine::windows(
+            m,
+            rec.as_ref()?,
+            s.tz,
+            occurrence - chrono::Duration::days(1),
+            occurrence + chrono::Duration::days(1),
+        )
+        .into_iter()
+        .find(|w| w.occurrence == occurrence)
     }
 
     async fn lights(&mut self, on: bool) {
@@ -608,10 +669,13 @@ impl DispenserTask {
         };
         match outcome {
             Outcome::Dispensed => {
-                self.pending = Some(Pending {
+                let window = self.window_of(&patient, &record.medication, occurrence);
+                self.pending.push(Pending {
                     patient: patient.clone(),
                     slot,
                     record: record.clone(),
+                    escalation: escalation::plan(window.as_ref(), at),
+                    escalated_to: at,
                 });
                 self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
                 self.lights(true).await;
@@ -644,16 +708,20 @@ impl DispenserTask {
     }
 
     async fn taken(&mut self, at: DateTime<Utc>) {
-        let Some(p) = self.pending.take() else { return };
-        let record = DoseRecord {
-            at,
-            outcome: Outcome::Taken,
-            ..p.record
-        };
+        if self.pending.is_empty() {
+            return;
+        }
         self.attentive_until = self.clock.monotonic();
         self.lights(false).await;
-        self.record(p.patient, p.slot, record, None, "picked up".into())
-            .await;
+        for p in std::mem::take(&mut self.pending) {
+            let record = DoseRecord {
+                at,
+                outcome: Outcome::Taken,
+                ..p.record
+            };
+            self.record(p.patient, p.slot, record, None, "picked up".into())
+                .await;
+        }
     }
 }
 

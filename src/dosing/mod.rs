@@ -5,8 +5,10 @@
 //!   of cron's field matching (a time in a skipped hour moves forward by the gap; a time in a
 //!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
+//! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 
 pub mod engine;
+pub mod escalation;
 pub mod plan;
 pub mod schedule;
 pub mod when;
