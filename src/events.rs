@@ -213,6 +213,51 @@ pub enum Event {
         #[serde(skip)]
         token: Durable,
     },
+    /// Units were loaded into a carousel slot.
+    Refill {
+        /// When.
+        at: DateTime<Utc>,
+        /// Carousel slot.
+        slot: u8,
+        /// Units added.
+        added: u32,
+        /// Units in the slot afterwards.
+        count: u32,
+        /// Expiry date of the loaded lot.
+        expiry: Option<chrono::NaiveDate>,
+        /// Who loaded it (a person's id).
+        actor: String,
+        /// Lot number or a remark.
+        note: String,
+    },
+    /// A slot needs someone: low stock or expiry (repeated daily until acknowledged).
+    StockAlert {
+        /// When.
+        at: DateTime<Utc>,
+        /// Carousel slot.
+        slot: u8,
+        /// Patient pseudonym of the medication in it.
+        patient: String,
+        /// Medication in it.
+        medication: String,
+        /// Units left.
+        count: u32,
+        /// Days of scheduled doses left.
+        days_left: Option<f64>,
+        /// `LOW_STOCK`, `EXPIRES_SOON` or `EXPIRED`.
+        reason: String,
+    },
+    /// Someone acknowledged a slot's stock alerts (they stop repeating until a refill).
+    StockAcknowledged {
+        /// When.
+        at: DateTime<Utc>,
+        /// Carousel slot.
+        slot: u8,
+        /// Who.
+        actor: String,
+        /// Why, in their words.
+        comment: String,
+    },
     /// The controller stopped with every actuator in its safe state.
     Stopped {
         /// When.

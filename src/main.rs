@@ -450,13 +450,12 @@ fn run_sim(args: SimArgs) -> Result<()> {
         Some(p) => BoardProfile::load(p).map_err(config_errors)?,
         None => BoardProfile::default_sim().map_err(config_errors)?,
     };
-    let coldchain = match &args.config {
+    let (coldchain, refill_days) = match &args.config {
         Some(p) => {
-            config::ApplianceConfig::load(p)
-                .map_err(config_errors)?
-                .coldchain
+            let c = config::ApplianceConfig::load(p).map_err(config_errors)?;
+            (c.coldchain, Some(c.dosing.refill_days))
         }
-        None => ColdChainConfig::default(),
+        None => (ColdChainConfig::default(), None),
     };
     let scenario = args
         .scenario
@@ -523,6 +522,7 @@ fn run_sim(args: SimArgs) -> Result<()> {
         keep_records: args.export_readings.is_some(),
         db,
         db_max_pages: args.db_max_pages,
+        refill_days,
         print_durable: args.print_durable,
     };
     let runtime = match speed {
@@ -665,6 +665,12 @@ fn print_summary(s: &sim::SimSummary) {
     }
     if !d.dose_alerts.is_empty() {
         println!("  dose alerts: {:?}", d.dose_alerts);
+    }
+    if !d.stock.is_empty() {
+        println!(
+            "  inventory: {} refills recorded; units per slot {:?}; stock alerts {:?}",
+            d.refills, d.stock, d.stock_alerts
+        );
     }
     for fault in &s.device_faults {
         println!("  device fault: {fault}");
@@ -1229,6 +1235,8 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,
+        inventory: medbox::store::inventory::rebuild(recorder.connection())?,
+        refill_days: Some(cfg.dosing.refill_days),
     };
     runtime.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());

@@ -64,6 +64,9 @@ pub enum ActionName {
     TrustClock,
     /// The home network drops the broker connection for a while.
     BrokerOutage,
+    /// A pharmacist loads units into a slot and records the refill (slot, units, optional
+    /// expiry and actor).
+    Refill,
 }
 
 /// The fault names a scenario may inject.
@@ -107,6 +110,7 @@ struct RawEvent {
     vital: Option<crate::dosing::schedule::Vital>,
     value: Option<f64>,
     quality: Option<crate::dosing::engine::Quality>,
+    expiry: Option<chrono::NaiveDate>,
     /// Repeat the event this often…
     #[serde(default, with = "humantime_serde")]
     every: Option<Duration>,
@@ -161,6 +165,8 @@ pub enum Op {
     TrustClock,
     /// The link to the broker is up (true) or down.
     Broker(bool),
+    /// Load a slot and record it: slot, units, expiry, who.
+    Refill(u8, u32, Option<chrono::NaiveDate>, String),
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -315,6 +321,15 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             )]
         }
         ActionName::TrustClock => vec![(at, Op::TrustClock)],
+        ActionName::Refill => vec![(
+            at,
+            Op::Refill(
+                need(e.slot, "slot", a)?,
+                need(e.units, "units", a)?,
+                e.expiry,
+                e.actor.clone().unwrap_or_else(|| "sim:pharmacist".into()),
+            ),
+        )],
         ActionName::BrokerOutage => {
             let d = dur(e.duration)?;
             vec![(at, Op::Broker(false)), (at + d, Op::Broker(true))]

@@ -13,6 +13,7 @@ use crate::coldchain::stats::FridgeStats;
 use crate::coldchain::ColdChainConfig;
 use crate::config::BoardProfile;
 use crate::controller::{self, DispenserCommand, FridgeCommand, Strategy};
+use crate::dosing::engine::Outcome;
 use crate::events::Event;
 use crate::events::FridgeRecord;
 use crate::scenario::{Op, Scenario};
@@ -63,6 +64,8 @@ pub struct SimOptions {
     pub device_id: String,
     /// Cap the database at this many pages (rehearses a full disk).
     pub db_max_pages: Option<u32>,
+    /// Refill alert below this many days of doses (None: 7).
+    pub refill_days: Option<f64>,
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
     /// the crash harness: a printed record is an acknowledged one).
     pub print_durable: bool,
@@ -124,6 +127,12 @@ pub struct DispenserSummary {
     pub dose_alerts: BTreeMap<String, u32>,
     /// Clock trust changes.
     pub clock_trust_changes: u32,
+    /// Refills recorded.
+    pub refills: u32,
+    /// Stock alerts, by reason.
+    pub stock_alerts: BTreeMap<String, u32>,
+    /// Units per slot as the appliance counts them at the end.
+    pub stock: BTreeMap<u8, u32>,
 }
 
 /// The summary `medbox sim` prints.
@@ -243,6 +252,24 @@ pub async fn run(
             Some(r) => crate::store::doses::first_start(r.connection())?,
             None => None,
         },
+        inventory: match &recorder {
+            Some(r) => crate::store::inventory::rebuild(r.connection())?,
+            None => Default::default(),
+        },
+        refill_days: opts.refill_days,
+    };
+    // A carousel nobody ever recorded stock for is being commissioned: the simulated
+    // pharmacist records what the model's slots were loaded with.
+    let commissioning: Vec<(u8, u32)> = if dosing.inventory.slots().is_empty() {
+        model
+            .slot_stock
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(i, n)| Some((u8::try_from(i).ok()?, *n)))
+            .collect()
+    } else {
+        Vec::new()
     };
     let mut running = controller::start(
         clock.clone(),
@@ -252,6 +279,19 @@ pub async fn run(
         dispenser,
         dosing,
     );
+    for (slot, added) in commissioning {
+        let _ = running
+            .dispenser
+            .send(DispenserCommand::Refill {
+                slot,
+                added,
+                expiry: None,
+                actor: "sim:pharmacist".into(),
+                note: "commissioning load".into(),
+                reply: None,
+            })
+            .await;
+    }
     // The simulated home network: scenario outages cut the uplink's path to the broker.
     let (network, link) = tokio::sync::watch::channel(true);
     let uplink = match (&opts.mqtt, &opts.db) {
@@ -421,6 +461,19 @@ async fn play(
             Op::TrustClock => {
                 let _ = dispenser.send(DispenserCommand::TrustClock).await;
             }
+            Op::Refill(slot, units, expiry, actor) => {
+                handle.world().load_slot(slot, units);
+                let _ = dispenser
+                    .send(DispenserCommand::Refill {
+                        slot,
+                        added: units,
+                        expiry,
+                        actor,
+                        note: "scenario refill".into(),
+                        reply: None,
+                    })
+                    .await;
+            }
             Op::Broker(up) => {
                 tracing::info!(
                     "scenario: broker link {}",
@@ -458,7 +511,8 @@ async fn play(
                     | Op::AckAlarm(..)
                     | Op::Vital(_)
                     | Op::TrustClock
-                    | Op::Broker(_) => {}
+                    | Op::Broker(_)
+                    | Op::Refill(..) => {}
                 }
             }
         }
@@ -485,6 +539,8 @@ struct Accumulator {
     checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     durable_records: u64,
     dose_records: Vec<crate::dosing::engine::DoseRecord>,
+    /// The appliance's counts, mirrored from its events.
+    inventory: crate::dosing::inventory::Inventory,
 }
 
 impl Accumulator {
@@ -509,6 +565,7 @@ impl Accumulator {
             checkpoints: Vec::new(),
             durable_records: 0,
             dose_records: Vec::new(),
+            inventory: Default::default(),
         }
     }
 
@@ -571,8 +628,10 @@ impl Accumulator {
             Event::Dispensed {
                 drops_seen,
                 returned_home,
+                report,
                 ..
             } => {
+                self.inventory.take(report.slot, *drops_seen);
                 self.dispenser.dispenses += 1;
                 self.dispenser.units_seen += drops_seen;
                 if !returned_home {
@@ -596,7 +655,10 @@ impl Accumulator {
             Event::CommandRejected {
                 command, reason, ..
             } => self.commands_rejected.push(format!("{command}: {reason}")),
-            Event::Dose { record, .. } => {
+            Event::Dose { record, slot, .. } => {
+                if matches!(record.outcome, Outcome::Dispensed | Outcome::Uncertain) {
+                    self.inventory.take(*slot, record.units);
+                }
                 let k = serde_json::to_value(record.outcome)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -612,6 +674,23 @@ impl Accumulator {
                     .or_default() += 1
             }
             Event::ClockTrust { .. } => self.dispenser.clock_trust_changes += 1,
+            Event::Refill {
+                slot,
+                added,
+                expiry,
+                ..
+            } => {
+                self.dispenser.refills += 1;
+                self.inventory.refill(*slot, *added, *expiry);
+            }
+            Event::StockAlert { reason, .. } => {
+                *self
+                    .dispenser
+                    .stock_alerts
+                    .entry(reason.clone())
+                    .or_default() += 1
+            }
+            Event::StockAcknowledged { .. } => {}
             Event::Started { .. }
             | Event::ProbeRecovered { .. }
             | Event::Stopped { .. }
@@ -635,6 +714,13 @@ impl Accumulator {
         let mut truth = self.truth.unwrap_or_default();
         truth.units_released = w.released_total();
         truth.stock = w.stock().to_vec();
+        let mut dispenser = self.dispenser;
+        dispenser.stock = self
+            .inventory
+            .slots()
+            .iter()
+            .map(|(slot, s)| (*slot, s.count))
+            .collect();
         SimSummary {
             board: self.board,
             scenario: self.scenario,
@@ -645,7 +731,7 @@ impl Accumulator {
             fridge: self.fridge,
             probe_faults: self.probe_faults,
             mode_changes: self.mode_changes,
-            dispenser: self.dispenser,
+            dispenser,
             device_faults: self.device_faults,
             events: self.events,
             truth,

@@ -205,3 +205,76 @@ times = 288
         .iter()
         .any(|r| r.outcome == Outcome::Taken));
 }
+
+#[test]
+fn inventory_counts_drops_refuses_an_empty_slot_before_motion_and_a_refill_restores_it() {
+    // One unit daily at 09:00 UTC from slot 3, which the model loads with 10: the count runs out
+    // after day 9. A pharmacist refills it on day 12; doses are given again from then on.
+    let schedule = Schedule::parse(
+        "[patient]\nid = \"p-9\"\ntimezone = \"UTC\"\n[[medication]]\nname = \"Vitamin D\"\nslot = 3\nunits = 1\ntimes = [\"09:00\"]\n",
+        Path::new("p-9.toml"),
+    )
+    .unwrap();
+    let sc = r#"
+name = "refill"
+[[event]]
+at = "12d 6h"
+action = "refill"
+slot = 3
+units = 30
+expiry = "2027-12-31"
+actor = "ph-7"
+"#;
+    let s = common::run(SimOptions {
+        scenario: Some(Scenario::parse(sc, Path::new("s.toml")).unwrap()),
+        keep_records: false,
+        schedules: vec![schedule],
+        ..common::options(15.0)
+    });
+    let count = |o: Outcome| s.dose_records.iter().filter(|r| r.outcome == o).count();
+    // Days 0–9 from the first load, days 12–14 after the refill.
+    assert_eq!(count(Outcome::Dispensed), 13, "{:?}", s.dose_records);
+    // Days 10 and 11: refused before motion (once each, not every minute), then missed.
+    assert_eq!(count(Outcome::Failed), 2, "{:?}", s.dose_records);
+    assert_eq!(count(Outcome::Missed), 2);
+    assert_eq!(
+        count(Outcome::Uncertain),
+        0,
+        "nothing turned for an empty slot"
+    );
+    // Low stock was reported, daily, before it ran out.
+    let low = s
+        .dispenser
+        .stock_alerts
+        .get("LOW_STOCK")
+        .copied()
+        .unwrap_or(0);
+    assert!(low >= 5, "{:?}", s.dispenser.stock_alerts);
+    assert_eq!(
+        s.dispenser.refills, 8,
+        "seven slots commissioned, one refill"
+    );
+    // The appliance's counts match the model's slots.
+    for (slot, count) in &s.dispenser.stock {
+        assert_eq!(*count, s.truth.stock[usize::from(*slot)], "slot {slot}");
+    }
+    assert_eq!(s.dispenser.stock[&3], 27);
+}
+
+#[test]
+fn inventory_survives_a_restart_and_commissioning_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let first = run(2.0, None, Some(&db));
+    assert_eq!(first.dispenser.refills, 7);
+    let second = run(0.1, None, Some(&db));
+    assert_eq!(
+        second.dispenser.refills, 0,
+        "a known carousel is not commissioned again"
+    );
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let inv = medbox::store::inventory::rebuild(&conn).unwrap();
+    for (slot, count) in &first.dispenser.stock {
+        assert_eq!(inv.slot(*slot).unwrap().count, *count, "slot {slot}");
+    }
+}

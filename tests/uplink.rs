@@ -367,7 +367,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         .to_string()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while results.len() < 7 && tokio::time::Instant::now() < deadline {
+    while results.len() < 11 && tokio::time::Instant::now() < deadline {
         let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
             break;
         };
@@ -384,6 +384,10 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
                 (topic("request_prn"), prn("c5", "patient").into_bytes()),
                 (topic("request_prn"), prn("c5", "patient").into_bytes()),
                 (topic("request_prn"), prn("c7", "patient").into_bytes()),
+                (topic("refill"), br#"{"id":"c8","actor":"ph-7","role":"pharmacist","args":{"slot":3,"units":30,"expiry":"2027-12-31","note":"lot A12"}}"#.to_vec()),
+                (topic("refill"), br#"{"id":"c9","actor":"ph-7","role":"pharmacist","args":{"slot":12,"units":30}}"#.to_vec()),
+                (topic("refill"), br#"{"id":"c10","actor":"p-0311","role":"patient","args":{"slot":3,"units":30}}"#.to_vec()),
+                (topic("acknowledge_alarm"), br#"{"id":"c11","actor":"n-1","role":"nurse","args":{"alarm":"LOW_STOCK","slot":3,"comment":"order placed"}}"#.to_vec()),
             ];
             for (t, payload) in cmds {
                 client
@@ -405,7 +409,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     let _ = child.kill();
     let _ = child.wait();
     let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_string();
-    assert_eq!(results.len(), 7, "{results:#?}");
+    assert_eq!(results.len(), 11, "{results:#?}");
     assert!(detail(0).starts_with("MALFORMED"), "{}", detail(0));
     assert!(detail(1).starts_with("UNKNOWN_COMMAND"), "{}", detail(1));
     assert!(detail(2).starts_with("PAYLOAD_TOO_LARGE"), "{}", detail(2));
@@ -417,5 +421,15 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         (serde_json::json!(true), serde_json::json!(true))
     );
     assert!(detail(6).starts_with("PRN_TOO_SOON"), "{}", detail(6));
+    assert_eq!(results[7]["ok"], true, "{}", detail(7));
+    assert!(
+        detail(7).contains("30 added, 40 in the slot"),
+        "{}",
+        detail(7)
+    );
+    assert!(detail(8).starts_with("UNKNOWN_SLOT"), "{}", detail(8));
+    assert!(detail(9).starts_with("ROLE_NOT_ALLOWED"), "{}", detail(9));
+    // Stock alarms are acknowledged per slot at the dispenser; slot 3 was just refilled.
+    assert!(detail(10).starts_with("NOT_RAISED"), "{}", detail(10));
     assert!(results.iter().all(|r| r["kind"] == "command_result"));
 }

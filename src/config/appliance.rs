@@ -28,6 +28,27 @@ pub struct MqttSection {
     pub url: String,
 }
 
+/// `[dosing]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DosingSection {
+    /// Refill alert when fewer than this many days of doses remain in a slot.
+    #[serde(default = "default_refill_days")]
+    pub refill_days: f64,
+}
+
+fn default_refill_days() -> f64 {
+    crate::dosing::inventory::DEFAULT_REFILL_DAYS
+}
+
+impl Default for DosingSection {
+    fn default() -> Self {
+        Self {
+            refill_days: default_refill_days(),
+        }
+    }
+}
+
 /// The whole appliance config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +58,9 @@ pub struct ApplianceConfig {
     /// Cold-chain settings (all defaulted).
     #[serde(default)]
     pub coldchain: ColdChainConfig,
+    /// Dosing settings (all defaulted).
+    #[serde(default)]
+    pub dosing: DosingSection,
     /// Uplink; absent means store-only.
     #[serde(default)]
     pub mqtt: Option<MqttSection>,
@@ -82,6 +106,14 @@ impl Validate for ApplianceConfig {
                 .unwrap_or_else(|| line_at("[coldchain]"));
             out.at(line, key, message);
         }
+        let days = self.dosing.refill_days;
+        if !(days.is_finite() && (1.0..=90.0).contains(&days)) {
+            out.at(
+                line_at("refill_days"),
+                "dosing.refill_days",
+                "must be 1–90 days",
+            );
+        }
         if let Some(m) = &self.mqtt {
             if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
                 out.at(
@@ -123,6 +155,21 @@ cut_in = 6.5
         let errs = parse_str::<ApplianceConfig>(&src, Path::new("a.toml")).unwrap_err();
         let text = errs[0].to_string();
         assert!(text.starts_with("a.toml:9: coldchain.cut_in:"), "{text}");
+    }
+
+    #[test]
+    fn refill_days_is_configurable_and_checked() {
+        let c: ApplianceConfig = parse_str(GOOD, Path::new("a.toml")).unwrap();
+        assert_eq!(c.dosing.refill_days, 7.0);
+        let src = format!("{GOOD}\n[dosing]\nrefill_days = 0.5\n");
+        let errs = parse_str::<ApplianceConfig>(&src, Path::new("a.toml")).unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("a.toml:12: dosing.refill_days"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

@@ -41,7 +41,27 @@ struct Envelope {
 struct AckArgs {
     alarm: String,
     comment: String,
+    /// For stock alarms (`LOW_STOCK`, `EXPIRES_SOON`, `EXPIRED`): which slot.
+    #[serde(default)]
+    slot: Option<u8>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefillArgs {
+    slot: u8,
+    units: u32,
+    #[serde(default)]
+    expiry: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    note: String,
+}
+
+/// Command names this router knows.
+const COMMANDS: &[&str] = &["acknowledge_alarm", "skip_dose", "request_prn", "refill"];
+
+/// Stock alarm codes, acknowledged per slot at the dispenser.
+const STOCK_ALARMS: &[&str] = &["LOW_STOCK", "EXPIRES_SOON", "EXPIRED"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +80,12 @@ struct PrnArgs {
     override_reason: Option<String>,
 }
 
+fn is_stock_alarm(args: &serde_json::Value) -> bool {
+    args.get("alarm")
+        .and_then(|a| a.as_str())
+        .is_some_and(|a| STOCK_ALARMS.contains(&a))
+}
+
 /// Which roles may send which command.
 fn allowed(command: &str, role: Role) -> bool {
     use Role::*;
@@ -67,6 +93,7 @@ fn allowed(command: &str, role: Role) -> bool {
         "acknowledge_alarm" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         "skip_dose" => matches!(role, Caregiver | Nurse | Clinician),
         "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
+        "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
         _ => false,
     }
 }
@@ -182,9 +209,10 @@ impl Router {
     }
 
     async fn execute(&self, name: &str, env: &Envelope) -> Result<String, String> {
-        if !matches!(name, "acknowledge_alarm" | "skip_dose" | "request_prn") {
+        if !COMMANDS.contains(&name) {
             return Err(format!(
-                "UNKNOWN_COMMAND: {name:?} (acknowledge_alarm, skip_dose, request_prn)"
+                "UNKNOWN_COMMAND: {name:?} ({})",
+                COMMANDS.join(", ")
             ));
         }
         if env.actor.trim().is_empty() || env.id.trim().is_empty() {
@@ -196,6 +224,22 @@ impl Router {
         let args = |v: &serde_json::Value| v.clone();
         let (tx, rx) = oneshot::channel();
         match name {
+            "acknowledge_alarm" if is_stock_alarm(&env.args) => {
+                let a: AckArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let slot = a
+                    .slot
+                    .ok_or_else(|| format!("MALFORMED: {} needs `slot`", a.alarm))?;
+                self.dispenser
+                    .send(DispenserCommand::AcknowledgeStock {
+                        slot,
+                        actor: env.actor.clone(),
+                        comment: a.comment,
+                        reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
             "acknowledge_alarm" => {
                 let a: AckArgs = serde_json::from_value(args(&env.args))
                     .map_err(|e| format!("MALFORMED: args: {e}"))?;
@@ -210,6 +254,21 @@ impl Router {
                     })
                     .await
                     .map_err(|_| "UNAVAILABLE: the fridge task is stopping".to_string())?;
+            }
+            "refill" => {
+                let a: RefillArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                self.dispenser
+                    .send(DispenserCommand::Refill {
+                        slot: a.slot,
+                        added: a.units,
+                        expiry: a.expiry,
+                        actor: env.actor.clone(),
+                        note: a.note,
+                        reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
             }
             "skip_dose" => {
                 let a: SkipArgs = serde_json::from_value(args(&env.args))

@@ -30,6 +30,8 @@ const PENDING_POLL: Duration = Duration::from_secs(1);
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How often the dose planner runs.
 const PLAN_EVERY: Duration = Duration::from_secs(60);
+/// How long a dose whose dispense failed before motion waits before it is tried again.
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 /// A wall clock this far off the monotonic clock is not trusted (DESIGN.md §4).
 const CLOCK_TOLERANCE_S: i64 = 60;
 
@@ -57,6 +59,9 @@ pub(super) struct DispenserTask {
     /// Doses in the cup, oldest first: one pickup takes them all.
     pending: Vec<Pending>,
     attentive_until: Duration,
+    /// Doses whose dispense failed before motion, and when they may be tried again (None: after
+    /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
+    retry_after: std::collections::HashMap<(String, Option<DateTime<Utc>>), Option<Duration>>,
     /// Wall minus monotonic at the last baseline, in seconds.
     baseline_s: i64,
     clock_trusted: bool,
@@ -81,6 +86,7 @@ impl DispenserTask {
             homed: false,
             pending: Vec::new(),
             attentive_until: Duration::ZERO,
+            retry_after: Default::default(),
             baseline_s,
             clock_trusted: true,
         }
@@ -130,6 +136,7 @@ impl DispenserTask {
             }
             if now >= next_plan {
                 self.escalate(at).await;
+                self.stock_alerts(at).await;
                 self.check_clock().await;
                 self.plan().await;
                 next_plan = now + PLAN_EVERY;
@@ -303,6 +310,7 @@ impl DispenserTask {
                 match self.dev.carousel.dispense(slot, units) {
                     Ok(report) => {
                         self.homed = report.returned_home;
+                        self.dosing.inventory.take(slot, report.drops_seen);
                         if report.drops_seen > 0 {
                             self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
                         }
@@ -343,6 +351,44 @@ impl DispenserTask {
                 // A new reading may release a held dose at once.
                 self.plan().await;
             }
+            DispenserCommand::Refill {
+                slot,
+                added,
+                expiry,
+                actor,
+                note,
+                reply,
+            } => {
+                let result = self.refill(slot, added, expiry, actor, note).await;
+                if let Some(r) = reply {
+                    let _ = r.send(result);
+                }
+            }
+            DispenserCommand::AcknowledgeStock {
+                slot,
+                actor,
+                comment,
+                reply,
+            } => {
+                let result = if self.dosing.inventory.acknowledge(slot) {
+                    super::emit(
+                        &self.events,
+                        Event::StockAcknowledged {
+                            at: self.clock.now(),
+                            slot,
+                            actor,
+                            comment,
+                        },
+                    )
+                    .await;
+                    Ok(format!("stock alerts of slot {slot} acknowledged"))
+                } else {
+                    Err(format!("NOT_RAISED: slot {slot} has no stock alert"))
+                };
+                if let Some(r) = reply {
+                    let _ = r.send(result);
+                }
+            }
             DispenserCommand::TrustClock => {
                 self.baseline_s = wall_minus_mono(&*self.clock);
                 if !self.clock_trusted {
@@ -358,6 +404,73 @@ impl DispenserTask {
                     .await;
                 }
             }
+        }
+    }
+
+    async fn refill(
+        &mut self,
+        slot: u8,
+        added: u32,
+        expiry: Option<chrono::NaiveDate>,
+        actor: String,
+        note: String,
+    ) -> Result<String, String> {
+        let slots = self.dev.carousel.slots();
+        if slot >= slots {
+            return Err(format!(
+                "UNKNOWN_SLOT: slot {slot} does not exist (the carousel has {slots})"
+            ));
+        }
+        if added == 0 {
+            return Err("MALFORMED: `units` must be at least 1".into());
+        }
+        let at = self.clock.now();
+        if expiry.is_some_and(|d| d < at.date_naive()) {
+            return Err("EXPIRED: the lot's expiry date has passed; not loaded".into());
+        }
+        let count = self.dosing.inventory.refill(slot, added, expiry);
+        // Whatever waited for stock may be tried again.
+        self.retry_after.retain(|_, until| until.is_some());
+        super::emit(
+            &self.events,
+            Event::Refill {
+                at,
+                slot,
+                added,
+                count,
+                expiry,
+                actor,
+                note,
+            },
+        )
+        .await;
+        Ok(format!("slot {slot}: {added} added, {count} in the slot"))
+    }
+
+    /// Reports the slots that need a refill (each problem once, then daily until acknowledged).
+    async fn stock_alerts(&mut self, now: DateTime<Utc>) {
+        let days = self
+            .dosing
+            .refill_days
+            .unwrap_or(crate::dosing::inventory::DEFAULT_REFILL_DAYS);
+        let due = self
+            .dosing
+            .inventory
+            .alerts_due(&self.dosing.schedules, now, days);
+        for w in due {
+            super::emit(
+                &self.events,
+                Event::StockAlert {
+                    at: now,
+                    slot: w.slot,
+                    patient: w.patient,
+                    medication: w.medication,
+                    count: w.count,
+                    days_left: w.days_left.map(|d| (d * 10.0).round() / 10.0),
+                    reason: w.issue.code().into(),
+                },
+            )
+            .await;
         }
     }
 
@@ -487,6 +600,9 @@ impl DispenserTask {
 
     async fn plan(&mut self) {
         let now = self.clock.now();
+        let horizon = now - chrono::Duration::days(3);
+        self.retry_after
+            .retain(|(_, o), _| o.is_none_or(|o| o > horizon));
         let actions = self.planner.plan(
             &self.dosing.schedules,
             now,
@@ -503,8 +619,16 @@ impl DispenserTask {
                     occurrence,
                     units,
                 } => {
-                    self.dispense(patient, medication, slot, Some(occurrence), units)
-                        .await
+                    let key = (medication.clone(), Some(occurrence));
+                    let waiting = match self.retry_after.get(&key) {
+                        None => false,
+                        Some(None) => true,
+                        Some(Some(t)) => self.clock.monotonic() < *t,
+                    };
+                    if !waiting {
+                        self.dispense(patient, medication, slot, Some(occurrence), units)
+                            .await
+                    }
                 }
                 Action::Record {
                     patient,
@@ -584,6 +708,14 @@ impl DispenserTask {
             let detail = "the carousel could not find home; nothing moved";
             return self
                 .failed_before_motion(patient, medication, slot, occurrence, "NOT_HOMED", detail)
+                .await;
+        }
+        if self.dosing.inventory.short_of(slot, units) {
+            let left = self.dosing.inventory.slot(slot).map_or(0, |s| s.count);
+            let detail =
+                format!("slot {slot} holds {left} unit(s), the dose needs {units}; nothing moved");
+            return self
+                .failed_before_motion(patient, medication, slot, occurrence, "SLOT_EMPTY", &detail)
                 .await;
         }
         // Durable intent before any motion: if the process dies mid-turn, the restart finds it
@@ -667,6 +799,8 @@ impl DispenserTask {
             units: given,
             outcome,
         };
+        // Only what the break-beam saw leaves the count.
+        self.dosing.inventory.take(slot, given);
         match outcome {
             Outcome::Dispensed => {
                 let window = self.window_of(&patient, &record.medication, occurrence);
@@ -681,6 +815,11 @@ impl DispenserTask {
                 self.lights(true).await;
             }
             Outcome::Uncertain => self.lights(true).await,
+            Outcome::Failed => {
+                let retry = self.clock.monotonic() + FAILED_RETRY_AFTER;
+                self.retry_after
+                    .insert((record.medication.clone(), occurrence), Some(retry));
+            }
             _ => {}
         }
         self.record(patient, slot, record, None, detail).await;
@@ -696,6 +835,9 @@ impl DispenserTask {
         code: &str,
         detail: &str,
     ) {
+        let retry = (code != "SLOT_EMPTY").then(|| self.clock.monotonic() + FAILED_RETRY_AFTER);
+        self.retry_after
+            .insert((medication.clone(), occurrence), retry);
         let record = DoseRecord {
             medication,
             occurrence,

@@ -94,6 +94,32 @@ pub enum DispenserCommand {
     Vital(crate::dosing::engine::VitalReading),
     /// A caregiver confirms the wall clock is right again (after a jump): re-baseline it.
     TrustClock,
+    /// Units were loaded into a slot.
+    Refill {
+        /// Carousel slot.
+        slot: u8,
+        /// Units added.
+        added: u32,
+        /// Expiry date of the lot.
+        expiry: Option<chrono::NaiveDate>,
+        /// Who.
+        actor: String,
+        /// Lot number or a remark.
+        note: String,
+        /// Where to answer (None: nobody waits).
+        reply: Option<Reply>,
+    },
+    /// Someone acknowledges a slot's stock alerts.
+    AcknowledgeStock {
+        /// Carousel slot.
+        slot: u8,
+        /// Who.
+        actor: String,
+        /// Why.
+        comment: String,
+        /// Where to answer.
+        reply: Option<Reply>,
+    },
 }
 
 /// What the dispenser needs to dose: the schedules, what has already happened (rebuilt from the
@@ -106,6 +132,10 @@ pub struct Dosing {
     pub history: Vec<crate::dosing::engine::DoseRecord>,
     /// The appliance's first start (None: now).
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// What each slot holds (rebuilt from the store at start-up).
+    pub inventory: crate::dosing::inventory::Inventory,
+    /// Refill alert below this many days of doses (None: the default, 7).
+    pub refill_days: Option<f64>,
 }
 
 /// Handles to the running controller.

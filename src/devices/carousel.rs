@@ -107,6 +107,8 @@ pub trait Carousel: Send {
     fn dispense(&mut self, slot: u8, units: u32) -> Result<DropReport, CarouselError>;
     /// De-energises the motor.
     fn release(&mut self) -> Result<(), CarouselError>;
+    /// How many slots it has.
+    fn slots(&self) -> u8;
 }
 
 /// The mechanism, generic over its stepper, home sensor, break-beam and delay.
@@ -297,5 +299,9 @@ where
 
     fn release(&mut self) -> Result<(), CarouselError> {
         Ok(self.stepper.release()?)
+    }
+
+    fn slots(&self) -> u8 {
+        self.geometry.slots
     }
 }

@@ -6,9 +6,11 @@
 //!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
+//! - [`inventory`]: units per slot, expiry, and refill alerts.
 
 pub mod engine;
 pub mod escalation;
+pub mod inventory;
 pub mod plan;
 pub mod schedule;
 pub mod when;

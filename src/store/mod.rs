@@ -4,11 +4,13 @@
 //!   WAL size limit), read back and refused on mismatch; `PRAGMA user_version` migrations.
 //! - [`audit`]: the append-only, hash-chained audit log and its verification.
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head, for copies held off-device.
+//! - [`inventory`]: slot counts and stock alerts, replayed from the audit log.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
 pub mod checkpoint;
 pub mod doses;
+pub mod inventory;
 pub mod recorder;
 pub mod schema;
 

@@ -280,6 +280,29 @@ fn classify(e: &Event) -> (String, String, String, String) {
             String::new(),
             String::new(),
         ),
+        Event::Refill { slot, actor, .. } => (
+            "inventory.refill".into(),
+            actor.clone(),
+            format!("slot:{slot}"),
+            String::new(),
+        ),
+        Event::StockAlert { slot, reason, .. } => (
+            "inventory.alert".into(),
+            sys("dispenser"),
+            format!("slot:{slot}"),
+            reason.clone(),
+        ),
+        Event::StockAcknowledged {
+            slot,
+            actor,
+            comment,
+            ..
+        } => (
+            "inventory.acknowledged".into(),
+            actor.clone(),
+            format!("slot:{slot}"),
+            comment.clone(),
+        ),
         Event::CommandRejected {
             command, reason, ..
         } => (

@@ -52,6 +52,7 @@ pub fn options(days: f64) -> SimOptions {
         keep_records: true,
         db: None,
         db_max_pages: None,
+        refill_days: None,
         mqtt: None,
         device_id: "medbox-test".into(),
         schedules: Vec::new(),
