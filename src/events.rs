@@ -258,6 +258,23 @@ pub enum Event {
         /// Why, in their words.
         comment: String,
     },
+    /// A patient's schedule was replaced by command (validated, and confirmed when it had to be).
+    ScheduleReplaced {
+        /// When.
+        at: DateTime<Utc>,
+        /// Patient pseudonym.
+        patient: String,
+        /// Version it replaced (None: a new patient).
+        old: Option<String>,
+        /// Its version.
+        new: String,
+        /// Who sent it.
+        actor: String,
+        /// Who asked first, when a second person had to confirm.
+        requested_by: Option<String>,
+        /// The schedule text, so it is used again after a restart and auditable as written.
+        source: String,
+    },
     /// The controller stopped with every actuator in its safe state.
     Stopped {
         /// When.

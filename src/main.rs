@@ -1223,8 +1223,9 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         format!("{:x}", std::process::id()),
     )
     .with_context(|| cfg.appliance.db.display().to_string())?;
-    let schedules: Vec<_> = schedules.into_iter().map(|(_, s)| s).collect();
+    let mut schedules: Vec<_> = schedules.into_iter().map(|(_, s)| s).collect();
     recorder.set_device_id(&cfg.appliance.device_id);
+    medbox::store::schedules::apply_installed(recorder.connection(), &mut schedules)?;
     recorder.record_versions(
         &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),
         "system:loader",

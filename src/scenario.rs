@@ -67,6 +67,8 @@ pub enum ActionName {
     /// A pharmacist loads units into a slot and records the refill (slot, units, optional
     /// expiry and actor).
     Refill,
+    /// A command arrives as if on `cmd/<command>` (command, payload: the JSON text).
+    Command,
 }
 
 /// The fault names a scenario may inject.
@@ -111,6 +113,8 @@ struct RawEvent {
     value: Option<f64>,
     quality: Option<crate::dosing::engine::Quality>,
     expiry: Option<chrono::NaiveDate>,
+    command: Option<String>,
+    payload: Option<String>,
     /// Repeat the event this often…
     #[serde(default, with = "humantime_serde")]
     every: Option<Duration>,
@@ -167,6 +171,8 @@ pub enum Op {
     Broker(bool),
     /// Load a slot and record it: slot, units, expiry, who.
     Refill(u8, u32, Option<chrono::NaiveDate>, String),
+    /// An inbound command: name, payload.
+    Command(String, String),
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -321,6 +327,21 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             )]
         }
         ActionName::TrustClock => vec![(at, Op::TrustClock)],
+        ActionName::Command => {
+            let name = e.command.clone().ok_or_else(|| {
+                (
+                    "command".to_string(),
+                    "`command` needs `command`".to_string(),
+                )
+            })?;
+            let payload = e.payload.clone().ok_or_else(|| {
+                (
+                    "payload".to_string(),
+                    "`command` needs `payload`".to_string(),
+                )
+            })?;
+            vec![(at, Op::Command(name, payload))]
+        }
         ActionName::Refill => vec![(
             at,
             Op::Refill(

@@ -129,6 +129,8 @@ pub struct DispenserSummary {
     pub clock_trust_changes: u32,
     /// Refills recorded.
     pub refills: u32,
+    /// Schedules replaced by command.
+    pub schedule_replacements: u32,
     /// Stock alerts, by reason.
     pub stock_alerts: BTreeMap<String, u32>,
     /// Units per slot as the appliance counts them at the end.
@@ -209,14 +211,16 @@ pub async fn run(
     if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
         rec.limit_pages(pages)?;
     }
+    let mut schedules = opts.schedules.clone();
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
+        for patient in crate::store::schedules::apply_installed(rec.connection(), &mut schedules)? {
+            tracing::info!(
+                "schedule of {patient}: the version installed by command, from the store"
+            );
+        }
         rec.record_versions(
-            &crate::store::recorder::config_versions(
-                &opts.profile,
-                &opts.coldchain,
-                &opts.schedules,
-            ),
+            &crate::store::recorder::config_versions(&opts.profile, &opts.coldchain, &schedules),
             "system:loader",
             model.start,
             Duration::ZERO,
@@ -243,7 +247,7 @@ pub async fn run(
     let clock: Arc<dyn Clock> = sim_clock.clone();
     let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
     let dosing = controller::Dosing {
-        schedules: opts.schedules.clone(),
+        schedules,
         history: match &recorder {
             Some(r) => crate::store::doses::history(r.connection())?,
             None => Vec::new(),
@@ -313,6 +317,7 @@ pub async fn run(
             sim_clock.clone(),
             running.dispenser.clone(),
             running.fridge.clone(),
+            running.commands.clone(),
             network.clone(),
         ))
     });
@@ -436,6 +441,7 @@ async fn play(
     clock: Arc<SimClock>,
     dispenser: mpsc::Sender<DispenserCommand>,
     fridge: mpsc::Sender<FridgeCommand>,
+    commands: mpsc::Sender<crate::controller::commands::Inbound>,
     network: tokio::sync::watch::Sender<bool>,
 ) {
     let start = clock.monotonic();
@@ -460,6 +466,14 @@ async fn play(
             }
             Op::TrustClock => {
                 let _ = dispenser.send(DispenserCommand::TrustClock).await;
+            }
+            Op::Command(name, payload) => {
+                let _ = commands
+                    .send(crate::controller::commands::Inbound {
+                        name,
+                        payload: payload.into_bytes(),
+                    })
+                    .await;
             }
             Op::Refill(slot, units, expiry, actor) => {
                 handle.world().load_slot(slot, units);
@@ -512,7 +526,8 @@ async fn play(
                     | Op::Vital(_)
                     | Op::TrustClock
                     | Op::Broker(_)
-                    | Op::Refill(..) => {}
+                    | Op::Refill(..)
+                    | Op::Command(..) => {}
                 }
             }
         }
@@ -691,6 +706,7 @@ impl Accumulator {
                     .or_default() += 1
             }
             Event::StockAcknowledged { .. } => {}
+            Event::ScheduleReplaced { .. } => self.dispenser.schedule_replacements += 1,
             Event::Started { .. }
             | Event::ProbeRecovered { .. }
             | Event::Stopped { .. }

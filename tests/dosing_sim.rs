@@ -278,3 +278,220 @@ fn inventory_survives_a_restart_and_commissioning_is_recorded_once() {
         assert_eq!(inv.slot(*slot).unwrap().count, *count, "slot {slot}");
     }
 }
+
+fn command(name: &str, actor: &str, role: &str, args: serde_json::Value) -> medbox::scenario::Op {
+    medbox::scenario::Op::Command(
+        name.into(),
+        serde_json::json!({"id": "", "actor": actor, "role": role, "args": args}).to_string(),
+    )
+}
+
+/// A scenario of commands at the given hours; each command gets its own id.
+fn scenario(ops: Vec<(f64, medbox::scenario::Op)>) -> Scenario {
+    Scenario {
+        name: "commands".into(),
+        description: String::new(),
+        ops: ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, (h, op))| {
+                let op = match op {
+                    medbox::scenario::Op::Command(name, payload) => {
+                        let mut v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                        v["id"] = format!("c{i}").into();
+                        medbox::scenario::Op::Command(name, v.to_string())
+                    }
+                    op => op,
+                };
+                (std::time::Duration::from_secs_f64(h * 3600.0), op)
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn schedule_replacement_is_validated_completely_audited_with_its_actor_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let file = DEFAULT_SCHEDULES[0].1;
+    // Breakfast moves from 08:00 to 10:00 (09:00 UTC in March).
+    let later = file.replace(
+        "times = [\"08:00\", \"19:00\"]",
+        "times = [\"10:00\", \"19:00\"]",
+    );
+    let broken = later
+        .replace(
+            "units = 1\ntimes = [\"10:00\"",
+            "units = 1\ncolour = \"red\"\ntimes = [\"10:00\"",
+        )
+        .replace("times = [\"08:00\"]", "times = [\"25:00\"]");
+    let sc = scenario(vec![
+        (
+            1.0,
+            command(
+                "replace_schedule",
+                "n-1",
+                "nurse",
+                serde_json::json!({"patient": "p-0042", "schedule": broken}),
+            ),
+        ),
+        (
+            1.5,
+            command(
+                "replace_schedule",
+                "n-1",
+                "nurse",
+                serde_json::json!({"patient": "p-0107", "schedule": later}),
+            ),
+        ),
+        (
+            2.0,
+            command(
+                "replace_schedule",
+                "n-1",
+                "patient",
+                serde_json::json!({"patient": "p-0042", "schedule": later}),
+            ),
+        ),
+        (
+            3.0,
+            command(
+                "replace_schedule",
+                "n-1",
+                "nurse",
+                serde_json::json!({"patient": "p-0042", "schedule": later}),
+            ),
+        ),
+    ]);
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: schedules(),
+        ..common::options(1.0)
+    });
+    // A rejected schedule changes nothing and lists every problem with file, line and field.
+    let rejected = &s.commands_rejected;
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert!(rejected[0].contains("INVALID_SCHEDULE"), "{}", rejected[0]);
+    assert!(
+        rejected[0].contains("cmd:replace_schedule/p-0042.toml:"),
+        "{}",
+        rejected[0]
+    );
+    assert!(rejected[0].contains("colour"), "{}", rejected[0]);
+    assert!(rejected[1].contains("PATIENT_MISMATCH"), "{}", rejected[1]);
+    assert!(rejected[2].contains("ROLE_NOT_ALLOWED"), "{}", rejected[2]);
+    assert_eq!(s.dispenser.schedule_replacements, 1);
+    let at = |h: u32| {
+        chrono::DateTime::parse_from_rfc3339(&format!("2026-03-02T{h:02}:00:00Z"))
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let metformin = |s: &SimSummary| -> Vec<chrono::DateTime<chrono::Utc>> {
+        s.dose_records
+            .iter()
+            .filter(|r| r.medication == "Metformin" && r.outcome == Outcome::Dispensed)
+            .filter_map(|r| r.occurrence)
+            .collect()
+    };
+    assert_eq!(metformin(&s), vec![at(9), at(18)]);
+    // Audited with who made it, old and new versions.
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let (actor, old, new): (String, Option<String>, String) = conn
+        .query_row(
+            "SELECT actor, json_extract(body, '$.old'), json_extract(body, '$.new') FROM audit \
+             WHERE kind = 'schedule.change' AND reason = 'REPLACED'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(actor, "n-1");
+    assert_ne!(old.unwrap(), new);
+    drop(conn);
+    // After a restart with the same files the installed schedule is still the one in use:
+    // the re-run day doses Metformin at 09:00 UTC, and nothing twice.
+    let again = common::run(SimOptions {
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: schedules(),
+        ..common::options(1.0)
+    });
+    assert!(
+        metformin(&again).is_empty(),
+        "already given: {:?}",
+        metformin(&again)
+    );
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let loader_rows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'schedule.change' AND subject = 'schedule:p-0042'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        loader_rows, 2,
+        "first seen, then replaced; the restart changed nothing"
+    );
+    drop(conn);
+    // The caregiver then edits the file: the newer file wins, and the loader audits it.
+    let edited = file.replace("\"19:00\"", "\"20:00\"");
+    let mut with_edit = schedules();
+    with_edit[0] = Schedule::parse(&edited, Path::new("p-0042.toml")).unwrap();
+    let want = medbox::dosing::replace::version(&with_edit[0]);
+    common::run(SimOptions {
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: with_edit,
+        ..common::options(0.1)
+    });
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let (actor, new): (String, String) = conn
+        .query_row(
+            "SELECT actor, json_extract(body, '$.new') FROM audit WHERE kind = 'schedule.change' \
+             AND subject = 'schedule:p-0042' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((actor.as_str(), new), ("system:loader", want));
+}
+
+#[test]
+fn high_alert_weekly_made_more_frequent_needs_a_second_person_to_confirm() {
+    let file = DEFAULT_SCHEDULES[1].1;
+    let daily = file
+        .replace("days = [\"mon\"]\nhigh_alert_weekly = true\n", "")
+        .replace("max_daily_units = 4\nlate = \"12h\"", "max_daily_units = 4");
+    let new = Schedule::parse(&daily, Path::new("x.toml")).unwrap();
+    let v = medbox::dosing::replace::version(&new);
+    let args = |confirm: Option<&str>| serde_json::json!({"patient": "p-0107", "schedule": daily, "confirm": confirm});
+    let sc = scenario(vec![
+        (1.0, command("replace_schedule", "n-1", "nurse", args(None))),
+        (
+            1.1,
+            command("replace_schedule", "n-1", "nurse", args(Some(&v))),
+        ),
+        (
+            1.2,
+            command("replace_schedule", "cl-2", "clinician", args(Some(&v))),
+        ),
+    ]);
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        schedules: schedules(),
+        ..common::options(0.2)
+    });
+    let rejected = &s.commands_rejected;
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(
+        rejected[0].contains("CONFIRMATION_REQUIRED"),
+        "{}",
+        rejected[0]
+    );
+    assert!(rejected[0].contains(&v), "{}", rejected[0]);
+    assert!(rejected[1].contains("SAME_PERSON"), "{}", rejected[1]);
+    assert_eq!(s.dispenser.schedule_replacements, 1);
+}

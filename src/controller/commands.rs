@@ -57,8 +57,25 @@ struct RefillArgs {
     note: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceArgs {
+    patient: String,
+    /// The schedule file's TOML text.
+    schedule: String,
+    /// The version a second person confirms.
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
 /// Command names this router knows.
-const COMMANDS: &[&str] = &["acknowledge_alarm", "skip_dose", "request_prn", "refill"];
+const COMMANDS: &[&str] = &[
+    "acknowledge_alarm",
+    "skip_dose",
+    "request_prn",
+    "refill",
+    "replace_schedule",
+];
 
 /// Stock alarm codes, acknowledged per slot at the dispenser.
 const STOCK_ALARMS: &[&str] = &["LOW_STOCK", "EXPIRES_SOON", "EXPIRED"];
@@ -94,6 +111,7 @@ fn allowed(command: &str, role: Role) -> bool {
         "skip_dose" => matches!(role, Caregiver | Nurse | Clinician),
         "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
         "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
+        "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         _ => false,
     }
 }
@@ -266,6 +284,20 @@ impl Router {
                         actor: env.actor.clone(),
                         note: a.note,
                         reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
+            "replace_schedule" => {
+                let a: ReplaceArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                self.dispenser
+                    .send(DispenserCommand::ReplaceSchedule {
+                        patient: a.patient,
+                        source: a.schedule,
+                        actor: env.actor.clone(),
+                        confirm: a.confirm,
+                        reply: tx,
                     })
                     .await
                     .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;

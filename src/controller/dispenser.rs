@@ -62,6 +62,8 @@ pub(super) struct DispenserTask {
     /// Doses whose dispense failed before motion, and when they may be tried again (None: after
     /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
     retry_after: std::collections::HashMap<(String, Option<DateTime<Utc>>), Option<Duration>>,
+    /// Risky schedule changes waiting for a second person: version → who asked.
+    awaiting_confirmation: std::collections::HashMap<String, String>,
     /// Wall minus monotonic at the last baseline, in seconds.
     baseline_s: i64,
     clock_trusted: bool,
@@ -87,6 +89,7 @@ impl DispenserTask {
             pending: Vec::new(),
             attentive_until: Duration::ZERO,
             retry_after: Default::default(),
+            awaiting_confirmation: Default::default(),
             baseline_s,
             clock_trusted: true,
         }
@@ -364,6 +367,15 @@ impl DispenserTask {
                     let _ = r.send(result);
                 }
             }
+            DispenserCommand::ReplaceSchedule {
+                patient,
+                source,
+                actor,
+                confirm,
+                reply,
+            } => {
+                let _ = reply.send(self.replace_schedule(patient, source, actor, confirm).await);
+            }
             DispenserCommand::AcknowledgeStock {
                 slot,
                 actor,
@@ -405,6 +417,96 @@ impl DispenserTask {
                 }
             }
         }
+    }
+
+    /// Validates a new schedule completely before it replaces the old one; a rejected one
+    /// changes nothing and says why, every problem with its line and field.
+    async fn replace_schedule(
+        &mut self,
+        patient: String,
+        source: String,
+        actor: String,
+        confirm: Option<String>,
+    ) -> Result<String, String> {
+        use crate::dosing::replace::{check, version, Refusal};
+        let file = std::path::PathBuf::from(format!("cmd:replace_schedule/{patient}.toml"));
+        let new = crate::dosing::schedule::Schedule::parse(&source, &file).map_err(|errs| {
+            let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            format!("INVALID_SCHEDULE: {}", all.join("; "))
+        })?;
+        if new.patient != patient {
+            return Err(format!(
+                "PATIENT_MISMATCH: the schedule is for {:?}, the command names {patient:?}",
+                new.patient
+            ));
+        }
+        let index = self
+            .dosing
+            .schedules
+            .iter()
+            .position(|s| s.patient == patient);
+        let old = index.map(|i| &self.dosing.schedules[i]);
+        let old_version = old.map(version);
+        let new_version = version(&new);
+        if old_version.as_deref() == Some(new_version.as_str()) {
+            return Ok(format!(
+                "unchanged: version {new_version} is already in use"
+            ));
+        }
+        let others: Vec<&crate::dosing::schedule::Schedule> = self
+            .dosing
+            .schedules
+            .iter()
+            .filter(|s| s.patient != patient)
+            .collect();
+        let mut requested_by = None;
+        match check(old, &new, &others, self.clock.now()) {
+            Ok(()) => {}
+            Err(Refusal::Conflicts(c)) => return Err(c.join("; ")),
+            Err(Refusal::NeedsConfirmation(c)) => {
+                let first = self.awaiting_confirmation.get(&new_version).cloned();
+                match (confirm.as_deref(), first) {
+                    (Some(v), Some(first)) if v == new_version && first != actor => {
+                        self.awaiting_confirmation.remove(&new_version);
+                        requested_by = Some(first);
+                    }
+                    (Some(v), Some(_)) if v == new_version => {
+                        return Err(
+                            "SAME_PERSON: the second confirmation must come from someone else"
+                                .into(),
+                        )
+                    }
+                    _ => {
+                        self.awaiting_confirmation
+                            .insert(new_version.clone(), actor.clone());
+                        return Err(format!(
+                            "CONFIRMATION_REQUIRED: {}; a second person must send the same schedule with confirm = {new_version:?}",
+                            c.join("; ")
+                        ));
+                    }
+                }
+            }
+        }
+        match index {
+            Some(i) => self.dosing.schedules[i] = new,
+            None => self.dosing.schedules.push(new),
+        }
+        super::emit(
+            &self.events,
+            Event::ScheduleReplaced {
+                at: self.clock.now(),
+                patient: patient.clone(),
+                old: old_version,
+                new: new_version.clone(),
+                actor,
+                requested_by,
+                source,
+            },
+        )
+        .await;
+        Ok(format!(
+            "schedule of {patient} replaced: version {new_version}"
+        ))
     }
 
     async fn refill(

@@ -109,6 +109,19 @@ pub enum DispenserCommand {
         /// Where to answer (None: nobody waits).
         reply: Option<Reply>,
     },
+    /// Replace (or add) a patient's schedule.
+    ReplaceSchedule {
+        /// Patient pseudonym the sender means.
+        patient: String,
+        /// The schedule file's text.
+        source: String,
+        /// Who.
+        actor: String,
+        /// The version a second person confirms (for a risky change).
+        confirm: Option<String>,
+        /// Where to answer.
+        reply: Reply,
+    },
     /// Someone acknowledges a slot's stock alerts.
     AcknowledgeStock {
         /// Carousel slot.

@@ -7,10 +7,12 @@
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
+//! - [`replace`]: checks a schedule replacing another while the appliance runs.
 
 pub mod engine;
 pub mod escalation;
 pub mod inventory;
 pub mod plan;
+pub mod replace;
 pub mod schedule;
 pub mod when;

@@ -5,6 +5,7 @@
 //! - [`audit`]: the append-only, hash-chained audit log and its verification.
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head, for copies held off-device.
 //! - [`inventory`]: slot counts and stock alerts, replayed from the audit log.
+//! - [`schedules`]: schedules installed by command, used again after a restart.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod checkpoint;
 pub mod doses;
 pub mod inventory;
 pub mod recorder;
+pub mod schedules;
 pub mod schema;
 
 use thiserror::Error;

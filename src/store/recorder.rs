@@ -27,14 +27,9 @@ pub fn config_versions(
         ("config:coldchain".to_string(), fp(format!("{coldchain:?}"))),
     ];
     for s in schedules {
-        let meds: Vec<String> = s
-            .medications
-            .iter()
-            .map(|(m, _)| format!("{m:?}"))
-            .collect();
         out.push((
             format!("schedule:{}", s.patient),
-            fp(format!("{}|{}|{meds:?}", s.patient, s.tz)),
+            crate::dosing::replace::version(s),
         ));
     }
     out
@@ -279,6 +274,12 @@ fn classify(e: &Event) -> (String, String, String, String) {
             sys("controller"),
             String::new(),
             String::new(),
+        ),
+        Event::ScheduleReplaced { patient, actor, .. } => (
+            "schedule.change".into(),
+            actor.clone(),
+            format!("schedule:{patient}"),
+            "REPLACED".into(),
         ),
         Event::Refill { slot, actor, .. } => (
             "inventory.refill".into(),
