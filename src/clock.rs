@@ -88,6 +88,32 @@ pub struct SimClock {
     jump_ms: AtomicI64,
     /// Time consumed by blocking driver delays on the simulated board, in nanoseconds.
     blocked_ns: AtomicU64,
+    /// Real time that does not count (see [`SimClock::hold`]): since when it is held and how
+    /// deep, and how much was excluded so far.
+    hold: std::sync::Mutex<Hold>,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    since: Option<tokio::time::Instant>,
+    depth: u32,
+    excluded: Duration,
+}
+
+/// Keeps real time from moving a [`SimClock`] until dropped.
+#[must_use]
+pub struct HoldGuard<'a>(&'a SimClock);
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        let mut h = self.0.lock_hold();
+        h.depth = h.depth.saturating_sub(1);
+        if h.depth == 0 {
+            if let Some(since) = h.since.take() {
+                h.excluded += since.elapsed();
+            }
+        }
+    }
 }
 
 impl SimClock {
@@ -104,7 +130,33 @@ impl SimClock {
             },
             jump_ms: AtomicI64::new(0),
             blocked_ns: AtomicU64::new(0),
+            hold: std::sync::Mutex::new(Hold::default()),
         }
+    }
+
+    fn lock_hold(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.hold.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops real time from moving the clock while the guard lives; only blocking delays
+    /// ([`SimClock::advance`]) do. A simulated mechanism's motion is then a pure function of its
+    /// driver's delays at any speed: at 3600× a 5 ms scheduling hiccup would otherwise be 18
+    /// simulated seconds in the middle of a carousel turn, and a break-beam pulse would be lost.
+    pub fn hold(&self) -> HoldGuard<'_> {
+        let mut h = self.lock_hold();
+        if h.depth == 0 {
+            h.since = Some(tokio::time::Instant::now());
+        }
+        h.depth += 1;
+        drop(h);
+        HoldGuard(self)
+    }
+
+    /// Real time since the origin that counts.
+    fn real(&self) -> Duration {
+        let h = self.lock_hold();
+        let end = h.since.unwrap_or_else(tokio::time::Instant::now);
+        end.duration_since(self.origin).saturating_sub(h.excluded)
     }
 
     /// Moves simulated time forward by `d` at once: a blocking driver delay (a stepper's pacing,
@@ -128,7 +180,7 @@ impl Clock for SimClock {
         self.epoch + mono + chrono::Duration::milliseconds(self.jump_ms.load(Ordering::SeqCst))
     }
     fn monotonic(&self) -> Duration {
-        self.origin.elapsed().mul_f64(self.speed)
+        self.real().mul_f64(self.speed)
             + Duration::from_nanos(self.blocked_ns.load(Ordering::SeqCst))
     }
     fn timer_duration(&self, d: Duration) -> Duration {
@@ -167,6 +219,22 @@ mod tests {
         assert_eq!(clock.monotonic(), Duration::from_millis(750));
         sleep_until(&clock, Duration::from_secs(2)).await;
         assert_eq!(clock.monotonic(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_clock_moves_only_by_blocking_delays() {
+        let clock = SimClock::new(Utc::now(), 3600.0);
+        {
+            let _hold = clock.hold();
+            tokio::time::advance(Duration::from_millis(5)).await;
+            clock.advance(Duration::from_millis(20));
+            assert_eq!(clock.monotonic(), Duration::from_millis(20));
+        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            clock.monotonic(),
+            Duration::from_millis(20) + Duration::from_millis(3600)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -128,6 +128,9 @@ struct ScenarioFile {
     name: String,
     #[serde(default)]
     description: String,
+    /// Simulated start instant (RFC 3339), instead of the profile's.
+    #[serde(default)]
+    start: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, rename = "event")]
     events: Vec<Spanned<RawEvent>>,
 }
@@ -182,6 +185,9 @@ pub struct Scenario {
     pub name: String,
     /// What it shows.
     pub description: String,
+    /// Simulated start instant, instead of the profile's (e.g. the eve of a daylight-saving
+    /// change).
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
     /// Operations sorted by their offset from the start.
     pub ops: Vec<(Duration, Op)>,
 }
@@ -401,6 +407,7 @@ impl Scenario {
         Ok(Self {
             name: f.name,
             description: f.description,
+            start: f.start,
             ops,
         })
     }

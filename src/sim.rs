@@ -197,6 +197,9 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<SimSummary, SimError> {
     let mut model = opts.profile.sim.clone().ok_or(SimError::NoModel)?;
+    if let Some(start) = opts.scenario.as_ref().and_then(|s| s.start) {
+        model.start = start;
+    }
     if let Some(seed) = opts.seed {
         model.seed = seed;
     }

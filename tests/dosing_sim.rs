@@ -291,6 +291,7 @@ fn scenario(ops: Vec<(f64, medbox::scenario::Op)>) -> Scenario {
     Scenario {
         name: "commands".into(),
         description: String::new(),
+        start: None,
         ops: ops
             .into_iter()
             .enumerate()
@@ -494,4 +495,77 @@ fn high_alert_weekly_made_more_frequent_needs_a_second_person_to_confirm() {
     assert!(rejected[0].contains(&v), "{}", rejected[0]);
     assert!(rejected[1].contains("SAME_PERSON"), "{}", rejected[1]);
     assert_eq!(s.dispenser.schedule_replacements, 1);
+}
+
+#[test]
+fn the_shipped_dosing_week_scenario_shows_held_prn_failed_missed_and_uncertain_doses() {
+    let sc = Scenario::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hw/scenarios/dosing-week.toml"
+    )))
+    .unwrap();
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        schedules: schedules(),
+        ..common::options(7.0)
+    });
+    let outcomes = |m: &str, o: Outcome| {
+        s.dose_records
+            .iter()
+            .filter(|r| r.medication == m && r.outcome == o)
+            .count()
+    };
+    // The low pulse held the first Metoprolol with its reason; the good reading never came after.
+    assert_eq!(s.dispenser.dose_alerts.get("HELD_VITALS"), Some(&1));
+    assert!(outcomes("Metoprolol", Outcome::Held) >= 1);
+    // The PRN request was answered with a dispense.
+    assert_eq!(outcomes("Paracetamol", Outcome::Dispensed), 1);
+    // The jam: refused before motion (retried every 10 min, not every minute), then missed.
+    let failed = outcomes("Metformin", Outcome::Failed);
+    assert!((1..=30).contains(&failed), "{failed}");
+    assert_eq!(outcomes("Metformin", Outcome::Missed), 1);
+    // The unrecorded empty slot: the motor turned, nothing fell, uncertain, never retried.
+    assert!(outcomes("Co-careldopa", Outcome::Uncertain) >= 1);
+    assert!(s.dose_records.iter().any(|r| r.outcome == Outcome::Taken));
+}
+
+#[test]
+fn the_dst_weekend_scenario_gives_the_monday_dose_at_local_time_after_spring_forward() {
+    let sc = Scenario::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hw/scenarios/dst-weekend.toml"
+    )))
+    .unwrap();
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        schedules: schedules(),
+        ..common::options(3.0)
+    });
+    let utc = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let mtx: Vec<_> = s
+        .dose_records
+        .iter()
+        .filter(|r| r.medication == "Methotrexate" && r.outcome == Outcome::Dispensed)
+        .map(|r| r.occurrence.unwrap())
+        .collect();
+    // 09:00 EDT is 13:00 UTC (it was 14:00 UTC the Monday before).
+    assert_eq!(mtx, vec![utc("2026-03-09T13:00:00Z")]);
+    // Berlin's Metformin is still 07:00 and 18:00 UTC on the US change day.
+    let met: Vec<_> = s
+        .dose_records
+        .iter()
+        .filter(|r| r.medication == "Metformin" && r.outcome == Outcome::Dispensed)
+        .map(|r| r.occurrence.unwrap())
+        .filter(|o| o.date_naive().to_string() == "2026-03-08")
+        .collect();
+    assert_eq!(
+        met,
+        vec![utc("2026-03-08T07:00:00Z"), utc("2026-03-08T18:00:00Z")]
+    );
 }

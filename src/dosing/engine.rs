@@ -39,11 +39,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether units may have reached the patient (counts towards limits).
+    /// Whether this record's units may have reached the patient and count towards limits.
+    /// `Taken` does not: it always follows the `Dispensed` record of the same units, which
+    /// already counts (counting both would refuse the next dose as over the daily maximum).
     pub fn counts(self) -> bool {
         matches!(
             self,
-            Outcome::Dispensed | Outcome::Taken | Outcome::Uncertain | Outcome::Dispensing
+            Outcome::Dispensed | Outcome::Uncertain | Outcome::Dispensing
         )
     }
 }
@@ -760,6 +762,18 @@ mod tests {
     }
 
     #[test]
+    fn daily_max_counts_a_dose_once_when_it_is_dispensed_then_taken() {
+        let s = schedule(TWICE);
+        let morning = dispensed("2026-03-02T07:00:00Z", "2026-03-02T07:00:00Z");
+        let taken = DoseRecord {
+            at: utc("2026-03-02T07:20:00Z"),
+            outcome: Outcome::Taken,
+            ..morning.clone()
+        };
+        assert!(reason(&run(&s, "2026-03-02T19:00:00Z", &[morning, taken], &[])).is_none());
+    }
+
+    #[test]
     fn failed_dispense_where_nothing_moved_may_be_tried_again() {
         let s = schedule(TWICE);
         let h = [DoseRecord {
@@ -877,7 +891,7 @@ mod tests {
             occurrence: None,
             at: utc(at),
             units: 1,
-            outcome: Outcome::Taken,
+            outcome: Outcome::Dispensed,
         }
     }
 

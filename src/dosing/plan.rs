@@ -106,7 +106,8 @@ impl Planner {
                         continue;
                     }
                     self.closed.insert(key_of(w.occurrence));
-                    let settled = history.iter().any(|r| {
+                    // An intent superseded by `failed` does not settle the dose.
+                    let settled = super::engine::effective(history).iter().any(|r| {
                         r.medication == m.name
                             && r.occurrence == Some(w.occurrence)
                             && r.outcome != Outcome::Failed
@@ -251,5 +252,32 @@ mod tests {
                 "twice: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_dose_whose_dispense_only_failed_is_missed_at_window_close() {
+        let s = sched("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\n");
+        let start = utc("2026-03-02T00:00:00Z");
+        let occ = utc("2026-03-02T08:00:00Z");
+        let rec = |at: &str, outcome| DoseRecord {
+            medication: "A".into(),
+            occurrence: Some(occ),
+            at: utc(at),
+            units: 0,
+            outcome,
+        };
+        // The intent was written, then the jam failed it before anything moved.
+        let history = vec![
+            rec("2026-03-02T07:30:00Z", Outcome::Dispensing),
+            rec("2026-03-02T07:30:01Z", Outcome::Failed),
+        ];
+        let mut p = Planner::new(start);
+        let actions = p.plan(&[s], utc("2026-03-02T10:00:30Z"), &history, &[], true);
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, Action::Record { record, .. } if record.outcome == Outcome::Missed)
+            ),
+            "{actions:?}"
+        );
     }
 }

@@ -71,6 +71,38 @@ impl SimHandle {
     }
 }
 
+/// The carousel with the simulated clock held while it moves, so a turn takes exactly the
+/// simulated time its driver's delays say, however fast the simulation runs and however busy
+/// the host is (see [`SimClock::hold`]). Only the sim board does this: the driver is unchanged.
+struct HeldCarousel {
+    inner: Box<dyn crate::devices::Carousel>,
+    clock: Arc<SimClock>,
+}
+
+impl crate::devices::Carousel for HeldCarousel {
+    fn home(&mut self) -> Result<u32, crate::devices::CarouselError> {
+        let _hold = self.clock.hold();
+        self.inner.home()
+    }
+
+    fn dispense(
+        &mut self,
+        slot: u8,
+        units: u32,
+    ) -> Result<crate::devices::DropReport, crate::devices::CarouselError> {
+        let _hold = self.clock.hold();
+        self.inner.dispense(slot, units)
+    }
+
+    fn release(&mut self) -> Result<(), crate::devices::CarouselError> {
+        self.inner.release()
+    }
+
+    fn slots(&self) -> u8 {
+        self.inner.slots()
+    }
+}
+
 /// Builds the fridge and dispenser devices of the simulated board from `profile`.
 pub fn build(
     profile: &BoardProfile,
@@ -159,7 +191,10 @@ pub fn build(
         Ok(Light(ind, name))
     };
     let dispenser = DispenserDevices {
-        carousel,
+        carousel: Box::new(HeldCarousel {
+            inner: carousel,
+            clock: clock.clone(),
+        }),
         tray: Box::new(Sensor(
             DebouncedInput::new(inp(InLine::Tray), d.tray.active, d.tray.debounce),
             "dispenser.tray",
