@@ -321,6 +321,9 @@ struct SimArgs {
     /// Cap the database at this many pages, to rehearse a full disk.
     #[arg(long, hide = true)]
     db_max_pages: Option<u32>,
+    /// Key the audit chain with the HMAC secret in this file (verify with `--secret-file`).
+    #[arg(long)]
+    audit_secret_file: Option<PathBuf>,
     /// Print `durable <seq>` after each audit row commits (crash-test harness).
     #[arg(long, hide = true)]
     print_durable: bool,
@@ -523,6 +526,13 @@ fn run_sim(args: SimArgs) -> Result<()> {
         db,
         db_max_pages: args.db_max_pages,
         refill_days,
+        audit_key: match &args.audit_secret_file {
+            Some(f) => Some(
+                medbox::store::audit::ChainKey::from_file(f)
+                    .with_context(|| f.display().to_string())?,
+            ),
+            None => None,
+        },
         print_durable: args.print_durable,
     };
     let runtime = match speed {
@@ -817,11 +827,7 @@ fn audit_verify(
 ) -> Result<ExitCode> {
     use medbox::store::audit::{self, ChainKey, CheckpointRef, Verification};
     let key = match &secret_file {
-        Some(f) => ChainKey::keyed(
-            std::fs::read(f)
-                .with_context(|| format!("cannot read {}", f.display()))?
-                .trim_ascii(),
-        ),
+        Some(f) => ChainKey::from_file(f).with_context(|| f.display().to_string())?,
         None => ChainKey::unkeyed(),
     };
     let rows = match (&db, &export) {
@@ -1217,9 +1223,15 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     if !errs.is_empty() {
         return Err(config_errors(errs));
     }
+    let key = match &cfg.audit.secret_file {
+        Some(f) => {
+            medbox::store::audit::ChainKey::from_file(f).with_context(|| f.display().to_string())?
+        }
+        None => medbox::store::audit::ChainKey::unkeyed(),
+    };
     let mut recorder = medbox::store::recorder::Recorder::open(
         &cfg.appliance.db,
-        medbox::store::audit::ChainKey::unkeyed(),
+        key,
         format!("{:x}", std::process::id()),
     )
     .with_context(|| cfg.appliance.db.display().to_string())?;
@@ -1243,7 +1255,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let (fridge, dispenser) = medbox::board::rpi::build(&profile, clock.monotonic())
             .context("cannot open the Raspberry Pi's GPIO and buses")?;
-        let mut running = medbox::controller::start(
+        let running = medbox::controller::start(
             clock.clone(),
             cfg.coldchain,
             medbox::controller::Strategy::Protected,
@@ -1253,41 +1265,22 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         );
         let signal = shutdown_signal();
         tokio::pin!(signal);
-        let mut failure = None;
-        loop {
-            tokio::select! {
-                biased;
-                ev = running.events.recv() => match ev {
-                    Some(medbox::events::Event::Barrier { token }) => token.0.notify_one(),
-                    Some(ev) => {
-                        // Durable before anything else hears of it.
-                        if let Err(e) = recorder.record(&ev, clock.monotonic(), true, clock.now()) {
-                            let _ = running.dispenser.send(medbox::controller::DispenserCommand::Annunciate(true)).await;
-                            failure = Some(e);
-                            break;
-                        }
-                        println!("{}", serde_json::to_string(&ev)?);
-                    }
-                    None => break,
-                },
-                _ = &mut signal => break,
+        let served = medbox::controller::serve::serve(
+            running,
+            &*clock,
+            Some(&mut recorder),
+            signal,
+            |ev| println!("{}", serde_json::to_string(ev).unwrap_or_default()),
+            |_| {},
+        )
+        .await;
+        if let Some((e, unrecorded)) = served.storage_failure {
+            for ev in &unrecorded {
+                eprintln!(
+                    "unrecorded: {}",
+                    serde_json::to_string(ev).unwrap_or_default()
+                );
             }
-        }
-        let mut rest = running.stop().await;
-        rest.close();
-        while let Some(ev) = rest.recv().await {
-            if let medbox::events::Event::Barrier { token } = &ev {
-                token.0.notify_one();
-                continue;
-            }
-            if failure.is_none() {
-                if let Err(e) = recorder.record(&ev, clock.monotonic(), true, clock.now()) {
-                    failure = Some(e);
-                }
-            }
-            println!("{}", serde_json::to_string(&ev)?);
-        }
-        if let Some(e) = failure {
             eprintln!("medbox: storage failed, appliance stopped: {e}");
             std::process::exit(3);
         }

@@ -66,6 +66,8 @@ pub struct SimOptions {
     pub db_max_pages: Option<u32>,
     /// Refill alert below this many days of doses (None: 7).
     pub refill_days: Option<f64>,
+    /// Key the audit chain with this HMAC secret (None: plain SHA-256).
+    pub audit_key: Option<crate::store::audit::ChainKey>,
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
     /// the crash harness: a printed record is an acknowledged one).
     pub print_durable: bool,
@@ -206,7 +208,9 @@ pub async fn run(
     let mut recorder = match &opts.db {
         Some(path) => Some(crate::store::recorder::Recorder::open(
             path,
-            crate::store::audit::ChainKey::unkeyed(),
+            opts.audit_key
+                .clone()
+                .unwrap_or_else(crate::store::audit::ChainKey::unkeyed),
             boot_id(),
         )?),
         None => None,
@@ -278,7 +282,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let mut running = controller::start(
+    let running = controller::start(
         clock.clone(),
         opts.coldchain.clone(),
         opts.strategy,
@@ -325,12 +329,11 @@ pub async fn run(
         ))
     });
 
-    let mut acc = Accumulator::new(&opts, &profile, model.seed);
+    let acc = std::cell::RefCell::new(Accumulator::new(&opts, &profile, model.seed));
     let end = opts.duration.map(|d| clock.monotonic() + d);
     let mut last_status = std::time::Instant::now();
-    let mut storage_error = None;
-    tokio::pin!(stop);
-    loop {
+    let ended = std::cell::Cell::new(None);
+    let until = async {
         let until_end = async {
             match end {
                 Some(e) => clock::sleep_until(&*clock, e).await,
@@ -338,60 +341,47 @@ pub async fn run(
             }
         };
         tokio::select! {
-            biased;
-            ev = running.events.recv() => match ev {
-                Some(Event::Barrier { token }) => token.0.notify_one(),
-                Some(ev) => {
-                    if let Some(rec) = recorder.as_mut() {
-                        match rec.record(&ev, clock.monotonic(), true, clock.now()) {
-                            Ok(r) => acc.stored(r, print_durable),
-                            Err(e) => {
-                                // Never carry on as if it had been recorded: sound the alarm and
-                                // stop; the supervisor restarts us.
-                                let _ = running.dispenser.send(DispenserCommand::Annunciate(true)).await;
-                                storage_error = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    acc.add(&ev, &handle);
-                    if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
-                        if let Event::Reading(r) = &ev {
-                            last_status = std::time::Instant::now();
-                            eprintln!("{}", status_line(r, &handle));
-                        }
-                    }
-                }
-                None => break,
-            },
-            _ = until_end => break,
-            _ = &mut stop => break,
+            _ = until_end => {}
+            _ = stop => {}
         }
-    }
+        if let Some(t) = &scenario_task {
+            t.abort();
+        }
+        ended.set(Some((clock.now(), clock.monotonic())));
+    };
+    let served = controller::serve::serve(
+        running,
+        &*clock,
+        recorder.as_mut(),
+        until,
+        |ev| {
+            acc.borrow_mut().add(ev, &handle);
+            if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
+                if let Event::Reading(r) = ev {
+                    last_status = std::time::Instant::now();
+                    eprintln!("{}", status_line(r, &handle));
+                }
+            }
+        },
+        |r| acc.borrow_mut().stored(r, print_durable),
+    )
+    .await;
     if let Some(t) = scenario_task {
         t.abort();
     }
-    let end_at = clock.now();
-    let elapsed = clock.monotonic();
-    let mut rest = running.stop().await;
-    rest.close();
-    while let Some(ev) = rest.recv().await {
-        if let Event::Barrier { token } = &ev {
-            token.0.notify_one();
-            continue;
+    let (end_at, elapsed) = ended
+        .get()
+        .unwrap_or_else(|| (clock.now(), clock.monotonic()));
+    if let Some((error, unrecorded)) = served.storage_failure {
+        // Not lost silently: whatever could not be stored goes to standard error, one JSON
+        // object a line, for the supervisor's journal.
+        for ev in &unrecorded {
+            eprintln!(
+                "unrecorded: {}",
+                serde_json::to_string(ev).unwrap_or_default()
+            );
         }
-        if storage_error.is_none() {
-            if let Some(rec) = recorder.as_mut() {
-                match rec.record(&ev, clock.monotonic(), true, clock.now()) {
-                    Ok(r) => acc.stored(r, print_durable),
-                    Err(e) => storage_error = Some(e),
-                }
-            }
-        }
-        acc.add(&ev, &handle);
-    }
-    if let Some(e) = storage_error {
-        return Err(SimError::Store(e));
+        return Err(SimError::Store(error));
     }
     let outbox = match &recorder {
         Some(r) => Some(crate::store::recorder::outbox_len(r.connection())?),
@@ -405,7 +395,7 @@ pub async fn run(
         Some(u) => Some(u.drain().map_err(|e| SimError::Uplink(e.to_string()))?),
         None => None,
     };
-    let mut summary = acc.finish(end_at, elapsed, &handle);
+    let mut summary = acc.into_inner().finish(end_at, elapsed, &handle);
     summary.outbox_before_uplink = outbox;
     summary.uplink = uplink;
     Ok(summary)

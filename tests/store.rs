@@ -207,7 +207,7 @@ fn an_export_reverifies_offline_and_checkpoints_catch_a_truncation() {
 }
 
 #[test]
-fn a_full_disk_stops_the_appliance_with_exit_code_three() {
+fn a_full_disk_locks_the_dispenser_keeps_the_fridge_running_then_exits_with_code_three() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
     let out = medbox()
@@ -218,6 +218,22 @@ fn a_full_disk_stops_the_appliance_with_exit_code_three() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("storage failed"), "{err}");
+    assert!(err.contains("dispenser locked, fridge running"), "{err}");
+    // The fridge kept reporting during the grace period; what could not be stored is written
+    // out, not dropped.
+    let unrecorded: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("unrecorded: "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    let readings = unrecorded.iter().filter(|v| v["kind"] == "reading").count();
+    assert!(readings >= 1, "{err}");
+    assert!(
+        !unrecorded
+            .iter()
+            .any(|v| v["kind"] == "dose" && v["record"]["outcome"] == "dispensed"),
+        "nothing is dispensed while storage fails"
+    );
     // What was committed before the failure is intact.
     assert!(matches!(verify_db(&db), Verification::Intact { .. }));
 }
@@ -385,4 +401,51 @@ fn configuration_changes_are_audited_with_old_and_new_versions() {
     let first: serde_json::Value = serde_json::from_str(&changes[1].body).unwrap();
     assert_eq!(last["old"], first["new"]);
     assert_ne!(last["old"], last["new"]);
+}
+
+#[test]
+fn a_keyed_chain_verifies_only_with_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let secret = dir.path().join("audit.key");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    let out = medbox()
+        .args(["sim", "--days", "0.3", "--audit-secret-file"])
+        .arg(&secret)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |secret: Option<&std::path::Path>| {
+        let mut c = medbox();
+        c.args(["audit", "verify", "--db"]).arg(&db);
+        if let Some(s) = secret {
+            c.arg("--secret-file").arg(s);
+        }
+        c.output().unwrap()
+    };
+    assert_eq!(verify(Some(&secret)).status.code(), Some(0));
+    // Someone who rewrites the chain without the secret cannot make it verify; and neither
+    // does the plain SHA-256 check.
+    let plain = verify(None);
+    assert_eq!(plain.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&plain.stdout).to_string()
+        + &String::from_utf8_lossy(&plain.stderr);
+    assert!(text.contains("row 1"), "{text}");
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, "not the secret at all, sorry").unwrap();
+    assert_eq!(verify(Some(&wrong)).status.code(), Some(1));
+    // A secret too short to protect anything is refused up front.
+    std::fs::write(&wrong, "short").unwrap();
+    let out = medbox()
+        .args(["sim", "--days", "0.1", "--audit-secret-file"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

@@ -49,6 +49,16 @@ impl Default for DosingSection {
     }
 }
 
+/// `[audit]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// File holding the HMAC secret that keys the audit chain (readable by medbox only);
+    /// absent: plain SHA-256 chaining.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
 /// The whole appliance config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +71,9 @@ pub struct ApplianceConfig {
     /// Dosing settings (all defaulted).
     #[serde(default)]
     pub dosing: DosingSection,
+    /// Audit chain settings.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Uplink; absent means store-only.
     #[serde(default)]
     pub mqtt: Option<MqttSection>,

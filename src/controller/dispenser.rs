@@ -64,6 +64,8 @@ pub(super) struct DispenserTask {
     /// Doses whose dispense failed before motion, and when they may be tried again (None: after
     /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
     retry_after: std::collections::HashMap<(String, Option<DateTime<Utc>>), Option<Duration>>,
+    /// Storage fails: dispensing is locked (the fridge task is not affected).
+    storage_locked: bool,
     /// Risky schedule changes waiting for a second person: version → who asked.
     awaiting_confirmation: std::collections::HashMap<String, String>,
     /// Wall minus monotonic at the last baseline, in seconds.
@@ -92,6 +94,7 @@ impl DispenserTask {
             attentive_until: Duration::ZERO,
             retry_after: Default::default(),
             awaiting_confirmation: Default::default(),
+            storage_locked: false,
             baseline_s,
             clock_trusted: true,
         }
@@ -298,6 +301,10 @@ impl DispenserTask {
                 self.home().await;
             }
             DispenserCommand::Annunciate(on) => self.lights(on).await,
+            DispenserCommand::StorageLock(on) => {
+                self.storage_locked = on;
+                self.lights(on).await;
+            }
             DispenserCommand::TestDispense { slot, units } => {
                 let at = self.clock.now();
                 if !self.homed {
@@ -650,6 +657,9 @@ impl DispenserTask {
         let Some((m, _)) = schedule.medication(&medication) else {
             return Err(format!("UNKNOWN_MEDICATION: {medication:?}"));
         };
+        if self.storage_locked {
+            return Err("STORAGE_FAILED: the dispenser is locked until storage works again".into());
+        }
         let now = self.clock.now();
         let decision = crate::dosing::engine::decide_prn(
             m,
@@ -808,6 +818,11 @@ impl DispenserTask {
         occurrence: Option<DateTime<Utc>>,
         units: u32,
     ) {
+        if self.storage_locked {
+            // Not even a refusal is recorded: it could not be. The planner asks again each
+            // minute, and the window's close accounts for the dose if storage stays down.
+            return;
+        }
         if !self.homed && !self.home().await {
             let detail = "the carousel could not find home; nothing moved";
             return self

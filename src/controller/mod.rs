@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 pub mod commands;
 mod dispenser;
+pub mod serve;
 
 /// How the compressor is decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub enum DispenserCommand {
     Rehome,
     /// Sound the local alarm (buzzer and LED) or silence it.
     Annunciate(bool),
+    /// Storage fails (true) or works again: nothing is dispensed that could not be recorded.
+    StorageLock(bool),
     /// A vital reading for the holds.
     Vital(crate::dosing::engine::VitalReading),
     /// A caregiver confirms the wall clock is right again (after a jump): re-baseline it.

@@ -72,6 +72,17 @@ pub struct Row {
 #[derive(Clone)]
 pub struct ChainKey(Option<hmac::Key>);
 
+impl std::fmt::Debug for ChainKey {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ChainKey(keyed)"
+        } else {
+            "ChainKey(unkeyed)"
+        })
+    }
+}
+
 impl ChainKey {
     /// Plain SHA-256 chaining.
     pub fn unkeyed() -> Self {
@@ -81,6 +92,20 @@ impl ChainKey {
     /// HMAC-SHA-256 chaining with `secret` (verification then needs the same secret).
     pub fn keyed(secret: &[u8]) -> Self {
         Self(Some(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+
+    /// Reads the secret from a file (surrounding whitespace ignored). An empty secret is refused:
+    /// it would look keyed and protect nothing.
+    pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        let secret = bytes.trim_ascii();
+        if secret.len() < 16 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the audit secret must be at least 16 bytes",
+            ));
+        }
+        Ok(Self::keyed(secret))
     }
 
     /// The link hash of a row given its predecessor's hash.

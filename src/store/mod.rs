@@ -3,12 +3,14 @@
 //! - [`schema`]: the connection's settings (WAL, `synchronous=FULL`, foreign keys, busy timeout,
 //!   WAL size limit), read back and refused on mismatch; `PRAGMA user_version` migrations.
 //! - [`audit`]: the append-only, hash-chained audit log and its verification.
+//! - [`backlog`]: events held while storage fails; the dispenser locked, the fridge running.
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head, for copies held off-device.
 //! - [`inventory`]: slot counts and stock alerts, replayed from the audit log.
 //! - [`schedules`]: schedules installed by command, used again after a restart.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
+pub mod backlog;
 pub mod checkpoint;
 pub mod doses;
 pub mod inventory;

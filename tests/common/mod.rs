@@ -53,6 +53,7 @@ pub fn options(days: f64) -> SimOptions {
         db: None,
         db_max_pages: None,
         refill_days: None,
+        audit_key: None,
         mqtt: None,
         device_id: "medbox-test".into(),
         schedules: Vec::new(),

@@ -1,0 +1,119 @@
+//! The controller's edge to the store: every event is made durable before anything else hears
+//! of it, durability barriers are answered, and a storage failure is handled as DESIGN.md §5
+//! asks (dispenser locked, fridge running, retried for a grace period, then a stop with the
+//! events still unrecorded handed back). Shared by `medbox sim` and `medbox run`.
+
+use super::{DispenserCommand, Running};
+use crate::clock::Clock;
+use crate::events::Event;
+use crate::store::backlog::{Backlog, Health, GRACE};
+use crate::store::recorder::{Recorded, Recorder};
+use crate::store::StoreError;
+use std::future::Future;
+use std::time::Duration;
+
+/// How a served run ended.
+pub struct Served {
+    /// Storage failed past its grace period (or at the end): the error and every event that
+    /// could not be stored, oldest first.
+    pub storage_failure: Option<(StoreError, Vec<Event>)>,
+}
+
+/// Runs the controller until `until` completes or its tasks end, then stops it (safe states)
+/// and records what the stop reported. `seen` hears every event; `stored` every durable record.
+pub async fn serve(
+    mut running: Running,
+    clock: &dyn Clock,
+    mut recorder: Option<&mut Recorder>,
+    until: impl Future<Output = ()>,
+    mut seen: impl FnMut(&Event),
+    mut stored: impl FnMut(Recorded),
+) -> Served {
+    let mut backlog = Backlog::default();
+    tokio::pin!(until);
+    loop {
+        let retry_in = async {
+            if backlog.failing() {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let health = tokio::select! {
+            biased;
+            ev = running.events.recv() => match ev {
+                // While storage fails nothing is durable: the waiting dispense never hears so.
+                Some(Event::Barrier { token }) => {
+                    if !backlog.failing() {
+                        token.0.notify_one();
+                    }
+                    None
+                }
+                Some(ev) => {
+                    seen(&ev);
+                    recorder
+                        .as_deref_mut()
+                        .map(|rec| backlog.record(rec, ev, clock.monotonic(), clock.now()))
+                }
+                None => break,
+            },
+            _ = retry_in => recorder.as_deref_mut().map(|rec| backlog.retry(rec)),
+            _ = &mut until => break,
+        };
+        match health {
+            Some(Health::Durable {
+                recorded,
+                recovered,
+            }) => {
+                recorded.into_iter().for_each(&mut stored);
+                if recovered {
+                    tracing::warn!("storage works again: the dispenser is unlocked");
+                    let _ = running
+                        .dispenser
+                        .send(DispenserCommand::StorageLock(false))
+                        .await;
+                }
+            }
+            Some(Health::Failing { newly, error }) => {
+                if newly {
+                    // Never carry on as if it had been recorded: lock the dispenser and sound
+                    // the alarm; the fridge keeps running while we retry.
+                    tracing::error!(
+                        "storage failed ({error}): dispenser locked, fridge running, retrying for {GRACE:?}"
+                    );
+                    let _ = running
+                        .dispenser
+                        .send(DispenserCommand::StorageLock(true))
+                        .await;
+                }
+                if backlog.gave_up() {
+                    break;
+                }
+            }
+            None => {}
+        }
+    }
+    let mut rest = running.stop().await;
+    rest.close();
+    while let Some(ev) = rest.recv().await {
+        if let Event::Barrier { token } = &ev {
+            token.0.notify_one();
+            continue;
+        }
+        seen(&ev);
+        if let Some(rec) = recorder.as_deref_mut() {
+            if let Health::Durable { recorded, .. } =
+                backlog.record(rec, ev, clock.monotonic(), clock.now())
+            {
+                recorded.into_iter().for_each(&mut stored);
+            }
+        }
+    }
+    let storage_failure = if backlog.failing() {
+        let (error, unrecorded) = backlog.into_parts();
+        error.map(|e| (e, unrecorded))
+    } else {
+        None
+    };
+    Served { storage_failure }
+}
