@@ -236,6 +236,9 @@ enum AuditCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// File holding the HMAC secret the chain was keyed with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -527,10 +530,7 @@ fn run_sim(args: SimArgs) -> Result<()> {
         db_max_pages: args.db_max_pages,
         refill_days,
         audit_key: match &args.audit_secret_file {
-            Some(f) => Some(
-                medbox::store::audit::ChainKey::from_file(f)
-                    .with_context(|| f.display().to_string())?,
-            ),
+            Some(f) => Some(chain_key(Some(f))?),
             None => None,
         },
         print_durable: args.print_durable,
@@ -819,17 +819,23 @@ fn read_checkpoints(path: &std::path::Path) -> Result<Vec<medbox::store::checkpo
         .collect()
 }
 
+/// The audit chain key: keyed with the secret in `file`, or plain SHA-256.
+fn chain_key(file: Option<&std::path::Path>) -> Result<medbox::store::audit::ChainKey> {
+    match file {
+        Some(f) => medbox::store::audit::ChainKey::from_file(f)
+            .with_context(|| format!("audit secret {}", f.display())),
+        None => Ok(medbox::store::audit::ChainKey::unkeyed()),
+    }
+}
+
 fn audit_verify(
     db: Option<PathBuf>,
     export: Option<PathBuf>,
     against: Option<PathBuf>,
     secret_file: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use medbox::store::audit::{self, ChainKey, CheckpointRef, Verification};
-    let key = match &secret_file {
-        Some(f) => ChainKey::from_file(f).with_context(|| f.display().to_string())?,
-        None => ChainKey::unkeyed(),
-    };
+    use medbox::store::audit::{self, CheckpointRef, Verification};
+    let key = chain_key(secret_file.as_deref())?;
     let rows = match (&db, &export) {
         (Some(db), _) => {
             let conn = medbox::store::schema::open_read_only(db)
@@ -918,11 +924,19 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
             }
             Ok(())
         })(),
-        AuditCommand::Report { db, from, to, out } => (|| {
+        AuditCommand::Report {
+            db,
+            from,
+            to,
+            out,
+            secret_file,
+        } => (|| {
             let conn = medbox::store::schema::open_read_only(&db)
                 .with_context(|| db.display().to_string())?;
+            let key = chain_key(secret_file.as_deref())?;
             let html = medbox::report::render(
                 &conn,
+                &key,
                 &ColdChainConfig::default(),
                 from,
                 to,

@@ -242,7 +242,21 @@ fn a_full_disk_locks_the_dispenser_keeps_the_fridge_running_then_exits_with_code
 fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    sim_into(&db, 1.5, Some("door-left-open.toml"));
+    common::run(medbox::sim::SimOptions {
+        scenario: Some(
+            medbox::scenario::Scenario::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios/door-left-open.toml"),
+            )
+            .unwrap(),
+        ),
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: medbox::dosing::schedule::DEFAULT_SCHEDULES
+            .iter()
+            .map(|(n, s)| medbox::dosing::schedule::Schedule::parse(s, Path::new(n)).unwrap())
+            .collect(),
+        ..common::options(1.5)
+    });
     let html_path = dir.path().join("r.html");
     let out = medbox()
         .args(["audit", "report", "--db"])
@@ -264,6 +278,10 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
         "Excursions",
         "DOOR_OPEN",
         "Range 2.0–8.0 °C",
+        "Adherence per patient",
+        "taken late",
+        "Inventory and refills",
+        "commissioning load",
     ] {
         assert!(html.contains(needle), "missing {needle}");
     }

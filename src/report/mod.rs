@@ -213,6 +213,7 @@ fn verification_html(v: &Verification) -> String {
 /// Builds the report for `[from, to)`.
 pub fn render(
     conn: &Connection,
+    key: &audit::ChainKey,
     cfg: &ColdChainConfig,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -226,7 +227,7 @@ pub fn render(
             head: c.head,
         })
         .collect();
-    let verification = audit::verify(all_rows, &audit::ChainKey::unkeyed(), &stored_checkpoints);
+    let verification = audit::verify(all_rows, key, &stored_checkpoints);
     let rs = readings(conn, from, to)?;
     let obs: Vec<Observation> = rs
         .iter()
@@ -358,41 +359,9 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         }
         h.push_str("</table>");
     }
-    h.push_str("<h2>Adherence per patient</h2>");
-    let doses: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.kind.starts_with("dose."))
-        .collect();
-    if doses.is_empty() {
-        h.push_str("<p>No dosing records in this period.</p>");
-    } else {
-        let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
-        for r in doses {
-            let patient = serde_json::from_str::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|b| {
-                    b.get("patient")
-                        .and_then(|p| p.as_str())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| "?".into());
-            *per.entry((patient, r.kind.trim_start_matches("dose.").to_string()))
-                .or_default() += 1;
-        }
-        h.push_str(
-            "<table><tr><th class=l>patient</th><th class=l>outcome</th><th>count</th></tr>",
-        );
-        for ((p, k), n) in per {
-            let _ = write!(
-                h,
-                "<tr><td class=l>{}</td><td class=l>{}</td><td>{n}</td></tr>",
-                esc(&p),
-                esc(&k)
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str("<h2>Dispenser mechanics, inventory and refills</h2>");
+    adherence(&mut h, &rows);
+    inventory(&mut h, conn, &rows)?;
+    h.push_str("<h2>Dispenser mechanics</h2>");
     let mech: Vec<&Row> = rows
         .iter()
         .filter(|r| r.kind.starts_with("dispenser."))
@@ -412,4 +381,160 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// Per patient and medication: scheduled occurrences and their final outcomes, with doses
+/// taken late (more than the late-notice delay after their time) counted apart.
+fn adherence(h: &mut String, rows: &[Row]) {
+    use crate::dosing::engine::{DoseRecord, Outcome};
+    h.push_str("<h2>Adherence per patient</h2>");
+    // (patient, medication) → occurrence → its records, in order.
+    type Key = (String, String);
+    let mut per: std::collections::BTreeMap<
+        Key,
+        std::collections::BTreeMap<String, Vec<DoseRecord>>,
+    > = Default::default();
+    for r in rows
+        .iter()
+        .filter(|r| r.kind.starts_with("dose.") && r.kind != "dose.alert")
+    {
+        let Ok(b) = serde_json::from_str::<serde_json::Value>(&r.body) else {
+            continue;
+        };
+        let patient = b.get("patient").and_then(|p| p.as_str()).unwrap_or("?");
+        let Some(rec) = b
+            .get("record")
+            .and_then(|v| serde_json::from_value::<DoseRecord>(v.clone()).ok())
+        else {
+            continue;
+        };
+        // As-needed records are not tied to an occurrence: each counts on its own.
+        let occ = rec
+            .occurrence
+            .map_or_else(|| format!("prn:{}", r.seq), |o| o.to_rfc3339());
+        if rec.occurrence.is_none()
+            && !matches!(
+                rec.outcome,
+                Outcome::Dispensed | Outcome::Taken | Outcome::Uncertain
+            )
+        {
+            continue;
+        }
+        per.entry((patient.to_string(), rec.medication.clone()))
+            .or_default()
+            .entry(occ)
+            .or_default()
+            .push(rec);
+    }
+    if per.is_empty() {
+        h.push_str("<p>No dosing records in this period.</p>");
+        return;
+    }
+    h.push_str("<table><tr><th class=l>patient</th><th class=l>medication</th><th>scheduled</th><th>as needed</th><th>taken</th><th>taken late</th><th>dispensed, not taken</th><th>missed</th><th>held</th><th>skipped</th><th>uncertain</th><th>failed only</th></tr>");
+    for ((patient, med), occs) in per {
+        let mut n = [0u32; 10];
+        for (occ, recs) in &occs {
+            let has = |o: Outcome| recs.iter().any(|r| r.outcome == o);
+            if occ.starts_with("prn:") {
+                match recs.first().map(|r| r.outcome) {
+                    Some(Outcome::Dispensed) => n[1] += 1,
+                    Some(Outcome::Taken) => n[2] += 1,
+                    _ => n[8] += 1,
+                }
+                continue;
+            }
+            n[0] += 1;
+            let taken = recs.iter().find(|r| r.outcome == Outcome::Taken);
+            if let Some(t) = taken {
+                n[2] += 1;
+                let late = t
+                    .occurrence
+                    .is_some_and(|o| t.at - o > crate::dosing::escalation::LATE_NOTICE_AFTER);
+                n[3] += u32::from(late);
+            } else if has(Outcome::Dispensed) {
+                n[4] += 1;
+            } else if has(Outcome::Missed) {
+                n[5] += 1;
+            } else if has(Outcome::Held) {
+                n[6] += 1;
+            } else if has(Outcome::Skipped) {
+                n[7] += 1;
+            } else if has(Outcome::Uncertain) || has(Outcome::Dispensing) {
+                n[8] += 1;
+            } else if has(Outcome::Failed) {
+                n[9] += 1;
+            }
+        }
+        let _ = write!(
+            h,
+            "<tr><td class=l>{}</td><td class=l>{}</td>",
+            esc(&patient),
+            esc(&med)
+        );
+        for v in n {
+            let _ = write!(h, "<td>{v}</td>");
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+}
+
+/// Units per slot now, the refills in the period (who, how many, expiry) and stock alerts.
+fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), StoreError> {
+    h.push_str("<h2>Inventory and refills</h2>");
+    let inv = crate::store::inventory::rebuild(conn)?;
+    if inv.slots().is_empty() {
+        h.push_str("<p>No stock was ever recorded.</p>");
+    } else {
+        h.push_str(
+            "<table><tr><th class=l>slot</th><th>units now</th><th class=l>expiry</th></tr>",
+        );
+        for (slot, st) in inv.slots() {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{slot}</td><td>{}</td><td class=l>{}</td></tr>",
+                st.count,
+                st.expiry.map_or("—".into(), |d| d.to_string())
+            );
+        }
+        h.push_str("</table>");
+    }
+    let stock: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.kind.starts_with("inventory."))
+        .collect();
+    if stock.is_empty() {
+        h.push_str("<p>No refills or stock alerts in this period.</p>");
+        return Ok(());
+    }
+    h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>slot</th><th class=l>who</th><th class=l>details</th></tr>");
+    for r in stock {
+        let b: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let details = match r.kind.as_str() {
+            "inventory.refill" => format!(
+                "+{} → {} units, expiry {}, {}",
+                b["added"],
+                b["count"],
+                b["expiry"].as_str().unwrap_or("—"),
+                b["note"].as_str().unwrap_or("")
+            ),
+            "inventory.alert" => format!(
+                "{}: {} units left ({} days)",
+                r.reason, b["count"], b["days_left"]
+            ),
+            _ => r.reason.clone(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
+            r.seq,
+            esc(&r.utc),
+            esc(&r.kind),
+            esc(&r.subject),
+            esc(&r.actor),
+            esc(&details)
+        );
+    }
+    h.push_str("</table>");
+    Ok(())
 }
