@@ -181,6 +181,15 @@ pub enum Event {
         /// The reading.
         reading: crate::dosing::engine::VitalReading,
     },
+    /// A vital reading is past its alert band: the caregiver is told.
+    VitalAlert {
+        /// When.
+        at: DateTime<Utc>,
+        /// The reading.
+        reading: crate::dosing::engine::VitalReading,
+        /// `LOW` or `HIGH`.
+        band: String,
+    },
     /// The wall clock became untrusted (jumped) or trusted again; the dispenser locks meanwhile.
     ClockTrust {
         /// When (wall clock, as read).

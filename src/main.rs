@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: UplinkCommand,
     },
+    /// Vital readings entered at the device.
+    Vitals {
+        #[command(subcommand)]
+        command: VitalsCommand,
+    },
     /// Print benchmark figures (not assertions).
     Bench {
         #[command(subcommand)]
@@ -60,6 +65,38 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VitalsCommand {
+    /// Validate a reading and record it in the database; a running appliance uses it within a
+    /// minute (exit 1 with the reason when it is refused).
+    Add {
+        /// The appliance's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// heart_rate, systolic_bp, diastolic_bp, spo2, body_temperature, glucose.
+        #[arg(long)]
+        vital: String,
+        /// The value in the vital's unit (/min, mm[Hg], %, Cel, mg/dL).
+        #[arg(long, allow_hyphen_values = true)]
+        value: Option<f64>,
+        /// The value as a BLE IEEE 11073 SFLOAT (e.g. 0x0048).
+        #[arg(long)]
+        sfloat: Option<String>,
+        /// When it was measured (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// good or low.
+        #[arg(long, default_value = "good")]
+        quality: String,
+        /// Who or what measured it.
+        #[arg(long)]
+        source: String,
+        /// The audit chain's HMAC secret, when the appliance keys it.
+        #[arg(long)]
+        audit_secret_file: Option<PathBuf>,
     },
 }
 
@@ -350,6 +387,32 @@ fn main() -> ExitCode {
             command: ColdchainCommand::Stats { csv, config, json },
         } => coldchain_stats(&csv, config.as_deref(), json),
         Command::Audit { command } => return audit_command(command),
+        Command::Vitals {
+            command:
+                VitalsCommand::Add {
+                    db,
+                    vital,
+                    value,
+                    sfloat,
+                    at,
+                    quality,
+                    source,
+                    audit_secret_file,
+                },
+        } => {
+            let raw = serde_json::json!({
+                "vital": vital, "value": value, "at": at, "quality": quality, "source": source,
+                "sfloat": match sfloat.as_deref().map(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16)) {
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(e)) => {
+                        eprintln!("medbox: --sfloat: {e}");
+                        return ExitCode::from(1);
+                    }
+                    None => None,
+                },
+            });
+            return vitals_add(&db, raw, audit_secret_file.as_deref());
+        }
         Command::Schedule { command } => return schedule_command(command),
         Command::Uplink {
             command:
@@ -819,6 +882,50 @@ fn read_checkpoints(path: &std::path::Path) -> Result<Vec<medbox::store::checkpo
         .collect()
 }
 
+/// `medbox vitals add`: exit 0 recorded, 1 refused (with the reason), 2 cannot record.
+fn vitals_add(
+    db: &std::path::Path,
+    raw: serde_json::Value,
+    secret: Option<&std::path::Path>,
+) -> ExitCode {
+    let now = chrono::Utc::now();
+    let reading = serde_json::from_value::<medbox::dosing::vitals::RawVital>(raw)
+        .map_err(|e| e.to_string())
+        .and_then(|r| medbox::dosing::vitals::validate(&r, now));
+    let reading = match reading {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("medbox: reading refused: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = (|| -> Result<i64> {
+        let mut rec = medbox::store::recorder::Recorder::open(
+            db,
+            chain_key(secret)?,
+            format!("cli-{:x}", std::process::id()),
+        )
+        .with_context(|| db.display().to_string())?;
+        let r = rec.record(
+            &medbox::events::Event::Vital { at: now, reading },
+            std::time::Duration::ZERO,
+            true,
+            now,
+        )?;
+        Ok(r.seq.unwrap_or_default())
+    })();
+    match result {
+        Ok(seq) => {
+            println!("recorded as audit row {seq}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("medbox: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The audit chain key: keyed with the secret in `file`, or plain SHA-256.
 fn chain_key(file: Option<&std::path::Path>) -> Result<medbox::store::audit::ChainKey> {
     match file {
@@ -1264,6 +1371,10 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         since: medbox::store::doses::first_start(recorder.connection())?,
         inventory: medbox::store::inventory::rebuild(recorder.connection())?,
         refill_days: Some(cfg.dosing.refill_days),
+        vitals: medbox::store::vitals::recent(
+            recorder.connection(),
+            chrono::Utc::now() - chrono::Duration::days(1),
+        )?,
     };
     runtime.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());

@@ -325,6 +325,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             vec![(
                 at,
                 Op::Vital(crate::dosing::engine::VitalReading {
+                    source: "scenario".into(),
                     vital,
                     value,
                     at: chrono::DateTime::<chrono::Utc>::MIN_UTC,

@@ -268,6 +268,13 @@ pub async fn run(
             None => Default::default(),
         },
         refill_days: opts.refill_days,
+        vitals: match &recorder {
+            Some(r) => crate::store::vitals::recent(
+                r.connection(),
+                model.start - chrono::Duration::days(1),
+            )?,
+            None => Vec::new(),
+        },
     };
     // A carousel nobody ever recorded stock for is being commissioned: the simulated
     // pharmacist records what the model's slots were loaded with.
@@ -704,6 +711,7 @@ impl Accumulator {
             | Event::ProbeRecovered { .. }
             | Event::Stopped { .. }
             | Event::Vital { .. }
+            | Event::VitalAlert { .. }
             | Event::Barrier { .. } => {}
             Event::CommandResult {
                 command,

@@ -83,3 +83,32 @@ fn sim_rejects_a_bad_scenario_with_file_and_line() {
     assert_eq!(code, 1);
     assert!(text.contains("s.toml:2: event[0].for"), "{text}");
 }
+
+#[test]
+fn vitals_add_refuses_bad_readings_with_a_reason_and_records_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let db = db.to_str().unwrap();
+    let add = |extra: &[&str]| {
+        let mut args = vec!["vitals", "add", "--db", db];
+        args.extend_from_slice(extra);
+        medbox(&args)
+    };
+    let (code, text) = add(&["--vital", "spo2", "--sfloat", "0x07FF", "--source", "oxi-1"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("SFLOAT NaN"), "{text}");
+    let (code, text) = add(&["--vital", "heart_rate", "--value", "NaN", "--source", "n-4"]);
+    assert_eq!(code, 1, "{text}");
+    let (code, text) = add(&["--vital", "heart_rate", "--value", "400", "--source", "n-4"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("physiological range"), "{text}");
+    let (code, text) = add(&["--vital", "pulse", "--value", "60", "--source", "n-4"]);
+    assert_eq!(code, 1, "{text}");
+    // Nothing refused was recorded; the good one is, with its source as the actor.
+    let (code, text) = add(&["--vital", "heart_rate", "--value", "52", "--source", "n-4"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = medbox(&["audit", "log", "--db", db, "--kind", "vitals."]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text.matches("vitals.reading").count(), 1, "{text}");
+    assert!(text.contains("n-4"), "{text}");
+}

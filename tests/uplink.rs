@@ -367,7 +367,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         .to_string()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while results.len() < 11 && tokio::time::Instant::now() < deadline {
+    while results.len() < 13 && tokio::time::Instant::now() < deadline {
         let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
             break;
         };
@@ -388,6 +388,9 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
                 (topic("refill"), br#"{"id":"c9","actor":"ph-7","role":"pharmacist","args":{"slot":12,"units":30}}"#.to_vec()),
                 (topic("refill"), br#"{"id":"c10","actor":"p-0311","role":"patient","args":{"slot":3,"units":30}}"#.to_vec()),
                 (topic("acknowledge_alarm"), br#"{"id":"c11","actor":"n-1","role":"nurse","args":{"alarm":"LOW_STOCK","slot":3,"comment":"order placed"}}"#.to_vec()),
+                // A paired oximeter on the inbound vitals topic: a BLE "not a number", then a value.
+                (format!("medbox/{dev}/vitals/in"), br#"{"id":"v1","source":"oxi-1","vital":"spo2","sfloat":2047}"#.to_vec()),
+                (format!("medbox/{dev}/vitals/in"), br#"{"id":"v2","source":"oxi-1","vital":"spo2","value":97}"#.to_vec()),
             ];
             for (t, payload) in cmds {
                 client
@@ -409,7 +412,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     let _ = child.kill();
     let _ = child.wait();
     let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_string();
-    assert_eq!(results.len(), 11, "{results:#?}");
+    assert_eq!(results.len(), 13, "{results:#?}");
     assert!(detail(0).starts_with("MALFORMED"), "{}", detail(0));
     assert!(detail(1).starts_with("UNKNOWN_COMMAND"), "{}", detail(1));
     assert!(detail(2).starts_with("PAYLOAD_TOO_LARGE"), "{}", detail(2));
@@ -431,5 +434,12 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     assert!(detail(9).starts_with("ROLE_NOT_ALLOWED"), "{}", detail(9));
     // Stock alarms are acknowledged per slot at the dispenser; slot 3 was just refilled.
     assert!(detail(10).starts_with("NOT_RAISED"), "{}", detail(10));
+    assert!(
+        detail(11).starts_with("INVALID_READING: SFLOAT NaN"),
+        "{}",
+        detail(11)
+    );
+    assert_eq!(results[12]["ok"], true, "{}", detail(12));
+    assert_eq!(results[12]["command"], "record_vital");
     assert!(results.iter().all(|r| r["kind"] == "command_result"));
 }

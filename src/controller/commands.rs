@@ -75,7 +75,12 @@ const COMMANDS: &[&str] = &[
     "request_prn",
     "refill",
     "replace_schedule",
+    "record_vital",
 ];
+
+/// The inbound topic (under `medbox/<device-id>/`) where monitors and gateways publish
+/// readings: `{"id": …, "source": …, "vital": …, "value" | "sfloat": …, "at"?, "quality"?}`.
+pub const VITALS_IN: &str = "vitals/in";
 
 /// Stock alarm codes, acknowledged per slot at the dispenser.
 const STOCK_ALARMS: &[&str] = &["LOW_STOCK", "EXPIRES_SOON", "EXPIRED"];
@@ -97,6 +102,20 @@ struct PrnArgs {
     override_reason: Option<String>,
 }
 
+/// A reading published on [`VITALS_IN`] as the command envelope the router checks: the
+/// device that sent it is the actor, with the `device` role. Anything unreadable is passed on
+/// as it is, to be refused as malformed.
+fn device_envelope(payload: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(payload) else {
+        return payload.to_vec();
+    };
+    let id = m.remove("id").unwrap_or_default();
+    let actor = m.get("source").cloned().unwrap_or_default();
+    serde_json::json!({"id": id, "actor": actor, "role": "device", "args": m})
+        .to_string()
+        .into_bytes()
+}
+
 fn is_stock_alarm(args: &serde_json::Value) -> bool {
     args.get("alarm")
         .and_then(|a| a.as_str())
@@ -112,6 +131,7 @@ fn allowed(command: &str, role: Role) -> bool {
         "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
         "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
         "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
+        "record_vital" => matches!(role, Patient | Caregiver | Nurse | Clinician | Device),
         _ => false,
     }
 }
@@ -201,7 +221,12 @@ impl Router {
                 )
                 .await;
         }
-        let env: Envelope = match serde_json::from_slice(&c.payload) {
+        let (name, payload) = if name == VITALS_IN {
+            ("record_vital".to_string(), device_envelope(&c.payload))
+        } else {
+            (name, c.payload)
+        };
+        let env: Envelope = match serde_json::from_slice(&payload) {
             Ok(e) => e,
             Err(e) => {
                 return self
@@ -287,6 +312,23 @@ impl Router {
                     })
                     .await
                     .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
+            "record_vital" => {
+                let raw: crate::dosing::vitals::RawVital = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let reading = crate::dosing::vitals::validate(&raw, self.clock.now())
+                    .map_err(|e| format!("INVALID_READING: {e}"))?;
+                let done = format!(
+                    "recorded {:?} {} {}",
+                    reading.vital,
+                    reading.value,
+                    crate::dosing::vitals::unit(reading.vital)
+                );
+                self.dispenser
+                    .send(DispenserCommand::Vital(reading))
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                return Ok(done);
             }
             "replace_schedule" => {
                 let a: ReplaceArgs = serde_json::from_value(args(&env.args))

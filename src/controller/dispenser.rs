@@ -77,10 +77,11 @@ impl DispenserTask {
     pub(super) fn new(
         clock: Arc<dyn Clock>,
         dev: DispenserDevices,
-        dosing: Dosing,
+        mut dosing: Dosing,
         events: mpsc::Sender<Event>,
     ) -> Self {
         let since = dosing.since.unwrap_or_else(|| clock.now());
+        let vitals = std::mem::take(&mut dosing.vitals);
         let baseline_s = wall_minus_mono(&*clock);
         Self {
             planner: Planner::new(since),
@@ -88,7 +89,7 @@ impl DispenserTask {
             dev,
             events,
             dosing,
-            vitals: Vec::new(),
+            vitals,
             homed: false,
             pending: Vec::new(),
             attentive_until: Duration::ZERO,
@@ -279,6 +280,10 @@ impl DispenserTask {
     }
 
     async fn command(&mut self, cmd: DispenserCommand) {
+        let cmd_kind = match &cmd {
+            DispenserCommand::VitalRecorded(_) => VitalSource::Recorded,
+            _ => VitalSource::New,
+        };
         match cmd {
             DispenserCommand::SkipDose {
                 patient,
@@ -347,15 +352,28 @@ impl DispenserTask {
                     }
                 }
             }
-            DispenserCommand::Vital(reading) => {
-                super::emit(
-                    &self.events,
-                    Event::Vital {
-                        at: self.clock.now(),
-                        reading: reading.clone(),
-                    },
-                )
-                .await;
+            DispenserCommand::Vital(reading) | DispenserCommand::VitalRecorded(reading) => {
+                if matches!(cmd_kind, VitalSource::New) {
+                    super::emit(
+                        &self.events,
+                        Event::Vital {
+                            at: self.clock.now(),
+                            reading: reading.clone(),
+                        },
+                    )
+                    .await;
+                }
+                if let Some(band) = crate::dosing::vitals::out_of_band(&reading) {
+                    super::emit(
+                        &self.events,
+                        Event::VitalAlert {
+                            at: self.clock.now(),
+                            reading: reading.clone(),
+                            band: band.into(),
+                        },
+                    )
+                    .await;
+                }
                 self.vitals.push(reading);
                 // Keep a day of readings: holds look back hours at most.
                 let horizon = self.clock.now() - chrono::Duration::days(1);
@@ -985,6 +1003,12 @@ impl DispenserTask {
                 .await;
         }
     }
+}
+
+/// Whether a vital reading still has to be recorded.
+enum VitalSource {
+    New,
+    Recorded,
 }
 
 fn wall_minus_mono(clock: &dyn Clock) -> i64 {

@@ -95,6 +95,9 @@ pub enum DispenserCommand {
     StorageLock(bool),
     /// A vital reading for the holds.
     Vital(crate::dosing::engine::VitalReading),
+    /// A vital reading already recorded elsewhere (`medbox vitals add` into the same database):
+    /// used, not recorded again.
+    VitalRecorded(crate::dosing::engine::VitalReading),
     /// A caregiver confirms the wall clock is right again (after a jump): re-baseline it.
     TrustClock,
     /// Units were loaded into a slot.
@@ -148,6 +151,8 @@ pub struct Dosing {
     pub history: Vec<crate::dosing::engine::DoseRecord>,
     /// The appliance's first start (None: now).
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last day's vital readings (rebuilt from the store at start-up).
+    pub vitals: Vec<crate::dosing::engine::VitalReading>,
     /// What each slot holds (rebuilt from the store at start-up).
     pub inventory: crate::dosing::inventory::Inventory,
     /// Refill alert below this many days of doses (None: the default, 7).

@@ -12,6 +12,9 @@ use crate::store::StoreError;
 use std::future::Future;
 use std::time::Duration;
 
+/// How often the database is checked for readings other processes recorded.
+const VITALS_POLL: Duration = Duration::from_secs(60);
+
 /// How a served run ended.
 pub struct Served {
     /// Storage failed past its grace period (or at the end): the error and every event that
@@ -30,6 +33,13 @@ pub async fn serve(
     mut stored: impl FnMut(Recorded),
 ) -> Served {
     let mut backlog = Backlog::default();
+    // Readings that `medbox vitals add` records into the same database reach the dispenser
+    // within a minute.
+    let mut vitals_after = match recorder.as_deref() {
+        Some(r) => crate::store::vitals::head(r.connection()).unwrap_or(0),
+        None => 0,
+    };
+    let mut next_vitals = tokio::time::Instant::now() + VITALS_POLL;
     tokio::pin!(until);
     loop {
         let retry_in = async {
@@ -58,6 +68,21 @@ pub async fn serve(
                 None => break,
             },
             _ = retry_in => recorder.as_deref_mut().map(|rec| backlog.retry(rec)),
+            _ = tokio::time::sleep_until(next_vitals), if recorder.is_some() => {
+                next_vitals += VITALS_POLL;
+                if let Some(rec) = recorder.as_deref() {
+                    match crate::store::vitals::foreign(rec.connection(), rec.boot_id(), vitals_after) {
+                        Ok(found) => {
+                            for (seq, reading) in found {
+                                vitals_after = seq;
+                                let _ = running.dispenser.send(DispenserCommand::VitalRecorded(reading)).await;
+                            }
+                        }
+                        Err(e) => tracing::warn!("cannot read vitals added by others: {e}"),
+                    }
+                }
+                None
+            }
             _ = &mut until => break,
         };
         match health {

@@ -102,6 +102,9 @@ pub struct VitalReading {
     pub at: DateTime<Utc>,
     /// Quality flag.
     pub quality: Quality,
+    /// Where it came from (a paired monitor, a gateway, a person at the device).
+    #[serde(default)]
+    pub source: String,
 }
 
 /// Stable reason codes.
@@ -480,6 +483,8 @@ pub enum Role {
     Clinician,
     /// A pharmacist.
     Pharmacist,
+    /// A paired monitor or gateway: may only record vital readings.
+    Device,
 }
 
 impl Role {
@@ -787,6 +792,7 @@ mod tests {
 
     fn hr(v: f64, at: &str, q: Quality) -> VitalReading {
         VitalReading {
+            source: "test".into(),
             vital: Vital::HeartRate,
             value: v,
             at: utc(at),

@@ -7,6 +7,7 @@
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
+//! - [`vitals`]: readings from outside, validated (ranges, BLE SFLOAT specials) and banded.
 //! - [`replace`]: checks a schedule replacing another while the appliance runs.
 
 pub mod engine;
@@ -15,4 +16,5 @@ pub mod inventory;
 pub mod plan;
 pub mod replace;
 pub mod schedule;
+pub mod vitals;
 pub mod when;

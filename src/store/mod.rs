@@ -7,6 +7,7 @@
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head, for copies held off-device.
 //! - [`inventory`]: slot counts and stock alerts, replayed from the audit log.
 //! - [`schedules`]: schedules installed by command, used again after a restart.
+//! - [`vitals`]: recent readings at start-up; readings other processes recorded.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod inventory;
 pub mod recorder;
 pub mod schedules;
 pub mod schema;
+pub mod vitals;
 
 use thiserror::Error;
 

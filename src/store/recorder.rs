@@ -243,9 +243,19 @@ fn classify(e: &Event) -> (String, String, String, String) {
         ),
         Event::Vital { reading, .. } => (
             "vitals.reading".into(),
-            sys("vitals"),
+            if reading.source.is_empty() {
+                sys("vitals")
+            } else {
+                reading.source.clone()
+            },
             format!("vital:{}", name(&reading.vital)),
             String::new(),
+        ),
+        Event::VitalAlert { reading, band, .. } => (
+            "vitals.alert".into(),
+            sys("vitals"),
+            format!("vital:{}", name(&reading.vital)),
+            band.clone(),
         ),
         Event::ClockTrust { trusted, .. } => (
             "system.clock".into(),
@@ -338,6 +348,11 @@ impl Recorder {
             last_checkpoint,
             device_id: "medbox-sim".into(),
         })
+    }
+
+    /// This run's boot id.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
     }
 
     /// The connection, for queries.

@@ -120,6 +120,11 @@ pub async fn run(
     conn.busy_timeout(Duration::from_secs(5))?;
     let status = format!("medbox/{}/status", cfg.device_id);
     let cmd_prefix = format!("medbox/{}/cmd/", cfg.device_id);
+    let vitals_in = format!(
+        "medbox/{}/{}",
+        cfg.device_id,
+        crate::controller::commands::VITALS_IN
+    );
     let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
@@ -219,6 +224,7 @@ pub async fn run(
                     }
                     if cfg.commands.is_some() {
                         let _ = client.try_subscribe(format!("{cmd_prefix}+"), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(vitals_in.clone(), QoS::AtLeastOnce);
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -227,8 +233,13 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let (Some(name), Some(tx)) = (p.topic.strip_prefix(&cmd_prefix), &cfg.commands) {
-                        if !name.is_empty() && !name.contains('/') {
+                    let name = if p.topic == vitals_in {
+                        Some(crate::controller::commands::VITALS_IN)
+                    } else {
+                        p.topic.strip_prefix(&cmd_prefix)
+                    };
+                    if let (Some(name), Some(tx)) = (name, &cfg.commands) {
+                        if !name.is_empty() && (!name.contains('/') || name == crate::controller::commands::VITALS_IN) {
                             let inbound = crate::controller::commands::Inbound { name: name.to_string(), payload: p.payload.to_vec() };
                             if tx.try_send(inbound).is_err() {
                                 tracing::warn!("command {name} dropped: the appliance is busy or stopping");
