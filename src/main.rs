@@ -361,6 +361,9 @@ struct SimArgs {
     /// Cap the database at this many pages, to rehearse a full disk.
     #[arg(long, hide = true)]
     db_max_pages: Option<u32>,
+    /// Also publish dose outcomes and vitals as FHIR R4 resources (`fhir/<resource>` topics).
+    #[arg(long)]
+    fhir: bool,
     /// Key the audit chain with the HMAC secret in this file (verify with `--secret-file`).
     #[arg(long)]
     audit_secret_file: Option<PathBuf>,
@@ -592,6 +595,7 @@ fn run_sim(args: SimArgs) -> Result<()> {
         db,
         db_max_pages: args.db_max_pages,
         refill_days,
+        fhir: args.fhir,
         audit_key: match &args.audit_secret_file {
             Some(f) => Some(chain_key(Some(f))?),
             None => None,
@@ -1358,6 +1362,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     .with_context(|| cfg.appliance.db.display().to_string())?;
     let mut schedules: Vec<_> = schedules.into_iter().map(|(_, s)| s).collect();
     recorder.set_device_id(&cfg.appliance.device_id);
+    recorder.set_fhir(cfg.mqtt.as_ref().is_some_and(|m| m.fhir));
     medbox::store::schedules::apply_installed(recorder.connection(), &mut schedules)?;
     recorder.record_versions(
         &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),

@@ -66,6 +66,8 @@ pub struct SimOptions {
     pub db_max_pages: Option<u32>,
     /// Refill alert below this many days of doses (None: 7).
     pub refill_days: Option<f64>,
+    /// Also queue FHIR R4 renderings (MedicationAdministration, Observation) for the uplink.
+    pub fhir: bool,
     /// Key the audit chain with this HMAC secret (None: plain SHA-256).
     pub audit_key: Option<crate::store::audit::ChainKey>,
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
@@ -221,6 +223,7 @@ pub async fn run(
     let mut schedules = opts.schedules.clone();
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
+        rec.set_fhir(opts.fhir);
         for patient in crate::store::schedules::apply_installed(rec.connection(), &mut schedules)? {
             tracing::info!(
                 "schedule of {patient}: the version installed by command, from the store"

@@ -569,3 +569,39 @@ fn the_dst_weekend_scenario_gives_the_monday_dose_at_local_time_after_spring_for
         vec![utc("2026-03-08T07:00:00Z"), utc("2026-03-08T18:00:00Z")]
     );
 }
+
+#[test]
+fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let sc = "name = \"pulse\"\n[[event]]\nat = \"6h 20m\"\naction = \"vital\"\nvital = \"heart_rate\"\nvalue = 51\n";
+    common::run(SimOptions {
+        scenario: Some(Scenario::parse(sc, Path::new("s.toml")).unwrap()),
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: schedules(),
+        fhir: true,
+        ..common::options(1.0)
+    });
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let resources = |topic: &str| -> Vec<serde_json::Value> {
+        conn.prepare("SELECT payload FROM outbox WHERE topic LIKE ?1 ORDER BY id")
+            .unwrap()
+            .query_map([format!("%/fhir/{topic}")], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+            .collect()
+    };
+    let obs = resources("Observation");
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0]["code"]["coding"][0]["code"], "8867-4");
+    let admin = resources("MedicationAdministration");
+    assert!(admin.iter().any(|a| a["status"] == "in-progress"));
+    // The held beta blocker (the blood pressure reading never came): not done, with its reason.
+    assert!(
+        admin.iter().any(|a| a["status"] == "not-done"
+            && a["medicationCodeableConcept"]["text"] == "Metoprolol"
+            && a["statusReason"][0]["coding"][0]["code"] == "NEEDS_READING"),
+        "{admin:#?}"
+    );
+}

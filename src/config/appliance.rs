@@ -26,6 +26,9 @@ pub struct ApplianceSection {
 pub struct MqttSection {
     /// Broker URL, `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
+    /// Also publish dose outcomes and vitals as FHIR R4 resources.
+    #[serde(default)]
+    pub fhir: bool,
 }
 
 /// `[dosing]`.

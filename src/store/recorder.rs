@@ -90,6 +90,8 @@ pub struct Recorded {
 
 /// The one owner of the database connection.
 pub struct Recorder {
+    /// Render FHIR resources beside the medbox JSON.
+    fhir: bool,
     conn: Connection,
     key: ChainKey,
     device: DeviceKey,
@@ -325,6 +327,23 @@ fn classify(e: &Event) -> (String, String, String, String) {
     }
 }
 
+/// The FHIR rendering of an event, if it has one: (resource type, resource).
+fn fhir(e: &Event, id: &str) -> Option<(&'static str, serde_json::Value)> {
+    use crate::uplink::fhir;
+    match e {
+        Event::Dose {
+            patient,
+            record,
+            reason,
+            detail,
+            ..
+        } => fhir::medication_administration(id, patient, record, reason.as_deref(), detail)
+            .map(|r| ("MedicationAdministration", r)),
+        Event::Vital { reading, .. } => Some(("Observation", fhir::observation(id, None, reading))),
+        _ => None,
+    }
+}
+
 fn event_time(e: &Event) -> Option<DateTime<Utc>> {
     serde_json::to_value(e)
         .ok()?
@@ -347,7 +366,13 @@ impl Recorder {
             boot_id,
             last_checkpoint,
             device_id: "medbox-sim".into(),
+            fhir: false,
         })
+    }
+
+    /// Also renders dose outcomes and vital readings as FHIR R4 resources in the outbox.
+    pub fn set_fhir(&mut self, on: bool) {
+        self.fhir = on;
     }
 
     /// This run's boot id.
@@ -531,6 +556,17 @@ impl Recorder {
                 &payload,
                 &row.utc,
             )?;
+            if self.fhir {
+                if let Some((resource, body)) = fhir(e, &format!("{dev}:{}", row.seq)) {
+                    outbox(
+                        &tx,
+                        Priority::Event,
+                        &format!("medbox/{dev}/fhir/{resource}"),
+                        &body,
+                        &row.utc,
+                    )?;
+                }
+            }
             if checkpoint::due(self.last_checkpoint, row.seq, at) {
                 let c = self.device.checkpoint(&tx, row.seq, &row.hash, at)?;
                 let payload = serde_json::json!({

@@ -14,6 +14,8 @@
 //! simulation, must not be mixed with real sockets) and reads the outbox over its own connection
 //! to the database file (WAL lets it read and delete while the recorder writes).
 
+pub mod fhir;
+
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -54,6 +54,7 @@ pub fn options(days: f64) -> SimOptions {
         db_max_pages: None,
         refill_days: None,
         audit_key: None,
+        fhir: false,
         mqtt: None,
         device_id: "medbox-test".into(),
         schedules: Vec::new(),
