@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance on the simulated board, on simulated time.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
     /// Run the appliance on the board its config names.
     Run {
         /// Appliance config (TOML).
@@ -178,6 +178,58 @@ enum ScheduleCommand {
     },
 }
 
+/// How to authenticate to the broker (no defaults: anonymous unless given).
+#[derive(clap::Args, Clone, Default)]
+struct BrokerAuth {
+    /// CA certificate (PEM) that signed the broker's; needed by mqtts://.
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "mqtt_key")]
+    mqtt_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "mqtt_cert")]
+    mqtt_key: Option<PathBuf>,
+    /// Username.
+    #[arg(long, requires = "mqtt_password_file")]
+    mqtt_username: Option<String>,
+    /// File holding the password (never on the command line).
+    #[arg(long, requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+}
+
+/// TLS files and username/password, as the uplink takes them.
+type Security = (
+    Option<medbox::uplink::tls::TlsFiles>,
+    Option<(String, String)>,
+);
+
+impl BrokerAuth {
+    /// Reads the password file and gathers the TLS files.
+    fn resolve(&self) -> Result<Security> {
+        let tls = self
+            .mqtt_ca
+            .as_ref()
+            .map(|ca| medbox::uplink::tls::TlsFiles {
+                ca: ca.clone(),
+                client_cert: self.mqtt_cert.clone(),
+                client_key: self.mqtt_key.clone(),
+            });
+        let credentials = match (&self.mqtt_username, &self.mqtt_password_file) {
+            (Some(u), Some(f)) => {
+                let password = std::fs::read_to_string(f)
+                    .with_context(|| format!("MQTT password file {}", f.display()))?;
+                Some((
+                    u.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+            _ => None,
+        };
+        Ok((tls, credentials))
+    }
+}
+
 #[derive(Subcommand)]
 enum UplinkCommand {
     /// Publish everything waiting in a database's outbox, then stop.
@@ -194,6 +246,8 @@ enum UplinkCommand {
         /// Give up after this many seconds without a connection.
         #[arg(long, default_value_t = 30)]
         give_up_s: u64,
+        #[command(flatten)]
+        auth: BrokerAuth,
     },
 }
 
@@ -358,6 +412,8 @@ struct SimArgs {
     /// Device id (topic level and MQTT client id; never a patient's name).
     #[arg(long, default_value = "medbox-sim")]
     device_id: String,
+    #[command(flatten)]
+    auth: BrokerAuth,
     /// Cap the database at this many pages, to rehearse a full disk.
     #[arg(long, hide = true)]
     db_max_pages: Option<u32>,
@@ -381,7 +437,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sim(args) => run_sim(args),
+        Command::Sim(args) => run_sim(*args),
         Command::Run { config } => run_appliance(config),
         Command::Config {
             command: ConfigCommand::Check { files },
@@ -424,12 +480,15 @@ fn main() -> ExitCode {
                     mqtt,
                     device_id,
                     give_up_s,
+                    auth,
                 },
         } => (|| {
             // Apply migrations (the outbox table) before draining.
             drop(medbox::store::schema::open(&db).with_context(|| db.display().to_string())?);
+            let mut cfg = medbox::uplink::UplinkConfig::new(&mqtt, &device_id, &db);
+            (cfg.tls, cfg.credentials) = auth.resolve()?;
             let u = medbox::uplink::UplinkThread::spawn(
-                medbox::uplink::UplinkConfig::new(&mqtt, &device_id, &db),
+                cfg,
                 std::time::Duration::from_secs(give_up_s),
             )?;
             let stats = u.drain()?;
@@ -579,6 +638,7 @@ fn run_sim(args: SimArgs) -> Result<()> {
     };
     let opts = SimOptions {
         mqtt: args.mqtt.clone(),
+        mqtt_security: args.auth.resolve()?,
         device_id: args.device_id.clone(),
         schedules,
         profile,
@@ -1393,6 +1453,30 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             dispenser,
             dosing,
         );
+        // The uplink, when configured: its own thread, the outbox as its queue.
+        let uplink = match &cfg.mqtt {
+            Some(m) => {
+                let mut u = medbox::uplink::UplinkConfig::new(
+                    &m.url,
+                    &cfg.appliance.device_id,
+                    &cfg.appliance.db,
+                );
+                u.commands = Some(running.commands.clone());
+                (u.tls, u.credentials) = BrokerAuth {
+                    mqtt_ca: m.ca_file.clone(),
+                    mqtt_cert: m.cert_file.clone(),
+                    mqtt_key: m.key_file.clone(),
+                    mqtt_username: m.username.clone(),
+                    mqtt_password_file: m.password_file.clone(),
+                }
+                .resolve()?;
+                Some(medbox::uplink::UplinkThread::spawn(
+                    u,
+                    std::time::Duration::from_secs(10),
+                )?)
+            }
+            None => None,
+        };
         let signal = shutdown_signal();
         tokio::pin!(signal);
         let served = medbox::controller::serve::serve(
@@ -1413,6 +1497,10 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             }
             eprintln!("medbox: storage failed, appliance stopped: {e}");
             std::process::exit(3);
+        }
+        if let Some(u) = uplink {
+            // Deliver what is waiting (or give up after a while without a broker).
+            u.drain()?;
         }
         Ok(())
     })

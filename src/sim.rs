@@ -60,6 +60,11 @@ pub struct SimOptions {
     pub schedules: Vec<crate::dosing::schedule::Schedule>,
     /// Publish the outbox to this broker (`mqtt://host:port`); needs `db`.
     pub mqtt: Option<String>,
+    /// TLS files and username/password for the broker.
+    pub mqtt_security: (
+        Option<crate::uplink::tls::TlsFiles>,
+        Option<(String, String)>,
+    ),
     /// Device id for topics and the MQTT client id.
     pub device_id: String,
     /// Cap the database at this many pages (rehearses a full disk).
@@ -320,6 +325,7 @@ pub async fn run(
             let mut cfg = crate::uplink::UplinkConfig::new(url, &opts.device_id, db);
             cfg.commands = Some(running.commands.clone());
             cfg.link = Some(link);
+            (cfg.tls, cfg.credentials) = opts.mqtt_security.clone();
             Some(
                 crate::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10))
                     .map_err(|e| SimError::Uplink(e.to_string()))?,

@@ -443,3 +443,283 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     assert_eq!(results[12]["command"], "record_vital");
     assert!(results.iter().all(|r| r["kind"] == "command_result"));
 }
+
+/// A private Mosquitto on a free port with the shipped ACL file and a password file: the
+/// sample configuration's rules, exercised for real. Killed on drop.
+struct AclBroker {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for AclBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn acl_broker(users: &[(&str, &str)]) -> AclBroker {
+    acl_broker_with_tls(users, None)
+}
+
+/// As [`acl_broker`], plus a TLS listener on `tls_port` that requires a client certificate
+/// from the test CA and takes its CN as the username.
+fn acl_broker_with_tls(users: &[(&str, &str)], tls_port: Option<u16>) -> AclBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, "").unwrap();
+    for (u, p) in users {
+        let ok = Command::new("mosquitto_passwd")
+            .args(["-b"])
+            .arg(&passwd)
+            .args([u, p])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/mosquitto/medbox.acl");
+    let conf = dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlistener {port} 127.0.0.1\n{}",
+            passwd.display(),
+            acl.display(),
+            tls_port.map_or(String::new(), |p| {
+                let f = |n: &str| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures/tls")
+                        .join(n)
+                        .display()
+                        .to_string()
+                };
+                format!(
+                    "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+                    f("ca.crt"),
+                    f("broker.crt"),
+                    f("broker.key")
+                )
+            })
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for p in std::iter::once(port).chain(tls_port) {
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    AclBroker {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_acl_keeps_each_device_to_its_own_topics_and_credentials_work() {
+    let broker = acl_broker(&[
+        ("dev-a", "pw-a-0123456789"),
+        ("care-backend", "pw-c-0123456789"),
+    ]);
+    let port = broker.port;
+    // The back end reads everything it may.
+    let mut opts = MqttOptions::new("care-backend", "127.0.0.1", port);
+    opts.set_credentials("care-backend", "pw-c-0123456789");
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (backend, mut ev) = AsyncClient::new(opts, 100);
+    backend
+        .subscribe("medbox/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_for_suback(&mut ev).await;
+    // The appliance logs in as dev-a with its password (no defaults) and publishes its run.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw-a-0123456789\n").unwrap();
+    let out = medbox()
+        .args(["sim", "--days", "0.05", "--device-id", "dev-a"])
+        .args(["--mqtt", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--mqtt-username", "dev-a", "--mqtt-password-file"])
+        .arg(&pw)
+        .arg("--db")
+        .arg(dir.path().join("m.db"))
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["uplink"]["left"], 0, "{}", summary["uplink"]);
+    // dev-a then tries to write into another device's subtree: the broker drops it.
+    let mut opts = MqttOptions::new("dev-a", "127.0.0.1", port);
+    opts.set_credentials("dev-a", "pw-a-0123456789");
+    let (rogue, mut rev) = AsyncClient::new(opts, 10);
+    rogue
+        .publish("medbox/dev-b/cmd/skip_dose", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    rogue
+        .publish("medbox/dev-a/events/probe", QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let _ = tokio::time::timeout(Duration::from_millis(500), rev.poll()).await;
+    }
+    let mut topics = Vec::new();
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(2), ev.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            topics.push(p.topic.clone());
+        }
+    }
+    assert!(
+        topics
+            .iter()
+            .any(|t| t.starts_with("medbox/dev-a/telemetry/")),
+        "{topics:?}"
+    );
+    assert!(topics.iter().any(|t| t == "medbox/dev-a/events/probe"));
+    assert!(
+        !topics.iter().any(|t| t.starts_with("medbox/dev-b/")),
+        "{topics:?}"
+    );
+    // A wrong password is refused: what waits in the outbox stays there.
+    let more = medbox()
+        .args(["sim", "--days", "0.02", "--device-id", "dev-a", "--db"])
+        .arg(dir.path().join("m.db"))
+        .output()
+        .unwrap();
+    assert!(more.status.success());
+    let waiting = outbox_len(&dir.path().join("m.db"));
+    assert!(waiting > 0);
+    std::fs::write(&pw, "wrong").unwrap();
+    let out = medbox()
+        .args([
+            "uplink",
+            "drain",
+            "--device-id",
+            "dev-a",
+            "--give-up-s",
+            "2",
+        ])
+        .args(["--mqtt", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--mqtt-username", "dev-a", "--mqtt-password-file"])
+        .arg(&pw)
+        .arg("--db")
+        .arg(dir.path().join("m.db"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("\"connects\":0"), "{text}");
+    assert_eq!(outbox_len(&dir.path().join("m.db")), waiting);
+}
+
+/// Polls until the subscription is acknowledged; fails instead of hanging if the broker is not
+/// there.
+async fn wait_for_suback(ev: &mut rumqttc::EventLoop) {
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => return,
+            Ok(Err(e)) => panic!("backend subscriber: {e}"),
+            _ => {}
+        }
+    }
+    panic!("no SUBACK");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_client_certificate_the_appliance_delivers_its_outbox() {
+    let tls_port = free_port();
+    let broker = acl_broker_with_tls(&[("care-backend", "pw-c-0123456789")], Some(tls_port));
+    let mut opts = MqttOptions::new("care-backend", "127.0.0.1", broker.port);
+    opts.set_credentials("care-backend", "pw-c-0123456789");
+    let (backend, mut ev) = AsyncClient::new(opts, 100);
+    backend
+        .subscribe("medbox/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_for_suback(&mut ev).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        medbox()
+            .args(["sim", "--days", "0.05", "--device-id", "dev-t", "--json"])
+            .args(["--mqtt", &format!("mqtts://127.0.0.1:{tls_port}")])
+            .arg("--mqtt-ca")
+            .arg(fixtures.join("ca.crt"))
+            .args(extra)
+            .arg("--db")
+            .arg(dir.path().join("m.db"))
+            .output()
+            .unwrap()
+    };
+    let cert = fixtures.join("dev-t.crt");
+    let key = fixtures.join("dev-t.key");
+    let out = run(&[
+        "--mqtt-cert",
+        cert.to_str().unwrap(),
+        "--mqtt-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["uplink"]["left"], 0, "{}", summary["uplink"]);
+    assert!(summary["uplink"]["acked"].as_u64().unwrap() > 10);
+    let mut topics = Vec::new();
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(2), ev.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            topics.push(p.topic.clone());
+        }
+    }
+    assert!(
+        topics
+            .iter()
+            .any(|t| t.starts_with("medbox/dev-t/telemetry/")),
+        "{topics:?}"
+    );
+    // A CA file that is not PEM is refused before anything connects.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "nope").unwrap();
+    let out = medbox()
+        .args(["sim", "--days", "0.01", "--device-id", "dev-t"])
+        .args(["--mqtt", &format!("mqtts://127.0.0.1:{tls_port}")])
+        .arg("--mqtt-ca")
+        .arg(&bad)
+        .arg("--db")
+        .arg(dir.path().join("m2.db"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no PEM certificate"));
+}

@@ -29,6 +29,21 @@ pub struct MqttSection {
     /// Also publish dose outcomes and vitals as FHIR R4 resources.
     #[serde(default)]
     pub fhir: bool,
+    /// CA certificate (PEM) for `mqtts://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Username (with `password_file`; there are no default credentials).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[dosing]`.
@@ -136,6 +151,23 @@ impl Validate for ApplianceConfig {
                     line_at("url"),
                     "mqtt.url",
                     "must start with mqtt:// or mqtts://",
+                );
+            }
+            if m.url.starts_with("mqtts://") && m.ca_file.is_none() {
+                out.at(line_at("url"), "mqtt.ca_file", "mqtts:// needs a CA file");
+            }
+            if m.cert_file.is_some() != m.key_file.is_some() {
+                out.at(
+                    line_at("[mqtt]"),
+                    "mqtt.cert_file",
+                    "a client certificate and its key go together",
+                );
+            }
+            if m.username.is_some() != m.password_file.is_some() {
+                out.at(
+                    line_at("[mqtt]"),
+                    "mqtt.username",
+                    "username and password_file go together",
                 );
             }
         }

@@ -15,6 +15,7 @@
 //! to the database file (WAL lets it read and delete while the recorder writes).
 
 pub mod fhir;
+pub mod tls;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use rusqlite::{params, Connection};
@@ -27,9 +28,12 @@ use tokio::sync::watch;
 /// The uplink could not start.
 #[derive(Debug, Error)]
 pub enum UplinkError {
-    /// The broker URL is not `mqtt://host:port`.
-    #[error("broker URL {0:?}: expected mqtt://host:port")]
+    /// The broker URL is not `mqtt://host:port` or `mqtts://host:port`.
+    #[error("broker URL {0:?}: expected mqtt://host:port or mqtts://host:port")]
     Url(String),
+    /// TLS material is missing or wrong.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The outbox could not be read.
     #[error("outbox: {0}")]
     Db(#[from] rusqlite::Error),
@@ -50,6 +54,10 @@ pub struct UplinkConfig {
     pub keep_alive: Duration,
     /// Where inbound commands (`cmd/<name>`) go; None: not subscribed.
     pub commands: Option<tokio::sync::mpsc::Sender<crate::controller::commands::Inbound>>,
+    /// TLS material (required by `mqtts://`).
+    pub tls: Option<tls::TlsFiles>,
+    /// Username and password (there are no defaults).
+    pub credentials: Option<(String, String)>,
     /// Whether the network path to the broker exists (a simulated outage sets it false); None:
     /// always.
     pub link: Option<watch::Receiver<bool>>,
@@ -65,6 +73,8 @@ impl UplinkConfig {
             max_inflight: 50,
             keep_alive: Duration::from_secs(5),
             commands: None,
+            tls: None,
+            credentials: None,
             link: None,
         }
     }
@@ -85,19 +95,23 @@ pub struct UplinkStats {
     pub left: i64,
 }
 
-fn parse_url(url: &str) -> Result<(String, u16), UplinkError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| UplinkError::Url(url.to_string()))?;
-    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
-    let port: u16 = port
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|_| UplinkError::Url(url.to_string()))?;
+/// Host, port and whether TLS is asked for.
+fn parse_url(url: &str) -> Result<(String, u16, bool), UplinkError> {
+    let (rest, tls, default_port) =
+        match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(r), _) => (r, false, 1883),
+            (_, Some(r)) => (r, true, 8883),
+            _ => return Err(UplinkError::Url(url.to_string())),
+        };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|_| UplinkError::Url(url.to_string()))?),
+        None => (rest, default_port),
+    };
     if host.is_empty() {
         return Err(UplinkError::Url(url.to_string()));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 /// How the uplink should end.
@@ -117,7 +131,7 @@ pub async fn run(
     mut stop: watch::Receiver<StopMode>,
     give_up: Duration,
 ) -> Result<UplinkStats, UplinkError> {
-    let (host, port) = parse_url(&cfg.url)?;
+    let (host, port, wants_tls) = parse_url(&cfg.url)?;
     let conn = Connection::open(&cfg.db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let status = format!("medbox/{}/status", cfg.device_id);
@@ -134,6 +148,28 @@ pub async fn run(
     // refusal instead of tearing the connection down (the broker should cap sizes too).
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
     opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+    match (wants_tls, &cfg.tls) {
+        (true, Some(files)) => {
+            let config = tls::client_config(files).map_err(UplinkError::Tls)?;
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(config),
+            ));
+        }
+        (true, None) => {
+            return Err(UplinkError::Tls(
+                "mqtts:// needs a CA file (--mqtt-ca / [mqtt] ca_file)".into(),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(UplinkError::Tls(
+                "TLS files given for a plain mqtt:// URL: use mqtts://".into(),
+            ))
+        }
+        (false, None) => {}
+    }
+    if let Some((user, password)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), password.clone());
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
     let mut stats = UplinkStats::default();
     let mut connected = false;
@@ -298,8 +334,12 @@ pub struct UplinkThread {
 }
 
 impl UplinkThread {
-    /// Starts the uplink.
-    pub fn spawn(cfg: UplinkConfig, give_up: Duration) -> std::io::Result<Self> {
+    /// Starts the uplink (after checking the URL and TLS files, so a mistake fails now).
+    pub fn spawn(cfg: UplinkConfig, give_up: Duration) -> Result<Self, UplinkError> {
+        let (_, _, wants_tls) = parse_url(&cfg.url)?;
+        if let (true, Some(files)) = (wants_tls, &cfg.tls) {
+            tls::client_config(files).map_err(UplinkError::Tls)?;
+        }
         let (stop, rx) = watch::channel(StopMode::Run);
         let handle = std::thread::Builder::new()
             .name("uplink".into())
@@ -309,7 +349,8 @@ impl UplinkThread {
                     .build()
                     .map_err(|e| UplinkError::Url(e.to_string()))?;
                 rt.block_on(run(cfg, rx, give_up))
-            })?;
+            })
+            .map_err(|e| UplinkError::Url(format!("cannot start the uplink thread: {e}")))?;
         Ok(Self { stop, handle })
     }
 
@@ -330,9 +371,16 @@ mod tests {
     fn broker_urls_are_checked() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
+            ("127.0.0.1".into(), 1883, false)
         );
-        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert_eq!(
+            parse_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker").unwrap(),
+            ("broker".into(), 8883, true)
+        );
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("mqtt://:1").is_err());
     }

@@ -56,6 +56,7 @@ pub fn options(days: f64) -> SimOptions {
         audit_key: None,
         fhir: false,
         mqtt: None,
+        mqtt_security: (None, None),
         device_id: "medbox-test".into(),
         schedules: Vec::new(),
         print_durable: false,
