@@ -181,6 +181,19 @@ pub enum Event {
         /// The reading.
         reading: crate::dosing::engine::VitalReading,
     },
+    /// What became of the doses of a period, per patient and medication.
+    Adherence {
+        /// When.
+        at: DateTime<Utc>,
+        /// Start of the period.
+        from: DateTime<Utc>,
+        /// End of the period.
+        to: DateTime<Utc>,
+        /// Why it was produced: `daily` or `requested by <actor>`.
+        trigger: String,
+        /// The counts.
+        tallies: Vec<crate::dosing::adherence::Tally>,
+    },
     /// A vital reading is past its alert band: the caregiver is told.
     VitalAlert {
         /// When.

@@ -721,6 +721,7 @@ impl Accumulator {
             | Event::Stopped { .. }
             | Event::Vital { .. }
             | Event::VitalAlert { .. }
+            | Event::Adherence { .. }
             | Event::Barrier { .. } => {}
             Event::CommandResult {
                 command,

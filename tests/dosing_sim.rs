@@ -605,3 +605,56 @@ fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
         "{admin:#?}"
     );
 }
+
+#[test]
+fn adherence_is_summarised_daily_and_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let sc = scenario(vec![
+        (
+            30.0,
+            command(
+                "request_report",
+                "n-1",
+                "nurse",
+                serde_json::json!({"days": 2}),
+            ),
+        ),
+        (
+            30.5,
+            command("request_report", "p-0042", "patient", serde_json::json!({})),
+        ),
+    ]);
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: schedules(),
+        ..common::options(2.0)
+    });
+    assert_eq!(s.commands_rejected.len(), 1, "{:?}", s.commands_rejected);
+    assert!(s.commands_rejected[0].contains("ROLE_NOT_ALLOWED"));
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let summaries: Vec<serde_json::Value> = conn
+        .prepare("SELECT payload FROM outbox WHERE topic LIKE '%/adherence' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+        .collect();
+    // Day 1 (at 24 h) and the request at 30 h; day 2's falls just after the run's end.
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    assert_eq!(summaries[0]["body"]["trigger"], "daily");
+    assert_eq!(summaries[1]["body"]["trigger"], "requested by n-1");
+    let metformin = summaries[1]["body"]["tallies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["medication"] == "Metformin")
+        .unwrap()
+        .clone();
+    assert_eq!(metformin["patient"], "p-0042");
+    // 07:00 and 18:00 UTC on day 1 (day 2's comes at 06:30, after the request); no pickups.
+    assert_eq!(metformin["scheduled"], 2, "{metformin}");
+    assert_eq!(metformin["not_taken"], 2, "{metformin}");
+}

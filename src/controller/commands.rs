@@ -68,6 +68,18 @@ struct ReplaceArgs {
     confirm: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportArgs {
+    /// Days back from now.
+    #[serde(default = "one_week")]
+    days: u32,
+}
+
+fn one_week() -> u32 {
+    7
+}
+
 /// Command names this router knows.
 const COMMANDS: &[&str] = &[
     "acknowledge_alarm",
@@ -76,6 +88,7 @@ const COMMANDS: &[&str] = &[
     "refill",
     "replace_schedule",
     "record_vital",
+    "request_report",
 ];
 
 /// The inbound topic (under `medbox/<device-id>/`) where monitors and gateways publish
@@ -132,6 +145,7 @@ fn allowed(command: &str, role: Role) -> bool {
         "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
         "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         "record_vital" => matches!(role, Patient | Caregiver | Nurse | Clinician | Device),
+        "request_report" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         _ => false,
     }
 }
@@ -309,6 +323,21 @@ impl Router {
                         actor: env.actor.clone(),
                         note: a.note,
                         reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+            }
+            "request_report" => {
+                let a: ReportArgs = serde_json::from_value(args(&env.args))
+                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                if !(1..=90).contains(&a.days) {
+                    return Err("MALFORMED: `days` must be 1–90".into());
+                }
+                self.dispenser
+                    .send(DispenserCommand::Report {
+                        days: a.days,
+                        actor: env.actor.clone(),
+                        reply: tx,
                     })
                     .await
                     .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;

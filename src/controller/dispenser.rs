@@ -30,6 +30,8 @@ const PENDING_POLL: Duration = Duration::from_secs(1);
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How often the dose planner runs.
 const PLAN_EVERY: Duration = Duration::from_secs(60);
+/// How often the adherence summary is published.
+const SUMMARY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long the store may take to make a dispense's intent durable before it is refused.
 const DURABLE_WITHIN: Duration = Duration::from_secs(30);
 /// How long a dose whose dispense failed before motion waits before it is tried again.
@@ -64,6 +66,8 @@ pub(super) struct DispenserTask {
     /// Doses whose dispense failed before motion, and when they may be tried again (None: after
     /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
     retry_after: std::collections::HashMap<(String, Option<DateTime<Utc>>), Option<Duration>>,
+    /// When the next daily adherence summary is due (monotonic).
+    next_summary: Duration,
     /// Storage fails: dispensing is locked (the fridge task is not affected).
     storage_locked: bool,
     /// Risky schedule changes waiting for a second person: version → who asked.
@@ -82,6 +86,7 @@ impl DispenserTask {
     ) -> Self {
         let since = dosing.since.unwrap_or_else(|| clock.now());
         let vitals = std::mem::take(&mut dosing.vitals);
+        let first_summary = clock.monotonic() + SUMMARY_EVERY;
         let baseline_s = wall_minus_mono(&*clock);
         Self {
             planner: Planner::new(since),
@@ -96,6 +101,7 @@ impl DispenserTask {
             retry_after: Default::default(),
             awaiting_confirmation: Default::default(),
             storage_locked: false,
+            next_summary: first_summary,
             baseline_s,
             clock_trusted: true,
         }
@@ -146,6 +152,10 @@ impl DispenserTask {
             if now >= next_plan {
                 self.escalate(at).await;
                 self.stock_alerts(at).await;
+                if now >= self.next_summary {
+                    self.next_summary = now + SUMMARY_EVERY;
+                    self.summarise(1, "daily".into()).await;
+                }
                 self.check_clock().await;
                 self.plan().await;
                 next_plan = now + PLAN_EVERY;
@@ -394,6 +404,16 @@ impl DispenserTask {
                     let _ = r.send(result);
                 }
             }
+            DispenserCommand::Report { days, actor, reply } => {
+                let t = self.summarise(days, format!("requested by {actor}")).await;
+                let (taken, scheduled) = t.iter().fold((0, 0), |(a, b), t| {
+                    (a + t.taken, b + t.scheduled + t.as_needed)
+                });
+                let _ = reply.send(Ok(format!(
+                    "adherence of the last {days} day(s) published: {} medication(s), {taken} of {scheduled} doses taken",
+                    t.len()
+                )));
+            }
             DispenserCommand::ReplaceSchedule {
                 patient,
                 source,
@@ -534,6 +554,42 @@ impl DispenserTask {
         Ok(format!(
             "schedule of {patient} replaced: version {new_version}"
         ))
+    }
+
+    /// Publishes the adherence of the last `days` days and returns it.
+    async fn summarise(
+        &mut self,
+        days: u32,
+        trigger: String,
+    ) -> Vec<crate::dosing::adherence::Tally> {
+        let to = self.clock.now();
+        let from = to - chrono::Duration::days(i64::from(days));
+        let patient_of = |m: &str| {
+            self.dosing
+                .schedules
+                .iter()
+                .find(|s| s.medication(m).is_some())
+                .map_or_else(|| "?".to_string(), |s| s.patient.clone())
+        };
+        let tallies = crate::dosing::adherence::tally(
+            self.dosing
+                .history
+                .iter()
+                .filter(|r| r.at >= from && r.at < to)
+                .map(|r| (patient_of(&r.medication), r.clone())),
+        );
+        super::emit(
+            &self.events,
+            Event::Adherence {
+                at: to,
+                from,
+                to,
+                trigger,
+                tallies: tallies.clone(),
+            },
+        )
+        .await;
+        tallies
     }
 
     async fn refill(

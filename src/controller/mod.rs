@@ -115,6 +115,15 @@ pub enum DispenserCommand {
         /// Where to answer (None: nobody waits).
         reply: Option<Reply>,
     },
+    /// Summarise adherence over the last `days` now (published on `adherence`).
+    Report {
+        /// Days back from now.
+        days: u32,
+        /// Who asked.
+        actor: String,
+        /// Where to answer.
+        reply: Reply,
+    },
     /// Replace (or add) a patient's schedule.
     ReplaceSchedule {
         /// Patient pseudonym the sender means.

@@ -4,12 +4,14 @@
 //! - [`when`]: occurrences in the patient's zone, with RFC 5545 daylight-saving semantics on top
 //!   of cron's field matching (a time in a skipped hour moves forward by the gap; a time in a
 //!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
+//! - [`adherence`]: each dose counted once by its final state, per patient and medication.
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
 //! - [`vitals`]: readings from outside, validated (ranges, BLE SFLOAT specials) and banded.
 //! - [`replace`]: checks a schedule replacing another while the appliance runs.
 
+pub mod adherence;
 pub mod engine;
 pub mod escalation;
 pub mod inventory;

@@ -383,95 +383,44 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     Ok(h)
 }
 
-/// Per patient and medication: scheduled occurrences and their final outcomes, with doses
-/// taken late (more than the late-notice delay after their time) counted apart.
+/// Per patient and medication: scheduled occurrences and their final outcomes.
 fn adherence(h: &mut String, rows: &[Row]) {
-    use crate::dosing::engine::{DoseRecord, Outcome};
+    use crate::dosing::engine::DoseRecord;
     h.push_str("<h2>Adherence per patient</h2>");
-    // (patient, medication) → occurrence → its records, in order.
-    type Key = (String, String);
-    let mut per: std::collections::BTreeMap<
-        Key,
-        std::collections::BTreeMap<String, Vec<DoseRecord>>,
-    > = Default::default();
-    for r in rows
+    let records = rows
         .iter()
         .filter(|r| r.kind.starts_with("dose.") && r.kind != "dose.alert")
-    {
-        let Ok(b) = serde_json::from_str::<serde_json::Value>(&r.body) else {
-            continue;
-        };
-        let patient = b.get("patient").and_then(|p| p.as_str()).unwrap_or("?");
-        let Some(rec) = b
-            .get("record")
-            .and_then(|v| serde_json::from_value::<DoseRecord>(v.clone()).ok())
-        else {
-            continue;
-        };
-        // As-needed records are not tied to an occurrence: each counts on its own.
-        let occ = rec
-            .occurrence
-            .map_or_else(|| format!("prn:{}", r.seq), |o| o.to_rfc3339());
-        if rec.occurrence.is_none()
-            && !matches!(
-                rec.outcome,
-                Outcome::Dispensed | Outcome::Taken | Outcome::Uncertain
-            )
-        {
-            continue;
-        }
-        per.entry((patient.to_string(), rec.medication.clone()))
-            .or_default()
-            .entry(occ)
-            .or_default()
-            .push(rec);
-    }
-    if per.is_empty() {
+        .filter_map(|r| {
+            let b: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            let patient = b.get("patient")?.as_str()?.to_string();
+            let rec: DoseRecord = serde_json::from_value(b.get("record")?.clone()).ok()?;
+            Some((patient, rec))
+        });
+    let tallies = crate::dosing::adherence::tally(records);
+    if tallies.is_empty() {
         h.push_str("<p>No dosing records in this period.</p>");
         return;
     }
     h.push_str("<table><tr><th class=l>patient</th><th class=l>medication</th><th>scheduled</th><th>as needed</th><th>taken</th><th>taken late</th><th>dispensed, not taken</th><th>missed</th><th>held</th><th>skipped</th><th>uncertain</th><th>failed only</th></tr>");
-    for ((patient, med), occs) in per {
-        let mut n = [0u32; 10];
-        for (occ, recs) in &occs {
-            let has = |o: Outcome| recs.iter().any(|r| r.outcome == o);
-            if occ.starts_with("prn:") {
-                match recs.first().map(|r| r.outcome) {
-                    Some(Outcome::Dispensed) => n[1] += 1,
-                    Some(Outcome::Taken) => n[2] += 1,
-                    _ => n[8] += 1,
-                }
-                continue;
-            }
-            n[0] += 1;
-            let taken = recs.iter().find(|r| r.outcome == Outcome::Taken);
-            if let Some(t) = taken {
-                n[2] += 1;
-                let late = t
-                    .occurrence
-                    .is_some_and(|o| t.at - o > crate::dosing::escalation::LATE_NOTICE_AFTER);
-                n[3] += u32::from(late);
-            } else if has(Outcome::Dispensed) {
-                n[4] += 1;
-            } else if has(Outcome::Missed) {
-                n[5] += 1;
-            } else if has(Outcome::Held) {
-                n[6] += 1;
-            } else if has(Outcome::Skipped) {
-                n[7] += 1;
-            } else if has(Outcome::Uncertain) || has(Outcome::Dispensing) {
-                n[8] += 1;
-            } else if has(Outcome::Failed) {
-                n[9] += 1;
-            }
-        }
+    for t in tallies {
         let _ = write!(
             h,
             "<tr><td class=l>{}</td><td class=l>{}</td>",
-            esc(&patient),
-            esc(&med)
+            esc(&t.patient),
+            esc(&t.medication)
         );
-        for v in n {
+        for v in [
+            t.scheduled,
+            t.as_needed,
+            t.taken,
+            t.taken_late,
+            t.not_taken,
+            t.missed,
+            t.held,
+            t.skipped,
+            t.uncertain,
+            t.failed,
+        ] {
             let _ = write!(h, "<td>{v}</td>");
         }
         h.push_str("</tr>");

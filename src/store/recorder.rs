@@ -55,6 +55,7 @@ fn route(kind: &str) -> (Priority, String) {
         "coldchain.day" => "coldchain_day",
         k if k.starts_with("dose.") => "dose",
         k if k.starts_with("vitals.") => return (Priority::Event, "vitals".into()),
+        k if k.starts_with("adherence.") => return (Priority::Event, "adherence".into()),
         k => k.split('.').next().unwrap_or("system"),
     };
     (Priority::Event, format!("events/{k}"))
@@ -251,6 +252,12 @@ fn classify(e: &Event) -> (String, String, String, String) {
                 reading.source.clone()
             },
             format!("vital:{}", name(&reading.vital)),
+            String::new(),
+        ),
+        Event::Adherence { from, to, .. } => (
+            "adherence.summary".into(),
+            sys("dispenser"),
+            format!("period:{}/{}", from.to_rfc3339(), to.to_rfc3339()),
             String::new(),
         ),
         Event::VitalAlert { reading, band, .. } => (
