@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_uplink;
 pub mod board;
 pub mod clock;
 pub mod coldchain;

@@ -265,6 +265,16 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The outbox drain against a bare rumqttc QoS 1 loop over the same backlog, and the
+    /// latency of an alarm overtaking it (needs a broker).
+    Uplink {
+        /// The broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Days of simulated outage backlog (one reading a minute plus events).
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -496,6 +506,31 @@ fn main() -> ExitCode {
             if stats.left > 0 {
                 bail!("{} messages could not be delivered", stats.left);
             }
+            Ok(())
+        })(),
+        Command::Bench {
+            command: BenchCommand::Uplink { mqtt, days },
+        } => (|| {
+            let dir = tempfile::tempdir()?;
+            let db = dir.path().join("backlog.db");
+            let device = format!("bench-{}", std::process::id());
+            eprintln!("building a {days}-day backlog…");
+            let sim = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "sim",
+                    "--days",
+                    &days.to_string(),
+                    "--json",
+                    "--device-id",
+                    &device,
+                    "--db",
+                ])
+                .arg(&db)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(sim.success(), "the backlog simulation failed");
+            let r = medbox::bench_uplink::uplink(&mqtt, &db, &device)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         })(),
         Command::Bench {

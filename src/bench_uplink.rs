@@ -1,0 +1,178 @@
+//! `medbox bench uplink`: the outbox drain against a bare rumqttc QoS 1 publish loop over the
+//! same messages, in one run against one broker (a ratio, so the machine's speed cancels out),
+//! and the latency from an alarm's commit to the outbox to its arrival at a subscriber, with a
+//! backlog draining and with none. Figures, not assertions.
+
+use crate::uplink::{UplinkConfig, UplinkThread};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Uplink benchmark figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct UplinkBench {
+    /// Messages in the backlog.
+    pub messages: usize,
+    /// Their total payload bytes.
+    pub bytes: usize,
+    /// Outbox drain: messages per second (publish, PUBACK, delete per message).
+    pub drain_per_s: f64,
+    /// Bare rumqttc QoS 1 loop over the same messages: messages per second.
+    pub bare_per_s: f64,
+    /// drain / bare.
+    pub ratio: f64,
+    /// Alarm commit → subscriber, while a backlog drains (ms).
+    pub alarm_latency_backlog_ms: f64,
+    /// Alarm commit → subscriber, idle uplink (ms).
+    pub alarm_latency_idle_ms: f64,
+}
+
+type Rows = Vec<(i64, String, String)>;
+
+fn outbox(conn: &Connection) -> Result<Rows, rusqlite::Error> {
+    conn.prepare("SELECT priority, topic, payload FROM outbox ORDER BY priority, id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+}
+
+fn refill(conn: &Connection, rows: &Rows) -> Result<(), rusqlite::Error> {
+    let tx = conn.unchecked_transaction()?;
+    for (p, t, pl) in rows {
+        tx.execute(
+            "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (?1, ?2, ?3, '')",
+            params![p, t, pl],
+        )?;
+    }
+    tx.commit()
+}
+
+fn broker(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| anyhow::anyhow!("bench uplink needs mqtt://host:port"))?;
+    let (h, p) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    Ok((h.to_string(), p.parse()?))
+}
+
+/// Publishes every row with QoS 1, at most `inflight` unacknowledged; returns messages per
+/// second.
+async fn bare(url: &str, rows: &Rows, inflight: u16) -> anyhow::Result<f64> {
+    let (host, port) = broker(url)?;
+    let mut opts = MqttOptions::new(format!("bench-bare-{}", std::process::id()), host, port);
+    opts.set_inflight(inflight);
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, usize::from(inflight) * 2);
+    let t0 = Instant::now();
+    let publisher = {
+        let client = client.clone();
+        let rows = rows.clone();
+        tokio::spawn(async move {
+            for (_, topic, payload) in rows {
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let mut acked = 0;
+    while acked < rows.len() {
+        match tokio::time::timeout(Duration::from_secs(30), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("bare loop: {e}"),
+            Err(_) => anyhow::bail!("bare loop: no progress for 30 s"),
+        }
+    }
+    let per_s = rows.len() as f64 / t0.elapsed().as_secs_f64();
+    publisher.abort();
+    let _ = client.try_disconnect();
+    Ok(per_s)
+}
+
+/// Subscribes to the alarm topic, then commits an alarm into the outbox and times its arrival.
+async fn alarm_latency(url: &str, conn: &Connection, device: &str) -> anyhow::Result<f64> {
+    let (host, port) = broker(url)?;
+    let mut opts = MqttOptions::new(format!("bench-sub-{}", std::process::id()), host, port);
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, 100);
+    let topic = format!("medbox/{device}/events/alarm");
+    client.subscribe(&topic, QoS::AtLeastOnce).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            _ => anyhow::bail!("subscriber could not subscribe"),
+        }
+    }
+    let marker = format!("bench-alarm-{}", std::process::id());
+    let t0 = Instant::now();
+    conn.execute(
+        "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (0, ?1, ?2, '')",
+        params![topic, serde_json::json!({"schema": "medbox.event.v1", "id": marker, "kind": "coldchain.alarm_raised"}).to_string()],
+    )?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if String::from_utf8_lossy(&p.payload).contains(&marker) {
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_millis(200), ev.poll()).await;
+                    return Ok(ms);
+                }
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => {}
+            Ok(Ok(_)) => {}
+            _ => anyhow::bail!("the alarm never arrived"),
+        }
+    }
+}
+
+/// Runs the benchmark on the outbox of `db` (a simulated week, written by the caller).
+pub fn uplink(url: &str, db: &Path, device: &str) -> anyhow::Result<UplinkBench> {
+    let conn = Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let rows = outbox(&conn)?;
+    anyhow::ensure!(!rows.is_empty(), "the outbox is empty: nothing to measure");
+    let bytes = rows.iter().map(|r| r.2.len()).sum();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // 1. The outbox drain, as the appliance does it.
+    let t0 = Instant::now();
+    let stats = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?
+        .drain()?;
+    anyhow::ensure!(
+        stats.left == 0,
+        "{} messages were not delivered",
+        stats.left
+    );
+    let drain_per_s = rows.len() as f64 / t0.elapsed().as_secs_f64();
+    // 2. The same messages, bare.
+    let bare_per_s = rt.block_on(bare(url, &rows, 50))?;
+    // 3. Alarm latency with the backlog back in the outbox and draining, then idle.
+    refill(&conn, &rows)?;
+    let up = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let alarm_latency_backlog_ms = rt.block_on(alarm_latency(url, &conn, device))?;
+    up.drain()?;
+    let up = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let alarm_latency_idle_ms = rt.block_on(alarm_latency(url, &conn, device))?;
+    up.drain()?;
+    Ok(UplinkBench {
+        messages: rows.len(),
+        bytes,
+        drain_per_s,
+        bare_per_s,
+        ratio: drain_per_s / bare_per_s,
+        alarm_latency_backlog_ms,
+        alarm_latency_idle_ms,
+    })
+}
