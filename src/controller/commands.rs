@@ -265,6 +265,13 @@ impl Router {
             .await;
     }
 
+    async fn to_dispenser(&self, cmd: DispenserCommand) -> Result<(), String> {
+        self.dispenser
+            .send(cmd)
+            .await
+            .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())
+    }
+
     async fn execute(&self, name: &str, env: &Envelope) -> Result<String, String> {
         if !COMMANDS.contains(&name) {
             return Err(format!(
@@ -287,15 +294,13 @@ impl Router {
                 let slot = a
                     .slot
                     .ok_or_else(|| format!("MALFORMED: {} needs `slot`", a.alarm))?;
-                self.dispenser
-                    .send(DispenserCommand::AcknowledgeStock {
-                        slot,
-                        actor: env.actor.clone(),
-                        comment: a.comment,
-                        reply: Some(tx),
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::AcknowledgeStock {
+                    slot,
+                    actor: env.actor.clone(),
+                    comment: a.comment,
+                    reply: Some(tx),
+                })
+                .await?;
             }
             "acknowledge_alarm" => {
                 let a: AckArgs = serde_json::from_value(args(&env.args))
@@ -315,17 +320,15 @@ impl Router {
             "refill" => {
                 let a: RefillArgs = serde_json::from_value(args(&env.args))
                     .map_err(|e| format!("MALFORMED: args: {e}"))?;
-                self.dispenser
-                    .send(DispenserCommand::Refill {
-                        slot: a.slot,
-                        added: a.units,
-                        expiry: a.expiry,
-                        actor: env.actor.clone(),
-                        note: a.note,
-                        reply: Some(tx),
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::Refill {
+                    slot: a.slot,
+                    added: a.units,
+                    expiry: a.expiry,
+                    actor: env.actor.clone(),
+                    note: a.note,
+                    reply: Some(tx),
+                })
+                .await?;
             }
             "request_report" => {
                 let a: ReportArgs = serde_json::from_value(args(&env.args))
@@ -333,14 +336,12 @@ impl Router {
                 if !(1..=90).contains(&a.days) {
                     return Err("MALFORMED: `days` must be 1–90".into());
                 }
-                self.dispenser
-                    .send(DispenserCommand::Report {
-                        days: a.days,
-                        actor: env.actor.clone(),
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::Report {
+                    days: a.days,
+                    actor: env.actor.clone(),
+                    reply: tx,
+                })
+                .await?;
             }
             "record_vital" => {
                 let raw: crate::dosing::vitals::RawVital = serde_json::from_value(args(&env.args))
@@ -353,39 +354,32 @@ impl Router {
                     reading.value,
                     crate::dosing::vitals::unit(reading.vital)
                 );
-                self.dispenser
-                    .send(DispenserCommand::Vital(reading))
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::Vital(reading)).await?;
                 return Ok(done);
             }
             "replace_schedule" => {
                 let a: ReplaceArgs = serde_json::from_value(args(&env.args))
                     .map_err(|e| format!("MALFORMED: args: {e}"))?;
-                self.dispenser
-                    .send(DispenserCommand::ReplaceSchedule {
-                        patient: a.patient,
-                        source: a.schedule,
-                        actor: env.actor.clone(),
-                        confirm: a.confirm,
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::ReplaceSchedule {
+                    patient: a.patient,
+                    source: a.schedule,
+                    actor: env.actor.clone(),
+                    confirm: a.confirm,
+                    reply: tx,
+                })
+                .await?;
             }
             "skip_dose" => {
                 let a: SkipArgs = serde_json::from_value(args(&env.args))
                     .map_err(|e| format!("MALFORMED: args: {e}"))?;
-                self.dispenser
-                    .send(DispenserCommand::SkipDose {
-                        patient: a.patient,
-                        medication: a.medication,
-                        occurrence: a.occurrence,
-                        actor: env.actor.clone(),
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::SkipDose {
+                    patient: a.patient,
+                    medication: a.medication,
+                    occurrence: a.occurrence,
+                    actor: env.actor.clone(),
+                    reply: tx,
+                })
+                .await?;
             }
             _ => {
                 let a: PrnArgs = serde_json::from_value(args(&env.args))
@@ -395,15 +389,13 @@ impl Router {
                     role: env.role,
                     override_reason: a.override_reason,
                 };
-                self.dispenser
-                    .send(DispenserCommand::RequestPrn {
-                        patient: a.patient,
-                        medication: a.medication,
-                        request,
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())?;
+                self.to_dispenser(DispenserCommand::RequestPrn {
+                    patient: a.patient,
+                    medication: a.medication,
+                    request,
+                    reply: tx,
+                })
+                .await?;
             }
         }
         rx.await

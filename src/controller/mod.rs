@@ -520,17 +520,7 @@ impl FridgeTask {
                 }
                 self.compressor_on = on;
             }
-            Err(e) => {
-                emit(
-                    &self.events,
-                    Event::DeviceFault {
-                        at,
-                        device: e.line.to_string(),
-                        detail: e.reason,
-                    },
-                )
-                .await
-            }
+            Err(e) => emit(&self.events, device_fault(at, e.line, e.reason)).await,
         }
         let record = FridgeRecord {
             at,
@@ -605,15 +595,7 @@ impl FridgeTask {
         match sensor.sample(now) {
             Ok(v) => v,
             Err(e) => {
-                emit(
-                    &self.events,
-                    Event::DeviceFault {
-                        at,
-                        device: e.line.to_string(),
-                        detail: e.reason,
-                    },
-                )
-                .await;
+                emit(&self.events, device_fault(at, e.line, e.reason)).await;
                 // Unknown door: assume closed (no false alarm); unknown mains: assume present so
                 // the thermostat keeps cooling.
                 !door
