@@ -57,6 +57,15 @@ async fn collect(
     got
 }
 
+/// Asserts that a medbox run succeeded, showing its standard error otherwise.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn outbox_len(db: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
@@ -83,11 +92,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let backlog = outbox_len(&db);
     assert!(
         backlog > 700,
@@ -117,11 +122,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(
-        drain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drain.stderr)
-    );
+    succeeded(&drain);
     let got = sub.await.unwrap();
     assert_eq!(outbox_len(&db), 0, "acknowledged messages are deleted");
     let order = delivered_in_order(&got, &dev);
@@ -218,11 +219,7 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
         .arg(&db)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let uplink = &summary["uplink"];
     assert_eq!(uplink["outages"], 1, "{uplink}");
@@ -562,11 +559,7 @@ async fn the_sample_acl_keeps_each_device_to_its_own_topics_and_credentials_work
         .args(["--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["uplink"]["left"], 0, "{}", summary["uplink"]);
     // dev-a then tries to write into another device's subtree: the broker drops it.
@@ -688,11 +681,7 @@ async fn over_tls_with_a_client_certificate_the_appliance_delivers_its_outbox() 
         "--mqtt-key",
         key.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["uplink"]["left"], 0, "{}", summary["uplink"]);
     assert!(summary["uplink"]["acked"].as_u64().unwrap() > 10);

@@ -129,6 +129,11 @@ fn device_envelope(payload: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A command's `args` as `T`, or a MALFORMED refusal naming what is wrong.
+fn parse_args<T: serde::de::DeserializeOwned>(args: &serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(args.clone()).map_err(|e| format!("MALFORMED: args: {e}"))
+}
+
 fn is_stock_alarm(args: &serde_json::Value) -> bool {
     args.get("alarm")
         .and_then(|a| a.as_str())
@@ -285,12 +290,10 @@ impl Router {
         if !allowed(name, env.role) {
             return Err(format!("ROLE_NOT_ALLOWED: a {:?} may not {name}", env.role));
         }
-        let args = |v: &serde_json::Value| v.clone();
         let (tx, rx) = oneshot::channel();
         match name {
             "acknowledge_alarm" if is_stock_alarm(&env.args) => {
-                let a: AckArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: AckArgs = parse_args(&env.args)?;
                 let slot = a
                     .slot
                     .ok_or_else(|| format!("MALFORMED: {} needs `slot`", a.alarm))?;
@@ -303,8 +306,7 @@ impl Router {
                 .await?;
             }
             "acknowledge_alarm" => {
-                let a: AckArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: AckArgs = parse_args(&env.args)?;
                 let alarm = AlarmKind::from_code(&a.alarm)
                     .ok_or_else(|| format!("MALFORMED: {:?} is not an alarm code", a.alarm))?;
                 self.fridge
@@ -318,8 +320,7 @@ impl Router {
                     .map_err(|_| "UNAVAILABLE: the fridge task is stopping".to_string())?;
             }
             "refill" => {
-                let a: RefillArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: RefillArgs = parse_args(&env.args)?;
                 self.to_dispenser(DispenserCommand::Refill {
                     slot: a.slot,
                     added: a.units,
@@ -331,8 +332,7 @@ impl Router {
                 .await?;
             }
             "request_report" => {
-                let a: ReportArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: ReportArgs = parse_args(&env.args)?;
                 if !(1..=90).contains(&a.days) {
                     return Err("MALFORMED: `days` must be 1–90".into());
                 }
@@ -344,8 +344,7 @@ impl Router {
                 .await?;
             }
             "record_vital" => {
-                let raw: crate::dosing::vitals::RawVital = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let raw: crate::dosing::vitals::RawVital = parse_args(&env.args)?;
                 let reading = crate::dosing::vitals::validate(&raw, self.clock.now())
                     .map_err(|e| format!("INVALID_READING: {e}"))?;
                 let done = format!(
@@ -358,8 +357,7 @@ impl Router {
                 return Ok(done);
             }
             "replace_schedule" => {
-                let a: ReplaceArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: ReplaceArgs = parse_args(&env.args)?;
                 self.to_dispenser(DispenserCommand::ReplaceSchedule {
                     patient: a.patient,
                     source: a.schedule,
@@ -370,8 +368,7 @@ impl Router {
                 .await?;
             }
             "skip_dose" => {
-                let a: SkipArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: SkipArgs = parse_args(&env.args)?;
                 self.to_dispenser(DispenserCommand::SkipDose {
                     patient: a.patient,
                     medication: a.medication,
@@ -382,8 +379,7 @@ impl Router {
                 .await?;
             }
             _ => {
-                let a: PrnArgs = serde_json::from_value(args(&env.args))
-                    .map_err(|e| format!("MALFORMED: args: {e}"))?;
+                let a: PrnArgs = parse_args(&env.args)?;
                 let request = PrnRequest {
                     actor: env.actor.clone(),
                     role: env.role,
