@@ -1488,13 +1488,15 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             dispenser,
             dosing,
         );
-        // The uplink, when configured: its own thread, the outbox as its queue.
+        // The uplink, when configured: its own thread, the outbox as its queue, read through
+        // the recorder's owner (the serving loop below).
+        let (owner, mut outbox_requests) = medbox::store::outbox::channel();
         let uplink = match &cfg.mqtt {
             Some(m) => {
-                let mut u = medbox::uplink::UplinkConfig::new(
+                let mut u = medbox::uplink::UplinkConfig::with_outbox(
                     &m.url,
                     &cfg.appliance.device_id,
-                    &cfg.appliance.db,
+                    medbox::uplink::OutboxSource::Owner(owner.clone()),
                 );
                 u.commands = Some(running.commands.clone());
                 (u.tls, u.credentials) = BrokerAuth {
@@ -1518,6 +1520,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             running,
             &*clock,
             Some(&mut recorder),
+            uplink.is_some().then_some(&mut outbox_requests),
             signal,
             |ev| println!("{}", serde_json::to_string(ev).unwrap_or_default()),
             |_| {},
@@ -1533,9 +1536,11 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             eprintln!("medbox: storage failed, appliance stopped: {e}");
             std::process::exit(3);
         }
+        drop(owner);
         if let Some(u) = uplink {
             // Deliver what is waiting (or give up after a while without a broker).
-            u.drain()?;
+            u.drain_serving(recorder.connection(), &mut outbox_requests)
+                .await?;
         }
         Ok(())
     })

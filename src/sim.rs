@@ -320,9 +320,15 @@ pub async fn run(
     }
     // The simulated home network: scenario outages cut the uplink's path to the broker.
     let (network, link) = tokio::sync::watch::channel(true);
-    let uplink = match (&opts.mqtt, &opts.db) {
-        (Some(url), Some(db)) => {
-            let mut cfg = crate::uplink::UplinkConfig::new(url, &opts.device_id, db);
+    // The uplink asks the recorder's owner (below) for outbox rows: one owner of the connection.
+    let (owner, mut outbox_requests) = crate::store::outbox::channel();
+    let uplink = match (&opts.mqtt, &recorder) {
+        (Some(url), Some(_)) => {
+            let mut cfg = crate::uplink::UplinkConfig::with_outbox(
+                url,
+                &opts.device_id,
+                crate::uplink::OutboxSource::Owner(owner.clone()),
+            );
             cfg.commands = Some(running.commands.clone());
             cfg.link = Some(link);
             (cfg.tls, cfg.credentials) = opts.mqtt_security.clone();
@@ -369,6 +375,7 @@ pub async fn run(
         running,
         &*clock,
         recorder.as_mut(),
+        uplink.is_some().then_some(&mut outbox_requests),
         until,
         |ev| {
             acc.borrow_mut().add(ev, &handle);
@@ -403,14 +410,20 @@ pub async fn run(
         Some(r) => Some(crate::store::recorder::outbox_len(r.connection())?),
         None => None,
     };
-    drop(recorder);
+    drop(owner);
     // The run is over; an outage still going on ends so the drain below can deliver the record.
     network.send_if_modified(|up| !std::mem::replace(up, true));
-    let uplink = match uplink {
-        // Drain what the run produced; give up after a while without a broker.
-        Some(u) => Some(u.drain().map_err(|e| SimError::Uplink(e.to_string()))?),
-        None => None,
+    let uplink = match (uplink, &recorder) {
+        // Drain what the run produced (the recorder still owns the connection and answers);
+        // give up after a while without a broker.
+        (Some(u), Some(rec)) => Some(
+            u.drain_serving(rec.connection(), &mut outbox_requests)
+                .await
+                .map_err(|e| SimError::Uplink(e.to_string()))?,
+        ),
+        _ => None,
     };
+    drop(recorder);
     let mut summary = acc.into_inner().finish(end_at, elapsed, &handle);
     summary.outbox_before_uplink = outbox;
     summary.uplink = uplink;

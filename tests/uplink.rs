@@ -712,3 +712,79 @@ async fn over_tls_with_a_client_certificate_the_appliance_delivers_its_outbox() 
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no PEM certificate"));
 }
+
+/// The uplink reads the outbox through the connection's owner; while that owner's storage
+/// fails, the uplink waits (it neither stops nor deletes anything) and delivers every message
+/// once storage works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
+    use medbox::store::outbox::{self, OutboxRequest};
+    let dev = device("owner");
+    let dir = tempfile::tempdir().unwrap();
+    let conn = medbox::store::schema::open(&dir.path().join("m.db")).unwrap();
+    for i in 0..20 {
+        conn.execute(
+            "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (1, ?1, ?2, 't')",
+            rusqlite::params![
+                format!("medbox/{dev}/events/test"),
+                format!("{{\"n\":{i}}}")
+            ],
+        )
+        .unwrap();
+    }
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let sub = tokio::spawn({
+        let dev = dev.clone();
+        async move {
+            collect(&dev, ready_tx, Duration::from_secs(10), |g| {
+                g.iter()
+                    .filter(|(t, _)| t.ends_with("/events/test"))
+                    .count()
+                    >= 20
+            })
+            .await
+        }
+    });
+    ready.await.unwrap();
+    let (owner, mut requests) = outbox::channel();
+    let mut cfg = medbox::uplink::UplinkConfig::with_outbox(
+        "mqtt://127.0.0.1:1883",
+        &dev,
+        medbox::uplink::OutboxSource::Owner(owner),
+    );
+    cfg.max_inflight = 8;
+    let uplink = medbox::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10)).unwrap();
+    // The owner: the first answers fail as a full disk would.
+    let mut failed = 0;
+    while failed < 5 {
+        match requests.recv().await.unwrap() {
+            OutboxRequest::Batch { reply, .. } => {
+                let _ = reply.send(Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                )));
+                failed += 1;
+            }
+            other => other.answer(&conn),
+        }
+    }
+    assert_eq!(
+        outbox::count(&conn).unwrap(),
+        20,
+        "nothing deleted while failing"
+    );
+    let stats = uplink.drain_serving(&conn, &mut requests).await.unwrap();
+    assert_eq!((stats.acked, stats.left), (20, 0));
+    let got = sub.await.unwrap();
+    let mut ns: Vec<i64> = got
+        .iter()
+        .filter(|(t, _)| t.ends_with("/events/test"))
+        .map(|(_, p)| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ns.dedup();
+    assert_eq!(ns, (0..20).collect::<Vec<_>>(), "every message, in order");
+}

@@ -7,6 +7,7 @@ use super::{DispenserCommand, Running};
 use crate::clock::Clock;
 use crate::events::Event;
 use crate::store::backlog::{Backlog, Health, GRACE};
+use crate::store::outbox::OutboxRequests;
 use crate::store::recorder::{Recorded, Recorder};
 use crate::store::StoreError;
 use std::future::Future;
@@ -24,10 +25,13 @@ pub struct Served {
 
 /// Runs the controller until `until` completes or its tasks end, then stops it (safe states)
 /// and records what the stop reported. `seen` hears every event; `stored` every durable record.
+/// The uplink's outbox requests are answered on the recorder's connection between two records,
+/// so this task stays the connection's one owner.
 pub async fn serve(
     mut running: Running,
     clock: &dyn Clock,
     mut recorder: Option<&mut Recorder>,
+    mut outbox: Option<&mut OutboxRequests>,
     until: impl Future<Output = ()>,
     mut seen: impl FnMut(&Event),
     mut stored: impl FnMut(Recorded),
@@ -68,6 +72,14 @@ pub async fn serve(
                 None => break,
             },
             _ = retry_in => recorder.as_deref_mut().map(|rec| backlog.retry(rec)),
+            req = async { outbox.as_deref_mut()?.recv().await }, if outbox.is_some() && recorder.is_some() => {
+                match (req, recorder.as_deref()) {
+                    (Some(req), Some(rec)) => req.answer(rec.connection()),
+                    // The uplink has ended: nobody to answer any more.
+                    _ => outbox = None,
+                }
+                None
+            }
             _ = tokio::time::sleep_until(next_vitals), if recorder.is_some() => {
                 next_vitals += VITALS_POLL;
                 if let Some(rec) = recorder.as_deref() {

@@ -8,6 +8,7 @@
 //! - [`inventory`]: slot counts and stock alerts, replayed from the audit log.
 //! - [`schedules`]: schedules installed by command, used again after a restart.
 //! - [`vitals`]: recent readings at start-up; readings other processes recorded.
+//! - [`outbox`]: messages waiting for the broker, read and deleted through the owner task.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod backlog;
 pub mod checkpoint;
 pub mod doses;
 pub mod inventory;
+pub mod outbox;
 pub mod recorder;
 pub mod schedules;
 pub mod schema;

@@ -77,7 +77,7 @@ fn outbox(
 
 /// Messages waiting in the outbox.
 pub fn outbox_len(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+    Ok(super::outbox::count(conn)?)
 }
 
 /// Where a recorded event went.

@@ -11,14 +11,15 @@
 //! the broker publishes the Last Will `offline` when the connection dies.
 //!
 //! The uplink runs on its own real-time runtime thread (tokio's paused time, which drives the
-//! simulation, must not be mixed with real sockets) and reads the outbox over its own connection
-//! to the database file (WAL lets it read and delete while the recorder writes).
+//! simulation, must not be mixed with real sockets). It reads and deletes outbox rows by asking
+//! the recorder's owner task ([`OutboxSource::Owner`]), so one task owns the connection; only a
+//! process without a recorder lets it open the file itself ([`OutboxSource::File`]).
 
 pub mod fhir;
 pub mod tls;
 
+use crate::store::outbox::{OutboxError, OutboxHandle, OutboxRequest};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +37,16 @@ pub enum UplinkError {
     Tls(String),
     /// The outbox could not be read.
     #[error("outbox: {0}")]
-    Db(#[from] rusqlite::Error),
+    Outbox(#[from] OutboxError),
+}
+
+/// Where the uplink finds the outbox.
+#[derive(Clone, Debug)]
+pub enum OutboxSource {
+    /// The database file, opened by the uplink: only where no recorder runs in this process.
+    File(PathBuf),
+    /// The recorder's owner task, which answers between two records.
+    Owner(tokio::sync::mpsc::Sender<OutboxRequest>),
 }
 
 /// Where and as whom to connect.
@@ -46,8 +56,8 @@ pub struct UplinkConfig {
     pub url: String,
     /// Device id: the topic level and the MQTT client id.
     pub device_id: String,
-    /// Database holding the outbox.
-    pub db: PathBuf,
+    /// Where the outbox is.
+    pub outbox: OutboxSource,
     /// Most unacknowledged publishes at once.
     pub max_inflight: usize,
     /// Keep-alive (the Last Will fires about 1.5× this after the link dies).
@@ -64,12 +74,17 @@ pub struct UplinkConfig {
 }
 
 impl UplinkConfig {
-    /// Defaults for a device and broker.
+    /// Defaults for a device and broker, with the outbox in the database file `db`.
     pub fn new(url: &str, device_id: &str, db: &Path) -> Self {
+        Self::with_outbox(url, device_id, OutboxSource::File(db.to_path_buf()))
+    }
+
+    /// Defaults for a device and broker, with the outbox where `outbox` says.
+    pub fn with_outbox(url: &str, device_id: &str, outbox: OutboxSource) -> Self {
         Self {
             url: url.to_string(),
             device_id: device_id.to_string(),
-            db: db.to_path_buf(),
+            outbox,
             max_inflight: 50,
             keep_alive: Duration::from_secs(5),
             commands: None,
@@ -114,24 +129,6 @@ fn parse_url(url: &str) -> Result<(String, u16, bool), UplinkError> {
     Ok((host.to_string(), port, tls))
 }
 
-/// Deletes acknowledged rows, all in one transaction: one fsync per batch instead of one per
-/// message. A crash before it only means those messages go again (receivers de-duplicate).
-fn delete(conn: &Connection, acked: &mut Vec<i64>) -> Result<(), rusqlite::Error> {
-    if acked.is_empty() {
-        return Ok(());
-    }
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-        for id in acked.iter() {
-            stmt.execute(params![id])?;
-        }
-    }
-    tx.commit()?;
-    acked.clear();
-    Ok(())
-}
-
 /// How the uplink should end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
@@ -150,8 +147,10 @@ pub async fn run(
     give_up: Duration,
 ) -> Result<UplinkStats, UplinkError> {
     let (host, port, wants_tls) = parse_url(&cfg.url)?;
-    let conn = Connection::open(&cfg.db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    let outbox = match &cfg.outbox {
+        OutboxSource::File(path) => OutboxHandle::open(path)?,
+        OutboxSource::Owner(tx) => OutboxHandle::Served(tx.clone()),
+    };
     let status = format!("medbox/{}/status", cfg.device_id);
     let cmd_prefix = format!("medbox/{}/cmd/", cfg.device_id);
     let vitals_in = format!(
@@ -199,16 +198,23 @@ pub async fn run(
     // Acknowledged by the broker, not yet deleted (see `delete`).
     let mut acked: Vec<i64> = Vec::new();
     let started = tokio::time::Instant::now();
+    let mut outbox_retry_at = started;
     loop {
         let mode = *stop.borrow();
         if mode == StopMode::Now {
             break;
         }
-        if mode == StopMode::Drain && in_flight.is_empty() {
-            delete(&conn, &mut acked)?;
-            let outbox_len: i64 =
-                conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
-            if outbox_len == 0 || (!connected && started.elapsed() > give_up) {
+        let outbox_usable = tokio::time::Instant::now() >= outbox_retry_at;
+        if mode == StopMode::Drain && in_flight.is_empty() && outbox_usable {
+            let left = match outbox.delete(&mut acked).await {
+                Ok(()) => outbox.count().await,
+                Err(e) => Err(e),
+            };
+            let Some(left) = tolerate(left)? else {
+                outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                continue;
+            };
+            if left == 0 || (!connected && started.elapsed() > give_up) {
                 break;
             }
         }
@@ -246,29 +252,33 @@ pub async fn run(
         }
         // Top up in batches: acknowledged rows are deleted first (one transaction for the lot),
         // so the query never hands back a message that was already delivered.
-        if connected && in_flight.len() <= cfg.max_inflight / 2 {
-            delete(&conn, &mut acked)?;
-            let room = (cfg.max_inflight - in_flight.len()) as i64;
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, topic, payload FROM outbox ORDER BY priority, id LIMIT ?1",
-            )?;
-            let rows: Vec<(i64, String, String)> = stmt
-                .query_map(params![room + in_flight.len() as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            for (id, topic, payload) in rows {
-                if in_flight.contains(&id) {
+        let rows = if connected && in_flight.len() <= cfg.max_inflight / 2 && outbox_usable {
+            let rows = match outbox.delete(&mut acked).await {
+                // Rows already in flight come back too and are skipped.
+                Ok(()) => outbox.batch(cfg.max_inflight).await,
+                Err(e) => Err(e),
+            };
+            tolerate(rows)?
+        } else {
+            Some(Vec::new())
+        };
+        if rows.is_none() {
+            // Storage is failing: keep polling the connection, ask again in a while.
+            outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
+        if let Some(rows) = rows {
+            for row in rows {
+                if in_flight.contains(&row.id) {
                     continue;
                 }
                 if client
-                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                    .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
                     .is_err()
                 {
                     break;
                 }
-                awaiting.push_back(Some(id));
-                in_flight.insert(id);
+                awaiting.push_back(Some(row.id));
+                in_flight.insert(row.id);
             }
         }
         tokio::select! {
@@ -348,15 +358,30 @@ pub async fn run(
             }
         }
     }
-    delete(&conn, &mut acked)?;
-    stats.left = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+    outbox.delete(&mut acked).await?;
+    stats.left = outbox.count().await?;
     Ok(stats)
+}
+
+/// A storage error on the outbox is waited out (the recorder locks the dispenser and raises
+/// the alarm for it); only an owner that stopped answering ends the uplink.
+fn tolerate<T>(result: Result<T, OutboxError>) -> Result<Option<T>, UplinkError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(OutboxError::Sqlite(e)) => {
+            tracing::warn!("outbox: {e}; asking again");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An uplink on its own thread and real-time runtime.
 pub struct UplinkThread {
     stop: watch::Sender<StopMode>,
     handle: std::thread::JoinHandle<Result<UplinkStats, UplinkError>>,
+    /// Closed when the thread is about to end, so an async owner can wait for it.
+    finished: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl UplinkThread {
@@ -367,9 +392,11 @@ impl UplinkThread {
             tls::client_config(files).map_err(UplinkError::Tls)?;
         }
         let (stop, rx) = watch::channel(StopMode::Run);
+        let (done, finished) = tokio::sync::oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("uplink".into())
             .spawn(move || {
+                let _done = done;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -377,7 +404,31 @@ impl UplinkThread {
                 rt.block_on(run(cfg, rx, give_up))
             })
             .map_err(|e| UplinkError::Url(format!("cannot start the uplink thread: {e}")))?;
-        Ok(Self { stop, handle })
+        Ok(Self {
+            stop,
+            handle,
+            finished,
+        })
+    }
+
+    /// Asks it to drain the outbox (or give up) and waits for it, answering its outbox
+    /// requests on `conn` meanwhile: for an owner whose serving loop has already ended.
+    pub async fn drain_serving(
+        mut self,
+        conn: &rusqlite::Connection,
+        requests: &mut crate::store::outbox::OutboxRequests,
+    ) -> Result<UplinkStats, UplinkError> {
+        let _ = self.stop.send(StopMode::Drain);
+        loop {
+            tokio::select! {
+                _ = &mut self.finished => break,
+                req = requests.recv() => match req {
+                    Some(req) => req.answer(conn),
+                    None => break,
+                },
+            }
+        }
+        self.drain()
     }
 
     /// Asks it to drain the outbox (or give up) and waits for it.
