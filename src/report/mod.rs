@@ -77,6 +77,19 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A row's UTC time to the second, unbreakable, as a pharmacist reads it (the exact value is in
+/// the export).
+fn when(utc: &str) -> String {
+    let shown = DateTime::parse_from_rfc3339(utc)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| utc.to_string());
+    format!("<span class=t>{}</span>", esc(&shown))
+}
+
 fn f2(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.2}"))
 }
@@ -88,7 +101,7 @@ fn chart(
     band: (f64, f64),
     excursions: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> String {
-    let (w, h, left, bottom, top) = (900.0, 260.0, 50.0, 30.0, 20.0);
+    let (w, h, left, bottom, top) = (900.0, 270.0, 50.0, 40.0, 20.0);
     if points.len() < 2 {
         return format!("<p>{}: not enough readings for a chart.</p>", esc(title));
     }
@@ -160,6 +173,38 @@ fn chart(
             yy = y(v),
             ty = y(v) + 4.0
         );
+    }
+    // A grid line at each UTC midnight, labelled often enough to find a day without crowding.
+    let days = (t1 - t0).num_days();
+    if days <= 400 {
+        let every = (days / 10 + 1).max(1);
+        let mut day = t0.date_naive().succ_opt();
+        let mut n = 0;
+        while let Some(d) = day {
+            let at = d.and_hms_opt(0, 0, 0).map(|m| m.and_utc());
+            match at {
+                Some(at) if at < t1 => {
+                    let _ = write!(
+                        svg,
+                        r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{yb:.1}" stroke="#bbb" stroke-width="0.5"/>"##,
+                        xx = x(at),
+                        yb = h - bottom
+                    );
+                    if n % every == 0 {
+                        let _ = write!(
+                            svg,
+                            r#"<text x="{xx:.1}" y="{ty:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+                            at.format("%m-%d"),
+                            xx = x(at),
+                            ty = h - bottom + 12.0
+                        );
+                    }
+                    n += 1;
+                    day = d.succ_opt();
+                }
+                _ => break,
+            }
+        }
     }
     for v in [lo, hi] {
         let _ = write!(
@@ -278,8 +323,8 @@ pub fn render(
         h,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>medbox report</title><style>
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:60em}}
-h1{{font-size:1.5em}} h2{{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.6em}}
-table{{border-collapse:collapse;font-size:.9em}} td,th{{border:1px solid #bbb;padding:.25em .5em;text-align:right}}
+h1{{font-size:1.5em}} .t{{white-space:nowrap}} h2{{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.6em}}
+table{{border-collapse:collapse;font-size:.9em;margin-bottom:.8em}} td,th{{border:1px solid #bbb;padding:.25em .5em;text-align:right}}
 th{{background:#f0f0f0}} td.l,th.l{{text-align:left}} .ok{{color:#1b5e20;font-weight:600}} .bad{{color:#b71c1c;font-weight:700}}
 figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{font-size:.8em;word-break:break-all}}
 @media print{{body{{margin:0}} h2{{break-after:avoid}} table,figure{{break-inside:avoid}}}}
@@ -349,12 +394,26 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     if notable.is_empty() {
         h.push_str("<p>None in this period.</p>");
     } else {
-        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th><th class=l>actor</th><th class=l>reason / comment</th></tr>");
-        for r in notable {
+        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th><th class=l>actor</th><th class=l>reason / detail</th></tr>");
+        for g in repeats(&notable) {
+            let first = g.first;
+            let (row, time) = if g.count > 1 {
+                (
+                    format!("{}–{}", first.seq, g.last.seq),
+                    format!(
+                        "{} – {}<br><small>{} times</small>",
+                        when(&first.utc),
+                        when(&g.last.utc),
+                        g.count
+                    ),
+                )
+            } else {
+                (first.seq.to_string(), when(&first.utc))
+            };
             let _ = write!(
                 h,
-                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
-                r.seq, esc(&r.utc), esc(&r.kind), esc(&r.subject), esc(&r.actor), esc(&r.reason)
+                "<tr><td class=l>{row}</td><td class=l>{time}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
+                esc(&first.kind), esc(&first.subject), esc(&first.actor), esc(&g.detail)
             );
         }
         h.push_str("</table>");
@@ -374,13 +433,59 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
             let _ = write!(
                 h,
                 "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
-                r.seq, esc(&r.utc), esc(&r.kind), esc(&r.subject)
+                r.seq, when(&r.utc), esc(&r.kind), esc(&r.subject)
             );
         }
         h.push_str("</table>");
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// Consecutive alarm-table rows that say the same thing, shown as one line.
+struct Repeat<'a> {
+    first: &'a Row,
+    last: &'a Row,
+    count: usize,
+    detail: String,
+}
+
+/// What a pharmacist needs beside the kind: the reason, and the body's detail or value.
+fn detail(r: &Row) -> String {
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let mut parts: Vec<String> = Vec::new();
+    if !r.reason.is_empty() {
+        parts.push(r.reason.clone());
+    }
+    if let Some(d) = body.get("detail").and_then(|d| d.as_str()) {
+        parts.push(d.to_string());
+    }
+    if let Some(v) = body.get("value").and_then(|v| v.as_f64()) {
+        parts.push(format!("{v:.2} °C"));
+    }
+    parts.join(": ")
+}
+
+/// A fault repeating every few minutes through a jam would bury the rest: a run of rows with
+/// the same kind, subject and detail is one entry with its first and last row and a count.
+fn repeats<'a>(rows: &[&'a Row]) -> Vec<Repeat<'a>> {
+    let mut out: Vec<Repeat<'a>> = Vec::new();
+    for r in rows {
+        let d = detail(r);
+        match out.last_mut() {
+            Some(g) if g.first.kind == r.kind && g.first.subject == r.subject && g.detail == d => {
+                g.last = r;
+                g.count += 1;
+            }
+            _ => out.push(Repeat {
+                first: r,
+                last: r,
+                count: 1,
+                detail: d,
+            }),
+        }
+    }
+    out
 }
 
 /// Per patient and medication: scheduled occurrences and their final outcomes.
@@ -477,7 +582,7 @@ fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), Stor
             h,
             "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
             r.seq,
-            esc(&r.utc),
+            when(&r.utc),
             esc(&r.kind),
             esc(&r.subject),
             esc(&r.actor),
@@ -486,4 +591,61 @@ fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), Stor
     }
     h.push_str("</table>");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, kind: &str, body: &str) -> Row {
+        Row {
+            seq,
+            utc: format!("2026-03-03T17:{:02}:06.344Z", seq),
+            mono_ms: seq,
+            boot_id: "b".into(),
+            clock_trusted: true,
+            actor: "system:controller".into(),
+            kind: kind.into(),
+            subject: "carousel".into(),
+            body: body.into(),
+            reason: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_repeating_fault_is_one_line_with_its_count_and_detail() {
+        let jam = r#"{"detail":"home sensor not found"}"#;
+        let rows = [
+            row(1, "device.fault", jam),
+            row(2, "device.fault", jam),
+            row(3, "device.fault", jam),
+            row(4, "device.fault", r#"{"detail":"drop not seen"}"#),
+            row(5, "device.fault", jam),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let groups = repeats(&refs);
+        let seen: Vec<(i64, i64, usize, &str)> = groups
+            .iter()
+            .map(|g| (g.first.seq, g.last.seq, g.count, g.detail.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 3, 3, "home sensor not found"),
+                (4, 4, 1, "drop not seen"),
+                (5, 5, 1, "home sensor not found"),
+            ],
+            "only consecutive rows merge, so the order of events stays readable"
+        );
+    }
+
+    #[test]
+    fn report_times_are_shown_to_the_second_and_do_not_wrap() {
+        assert_eq!(
+            when("2026-03-03T17:41:06.344Z"),
+            "<span class=t>2026-03-03 17:41:06</span>"
+        );
+    }
 }
