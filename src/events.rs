@@ -181,6 +181,15 @@ pub enum Event {
         /// The reading.
         reading: crate::dosing::engine::VitalReading,
     },
+    /// The store sealed a run of fridge readings into the audit chain (recorder-made, see
+    /// `store::readings`).
+    ReadingsSealed {
+        /// Time of the last reading covered.
+        at: DateTime<Utc>,
+        /// Range, count and digest.
+        #[serde(flatten)]
+        seal: crate::store::readings::Seal,
+    },
     /// What became of the doses of a period, per patient and medication.
     Adherence {
         /// When.

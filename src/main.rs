@@ -1042,12 +1042,14 @@ fn audit_verify(
 ) -> Result<ExitCode> {
     use medbox::store::audit::{self, CheckpointRef, Verification};
     let key = chain_key(secret_file.as_deref())?;
-    let rows = match (&db, &export) {
-        (Some(db), _) => {
-            let conn = medbox::store::schema::open_read_only(db)
-                .with_context(|| db.display().to_string())?;
-            audit::rows(&conn, &audit::Filter::default())?
-        }
+    let conn = match &db {
+        Some(db) => Some(
+            medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?,
+        ),
+        None => None,
+    };
+    let rows = match (&conn, &export) {
+        (Some(conn), _) => audit::rows(conn, &audit::Filter::default())?,
         (None, Some(e)) => read_export(e)?,
         (None, None) => bail!("give --db or --export"),
     };
@@ -1076,11 +1078,34 @@ fn audit_verify(
             last_utc,
             checkpoints,
         } => {
+            // The chain is genuine, so its seals are: check the readings against them.
+            let readings = match &conn {
+                Some(conn) => Some(medbox::store::readings::check(conn)?),
+                None => None,
+            };
+            use medbox::store::readings::SealCheck;
+            if let Some(SealCheck::Broken { seq, detail }) = &readings {
+                println!(
+                    "broken: first bad row {seq} (readings_changed); last good row {}; {detail}",
+                    seq - 1
+                );
+                return Ok(ExitCode::from(1));
+            }
             println!(
                 "intact: {count} rows, {} to {}, head {head}, {checkpoints} checkpoints matched",
                 first_utc.as_deref().unwrap_or("-"),
                 last_utc.as_deref().unwrap_or("-")
             );
+            if let Some(SealCheck::Intact {
+                seals,
+                sealed,
+                unsealed,
+            }) = readings
+            {
+                println!(
+                    "readings: {sealed} sealed by {seals} seals, all match; {unsealed} newer than the last seal"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Verification::Broken {

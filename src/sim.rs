@@ -735,6 +735,7 @@ impl Accumulator {
             | Event::Vital { .. }
             | Event::VitalAlert { .. }
             | Event::Adherence { .. }
+            | Event::ReadingsSealed { .. }
             | Event::Barrier { .. } => {}
             Event::CommandResult {
                 command,

@@ -95,6 +95,53 @@ fn a_restart_continues_the_same_chain() {
     assert_ne!(starts[0].boot_id, starts[1].boot_id);
 }
 
+/// The temperature history is sealed into the chain: a warm reading rewritten as a cool one
+/// (the triggers dropped first, as a tamperer would) is named by the seal that covers it.
+#[test]
+fn verify_catches_a_rewritten_fridge_reading_by_its_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    sim_into(&db, 0.5, Some("door-left-open.toml"));
+    let verify = || {
+        let out = medbox()
+            .args(["audit", "verify", "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = verify();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("all match"), "{text}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (warmest, seal): (i64, i64) = conn
+        .query_row(
+            "SELECT r.id, (SELECT min(seq) FROM audit WHERE kind = 'coldchain.readings'
+                AND json_extract(body, '$.to_id') >= r.id)
+             FROM readings r ORDER BY r.vial DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    conn.execute_batch("DROP TRIGGER readings_no_update;")
+        .unwrap();
+    conn.execute(
+        "UPDATE readings SET vial = 5.0, air = 5.0 WHERE id = ?1",
+        [warmest],
+    )
+    .unwrap();
+    drop(conn);
+    let (code, text) = verify();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("first bad row {seal} (readings_changed)")),
+        "{text}"
+    );
+}
+
 #[test]
 fn verify_names_the_first_tampered_row_and_exits_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -228,7 +228,30 @@ fn chart(
     )
 }
 
-fn verification_html(v: &Verification) -> String {
+fn verification_html(v: &Verification, conn: &Connection) -> Result<String, StoreError> {
+    use crate::store::readings::{self, SealCheck};
+    let chain = chain_html(v);
+    if !matches!(v, Verification::Intact { .. }) {
+        return Ok(chain);
+    }
+    // The chart and tables below come from the readings: say whether their seals hold.
+    let seals = match readings::check(conn)? {
+        SealCheck::Intact {
+            seals,
+            sealed,
+            unsealed,
+        } => format!(
+            r#"<p class="ok">Readings intact: {sealed} readings under {seals} seals in the chain; {unsealed} newer than the last seal.</p>"#
+        ),
+        SealCheck::Broken { seq, detail } => format!(
+            r#"<p class="bad">READINGS ALTERED: the seal in row {seq} no longer matches. {}</p>"#,
+            esc(&detail)
+        ),
+    };
+    Ok(chain + &seals)
+}
+
+fn chain_html(v: &Verification) -> String {
     match v {
         Verification::Intact {
             count,
@@ -335,7 +358,7 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         generated.format("%Y-%m-%d %H:%M UTC"),
         band.0,
         band.1,
-        verification_html(&verification)
+        verification_html(&verification, conn)?
     );
     let _ = write!(
         h,

@@ -9,6 +9,7 @@
 //! - [`schedules`]: schedules installed by command, used again after a restart.
 //! - [`vitals`]: recent readings at start-up; readings other processes recorded.
 //! - [`outbox`]: messages waiting for the broker, read and deleted through the owner task.
+//! - [`readings`]: hourly seals in the chain over the fridge readings, checked by verify.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod doses;
 pub mod inventory;
 pub mod outbox;
+pub mod readings;
 pub mod recorder;
 pub mod schedules;
 pub mod schema;

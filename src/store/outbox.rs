@@ -55,7 +55,9 @@ pub fn delete(conn: &Connection, ids: &[i64]) -> Result<(), rusqlite::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    let tx = conn.unchecked_transaction()?;
+    // Immediate: wait for the write lock up front (another process's `vitals add` may hold it)
+    // instead of failing on a stale read snapshot.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
         for id in ids {

@@ -4,7 +4,7 @@
 
 use super::audit::{self, ChainKey, Entry};
 use super::checkpoint::{self, Checkpoint, DeviceKey};
-use super::{schema, StoreError};
+use super::{readings, schema, StoreError};
 use crate::coldchain::monitor::MonitorEvent;
 use crate::events::Event;
 use chrono::{DateTime, Utc};
@@ -99,6 +99,7 @@ pub struct Recorder {
     boot_id: String,
     last_checkpoint: Option<(i64, DateTime<Utc>)>,
     device_id: String,
+    sealer: readings::Sealer,
 }
 
 fn name<T: serde::Serialize>(v: &T) -> String {
@@ -254,6 +255,12 @@ fn classify(e: &Event) -> (String, String, String, String) {
             format!("vital:{}", name(&reading.vital)),
             String::new(),
         ),
+        Event::ReadingsSealed { seal, .. } => (
+            crate::store::readings::SEAL_KIND.into(),
+            sys("store"),
+            format!("readings:{}-{}", seal.from_id, seal.to_id),
+            String::new(),
+        ),
         Event::Adherence { from, to, .. } => (
             "adherence.summary".into(),
             sys("dispenser"),
@@ -366,7 +373,9 @@ impl Recorder {
         let conn = schema::open(path)?;
         let device = DeviceKey::load_or_create(&conn)?;
         let last_checkpoint = checkpoint::last(&conn)?;
+        let sealer = readings::Sealer::resume(&conn)?;
         Ok(Self {
+            sealer,
             conn,
             key,
             device,
@@ -486,6 +495,7 @@ impl Recorder {
         let at = event_time(e).unwrap_or(now);
         let mut cp = None;
         let mut seq = None;
+        let mut seal_due = None;
         let dev = self.device_id.clone();
         if let Event::Reading(r) = e {
             let utc = r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -502,6 +512,7 @@ impl Recorder {
                 ],
             )?;
             let rowid = tx.last_insert_rowid();
+            seal_due = self.sealer.stored(rowid, r.at).map(|range| (range, r.at));
             let payload = serde_json::json!({
                 "schema": "medbox.telemetry.v1",
                 "id": format!("{dev}:r{rowid}"),
@@ -594,6 +605,28 @@ impl Recorder {
         tx.commit()?;
         if let Some(c) = &cp {
             self.last_checkpoint = Some((c.seq, at));
+        }
+        if let Some(((from_id, to_id), at)) = seal_due {
+            // Its own transaction: a crash between the two only means the next seal covers
+            // these readings too (seals start where the last committed one ended). A failure
+            // here must not fail the reading, which is stored: the next reading tries again.
+            let sealed = readings::seal(&self.conn, from_id, to_id)
+                .map_err(StoreError::from)
+                .and_then(|seal| {
+                    self.record(
+                        &Event::ReadingsSealed { at, seal },
+                        mono,
+                        clock_trusted,
+                        now,
+                    )
+                });
+            match sealed {
+                Ok(r) => {
+                    self.sealer.sealed(to_id);
+                    cp = r.checkpoint;
+                }
+                Err(e) => tracing::warn!("cannot seal readings {from_id}–{to_id}: {e}"),
+            }
         }
         Ok(Recorded {
             seq,

@@ -67,6 +67,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_order ON outbox(priority, id);
     "#,
+    // 3: readings are as append-only as the audit rows that seal them (`store::readings`).
+    r#"
+    CREATE TRIGGER readings_no_update BEFORE UPDATE ON readings
+        BEGIN SELECT RAISE(ABORT, 'readings are append-only'); END;
+    CREATE TRIGGER readings_no_delete BEFORE DELETE ON readings
+        BEGIN SELECT RAISE(ABORT, 'readings are append-only'); END;
+    "#,
 ];
 
 /// The newest schema version this build knows.
