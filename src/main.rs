@@ -1353,26 +1353,14 @@ fn schedule_next(
     Ok(())
 }
 
-/// Dose history from `dose.*` audit rows (bodies carry medication, occurrence, outcome, units).
+/// One patient's dose history as the appliance rebuilds it at start-up.
 fn dose_history(
     db: &std::path::Path,
     patient: &str,
 ) -> Result<Vec<medbox::dosing::engine::DoseRecord>> {
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
-    let rows = medbox::store::audit::rows(
-        &conn,
-        &medbox::store::audit::Filter {
-            kind: Some("dose.".into()),
-            patient: Some(patient.into()),
-            ..Default::default()
-        },
-    )?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .filter_map(|b| serde_json::from_value(b.get("record")?.clone()).ok())
-        .collect())
+    Ok(medbox::store::doses::history(&conn)?.of(patient).to_vec())
 }
 
 fn schedule_explain(

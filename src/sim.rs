@@ -265,7 +265,7 @@ pub async fn run(
         schedules,
         history: match &recorder {
             Some(r) => crate::store::doses::history(r.connection())?,
-            None => Vec::new(),
+            None => Default::default(),
         },
         since: match &recorder {
             Some(r) => crate::store::doses::first_start(r.connection())?,

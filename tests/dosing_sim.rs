@@ -156,11 +156,14 @@ fn a_restart_neither_repeats_nor_loses_a_dose() {
     run(1.0, None, Some(&db));
     let conn = medbox::store::schema::open_read_only(&db).unwrap();
     let history = medbox::store::doses::history(&conn).unwrap();
-    let mut dispensed: BTreeMap<(String, Option<chrono::DateTime<chrono::Utc>>), u32> =
+    let mut dispensed: BTreeMap<(String, String, Option<chrono::DateTime<chrono::Utc>>), u32> =
         BTreeMap::new();
-    for r in history.iter().filter(|r| r.outcome == Outcome::Dispensed) {
+    for (patient, r) in history
+        .iter()
+        .filter(|(_, r)| r.outcome == Outcome::Dispensed)
+    {
         *dispensed
-            .entry((r.medication.clone(), r.occurrence))
+            .entry((patient.to_string(), r.medication.clone(), r.occurrence))
             .or_default() += 1;
     }
     assert!(!dispensed.is_empty());

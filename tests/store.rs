@@ -406,10 +406,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         // dispense stays `dispensing`: uncertain, never repeated).
         let history = medbox::store::doses::history(&conn).unwrap();
         let mut released = std::collections::BTreeMap::new();
-        for r in &history {
+        for (patient, r) in history.iter() {
             if matches!(r.outcome, medbox::dosing::engine::Outcome::Dispensing) {
                 *released
-                    .entry((r.medication.clone(), r.occurrence))
+                    .entry((patient.to_string(), r.medication.clone(), r.occurrence))
                     .or_insert(0) += 1;
             }
         }

@@ -39,6 +39,9 @@ const FAILED_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 /// A wall clock this far off the monotonic clock is not trusted (DESIGN.md §4).
 const CLOCK_TOLERANCE_S: i64 = 60;
 
+/// A dose by patient, medication and occurrence (None: as needed).
+type DoseKey = (String, String, Option<DateTime<Utc>>);
+
 /// A dispensed dose waiting to be taken.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -65,7 +68,7 @@ pub(super) struct DispenserTask {
     attentive_until: Duration,
     /// Doses whose dispense failed before motion, and when they may be tried again (None: after
     /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
-    retry_after: std::collections::HashMap<(String, Option<DateTime<Utc>>), Option<Duration>>,
+    retry_after: std::collections::HashMap<DoseKey, Option<Duration>>,
     /// When the next daily adherence summary is due (monotonic).
     next_summary: Duration,
     /// Storage fails: dispensing is locked (the fridge task is not affected).
@@ -564,19 +567,12 @@ impl DispenserTask {
     ) -> Vec<crate::dosing::adherence::Tally> {
         let to = self.clock.now();
         let from = to - chrono::Duration::days(i64::from(days));
-        let patient_of = |m: &str| {
-            self.dosing
-                .schedules
-                .iter()
-                .find(|s| s.medication(m).is_some())
-                .map_or_else(|| "?".to_string(), |s| s.patient.clone())
-        };
         let tallies = crate::dosing::adherence::tally(
             self.dosing
                 .history
                 .iter()
-                .filter(|r| r.at >= from && r.at < to)
-                .map(|r| (patient_of(&r.medication), r.clone())),
+                .filter(|(_, r)| r.at >= from && r.at < to)
+                .map(|(p, r)| (p.to_string(), r.clone())),
         );
         super::emit(
             &self.events,
@@ -691,7 +687,7 @@ impl DispenserTask {
                 occurrence.to_rfc3339()
             ));
         }
-        let settled = crate::dosing::engine::effective(&self.dosing.history)
+        let settled = crate::dosing::engine::effective(self.dosing.history.of(&patient))
             .iter()
             .any(|r| {
                 r.medication == medication
@@ -739,7 +735,7 @@ impl DispenserTask {
             m,
             schedule.tz,
             now,
-            &self.dosing.history,
+            self.dosing.history.of(&patient),
             &self.vitals,
             self.clock_trusted,
             &request,
@@ -750,9 +746,12 @@ impl DispenserTask {
                 Err(format!("{}: {detail}", reason.code()))
             }
             crate::dosing::engine::Decision::Dispense { units, .. } => {
-                let before = self.dosing.history.len();
-                self.dispense(patient, medication, slot, None, units).await;
-                let outcome = self.dosing.history[before..].last().map(|r| r.outcome);
+                let before = self.dosing.history.of(&patient).len();
+                self.dispense(patient.clone(), medication, slot, None, units)
+                    .await;
+                let outcome = self.dosing.history.of(&patient)[before..]
+                    .last()
+                    .map(|r| r.outcome);
                 match outcome {
                     Some(Outcome::Dispensed) => Ok(format!("dispensed {units} unit(s)")),
                     Some(o) => Err(format!(
@@ -790,7 +789,7 @@ impl DispenserTask {
         let now = self.clock.now();
         let horizon = now - chrono::Duration::days(3);
         self.retry_after
-            .retain(|(_, o), _| o.is_none_or(|o| o > horizon));
+            .retain(|(_, _, o), _| o.is_none_or(|o| o > horizon));
         let actions = self.planner.plan(
             &self.dosing.schedules,
             now,
@@ -807,7 +806,7 @@ impl DispenserTask {
                     occurrence,
                     units,
                 } => {
-                    let key = (medication.clone(), Some(occurrence));
+                    let key = (patient.clone(), medication.clone(), Some(occurrence));
                     let waiting = match self.retry_after.get(&key) {
                         None => false,
                         Some(None) => true,
@@ -868,7 +867,7 @@ impl DispenserTask {
         reason: Option<String>,
         detail: String,
     ) {
-        self.dosing.history.push(record.clone());
+        self.dosing.history.push(&patient, record.clone());
         super::emit(
             &self.events,
             Event::Dose {
@@ -1011,8 +1010,10 @@ impl DispenserTask {
             Outcome::Uncertain => self.lights(true).await,
             Outcome::Failed => {
                 let retry = self.clock.monotonic() + FAILED_RETRY_AFTER;
-                self.retry_after
-                    .insert((record.medication.clone(), occurrence), Some(retry));
+                self.retry_after.insert(
+                    (patient.clone(), record.medication.clone(), occurrence),
+                    Some(retry),
+                );
             }
             _ => {}
         }
@@ -1031,7 +1032,7 @@ impl DispenserTask {
     ) {
         let retry = (code != "SLOT_EMPTY").then(|| self.clock.monotonic() + FAILED_RETRY_AFTER);
         self.retry_after
-            .insert((medication.clone(), occurrence), retry);
+            .insert((patient.clone(), medication.clone(), occurrence), retry);
         let record = DoseRecord {
             medication,
             occurrence,

@@ -157,7 +157,7 @@ pub struct Dosing {
     /// Validated schedules.
     pub schedules: Vec<crate::dosing::schedule::Schedule>,
     /// Dose history.
-    pub history: Vec<crate::dosing::engine::DoseRecord>,
+    pub history: crate::dosing::history::DoseHistory,
     /// The appliance's first start (None: now).
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// The last day's vital readings (rebuilt from the store at start-up).

@@ -5,6 +5,7 @@
 //!   of cron's field matching (a time in a skipped hour moves forward by the gap; a time in a
 //!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
 //! - [`adherence`]: each dose counted once by its final state, per patient and medication.
+//! - [`history`]: dose records per patient, so no rule ever mixes two patients' doses.
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
@@ -14,6 +15,7 @@
 pub mod adherence;
 pub mod engine;
 pub mod escalation;
+pub mod history;
 pub mod inventory;
 pub mod plan;
 pub mod replace;

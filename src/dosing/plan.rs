@@ -4,6 +4,7 @@
 //! as history.
 
 use super::engine::{decide, Decision, DoseRecord, Outcome, Reason, VitalReading};
+use super::history::DoseHistory;
 use super::schedule::Schedule;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,12 +86,13 @@ impl Planner {
         &mut self,
         schedules: &[Schedule],
         now: DateTime<Utc>,
-        history: &[DoseRecord],
+        history: &DoseHistory,
         vitals: &[VitalReading],
         clock_trusted: bool,
     ) -> Vec<Action> {
         let mut out = Vec::new();
         for s in schedules {
+            let history = history.of(&s.patient);
             for (m, rec) in &s.medications {
                 let Some(rec) = rec else { continue };
                 let key_of = |o: DateTime<Utc>| (s.patient.clone(), m.name.clone(), o);
@@ -195,8 +197,12 @@ mod tests {
     }
 
     fn sched(meds: &str) -> Schedule {
+        sched_for("p-1", meds)
+    }
+
+    fn sched_for(patient: &str, meds: &str) -> Schedule {
         Schedule::parse(
-            &format!("[patient]\nid = \"p-1\"\ntimezone = \"UTC\"\n{meds}"),
+            &format!("[patient]\nid = \"{patient}\"\ntimezone = \"UTC\"\n{meds}"),
             Path::new("t.toml"),
         )
         .unwrap()
@@ -204,31 +210,63 @@ mod tests {
 
     /// Runs the planner each minute for `days`, dispensing everything it asks for.
     fn simulate(s: &Schedule, days: i64, vitals: &[VitalReading]) -> Vec<DoseRecord> {
+        simulate_all(std::slice::from_ref(s), days, vitals)
+            .of(&s.patient)
+            .to_vec()
+    }
+
+    fn simulate_all(schedules: &[Schedule], days: i64, vitals: &[VitalReading]) -> DoseHistory {
         let start = utc("2026-03-02T00:00:00Z");
         let mut p = Planner::new(start);
-        let mut history = Vec::new();
+        let mut history = DoseHistory::default();
         for minute in 0..days * 1440 {
             let now = start + Duration::minutes(minute);
-            for a in p.plan(std::slice::from_ref(s), now, &history, vitals, true) {
+            for a in p.plan(schedules, now, &history, vitals, true) {
                 match a {
                     Action::Dispense {
+                        patient,
                         medication,
                         occurrence,
                         units,
                         ..
-                    } => history.push(DoseRecord {
-                        medication,
-                        occurrence: Some(occurrence),
-                        at: now,
-                        units,
-                        outcome: Outcome::Dispensed,
-                    }),
-                    Action::Record { record, .. } => history.push(record),
+                    } => history.push(
+                        &patient,
+                        DoseRecord {
+                            medication,
+                            occurrence: Some(occurrence),
+                            at: now,
+                            units,
+                            outcome: Outcome::Dispensed,
+                        },
+                    ),
+                    Action::Record {
+                        patient, record, ..
+                    } => history.push(&patient, record),
                     Action::Alert { .. } => {}
                 }
             }
         }
         history
+    }
+
+    #[test]
+    fn two_patients_on_the_same_medication_are_dosed_independently() {
+        let meds = |slot: u8| {
+            format!("[[medication]]\nname = \"Metformin\"\nslot = {slot}\nunits = 1\nmax_daily_units = 2\ntimes = [\"08:00\", \"20:00\"]\n")
+        };
+        let a = sched_for("p-a", &meds(0));
+        let b = sched_for("p-b", &meds(1));
+        let history = simulate_all(&[a, b], 3, &[]);
+        for patient in ["p-a", "p-b"] {
+            let dispensed = history
+                .of(patient)
+                .iter()
+                .filter(|r| r.outcome == Outcome::Dispensed)
+                .count();
+            // One patient's dose never counts as the other's (ALREADY_DISPENSED) nor towards
+            // the other's daily maximum.
+            assert_eq!(dispensed, 6, "{patient}: {:?}", history.of(patient));
+        }
     }
 
     #[test]
@@ -267,10 +305,13 @@ mod tests {
             outcome,
         };
         // The intent was written, then the jam failed it before anything moved.
-        let history = vec![
+        let history: DoseHistory = [
             rec("2026-03-02T07:30:00Z", Outcome::Dispensing),
             rec("2026-03-02T07:30:01Z", Outcome::Failed),
-        ];
+        ]
+        .into_iter()
+        .map(|r| ("p-1".to_string(), r))
+        .collect();
         let mut p = Planner::new(start);
         let actions = p.plan(&[s], utc("2026-03-02T10:00:30Z"), &history, &[], true);
         assert!(

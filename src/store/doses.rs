@@ -3,12 +3,12 @@
 
 use super::audit::{rows, Filter};
 use super::StoreError;
-use crate::dosing::engine::DoseRecord;
+use crate::dosing::history::DoseHistory;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
 
-/// Every dose outcome recorded (`dose.*` rows other than alerts), oldest first.
-pub fn history(conn: &Connection) -> Result<Vec<DoseRecord>, StoreError> {
+/// Every dose outcome recorded (`dose.*` rows other than alerts), per patient, oldest first.
+pub fn history(conn: &Connection) -> Result<DoseHistory, StoreError> {
     let rows = rows(
         conn,
         &Filter {
@@ -20,7 +20,13 @@ pub fn history(conn: &Connection) -> Result<Vec<DoseRecord>, StoreError> {
         .iter()
         .filter(|r| r.kind != "dose.alert")
         .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .filter_map(|b| serde_json::from_value(b.get("record")?.clone()).ok())
+        .filter_map(|b| {
+            let patient = b.get("patient")?.as_str()?.to_string();
+            Some((
+                patient,
+                serde_json::from_value(b.get("record")?.clone()).ok()?,
+            ))
+        })
         .collect())
 }
 
