@@ -529,7 +529,46 @@ fn the_shipped_dosing_week_scenario_shows_held_prn_failed_missed_and_uncertain_d
     assert!((1..=30).contains(&failed), "{failed}");
     assert_eq!(outcomes("Metformin", Outcome::Missed), 1);
     // The unrecorded empty slot: the motor turned, nothing fell, uncertain, never retried.
-    assert!(outcomes("Co-careldopa", Outcome::Uncertain) >= 1);
+    assert_eq!(outcomes("Co-careldopa", Outcome::Uncertain), 2);
+    // Until the caregiver reconciled both as not given: the one whose window had closed is
+    // missed, the open one was dispensed again from the refilled slot.
+    assert_eq!(outcomes("Co-careldopa", Outcome::ConfirmedNotGiven), 2);
+    let occ = |t: &str| {
+        Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        )
+    };
+    let of = |o: Option<chrono::DateTime<chrono::Utc>>| {
+        s.dose_records
+            .iter()
+            .filter(|r| r.medication == "Co-careldopa" && r.occurrence == o)
+            .map(|r| r.outcome)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(occ("2026-03-04T15:00:00Z")),
+        [
+            Outcome::Dispensing,
+            Outcome::Uncertain,
+            Outcome::ConfirmedNotGiven,
+            Outcome::Missed
+        ]
+    );
+    let again = of(occ("2026-03-04T19:00:00Z"));
+    assert_eq!(
+        again[..5],
+        [
+            Outcome::Dispensing,
+            Outcome::Uncertain,
+            Outcome::ConfirmedNotGiven,
+            Outcome::Dispensing,
+            Outcome::Dispensed
+        ],
+        "{again:?}"
+    );
+    assert!(s.commands_rejected.is_empty(), "{:?}", s.commands_rejected);
     assert!(s.dose_records.iter().any(|r| r.outcome == Outcome::Taken));
 }
 
@@ -660,4 +699,60 @@ fn adherence_is_summarised_daily_and_on_request() {
     // 07:00 and 18:00 UTC on day 1 (day 2's comes at 06:30, after the request); no pickups.
     assert_eq!(metformin["scheduled"], 2, "{metformin}");
     assert_eq!(metformin["not_taken"], 2, "{metformin}");
+}
+
+#[test]
+fn reconciling_is_for_carers_names_an_uncertain_dose_and_says_what_was_found() {
+    let args = |note: Option<&str>| {
+        let mut a = serde_json::json!({
+            "patient": "p-0042",
+            "medication": "Metformin",
+            "occurrence": "2026-03-02T07:00:00Z",
+            "given": true,
+        });
+        if let Some(n) = note {
+            a["note"] = n.into();
+        }
+        a
+    };
+    let sc = scenario(vec![
+        (
+            9.0,
+            command("reconcile_dose", "p-0042", "patient", args(Some("took it"))),
+        ),
+        (
+            9.1,
+            command("reconcile_dose", "cg-1", "caregiver", args(None)),
+        ),
+        (
+            9.2,
+            command("reconcile_dose", "cg-1", "caregiver", args(Some(" "))),
+        ),
+        (
+            9.3,
+            command(
+                "reconcile_dose",
+                "cg-1",
+                "caregiver",
+                args(Some("in the cup")),
+            ),
+        ),
+    ]);
+    let s = common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        schedules: schedules(),
+        ..common::options(0.5)
+    });
+    let r = &s.commands_rejected;
+    assert_eq!(r.len(), 4, "{r:?}");
+    assert!(r[0].contains("ROLE_NOT_ALLOWED"), "{r:?}");
+    assert!(r[1].contains("MALFORMED") && r[1].contains("note"), "{r:?}");
+    assert!(r[2].contains("MALFORMED") && r[2].contains("note"), "{r:?}");
+    // The morning dose was dispensed normally: there is nothing to reconcile.
+    assert!(r[3].contains("NOTHING_TO_RECONCILE"), "{r:?}");
+    assert!(!s
+        .dose_records
+        .iter()
+        .any(|d| d.outcome == Outcome::ConfirmedGiven));
 }

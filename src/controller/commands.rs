@@ -84,6 +84,7 @@ fn one_week() -> u32 {
 const COMMANDS: &[&str] = &[
     "acknowledge_alarm",
     "skip_dose",
+    "reconcile_dose",
     "request_prn",
     "refill",
     "replace_schedule",
@@ -104,6 +105,21 @@ struct SkipArgs {
     patient: String,
     medication: String,
     occurrence: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileArgs {
+    patient: String,
+    medication: String,
+    /// Absent for an as-needed dose.
+    #[serde(default)]
+    occurrence: Option<chrono::DateTime<chrono::Utc>>,
+    given: bool,
+    #[serde(default)]
+    units: Option<u32>,
+    /// What the caregiver found (required: it is the pharmacist's only account of it).
+    note: String,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +162,8 @@ fn allowed(command: &str, role: Role) -> bool {
     match command {
         "acknowledge_alarm" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         "skip_dose" => matches!(role, Caregiver | Nurse | Clinician),
+        // Someone at the patient's side says whether the dose was had.
+        "reconcile_dose" => matches!(role, Caregiver | Nurse | Clinician),
         "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
         "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
         "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
@@ -363,6 +381,23 @@ impl Router {
                     source: a.schedule,
                     actor: env.actor.clone(),
                     confirm: a.confirm,
+                    reply: tx,
+                })
+                .await?;
+            }
+            "reconcile_dose" => {
+                let a: ReconcileArgs = parse_args(&env.args)?;
+                if a.note.trim().is_empty() {
+                    return Err("MALFORMED: `note` must say what was found".into());
+                }
+                self.to_dispenser(DispenserCommand::ReconcileDose {
+                    patient: a.patient,
+                    medication: a.medication,
+                    occurrence: a.occurrence,
+                    given: a.given,
+                    units: a.units,
+                    actor: env.actor.clone(),
+                    note: a.note,
                     reply: tx,
                 })
                 .await?;

@@ -42,6 +42,14 @@ const CLOCK_TOLERANCE_S: i64 = 60;
 /// A dose by patient, medication and occurrence (None: as needed).
 type DoseKey = (String, String, Option<DateTime<Utc>>);
 
+/// What a caregiver found when checking an uncertain dispense.
+struct Reconciliation {
+    given: bool,
+    units: Option<u32>,
+    actor: String,
+    note: String,
+}
+
 /// A dispensed dose waiting to be taken.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -306,6 +314,24 @@ impl DispenserTask {
                 reply,
             } => {
                 let _ = reply.send(self.skip(patient, medication, occurrence, actor).await);
+            }
+            DispenserCommand::ReconcileDose {
+                patient,
+                medication,
+                occurrence,
+                given,
+                units,
+                actor,
+                note,
+                reply,
+            } => {
+                let found = Reconciliation {
+                    given,
+                    units,
+                    actor,
+                    note,
+                };
+                let _ = reply.send(self.reconcile(patient, medication, occurrence, found).await);
             }
             DispenserCommand::RequestPrn {
                 patient,
@@ -692,7 +718,7 @@ impl DispenserTask {
             .any(|r| {
                 r.medication == medication
                     && r.occurrence == Some(occurrence)
-                    && r.outcome != Outcome::Failed
+                    && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
             });
         if settled {
             return Err("ALREADY_SETTLED: this dose already has an outcome".into());
@@ -713,6 +739,128 @@ impl DispenserTask {
         )
         .await;
         Ok("skipped".into())
+    }
+
+    /// Closes an uncertain or interrupted dispense with what the caregiver found. Given: the dose
+    /// counts once and is settled. Not given: the uncertain records stop counting and the dose
+    /// may be dispensed again while its window is open (an automatic retry was never made).
+    async fn reconcile(
+        &mut self,
+        patient: String,
+        medication: String,
+        occurrence: Option<DateTime<Utc>>,
+        found: Reconciliation,
+    ) -> Result<String, String> {
+        let Some(schedule) = self.dosing.schedules.iter().find(|s| s.patient == patient) else {
+            return Err(format!("UNKNOWN_PATIENT: {patient:?}"));
+        };
+        let Some((m, _)) = schedule.medication(&medication) else {
+            return Err(format!(
+                "UNKNOWN_MEDICATION: {medication:?} is not a medication of {patient}"
+            ));
+        };
+        let slot = *m.slot.get_ref();
+        let open: Vec<DoseRecord> =
+            crate::dosing::engine::effective(self.dosing.history.of(&patient))
+                .into_iter()
+                .filter(|r| {
+                    r.medication == medication
+                        && r.occurrence == occurrence
+                        && matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing)
+                })
+                .cloned()
+                .collect();
+        let Some(last) = open.last() else {
+            return Err(format!(
+                "NOTHING_TO_RECONCILE: no uncertain dispense of {medication} {} awaits reconciliation",
+                occurrence.map_or("(as needed)".to_string(), |o| format!("at {}", o.to_rfc3339()))
+            ));
+        };
+        // The break-beam's count left the inventory already; what it missed left too, if given.
+        let seen = open.iter().map(|r| r.units).max().unwrap_or(0);
+        let (record, mut answer) = if found.given {
+            let units = found.units.unwrap_or(
+                last.units
+                    .max(m.units_on(last.at.with_timezone(&schedule.tz).date_naive())),
+            );
+            if units == 0 {
+                return Err("MALFORMED: `units` must be at least 1 when given".into());
+            }
+            self.dosing.inventory.take(slot, units.saturating_sub(seen));
+            (
+                DoseRecord {
+                    medication,
+                    occurrence,
+                    // When the dose was released, so limits and the rolling window see it there.
+                    at: last.at,
+                    units,
+                    outcome: Outcome::ConfirmedGiven,
+                },
+                format!("reconciled: given, {units} unit(s)"),
+            )
+        } else {
+            (
+                DoseRecord {
+                    medication,
+                    occurrence,
+                    at: self.clock.now(),
+                    units: 0,
+                    outcome: Outcome::ConfirmedNotGiven,
+                },
+                "reconciled: not given; the dose may be dispensed again while its window is open"
+                    .to_string(),
+            )
+        };
+        let medication = record.medication.clone();
+        self.record(
+            patient.clone(),
+            slot,
+            record,
+            Some(
+                if found.given {
+                    "CONFIRMED_GIVEN"
+                } else {
+                    "CONFIRMED_NOT_GIVEN"
+                }
+                .into(),
+            ),
+            format!("reconciled by {}: {}", found.actor, found.note),
+        )
+        .await;
+        // Not given and its window already closed: the dose is missed, as any other would be
+        // (the planner passed its close while it was still uncertain).
+        let closed = self
+            .window_of(&patient, &medication, occurrence)
+            .is_some_and(|w| w.closes <= self.clock.now());
+        if !found.given && closed {
+            let record = DoseRecord {
+                medication,
+                occurrence,
+                at: self.clock.now(),
+                units: 0,
+                outcome: Outcome::Missed,
+            };
+            self.record(
+                patient,
+                slot,
+                record,
+                Some(crate::dosing::engine::Reason::MissedLocked.code()),
+                "reconciled as not given after its window closed".into(),
+            )
+            .await;
+            answer =
+                "reconciled: not given; its window has closed, so it is recorded missed".into();
+        }
+        // The uncertain alarm ends once nothing else needs attention.
+        let still_uncertain = self.dosing.history.patients().any(|p| {
+            crate::dosing::engine::effective(self.dosing.history.of(p))
+                .iter()
+                .any(|r| r.outcome == Outcome::Uncertain)
+        });
+        if self.pending.is_empty() && !still_uncertain {
+            self.lights(false).await;
+        }
+        Ok(answer)
     }
 
     async fn prn(

@@ -69,6 +69,25 @@ pub enum DispenserCommand {
         /// Where to answer.
         reply: Reply,
     },
+    /// A caregiver reconciles an uncertain or interrupted dispense.
+    ReconcileDose {
+        /// Patient pseudonym.
+        patient: String,
+        /// Medication.
+        medication: String,
+        /// The occurrence (None: the medication's as-needed doses).
+        occurrence: Option<chrono::DateTime<chrono::Utc>>,
+        /// Whether the patient had the dose.
+        given: bool,
+        /// Units the patient had, when given (default: the uncertain dispense's dose).
+        units: Option<u32>,
+        /// Who.
+        actor: String,
+        /// What they found.
+        note: String,
+        /// Where to answer.
+        reply: Reply,
+    },
     /// An as-needed dose is requested.
     RequestPrn {
         /// Patient pseudonym.

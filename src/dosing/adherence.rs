@@ -1,7 +1,7 @@
 //! Adherence: what became of each scheduled dose, per patient and medication, counted once by
 //! its final state. Pure; the report and the periodic `adherence` summary both use it.
 
-use super::engine::{DoseRecord, Outcome};
+use super::engine::{effective, DoseRecord, Outcome};
 use super::escalation::LATE_NOTICE_AFTER;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -31,11 +31,13 @@ pub struct Tally {
     pub skipped: u32,
     /// Uncertain or interrupted dispenses awaiting reconciliation.
     pub uncertain: u32,
-    /// Only failed attempts so far (nothing moved; the window may still be open).
+    /// Only failed attempts so far, or a dispense a caregiver found did not reach the patient
+    /// (the window may still be open).
     pub failed: u32,
 }
 
-/// Tallies `(patient, record)` pairs in any order.
+/// Tallies `(patient, record)` pairs, each patient's in the order they were recorded (a
+/// caregiver's confirmation supersedes the uncertain records before it).
 pub fn tally(records: impl IntoIterator<Item = (String, DoseRecord)>) -> Vec<Tally> {
     type Occurrences = BTreeMap<Option<String>, Vec<DoseRecord>>;
     let mut per: BTreeMap<(String, String), (Occurrences, Vec<DoseRecord>)> = BTreeMap::new();
@@ -54,18 +56,26 @@ pub fn tally(records: impl IntoIterator<Item = (String, DoseRecord)>) -> Vec<Tal
                 medication,
                 ..Tally::default()
             };
-            for r in &prn {
+            for r in effective(&prn) {
                 match r.outcome {
                     Outcome::Dispensed => t.as_needed += 1,
                     Outcome::Taken => t.taken += 1,
+                    Outcome::ConfirmedGiven => {
+                        t.as_needed += 1;
+                        t.taken += 1;
+                    }
                     Outcome::Uncertain => t.uncertain += 1,
                     _ => {}
                 }
             }
             for recs in occurrences.values() {
                 t.scheduled += 1;
+                let recs = effective(recs);
                 let has = |o: Outcome| recs.iter().any(|r| r.outcome == o);
-                if let Some(taken) = recs.iter().find(|r| r.outcome == Outcome::Taken) {
+                if let Some(taken) = recs
+                    .iter()
+                    .find(|r| matches!(r.outcome, Outcome::Taken | Outcome::ConfirmedGiven))
+                {
                     t.taken += 1;
                     let late = taken
                         .occurrence
@@ -81,7 +91,7 @@ pub fn tally(records: impl IntoIterator<Item = (String, DoseRecord)>) -> Vec<Tal
                     t.skipped += 1;
                 } else if has(Outcome::Uncertain) || has(Outcome::Dispensing) {
                     t.uncertain += 1;
-                } else if has(Outcome::Failed) {
+                } else if has(Outcome::Failed) || has(Outcome::ConfirmedNotGiven) {
                     t.failed += 1;
                 }
             }

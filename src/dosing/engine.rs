@@ -36,6 +36,13 @@ pub enum Outcome {
     /// Written, durably, before the motor moves; superseded by the outcome. Alone (the process
     /// died mid-dispense) it means uncertain: never retried automatically.
     Dispensing,
+    /// A caregiver checked an uncertain (or interrupted) dispense: the patient had the dose. It
+    /// supersedes the uncertain records before it, counts its units once and closes the dose.
+    ConfirmedGiven,
+    /// A caregiver checked an uncertain (or interrupted) dispense: nothing reached the patient.
+    /// It supersedes the uncertain records before it, which stop counting; the dose may be
+    /// dispensed again while its window is open, and is missed when it closes.
+    ConfirmedNotGiven,
 }
 
 impl Outcome {
@@ -45,25 +52,46 @@ impl Outcome {
     pub fn counts(self) -> bool {
         matches!(
             self,
-            Outcome::Dispensed | Outcome::Uncertain | Outcome::Dispensing
+            Outcome::Dispensed | Outcome::Uncertain | Outcome::Dispensing | Outcome::ConfirmedGiven
         )
+    }
+
+    /// A caregiver's reconciliation of an uncertain dispense.
+    pub fn is_confirmation(self) -> bool {
+        matches!(self, Outcome::ConfirmedGiven | Outcome::ConfirmedNotGiven)
     }
 }
 
-/// The records that stand: a `Dispensing` intent is dropped once its occurrence has an outcome.
+/// The records that stand, in order (one patient's history):
+/// - a `Dispensing` intent is dropped when the next record of its dose is its outcome (an intent
+///   followed by nothing, or by another intent, is an interrupted dispense and stays);
+/// - `Uncertain` records and interrupted intents are dropped once a caregiver's confirmation of
+///   the same dose follows them.
 pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
-    let settled: std::collections::HashSet<(&str, Option<DateTime<Utc>>)> = history
-        .iter()
-        .filter(|r| r.outcome != Outcome::Dispensing)
-        .map(|r| (r.medication.as_str(), r.occurrence))
-        .collect();
-    history
-        .iter()
-        .filter(|r| {
-            r.outcome != Outcome::Dispensing
-                || !settled.contains(&(r.medication.as_str(), r.occurrence))
-        })
-        .collect()
+    type Key<'a> = (&'a str, Option<DateTime<Utc>>);
+    let mut next: std::collections::HashMap<Key, Outcome> = std::collections::HashMap::new();
+    let mut confirmed: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    let mut kept: Vec<&DoseRecord> = Vec::with_capacity(history.len());
+    for r in history.iter().rev() {
+        let key = (r.medication.as_str(), r.occurrence);
+        let superseded = match r.outcome {
+            Outcome::Dispensing => {
+                confirmed.contains(&key)
+                    || next.get(&key).is_some_and(|o| *o != Outcome::Dispensing)
+            }
+            Outcome::Uncertain => confirmed.contains(&key),
+            _ => false,
+        };
+        if !superseded {
+            kept.push(r);
+        }
+        if r.outcome.is_confirmation() {
+            confirmed.insert(key);
+        }
+        next.insert(key, r.outcome);
+    }
+    kept.reverse();
+    kept
 }
 
 /// One thing that happened to a medication.
@@ -411,10 +439,12 @@ pub fn decide(
         .iter()
         .filter(|r| r.medication == med.name && r.occurrence == Some(w.occurrence))
         .collect();
-    if let Some(r) = mine
-        .iter()
-        .find(|r| matches!(r.outcome, Outcome::Dispensed | Outcome::Taken))
-    {
+    if let Some(r) = mine.iter().find(|r| {
+        matches!(
+            r.outcome,
+            Outcome::Dispensed | Outcome::Taken | Outcome::ConfirmedGiven
+        )
+    }) {
         return refuse(
             Reason::AlreadyDispensed,
             format!(
@@ -732,6 +762,76 @@ mod tests {
             outcome: Outcome::Uncertain,
             ..dispensed("2026-03-02T07:00:00Z", "2026-03-02T07:00:00Z")
         }];
+        assert_eq!(
+            reason(&run(&s, "2026-03-02T07:10:00Z", &h, &[])),
+            Some(Reason::Unreconciled)
+        );
+    }
+
+    fn with(outcome: Outcome, units: u32, at: &str) -> DoseRecord {
+        DoseRecord {
+            outcome,
+            units,
+            ..dispensed(at, "2026-03-02T07:00:00Z")
+        }
+    }
+
+    #[test]
+    fn uncertain_reconciled_as_given_counts_once_and_closes_the_dose() {
+        let s = schedule(TWICE);
+        let h = [
+            with(Outcome::Dispensing, 1, "2026-03-02T07:00:00Z"),
+            with(Outcome::Uncertain, 1, "2026-03-02T07:00:09Z"),
+            with(Outcome::ConfirmedGiven, 1, "2026-03-02T07:00:09Z"),
+        ];
+        assert_eq!(
+            reason(&run(&s, "2026-03-02T07:30:00Z", &h, &[])),
+            Some(Reason::AlreadyDispensed)
+        );
+        // One unit that day, not two (the uncertain record no longer counts): the evening dose
+        // stays within max_daily_units = 2.
+        assert!(reason(&run(&s, "2026-03-02T19:00:00Z", &h, &[])).is_none());
+    }
+
+    #[test]
+    fn uncertain_reconciled_as_not_given_frees_the_dose_within_its_window() {
+        let s = schedule(TWICE);
+        let h = [
+            with(Outcome::Dispensing, 1, "2026-03-02T07:00:00Z"),
+            with(Outcome::Uncertain, 1, "2026-03-02T07:00:09Z"),
+            with(Outcome::ConfirmedNotGiven, 0, "2026-03-02T07:20:00Z"),
+        ];
+        assert_eq!(
+            run(&s, "2026-03-02T07:30:00Z", &h, &[]),
+            Decision::Dispense {
+                occurrence: Some(utc("2026-03-02T07:00:00Z")),
+                units: 1
+            }
+        );
+        // Never outside the window, reconciled or not.
+        assert_eq!(
+            reason(&run(&s, "2026-03-02T09:00:00Z", &h, &[])),
+            Some(Reason::MissedLocked)
+        );
+        // A second uncertain dispense after the reconciliation needs its own.
+        let mut again = h.to_vec();
+        again.push(with(Outcome::Uncertain, 0, "2026-03-02T07:30:09Z"));
+        assert_eq!(
+            reason(&run(&s, "2026-03-02T07:40:00Z", &again, &[])),
+            Some(Reason::Unreconciled)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_dispense_after_a_failed_attempt_is_still_never_retried() {
+        // Failed before motion, tried again, and the process died mid-turn: the intent has no
+        // outcome of its own, whatever came before it.
+        let s = schedule(TWICE);
+        let h = [
+            with(Outcome::Dispensing, 1, "2026-03-02T06:30:00Z"),
+            with(Outcome::Failed, 0, "2026-03-02T06:30:02Z"),
+            with(Outcome::Dispensing, 1, "2026-03-02T06:40:00Z"),
+        ];
         assert_eq!(
             reason(&run(&s, "2026-03-02T07:10:00Z", &h, &[])),
             Some(Reason::Unreconciled)

@@ -23,6 +23,11 @@ impl DoseHistory {
         self.0.entry(patient.to_string()).or_default().push(record);
     }
 
+    /// Patients with records.
+    pub fn patients(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// Every record with its patient, patient by patient.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &DoseRecord)> {
         self.0

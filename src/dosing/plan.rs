@@ -108,11 +108,12 @@ impl Planner {
                         continue;
                     }
                     self.closed.insert(key_of(w.occurrence));
-                    // An intent superseded by `failed` does not settle the dose.
+                    // An intent superseded by `failed`, or an uncertain dispense a caregiver
+                    // found did not reach the patient, does not settle the dose.
                     let settled = super::engine::effective(history).iter().any(|r| {
                         r.medication == m.name
                             && r.occurrence == Some(w.occurrence)
-                            && r.outcome != Outcome::Failed
+                            && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
                     });
                     if settled {
                         continue;

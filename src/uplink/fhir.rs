@@ -26,9 +26,12 @@ pub fn medication_administration(
     detail: &str,
 ) -> Option<Value> {
     let status = match record.outcome {
-        Outcome::Taken => "completed",
+        Outcome::Taken | Outcome::ConfirmedGiven => "completed",
         Outcome::Dispensed => "in-progress",
-        Outcome::Missed | Outcome::Held | Outcome::Skipped => "not-done",
+        // Reconciled as not given: the dose did not happen (it may still be dispensed again).
+        Outcome::Missed | Outcome::Held | Outcome::Skipped | Outcome::ConfirmedNotGiven => {
+            "not-done"
+        }
         Outcome::Uncertain => "unknown",
         Outcome::Dispensing | Outcome::Failed => return None,
     };
@@ -53,6 +56,7 @@ pub fn medication_administration(
             Outcome::Held => "HELD",
             Outcome::Skipped => "SKIPPED",
             Outcome::Uncertain => "UNCERTAIN",
+            Outcome::ConfirmedNotGiven => "CONFIRMED_NOT_GIVEN",
             _ => "MISSED",
         });
         r["statusReason"] = json!([{
