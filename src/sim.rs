@@ -113,6 +113,12 @@ pub struct ModelTruth {
     pub units_released: u32,
     /// Units left per slot.
     pub stock: Vec<u32>,
+    /// When the buzzer started sounding (for tests; not printed).
+    #[serde(skip)]
+    pub buzzer_on_at: Vec<DateTime<Utc>>,
+    /// When the LED lit (for tests; not printed).
+    #[serde(skip)]
+    pub led_on_at: Vec<DateTime<Utc>>,
 }
 
 /// What the dispenser did.
@@ -755,6 +761,17 @@ impl Accumulator {
         let mut truth = self.truth.unwrap_or_default();
         truth.units_released = w.released_total();
         truth.stock = w.stock().to_vec();
+        let start = self.start;
+        use crate::board::sim::OutLine;
+        let switched_on = |which: OutLine| -> Vec<DateTime<Utc>> {
+            w.indicator_log()
+                .iter()
+                .filter(|(_, line, on)| *line == which && *on)
+                .filter_map(|(t, _, _)| chrono::Duration::from_std(*t).ok().map(|d| start + d))
+                .collect()
+        };
+        truth.buzzer_on_at = switched_on(OutLine::Buzzer);
+        truth.led_on_at = switched_on(OutLine::Led);
         let mut dispenser = self.dispenser;
         dispenser.stock = self
             .inventory

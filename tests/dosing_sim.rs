@@ -756,3 +756,76 @@ fn reconciling_is_for_carers_names_an_uncertain_dose_and_says_what_was_found() {
         .iter()
         .any(|d| d.outcome == Outcome::ConfirmedGiven));
 }
+
+/// Quiet hours soften only routine reminders: the LED lights and the buzzer stays silent for a
+/// dose at 23:00, while a time-critical dose in the same night still sounds.
+#[test]
+fn critical_alerts_ignore_quiet_hours_and_routine_reminders_keep_them() {
+    let sched = |quiet: &str| {
+        medbox::dosing::schedule::Schedule::parse(
+            &format!(
+                "[patient]\nid = \"p-q\"\ntimezone = \"UTC\"\n{quiet}\n\
+                 [[medication]]\nname = \"Routine\"\nslot = 0\nunits = 1\ntimes = [\"23:00\"]\n\
+                 [[medication]]\nname = \"Critical\"\nslot = 1\nunits = 1\ntimes = [\"23:30\"]\ntime_critical = true\n"
+            ),
+            Path::new("q.toml"),
+        )
+        .unwrap()
+    };
+    let night = |quiet: &str| {
+        common::run(SimOptions {
+            keep_records: false,
+            schedules: vec![sched(quiet)],
+            ..common::options(1.0)
+        })
+        .truth
+    };
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let between = |times: &[chrono::DateTime<chrono::Utc>], from: &str, to: &str| {
+        times.iter().any(|t| *t >= at(from) && *t < at(to))
+    };
+    let quiet = night("quiet_hours = \"22:00-07:00\"");
+    // The routine dose is dispensed at 22:30 (its window opens 30 min early): lit, silent.
+    assert!(
+        between(
+            &quiet.led_on_at,
+            "2026-03-02T22:29:00Z",
+            "2026-03-02T22:32:00Z"
+        ),
+        "{quiet:?}"
+    );
+    assert!(
+        !between(
+            &quiet.buzzer_on_at,
+            "2026-03-02T22:00:00Z",
+            "2026-03-02T23:00:00Z"
+        ),
+        "{:?}",
+        quiet.buzzer_on_at
+    );
+    // The time-critical dose at 23:00 sounds.
+    assert!(
+        between(
+            &quiet.buzzer_on_at,
+            "2026-03-02T22:59:00Z",
+            "2026-03-02T23:02:00Z"
+        ),
+        "{:?}",
+        quiet.buzzer_on_at
+    );
+    // Without quiet hours the routine dose sounds at once.
+    let loud = night("");
+    assert!(
+        between(
+            &loud.buzzer_on_at,
+            "2026-03-02T22:29:00Z",
+            "2026-03-02T22:32:00Z"
+        ),
+        "{:?}",
+        loud.buzzer_on_at
+    );
+}

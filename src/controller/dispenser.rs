@@ -81,6 +81,10 @@ pub(super) struct DispenserTask {
     next_summary: Duration,
     /// Storage fails: dispensing is locked (the fridge task is not affected).
     storage_locked: bool,
+    /// A cold-chain alarm is raised and not acknowledged (the fridge task says so).
+    fridge_alarm: bool,
+    /// What the buzzer and the LED were last asked to show.
+    shown: (bool, bool),
     /// Risky schedule changes waiting for a second person: version → who asked.
     awaiting_confirmation: std::collections::HashMap<String, String>,
     /// Wall minus monotonic at the last baseline, in seconds.
@@ -112,6 +116,8 @@ impl DispenserTask {
             retry_after: Default::default(),
             awaiting_confirmation: Default::default(),
             storage_locked: false,
+            fridge_alarm: false,
+            shown: (false, false),
             next_summary: first_summary,
             baseline_s,
             clock_trusted: true,
@@ -232,14 +238,11 @@ impl DispenserTask {
             }
             p.escalated_to = now;
         }
-        let before = self.pending.len();
         self.pending
             .retain(|p| p.escalation.last().is_none_or(|(at, _)| *at > now));
-        if alerts.iter().any(|(s, _)| *s == Step::LateNotice) {
-            self.lights(true).await;
-        } else if self.pending.is_empty() && before > 0 {
-            self.lights(false).await;
-        }
+        // Also where quiet hours begin or end while a dose waits.
+        let late = alerts.iter().any(|(s, _)| *s == Step::LateNotice);
+        self.refresh_lights(late).await;
         for (step, p) in alerts {
             super::emit(
                 &self.events,
@@ -285,19 +288,55 @@ impl DispenserTask {
         .find(|w| w.occurrence == occurrence)
     }
 
-    async fn lights(&mut self, on: bool) {
-        let now = self.clock.monotonic();
-        let at = self.clock.now();
-        for i in 0..2 {
-            let light = if i == 0 {
-                &mut self.dev.buzzer
-            } else {
-                &mut self.dev.led
-            };
-            if let Err(e) = light.set(on, now) {
-                let _ = self.events.send(device_fault(at, e.line, e.reason)).await;
+    /// Buzzer and LED from everything that wants attention. Critical causes (a cold-chain
+    /// alarm, locked storage, an uncertain dispense, a time-critical dose) sound at any hour; a
+    /// routine dose waiting in the cup lights the LED and sounds only outside its patient's
+    /// quiet hours. Outputs change only when the wish does, or with `resound` (a new dose, a
+    /// late notice), so the buzzer's own time limit is not undone every minute.
+    async fn refresh_lights(&mut self, resound: bool) {
+        let now = self.clock.now();
+        let critical = self.fridge_alarm || self.storage_locked || self.awaiting_reconciliation();
+        let led = critical || !self.pending.is_empty();
+        let buzzer = critical || self.pending.iter().any(|p| self.sounds(p, now));
+        let wanted = (buzzer, led);
+        if wanted == self.shown && !(resound && buzzer) {
+            return;
+        }
+        self.shown = wanted;
+        let mono = self.clock.monotonic();
+        for (light, on) in [(&mut self.dev.buzzer, buzzer), (&mut self.dev.led, led)] {
+            if let Err(e) = light.set(on, mono) {
+                let _ = self.events.send(device_fault(now, e.line, e.reason)).await;
             }
         }
+    }
+
+    /// Whether a waiting dose may sound now.
+    fn sounds(&self, p: &Pending, now: DateTime<Utc>) -> bool {
+        let Some(s) = self
+            .dosing
+            .schedules
+            .iter()
+            .find(|s| s.patient == p.patient)
+        else {
+            return true;
+        };
+        let time_critical = s
+            .medication(&p.record.medication)
+            .is_none_or(|(m, _)| m.time_critical);
+        time_critical
+            || !s
+                .quiet
+                .is_some_and(|q| q.contains(now.with_timezone(&s.tz).time()))
+    }
+
+    /// Whether any uncertain dispense still waits for a caregiver.
+    fn awaiting_reconciliation(&self) -> bool {
+        self.dosing.history.patients().any(|p| {
+            crate::dosing::engine::effective(self.dosing.history.of(p))
+                .iter()
+                .any(|r| r.outcome == Outcome::Uncertain)
+        })
     }
 
     async fn command(&mut self, cmd: DispenserCommand) {
@@ -344,10 +383,13 @@ impl DispenserTask {
             DispenserCommand::Rehome => {
                 self.home().await;
             }
-            DispenserCommand::Annunciate(on) => self.lights(on).await,
+            DispenserCommand::Annunciate(on) => {
+                self.fridge_alarm = on;
+                self.refresh_lights(false).await;
+            }
             DispenserCommand::StorageLock(on) => {
                 self.storage_locked = on;
-                self.lights(on).await;
+                self.refresh_lights(false).await;
             }
             DispenserCommand::TestDispense { slot, units } => {
                 let at = self.clock.now();
@@ -852,14 +894,7 @@ impl DispenserTask {
                 "reconciled: not given; its window has closed, so it is recorded missed".into();
         }
         // The uncertain alarm ends once nothing else needs attention.
-        let still_uncertain = self.dosing.history.patients().any(|p| {
-            crate::dosing::engine::effective(self.dosing.history.of(p))
-                .iter()
-                .any(|r| r.outcome == Outcome::Uncertain)
-        });
-        if self.pending.is_empty() && !still_uncertain {
-            self.lights(false).await;
-        }
+        self.refresh_lights(false).await;
         Ok(answer)
     }
 
@@ -1153,9 +1188,7 @@ impl DispenserTask {
                     escalated_to: at,
                 });
                 self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
-                self.lights(true).await;
             }
-            Outcome::Uncertain => self.lights(true).await,
             Outcome::Failed => {
                 let retry = self.clock.monotonic() + FAILED_RETRY_AFTER;
                 self.retry_after.insert(
@@ -1166,6 +1199,9 @@ impl DispenserTask {
             _ => {}
         }
         self.record(patient, slot, record, None, detail).await;
+        if matches!(outcome, Outcome::Dispensed | Outcome::Uncertain) {
+            self.refresh_lights(true).await;
+        }
     }
 
     /// Records a dispense that ended before the motor moved: `failed`, which may be tried again.
@@ -1197,8 +1233,9 @@ impl DispenserTask {
             return;
         }
         self.attentive_until = self.clock.monotonic();
-        self.lights(false).await;
-        for p in std::mem::take(&mut self.pending) {
+        let taken = std::mem::take(&mut self.pending);
+        self.refresh_lights(false).await;
+        for p in taken {
             let record = DoseRecord {
                 at,
                 outcome: Outcome::Taken,

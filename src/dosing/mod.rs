@@ -8,6 +8,7 @@
 //! - [`history`]: dose records per patient, so no rule ever mixes two patients' doses.
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
+//! - [`quiet`]: quiet hours, when routine reminders light up without sounding.
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
 //! - [`vitals`]: readings from outside, validated (ranges, BLE SFLOAT specials) and banded.
 //! - [`replace`]: checks a schedule replacing another while the appliance runs.
@@ -18,6 +19,7 @@ pub mod escalation;
 pub mod history;
 pub mod inventory;
 pub mod plan;
+pub mod quiet;
 pub mod replace;
 pub mod schedule;
 pub mod vitals;

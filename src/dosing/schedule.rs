@@ -4,6 +4,7 @@
 //! [patient]
 //! id = "p-0042"                 # a pseudonym, never a name
 //! timezone = "Europe/Berlin"
+//! quiet_hours = "22:00-07:00"   # optional: routine reminders light up without sounding
 //!
 //! [[medication]]
 //! name = "Metoprolol"
@@ -60,6 +61,9 @@ pub struct Patient {
     pub id: Spanned<String>,
     /// IANA zone in which the schedule is evaluated.
     pub timezone: Spanned<String>,
+    /// Local span (`"22:00-07:00"`) when routine reminders do not sound.
+    #[serde(default)]
+    pub quiet_hours: Option<Spanned<String>>,
 }
 
 /// As-needed dosing limits.
@@ -384,6 +388,8 @@ pub struct Schedule {
     pub medications: Vec<(Medication, Option<Recurrence>)>,
     /// Line of each medication's `slot` key, for errors that span files.
     pub slot_lines: Vec<usize>,
+    /// When routine reminders do not sound (local time).
+    pub quiet: Option<super::quiet::QuietHours>,
 }
 
 /// The shipped example schedules, embedded so `medbox sim` needs no files.
@@ -590,6 +596,11 @@ impl Validate for ScheduleFile {
                 return;
             }
         };
+        if let Some(q) = &self.patient.quiet_hours {
+            if let Err(e) = super::quiet::QuietHours::parse(q.get_ref()) {
+                out.at(line_of(src, q.span().start), "patient.quiet_hours", e);
+            }
+        }
         let id = self.patient.id.get_ref();
         if id.is_empty()
             || id.len() > 64
@@ -648,11 +659,17 @@ impl Schedule {
                 (m, r)
             })
             .collect();
+        let quiet = f
+            .patient
+            .quiet_hours
+            .as_ref()
+            .and_then(|q| super::quiet::QuietHours::parse(q.get_ref()).ok());
         Ok(Self {
             patient: f.patient.id.into_inner(),
             tz,
             medications,
             slot_lines,
+            quiet,
         })
     }
 

@@ -114,6 +114,9 @@ pub struct World {
     outputs: std::collections::HashMap<OutLine, bool>,
     active: std::collections::HashMap<InLine, Level>,
     compressor_active: Level,
+    /// Active levels of the buzzer and the LED, and each time one switched (on or off).
+    indicator_active: [Level; 2],
+    indicator_log: Vec<(Duration, OutLine, bool)>,
     faults: Vec<ActiveFault>,
     // Carousel.
     geometry: CarouselGeometry,
@@ -157,6 +160,8 @@ impl World {
             outputs: Default::default(),
             active,
             compressor_active: f.compressor.active,
+            indicator_active: [d.buzzer.active, d.led.active],
+            indicator_log: Vec::new(),
             faults: Vec::new(),
             geometry: super::super::carousel_geometry(&profile.carousel),
             // Switched on somewhere away from home, as after a power cut mid-turn.
@@ -342,6 +347,11 @@ impl World {
         u32::try_from(self.rotor.rem_euclid(rev)).unwrap_or(0)
     }
 
+    /// Every switch of the buzzer and the LED: (model time, line, now on).
+    pub fn indicator_log(&self) -> &[(Duration, OutLine, bool)] {
+        &self.indicator_log
+    }
+
     /// Whether an output line is at its active level.
     pub fn output_active(&self, line: OutLine, active: Level) -> bool {
         self.outputs.get(&line).copied().unwrap_or(false) == (active == Level::High)
@@ -353,6 +363,11 @@ impl World {
     pub fn set_output(&mut self, line: OutLine, high: bool) {
         let was = self.outputs.insert(line, high).unwrap_or(false);
         match line {
+            OutLine::Buzzer | OutLine::Led if high != was => {
+                let active = self.indicator_active[usize::from(line == OutLine::Led)];
+                self.indicator_log
+                    .push((self.t, line, high == (active == Level::High)));
+            }
             OutLine::Coil(_) => {}
             OutLine::Step if high && !was => {
                 let enabled = !self.outputs.get(&OutLine::Enable).copied().unwrap_or(false);
