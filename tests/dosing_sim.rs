@@ -27,10 +27,11 @@ fn run(days: f64, scenario: Option<&str>, db: Option<&Path>) -> SimSummary {
 }
 
 #[test]
-fn a_week_of_dosing_accounts_for_every_occurrence_exactly_once() {
-    let s = run(7.0, None, None);
+fn a_month_of_dosing_accounts_for_every_occurrence_exactly_once() {
+    let days = 30;
+    let s = run(f64::from(days), None, None);
     let start = common::profile().sim.unwrap().start;
-    let end = start + chrono::Duration::days(7);
+    let end = start + chrono::Duration::days(i64::from(days));
     let mut finals: BTreeMap<(String, chrono::DateTime<chrono::Utc>), u32> = BTreeMap::new();
     for r in &s.dose_records {
         if r.outcome != Outcome::Taken && r.outcome != Outcome::Dispensing {
@@ -67,7 +68,7 @@ fn a_week_of_dosing_accounts_for_every_occurrence_exactly_once() {
         .iter()
         .filter(|r| r.medication == "Metoprolol" && r.outcome == Outcome::Held)
         .count();
-    assert_eq!(held, 7);
+    assert_eq!(held, days as usize);
     assert_eq!(
         s.dispenser.doses.get("uncertain"),
         None,
