@@ -94,6 +94,9 @@ enum VitalsCommand {
         /// Who or what measured it.
         #[arg(long)]
         source: String,
+        /// Whose reading (required by an appliance that doses more than one patient).
+        #[arg(long)]
+        patient: Option<String>,
         /// The audit chain's HMAC secret, when the appliance keys it.
         #[arg(long)]
         audit_secret_file: Option<PathBuf>,
@@ -466,11 +469,13 @@ fn main() -> ExitCode {
                     at,
                     quality,
                     source,
+                    patient,
                     audit_secret_file,
                 },
         } => {
             let raw = serde_json::json!({
                 "vital": vital, "value": value, "at": at, "quality": quality, "source": source,
+                "patient": patient,
                 "sfloat": match sfloat.as_deref().map(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16)) {
                     Some(Ok(v)) => Some(v),
                     Some(Err(e)) => {

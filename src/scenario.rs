@@ -58,7 +58,8 @@ pub enum ActionName {
     ClockJump,
     /// Acknowledge a raised alarm.
     AckAlarm,
-    /// A vital reading arrives (vital, value, optional quality).
+    /// A vital reading arrives (vital, value, optional quality, and patient when the cabinet
+    /// doses more than one).
     Vital,
     /// A caregiver confirms the clock after a jump.
     TrustClock,
@@ -112,6 +113,8 @@ struct RawEvent {
     vital: Option<crate::dosing::schedule::Vital>,
     value: Option<f64>,
     quality: Option<crate::dosing::engine::Quality>,
+    /// Whose reading (`vital`).
+    patient: Option<String>,
     expiry: Option<chrono::NaiveDate>,
     command: Option<String>,
     payload: Option<String>,
@@ -330,6 +333,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
                     value,
                     at: chrono::DateTime::<chrono::Utc>::MIN_UTC,
                     quality: e.quality.unwrap_or(crate::dosing::engine::Quality::Good),
+                    patient: e.patient.clone(),
                 }),
             )]
         }

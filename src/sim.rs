@@ -490,7 +490,7 @@ async fn play(
                     at: clock.now(),
                     ..reading
                 };
-                let _ = dispenser.send(DispenserCommand::Vital(reading)).await;
+                let _ = dispenser.send(DispenserCommand::Vital(reading, None)).await;
             }
             Op::TrustClock => {
                 let _ = dispenser.send(DispenserCommand::TrustClock).await;

@@ -105,9 +105,27 @@ fn vitals_add_refuses_bad_readings_with_a_reason_and_records_good_ones() {
     let (code, text) = add(&["--vital", "pulse", "--value", "60", "--source", "n-4"]);
     assert_eq!(code, 1, "{text}");
     // Nothing refused was recorded; the good one is, with its source as the actor.
-    let (code, text) = add(&["--vital", "heart_rate", "--value", "52", "--source", "n-4"]);
+    let (code, text) = add(&[
+        "--vital",
+        "heart_rate",
+        "--value",
+        "52",
+        "--source",
+        "n-4",
+        "--patient",
+        "p-0042",
+    ]);
     assert_eq!(code, 0, "{text}");
-    let (code, text) = medbox(&["audit", "log", "--db", db, "--kind", "vitals."]);
+    let (code, text) = medbox(&[
+        "audit",
+        "log",
+        "--db",
+        db,
+        "--kind",
+        "vitals.",
+        "--patient",
+        "p-0042",
+    ]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(text.matches("vitals.reading").count(), 1, "{text}");
     assert!(text.contains("n-4"), "{text}");

@@ -93,21 +93,25 @@ name = "pulse"
 [[event]]
 at = "6h 45m"
 action = "vital"
+patient = "p-0042"
 vital = "heart_rate"
 value = 51
 [[event]]
 at = "6h 46m"
 action = "vital"
+patient = "p-0042"
 vital = "systolic_bp"
 value = 120
 [[event]]
 at = "1d 6h 45m"
 action = "vital"
+patient = "p-0042"
 vital = "heart_rate"
 value = 64
 [[event]]
 at = "1d 6h 46m"
 action = "vital"
+patient = "p-0042"
 vital = "systolic_bp"
 value = 118
 "#;
@@ -617,7 +621,7 @@ fn the_dst_weekend_scenario_gives_the_monday_dose_at_local_time_after_spring_for
 fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let sc = "name = \"pulse\"\n[[event]]\nat = \"6h 20m\"\naction = \"vital\"\nvital = \"heart_rate\"\nvalue = 51\n";
+    let sc = "name = \"pulse\"\n[[event]]\nat = \"6h 20m\"\naction = \"vital\"\npatient = \"p-0042\"\nvital = \"heart_rate\"\nvalue = 51\n";
     common::run(SimOptions {
         scenario: Some(Scenario::parse(sc, Path::new("s.toml")).unwrap()),
         keep_records: false,
@@ -638,6 +642,7 @@ fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
     let obs = resources("Observation");
     assert_eq!(obs.len(), 1);
     assert_eq!(obs[0]["code"]["coding"][0]["code"], "8867-4");
+    assert_eq!(obs[0]["subject"]["identifier"]["value"], "p-0042");
     let admin = resources("MedicationAdministration");
     assert!(admin.iter().any(|a| a["status"] == "in-progress"));
     // The held beta blocker (the blood pressure reading never came): not done, with its reason.

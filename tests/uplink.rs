@@ -364,7 +364,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         .to_string()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while results.len() < 13 && tokio::time::Instant::now() < deadline {
+    while results.len() < 14 && tokio::time::Instant::now() < deadline {
         let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
             break;
         };
@@ -387,7 +387,9 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
                 (topic("acknowledge_alarm"), br#"{"id":"c11","actor":"n-1","role":"nurse","args":{"alarm":"LOW_STOCK","slot":3,"comment":"order placed"}}"#.to_vec()),
                 // A paired oximeter on the inbound vitals topic: a BLE "not a number", then a value.
                 (format!("medbox/{dev}/vitals/in"), br#"{"id":"v1","source":"oxi-1","vital":"spo2","sfloat":2047}"#.to_vec()),
-                (format!("medbox/{dev}/vitals/in"), br#"{"id":"v2","source":"oxi-1","vital":"spo2","value":97}"#.to_vec()),
+                (format!("medbox/{dev}/vitals/in"), br#"{"id":"v2","source":"oxi-1","vital":"spo2","value":97,"patient":"p-0042"}"#.to_vec()),
+                // This cabinet doses several patients: a reading must say whose it is.
+                (format!("medbox/{dev}/vitals/in"), br#"{"id":"v3","source":"oxi-1","vital":"spo2","value":97}"#.to_vec()),
             ];
             for (t, payload) in cmds {
                 client
@@ -409,7 +411,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     let _ = child.kill();
     let _ = child.wait();
     let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_string();
-    assert_eq!(results.len(), 13, "{results:#?}");
+    assert_eq!(results.len(), 14, "{results:#?}");
     assert!(detail(0).starts_with("MALFORMED"), "{}", detail(0));
     assert!(detail(1).starts_with("UNKNOWN_COMMAND"), "{}", detail(1));
     assert!(detail(2).starts_with("PAYLOAD_TOO_LARGE"), "{}", detail(2));
@@ -438,6 +440,8 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     );
     assert_eq!(results[12]["ok"], true, "{}", detail(12));
     assert_eq!(results[12]["command"], "record_vital");
+    assert!(detail(12).ends_with("for p-0042"), "{}", detail(12));
+    assert!(detail(13).starts_with("PATIENT_REQUIRED"), "{}", detail(13));
     assert!(results.iter().all(|r| r["kind"] == "command_result"));
 }
 

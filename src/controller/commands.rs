@@ -365,14 +365,8 @@ impl Router {
                 let raw: crate::dosing::vitals::RawVital = parse_args(&env.args)?;
                 let reading = crate::dosing::vitals::validate(&raw, self.clock.now())
                     .map_err(|e| format!("INVALID_READING: {e}"))?;
-                let done = format!(
-                    "recorded {:?} {} {}",
-                    reading.vital,
-                    reading.value,
-                    crate::dosing::vitals::unit(reading.vital)
-                );
-                self.to_dispenser(DispenserCommand::Vital(reading)).await?;
-                return Ok(done);
+                self.to_dispenser(DispenserCommand::Vital(reading, Some(tx)))
+                    .await?;
             }
             "replace_schedule" => {
                 let a: ReplaceArgs = parse_args(&env.args)?;

@@ -100,7 +100,13 @@ impl DispenserTask {
         events: mpsc::Sender<Event>,
     ) -> Self {
         let since = dosing.since.unwrap_or_else(|| clock.now());
-        let vitals = std::mem::take(&mut dosing.vitals);
+        let mut vitals = std::mem::take(&mut dosing.vitals);
+        // Readings stored before they named their patient belong to the only one, if only one.
+        if let [only] = dosing.schedules.as_slice() {
+            for v in vitals.iter_mut().filter(|v| v.patient.is_none()) {
+                v.patient = Some(only.patient.clone());
+            }
+        }
         let first_summary = clock.monotonic() + SUMMARY_EVERY;
         let baseline_s = wall_minus_mono(&*clock);
         Self {
@@ -339,11 +345,73 @@ impl DispenserTask {
         })
     }
 
+    /// Whose a reading is: the one it names, or the cabinet's only patient.
+    fn whose(&self, reading: &VitalReading) -> Result<String, String> {
+        let patients: Vec<&str> = self
+            .dosing
+            .schedules
+            .iter()
+            .map(|s| s.patient.as_str())
+            .collect();
+        match (reading.patient.as_deref(), patients.as_slice()) {
+            (Some(p), known) if known.contains(&p) => Ok(p.to_string()),
+            (Some(p), _) => Err(format!(
+                "UNKNOWN_PATIENT: {p:?} has no schedule in this cabinet"
+            )),
+            (None, [only]) => Ok(only.to_string()),
+            (None, known) => Err(format!(
+                "PATIENT_REQUIRED: this cabinet doses {} patients; say whose reading it is (`patient`)",
+                known.len()
+            )),
+        }
+    }
+
+    /// Takes a reading for its patient's holds: recorded (unless it already was), alerted when
+    /// out of band, and a held dose of that patient may be released at once.
+    async fn vital(
+        &mut self,
+        mut reading: VitalReading,
+        source: VitalSource,
+    ) -> Result<String, String> {
+        let patient = self.whose(&reading)?;
+        reading.patient = Some(patient.clone());
+        let done = format!(
+            "recorded {:?} {} {} for {patient}",
+            reading.vital,
+            reading.value,
+            crate::dosing::vitals::unit(reading.vital)
+        );
+        if matches!(source, VitalSource::New) {
+            super::emit(
+                &self.events,
+                Event::Vital {
+                    at: self.clock.now(),
+                    reading: reading.clone(),
+                },
+            )
+            .await;
+        }
+        if let Some(band) = crate::dosing::vitals::out_of_band(&reading) {
+            super::emit(
+                &self.events,
+                Event::VitalAlert {
+                    at: self.clock.now(),
+                    reading: reading.clone(),
+                    band: band.into(),
+                },
+            )
+            .await;
+        }
+        self.vitals.push(reading);
+        // Keep a day of readings: holds look back hours at most.
+        let horizon = self.clock.now() - chrono::Duration::days(1);
+        self.vitals.retain(|v| v.at > horizon);
+        // A new reading may release a held dose at once.
+        self.plan().await;
+        Ok(done)
+    }
+
     async fn command(&mut self, cmd: DispenserCommand) {
-        let cmd_kind = match &cmd {
-            DispenserCommand::VitalRecorded(_) => VitalSource::Recorded,
-            _ => VitalSource::New,
-        };
         match cmd {
             DispenserCommand::SkipDose {
                 patient,
@@ -433,34 +501,20 @@ impl DispenserTask {
                     }
                 }
             }
-            DispenserCommand::Vital(reading) | DispenserCommand::VitalRecorded(reading) => {
-                if matches!(cmd_kind, VitalSource::New) {
-                    super::emit(
-                        &self.events,
-                        Event::Vital {
-                            at: self.clock.now(),
-                            reading: reading.clone(),
-                        },
-                    )
-                    .await;
+            DispenserCommand::Vital(reading, reply) => {
+                let answer = self.vital(reading, VitalSource::New).await;
+                match (reply, answer) {
+                    (Some(reply), answer) => {
+                        let _ = reply.send(answer);
+                    }
+                    (None, Err(e)) => tracing::warn!("vital reading refused: {e}"),
+                    (None, Ok(_)) => {}
                 }
-                if let Some(band) = crate::dosing::vitals::out_of_band(&reading) {
-                    super::emit(
-                        &self.events,
-                        Event::VitalAlert {
-                            at: self.clock.now(),
-                            reading: reading.clone(),
-                            band: band.into(),
-                        },
-                    )
-                    .await;
+            }
+            DispenserCommand::VitalRecorded(reading) => {
+                if let Err(e) = self.vital(reading, VitalSource::Recorded).await {
+                    tracing::warn!("recorded vital reading not used: {e}");
                 }
-                self.vitals.push(reading);
-                // Keep a day of readings: holds look back hours at most.
-                let horizon = self.clock.now() - chrono::Duration::days(1);
-                self.vitals.retain(|v| v.at > horizon);
-                // A new reading may release a held dose at once.
-                self.plan().await;
             }
             DispenserCommand::Refill {
                 slot,
@@ -919,7 +973,7 @@ impl DispenserTask {
             schedule.tz,
             now,
             self.dosing.history.of(&patient),
-            &self.vitals,
+            &crate::dosing::vitals::of_patient(&self.vitals, &patient),
             self.clock_trusted,
             &request,
         );

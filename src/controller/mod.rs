@@ -112,8 +112,9 @@ pub enum DispenserCommand {
     Annunciate(bool),
     /// Storage fails (true) or works again: nothing is dispensed that could not be recorded.
     StorageLock(bool),
-    /// A vital reading for the holds.
-    Vital(crate::dosing::engine::VitalReading),
+    /// A vital reading for the holds, answered (when asked) with whose it was taken to be or
+    /// why it was refused.
+    Vital(crate::dosing::engine::VitalReading, Option<Reply>),
     /// A vital reading already recorded elsewhere (`medbox vitals add` into the same database):
     /// used, not recorded again.
     VitalRecorded(crate::dosing::engine::VitalReading),

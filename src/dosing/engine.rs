@@ -133,6 +133,10 @@ pub struct VitalReading {
     /// Where it came from (a paired monitor, a gateway, a person at the device).
     #[serde(default)]
     pub source: String,
+    /// Whose reading it is. Holds only ever look at their own patient's readings; the
+    /// dispenser fills it in when the cabinet doses one patient only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
 }
 
 /// Stable reason codes.
@@ -897,6 +901,7 @@ mod tests {
             value: v,
             at: utc(at),
             quality: q,
+            patient: Some("p-1".into()),
         }
     }
 

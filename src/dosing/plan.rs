@@ -81,7 +81,8 @@ impl Planner {
         }
     }
 
-    /// The actions due at `now`.
+    /// The actions due at `now`. `vitals` may hold several patients' readings: each schedule's
+    /// holds see only those of its own patient.
     pub fn plan(
         &mut self,
         schedules: &[Schedule],
@@ -93,6 +94,7 @@ impl Planner {
         let mut out = Vec::new();
         for s in schedules {
             let history = history.of(&s.patient);
+            let vitals = &super::vitals::of_patient(vitals, &s.patient);
             for (m, rec) in &s.medications {
                 let Some(rec) = rec else { continue };
                 let key_of = |o: DateTime<Utc>| (s.patient.clone(), m.name.clone(), o);
@@ -248,6 +250,29 @@ mod tests {
             }
         }
         history
+    }
+
+    #[test]
+    fn hold_parameters_see_only_their_own_patients_readings() {
+        let meds = |slot: u8| {
+            format!("[[medication]]\nname = \"Metoprolol\"\nslot = {slot}\nunits = 1\ntimes = [\"08:00\"]\n[[medication.hold]]\nvital = \"heart_rate\"\nbelow = 55\nmax_age = \"2h\"\n")
+        };
+        let a = sched_for("p-a", &meds(0));
+        let b = sched_for("p-b", &meds(1));
+        // Only p-a's pulse was measured, and it is fine: p-a's dose is released, p-b's is
+        // still held for want of its own reading.
+        let reading = VitalReading {
+            vital: crate::dosing::schedule::Vital::HeartRate,
+            value: 70.0,
+            at: utc("2026-03-02T07:40:00Z"),
+            quality: crate::dosing::engine::Quality::Good,
+            source: "test".into(),
+            patient: Some("p-a".into()),
+        };
+        let history = simulate_all(&[a, b], 1, &[reading]);
+        let outcomes = |p: &str| history.of(p).iter().map(|r| r.outcome).collect::<Vec<_>>();
+        assert_eq!(outcomes("p-a"), [Outcome::Dispensed]);
+        assert_eq!(outcomes("p-b"), [Outcome::Held]);
     }
 
     #[test]

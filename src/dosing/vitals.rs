@@ -29,6 +29,9 @@ pub struct RawVital {
     pub quality: Option<Quality>,
     /// Where it came from.
     pub source: String,
+    /// Whose reading (required when the cabinet doses more than one patient).
+    #[serde(default)]
+    pub patient: Option<String>,
 }
 
 /// The UCUM unit each vital is given in.
@@ -116,13 +119,27 @@ pub fn validate(raw: &RawVital, now: DateTime<Utc>) -> Result<VitalReading, Stri
     if source.is_empty() || source.len() > 64 {
         return Err("`source` must name the device or person (1–64 characters)".into());
     }
+    let patient = match raw.patient.as_deref().map(str::trim) {
+        Some("") => return Err("`patient` is empty: give the pseudonym, or leave it out".into()),
+        p => p.map(str::to_string),
+    };
     Ok(VitalReading {
         vital: raw.vital,
         value,
         at,
         quality: raw.quality.unwrap_or(Quality::Good),
         source: source.to_string(),
+        patient,
     })
+}
+
+/// The readings of one patient (a reading names its patient once the dispenser took it).
+pub fn of_patient(readings: &[VitalReading], patient: &str) -> Vec<VitalReading> {
+    readings
+        .iter()
+        .filter(|r| r.patient.as_deref() == Some(patient))
+        .cloned()
+        .collect()
 }
 
 /// Whether a reading is outside its alert band, and which side.
@@ -149,6 +166,7 @@ mod tests {
             at: None,
             quality: None,
             source: "oximeter-1".into(),
+            patient: None,
         }
     }
 

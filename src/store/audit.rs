@@ -261,7 +261,11 @@ pub fn rows(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
     }
     if let Some(p) = &f.patient {
         args.push(p.clone());
-        sql += &format!(" AND json_extract(body, '$.patient') = ?{}", args.len());
+        // Vital readings carry their patient inside the reading.
+        sql += &format!(
+            " AND coalesce(json_extract(body, '$.patient'), json_extract(body, '$.reading.patient')) = ?{}",
+            args.len()
+        );
     }
     if let Some(m) = &f.medication {
         args.push(m.clone());

@@ -353,7 +353,10 @@ fn fhir(e: &Event, id: &str) -> Option<(&'static str, serde_json::Value)> {
             ..
         } => fhir::medication_administration(id, patient, record, reason.as_deref(), detail)
             .map(|r| ("MedicationAdministration", r)),
-        Event::Vital { reading, .. } => Some(("Observation", fhir::observation(id, None, reading))),
+        Event::Vital { reading, .. } => Some((
+            "Observation",
+            fhir::observation(id, reading.patient.as_deref(), reading),
+        )),
         _ => None,
     }
 }

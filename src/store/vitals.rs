@@ -79,6 +79,7 @@ mod tests {
                 at: now,
                 quality: Quality::Good,
                 source: source.into(),
+                patient: Some("p-0042".into()),
             },
         };
         let start = head(appliance.connection()).unwrap();

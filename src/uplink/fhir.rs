@@ -145,6 +145,7 @@ mod tests {
             at: at(),
             quality: Quality::Good,
             source: "monitor-1".into(),
+            patient: Some("p-0042".into()),
         }
     }
 
