@@ -70,6 +70,19 @@ pub enum ActionName {
     Refill,
     /// A command arrives as if on `cmd/<command>` (command, payload: the JSON text).
     Command,
+    /// The process dies, as in a power cut: nothing is flushed or stopped cleanly. At once,
+    /// or with `during = "dispense"` at the next dispense, the moment its intent is on disk and
+    /// before the motor turns. Run it as its own process (`medbox sim`), then start again on
+    /// the same database to see what survives.
+    Crash,
+}
+
+/// Where a `crash` action strikes.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// At the next dispense, between its durable intent and the motor.
+    Dispense,
 }
 
 /// The fault names a scenario may inject.
@@ -118,6 +131,8 @@ struct RawEvent {
     expiry: Option<chrono::NaiveDate>,
     command: Option<String>,
     payload: Option<String>,
+    /// Where a `crash` strikes (default: at once).
+    during: Option<CrashPoint>,
     /// Repeat the event this often…
     #[serde(default, with = "humantime_serde")]
     every: Option<Duration>,
@@ -179,6 +194,8 @@ pub enum Op {
     Refill(u8, u32, Option<chrono::NaiveDate>, String),
     /// An inbound command: name, payload.
     Command(String, String),
+    /// Abort the process (now, or at the next dispense).
+    Crash(Option<CrashPoint>),
 }
 
 /// A parsed scenario: primitive operations sorted by time.
@@ -338,6 +355,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             )]
         }
         ActionName::TrustClock => vec![(at, Op::TrustClock)],
+        ActionName::Crash => vec![(at, Op::Crash(e.during))],
         ActionName::Command => {
             let name = e.command.clone().ok_or_else(|| {
                 (

@@ -345,15 +345,23 @@ pub async fn run(
         }
         _ => None,
     };
+    // A scenario's `crash during = "dispense"`: armed by the scenario, fired here once the next
+    // dispense's intent is durable (the motor waits for exactly that).
+    let crash_armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let crash_on_store = std::cell::Cell::new(false);
+    let has_store = recorder.is_some();
     let scenario_task = opts.scenario.clone().map(|s| {
         tokio::spawn(play(
             s,
-            handle.clone(),
-            sim_clock.clone(),
-            running.dispenser.clone(),
-            running.fridge.clone(),
-            running.commands.clone(),
-            network.clone(),
+            Stage {
+                handle: handle.clone(),
+                clock: sim_clock.clone(),
+                dispenser: running.dispenser.clone(),
+                fridge: running.fridge.clone(),
+                commands: running.commands.clone(),
+                network: network.clone(),
+                crash_armed: crash_armed.clone(),
+            },
         ))
     });
 
@@ -384,6 +392,14 @@ pub async fn run(
         uplink.is_some().then_some(&mut outbox_requests),
         until,
         |ev| {
+            if crash_armed.load(std::sync::atomic::Ordering::SeqCst)
+                && matches!(ev, Event::Dose { record, .. } if record.outcome == crate::dosing::engine::Outcome::Dispensing)
+            {
+                if !has_store {
+                    std::process::abort();
+                }
+                crash_on_store.set(true);
+            }
             acc.borrow_mut().add(ev, &handle);
             if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
                 if let Event::Reading(r) = ev {
@@ -392,7 +408,13 @@ pub async fn run(
                 }
             }
         },
-        |r| acc.borrow_mut().stored(r, print_durable),
+        |r| {
+            acc.borrow_mut().stored(r, print_durable);
+            if crash_on_store.get() {
+                tracing::warn!("scenario: crash after a dispense intent was stored");
+                std::process::abort();
+            }
+        },
     )
     .await;
     if let Some(t) = scenario_task {
@@ -463,15 +485,27 @@ fn status_line(r: &crate::events::FridgeRecord, handle: &SimHandle) -> String {
 }
 
 /// Plays a scenario against the world, in simulated time.
-async fn play(
-    s: Scenario,
+/// What a scenario acts on.
+struct Stage {
     handle: SimHandle,
     clock: Arc<SimClock>,
     dispenser: mpsc::Sender<DispenserCommand>,
     fridge: mpsc::Sender<FridgeCommand>,
     commands: mpsc::Sender<crate::controller::commands::Inbound>,
     network: tokio::sync::watch::Sender<bool>,
-) {
+    crash_armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn play(s: Scenario, stage: Stage) {
+    let Stage {
+        handle,
+        clock,
+        dispenser,
+        fridge,
+        commands,
+        network,
+        crash_armed,
+    } = stage;
     let start = clock.monotonic();
     for (at, op) in s.ops {
         clock::sleep_until(&*clock, start + at).await;
@@ -494,6 +528,13 @@ async fn play(
             }
             Op::TrustClock => {
                 let _ = dispenser.send(DispenserCommand::TrustClock).await;
+            }
+            Op::Crash(None) => {
+                tracing::warn!("scenario: crash (process aborted)");
+                std::process::abort();
+            }
+            Op::Crash(Some(crate::scenario::CrashPoint::Dispense)) => {
+                crash_armed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             Op::Command(name, payload) => {
                 let _ = commands
@@ -555,7 +596,8 @@ async fn play(
                     | Op::TrustClock
                     | Op::Broker(_)
                     | Op::Refill(..)
-                    | Op::Command(..) => {}
+                    | Op::Command(..)
+                    | Op::Crash(_) => {}
                 }
             }
         }

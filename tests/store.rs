@@ -514,3 +514,97 @@ fn a_keyed_chain_verifies_only_with_its_secret() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The power fails between a dispense's durable intent and its outcome (the shipped
+/// `crash-mid-dispense` scenario aborts the process there). On restart the carousel re-homes
+/// without dispensing, the dose is never given again on its own (the caregiver is alerted), the
+/// chain is intact, and once a caregiver reconciles it as not given it is dispensed exactly once.
+#[test]
+fn a_crash_mid_dispense_and_a_restart_never_give_the_dose_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let sim = |days: &str, scenario: &Path| {
+        medbox()
+            .args(["sim", "--days", days, "--scenario"])
+            .arg(scenario)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap()
+    };
+    let crashed = sim("1", Path::new("hw/scenarios/crash-mid-dispense.toml"));
+    assert!(!crashed.status.success(), "the scenario aborts the process");
+    let metformin = |conn: &rusqlite::Connection| -> Vec<(String, String)> {
+        conn.prepare(
+            "SELECT kind, reason FROM audit WHERE subject = 'patient:p-0042/medication:Metformin'
+             AND (json_extract(body, '$.record.occurrence') = '2026-03-02T07:00:00Z'
+                  OR json_extract(body, '$.occurrence') = '2026-03-02T07:00:00Z')
+             ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let kinds = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    {
+        let conn = schema::open_read_only(&db).unwrap();
+        assert_eq!(kinds(&metformin(&conn)), ["dose.dispensing"]);
+    }
+    // Restart: the same morning comes round again (the simulated clock starts over).
+    let quiet_day = dir.path().join("day.toml");
+    std::fs::write(&quiet_day, "name = \"a day\"\n").unwrap();
+    let again = sim("1", &quiet_day);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    {
+        let conn = schema::open_read_only(&db).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert!(matches!(verify_db(&db), Verification::Intact { .. }));
+        let m = metformin(&conn);
+        assert_eq!(kinds(&m), ["dose.dispensing", "dose.alert"], "{m:?}");
+        assert_eq!(m[1].1, "UNRECONCILED");
+        let homed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM audit WHERE kind = 'dispenser.homed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(homed >= 2, "homed at each start");
+    }
+    // A caregiver checks: nothing reached the patient. The window is still open: dispensed once.
+    let reconcile = dir.path().join("reconcile.toml");
+    std::fs::write(
+        &reconcile,
+        r#"name = "reconcile"
+[[event]]
+at = "7h 50m"
+action = "command"
+command = "reconcile_dose"
+payload = '{"id": "r1", "actor": "cg-1", "role": "caregiver", "args": {"patient": "p-0042", "medication": "Metformin", "occurrence": "2026-03-02T07:00:00Z", "given": false, "note": "power cut; cup empty"}}'
+"#,
+    )
+    .unwrap();
+    let third = sim("0.5", &reconcile);
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let conn = schema::open_read_only(&db).unwrap();
+    let m = kinds(&metformin(&conn));
+    assert_eq!(
+        m.iter().filter(|k| *k == "dose.dispensed").count(),
+        1,
+        "{m:?}"
+    );
+    assert!(m.contains(&"dose.confirmed_not_given".to_string()), "{m:?}");
+}

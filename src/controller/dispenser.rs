@@ -336,12 +336,14 @@ impl DispenserTask {
                 .is_some_and(|q| q.contains(now.with_timezone(&s.tz).time()))
     }
 
-    /// Whether any uncertain dispense still waits for a caregiver.
+    /// Whether any uncertain dispense, or one a crash interrupted, still waits for a
+    /// caregiver. (No dispense is under way when this is asked: the task runs one thing at a
+    /// time, so an intent without its outcome here is an interrupted one.)
     fn awaiting_reconciliation(&self) -> bool {
         self.dosing.history.patients().any(|p| {
             crate::dosing::engine::effective(self.dosing.history.of(p))
                 .iter()
-                .any(|r| r.outcome == Outcome::Uncertain)
+                .any(|r| matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing))
         })
     }
 

@@ -156,9 +156,12 @@ impl Planner {
                         let ws = super::engine::windows(m, rec, s.tz, now, now);
                         if let Some(w) = ws.iter().find(|w| w.opens <= now && now < w.closes) {
                             self.last_reason.insert(key_of(w.occurrence), reason);
+                            // An unreconciled dispense is told once per window too: the
+                            // caregiver must check it (after a crash, nobody else will).
                             if is_hold(reason)
                                 || reason == Reason::DailyMax
                                 || reason == Reason::WeeklyGuard
+                                || reason == Reason::Unreconciled
                             {
                                 let k = (
                                     s.patient.clone(),
