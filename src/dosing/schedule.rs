@@ -415,11 +415,12 @@ pub const DEFAULT_SCHEDULES: [(&str, &str); 4] = [
 /// Slots available to schedules when no board profile is given.
 pub const DEFAULT_SLOTS: u8 = 8;
 
+/// Checks one medication. `line` is its table's line; `slot_line` its `slot` key's.
 fn validate_medication(
     m: &Medication,
     tz: Tz,
     slots: u8,
-    line: usize,
+    (line, slot_line): (usize, usize),
     key: &str,
     out: &mut Findings,
 ) {
@@ -433,7 +434,7 @@ fn validate_medication(
     };
     if *m.slot.get_ref() >= slots {
         out.at(
-            line,
+            slot_line,
             k("slot"),
             format!(
                 "slot {} does not exist (the carousel has slots 0–{})",
@@ -509,6 +510,21 @@ fn validate_medication(
             }
             if prn.min_interval.is_zero() {
                 out.at(line, k("prn.min_interval"), "must be above zero");
+            } else {
+                // Doses at least `min_interval` apart: how many fit in a rolling 24 h.
+                let fit = 86_400f64 / prn.min_interval.as_secs_f64();
+                let fit = fit.ceil() as u32;
+                if prn.max_per_24h > fit {
+                    out.at(
+                        line,
+                        k("prn.max_per_24h"),
+                        format!(
+                            "{} doses cannot be given in 24 h at least {} apart (at most {fit}): lower one of them",
+                            prn.max_per_24h,
+                            humantime::format_duration(prn.min_interval)
+                        ),
+                    );
+                }
             }
             if let Some(max) = m.max_daily_units {
                 if max < m.units {
@@ -630,7 +646,8 @@ impl Validate for ScheduleFile {
                     format!("slot {} is already used by {other:?}", med.slot.get_ref()),
                 );
             }
-            validate_medication(med, tz, DEFAULT_SLOTS, line, &key, out);
+            let slot_line = line_of(src, med.slot.span().start);
+            validate_medication(med, tz, DEFAULT_SLOTS, (line, slot_line), &key, out);
         }
     }
 }
