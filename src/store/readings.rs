@@ -210,10 +210,9 @@ mod tests {
             + chrono::TimeDelta::minutes(i)
     }
 
-    /// A recorder that stored `minutes` one-minute readings.
-    fn recorded(dir: &std::path::Path, minutes: i64) -> Recorder {
-        let mut rec = Recorder::open(&dir.join("r.db"), ChainKey::unkeyed(), "t".into()).unwrap();
-        for i in 0..minutes {
+    /// Stores the one-minute readings of minutes `from..to`.
+    fn store(rec: &mut Recorder, from: i64, to: i64) {
+        for i in from..to {
             let r = FridgeRecord {
                 at: minute(i),
                 mono: Duration::from_secs(i as u64 * 60),
@@ -229,6 +228,12 @@ mod tests {
             rec.record(&Event::Reading(r), Duration::ZERO, true, minute(i))
                 .unwrap();
         }
+    }
+
+    /// A recorder that stored `minutes` one-minute readings.
+    fn recorded(dir: &std::path::Path, minutes: i64) -> Recorder {
+        let mut rec = Recorder::open(&dir.join("r.db"), ChainKey::unkeyed(), "t".into()).unwrap();
+        store(&mut rec, 0, minutes);
         rec
     }
 
@@ -255,22 +260,7 @@ mod tests {
         // hour into the new run (minute 150, reading 151).
         let mut rec =
             Recorder::open(&dir.path().join("r.db"), ChainKey::unkeyed(), "u".into()).unwrap();
-        for i in 90..200 {
-            let r = FridgeRecord {
-                at: minute(i),
-                mono: Duration::ZERO,
-                vial: Some(5.0),
-                air: None,
-                control: None,
-                compressor_on: false,
-                compressor_starts: 0,
-                door_open: false,
-                mains: true,
-                mode: crate::coldchain::control::ControlMode::Thermostat,
-            };
-            rec.record(&Event::Reading(r), Duration::ZERO, true, minute(i))
-                .unwrap();
-        }
+        store(&mut rec, 90, 200);
         assert_eq!(
             check(rec.connection()).unwrap(),
             SealCheck::Intact {
