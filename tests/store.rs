@@ -329,6 +329,8 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
         "taken late",
         "Inventory and refills",
         "commissioning load",
+        "Readings intact",
+        "p-0042: Metformin",
     ] {
         assert!(html.contains(needle), "missing {needle}");
     }

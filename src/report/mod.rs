@@ -563,13 +563,30 @@ fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), Stor
     if inv.slots().is_empty() {
         h.push_str("<p>No stock was ever recorded.</p>");
     } else {
+        // What each slot held, as the dose records of the period say (patient: medication).
+        let mut held: std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> =
+            Default::default();
+        for r in rows.iter().filter(|r| r.kind.starts_with("dose.")) {
+            let b: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if let (Some(slot), Some(p), Some(m)) = (
+                b["slot"].as_u64(),
+                b["patient"].as_str(),
+                b["medication"].as_str(),
+            ) {
+                held.entry(slot).or_default().insert(format!("{p}: {m}"));
+            }
+        }
         h.push_str(
-            "<table><tr><th class=l>slot</th><th>units now</th><th class=l>expiry</th></tr>",
+            "<table><tr><th class=l>slot</th><th class=l>medication (from the period's doses)</th><th>units now</th><th class=l>expiry</th></tr>",
         );
         for (slot, st) in inv.slots() {
+            let meds = held.get(&u64::from(*slot)).map_or("—".to_string(), |m| {
+                m.iter().cloned().collect::<Vec<_>>().join(", ")
+            });
             let _ = write!(
                 h,
-                "<tr><td class=l>{slot}</td><td>{}</td><td class=l>{}</td></tr>",
+                "<tr><td class=l>{slot}</td><td class=l>{}</td><td>{}</td><td class=l>{}</td></tr>",
+                esc(&meds),
                 st.count,
                 st.expiry.map_or("—".into(), |d| d.to_string())
             );
