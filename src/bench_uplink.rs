@@ -3,7 +3,7 @@
 //! and the latency from an alarm's commit to the outbox to its arrival at a subscriber, with a
 //! backlog draining and with none. Figures, not assertions.
 
-use crate::uplink::{UplinkConfig, UplinkThread};
+use crate::uplink::{OutboxSource, UplinkConfig, UplinkThread};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -133,6 +133,22 @@ async fn alarm_latency(url: &str, conn: &Connection, device: &str) -> anyhow::Re
     }
 }
 
+/// Runs `work` while answering the uplink's outbox requests on `conn`, as the recorder's task
+/// does between two records.
+async fn serving<T>(
+    conn: &Connection,
+    requests: &mut crate::store::outbox::OutboxRequests,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(req) = requests.recv() => req.answer(conn),
+        }
+    }
+}
+
 /// Runs the benchmark on the outbox of `db` (a simulated week, written by the caller).
 pub fn uplink(url: &str, db: &Path, device: &str) -> anyhow::Result<UplinkBench> {
     let conn = Connection::open(db)?;
@@ -144,10 +160,18 @@ pub fn uplink(url: &str, db: &Path, device: &str) -> anyhow::Result<UplinkBench>
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // 1. The outbox drain, as the appliance does it.
+    // Every step reads the outbox as the appliance does: the uplink asks the connection's
+    // owner (here this thread, answering on `conn` while it waits).
+    let (owner, mut requests) = crate::store::outbox::channel();
+    let spawn = || {
+        UplinkThread::spawn(
+            UplinkConfig::with_outbox(url, device, OutboxSource::Owner(owner.clone())),
+            Duration::from_secs(10),
+        )
+    };
+    // 1. The outbox drain.
     let t0 = Instant::now();
-    let stats = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?
-        .drain()?;
+    let stats = rt.block_on(spawn()?.drain_serving(&conn, &mut requests))?;
     anyhow::ensure!(
         stats.left == 0,
         "{} messages were not delivered",
@@ -158,14 +182,17 @@ pub fn uplink(url: &str, db: &Path, device: &str) -> anyhow::Result<UplinkBench>
     let bare_per_s = rt.block_on(bare(url, &rows, 50))?;
     // 3. Alarm latency with the backlog back in the outbox and draining, then idle.
     refill(&conn, &rows)?;
-    let up = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?;
-    std::thread::sleep(Duration::from_millis(300));
-    let alarm_latency_backlog_ms = rt.block_on(alarm_latency(url, &conn, device))?;
-    up.drain()?;
-    let up = UplinkThread::spawn(UplinkConfig::new(url, device, db), Duration::from_secs(10))?;
-    std::thread::sleep(Duration::from_millis(1500));
-    let alarm_latency_idle_ms = rt.block_on(alarm_latency(url, &conn, device))?;
-    up.drain()?;
+    let mut latency = |settle: Duration| -> anyhow::Result<f64> {
+        let up = spawn()?;
+        let ms = rt.block_on(serving(&conn, &mut requests, async {
+            tokio::time::sleep(settle).await;
+            alarm_latency(url, &conn, device).await
+        }))?;
+        rt.block_on(up.drain_serving(&conn, &mut requests))?;
+        Ok(ms)
+    };
+    let alarm_latency_backlog_ms = latency(Duration::from_millis(300))?;
+    let alarm_latency_idle_ms = latency(Duration::from_millis(1500))?;
     Ok(UplinkBench {
         messages: rows.len(),
         bytes,

@@ -722,7 +722,7 @@ async fn over_tls_with_a_client_certificate_the_appliance_delivers_its_outbox() 
 /// once storage works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
-    use medbox::store::outbox::{self, OutboxRequest};
+    use medbox::store::outbox;
     let dev = device("owner");
     let dir = tempfile::tempdir().unwrap();
     let conn = medbox::store::schema::open(&dir.path().join("m.db")).unwrap();
@@ -761,15 +761,15 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
     // The owner: the first answers fail as a full disk would.
     let mut failed = 0;
     while failed < 5 {
-        match requests.recv().await.unwrap() {
-            OutboxRequest::Batch { reply, .. } => {
-                let _ = reply.send(Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                    None,
-                )));
-                failed += 1;
-            }
-            other => other.answer(&conn),
+        let req = requests.recv().await.unwrap();
+        if req.limit > 0 {
+            let _ = req.reply.send(Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )));
+            failed += 1;
+        } else {
+            req.answer(&conn);
         }
     }
     assert_eq!(

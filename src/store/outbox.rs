@@ -72,44 +72,52 @@ pub fn count(conn: &Connection) -> Result<i64, rusqlite::Error> {
     conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
 }
 
-/// A question for the connection's owner.
+/// What the uplink asks the connection's owner, one round trip per top-up: delete what the
+/// broker acknowledged, then hand over the next batch (and, when asked, how many wait).
 #[derive(Debug)]
-pub enum OutboxRequest {
-    /// See [`batch`].
-    Batch {
-        /// Most rows wanted.
-        limit: usize,
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<OutboxRow>, rusqlite::Error>>,
-    },
-    /// See [`delete`].
-    Delete {
-        /// Acknowledged rows.
-        ids: Vec<i64>,
-        /// The answer.
-        reply: oneshot::Sender<Result<(), rusqlite::Error>>,
-    },
-    /// See [`count`].
-    Count {
-        /// The answer.
-        reply: oneshot::Sender<Result<i64, rusqlite::Error>>,
-    },
+pub struct OutboxRequest {
+    /// Acknowledged rows to delete first.
+    pub delete: Vec<i64>,
+    /// Most rows wanted (0: none).
+    pub limit: usize,
+    /// Whether to count what still waits.
+    pub count: bool,
+    /// The answer.
+    pub reply: oneshot::Sender<Result<Exchanged, rusqlite::Error>>,
+}
+
+/// The owner's answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The next rows, highest priority first.
+    pub rows: Vec<OutboxRow>,
+    /// Messages waiting after the delete, when counted.
+    pub waiting: Option<i64>,
+}
+
+fn exchange(
+    conn: &Connection,
+    delete_ids: &[i64],
+    limit: usize,
+    counted: bool,
+) -> Result<Exchanged, rusqlite::Error> {
+    delete(conn, delete_ids)?;
+    Ok(Exchanged {
+        rows: if limit > 0 {
+            batch(conn, limit)?
+        } else {
+            Vec::new()
+        },
+        waiting: if counted { Some(count(conn)?) } else { None },
+    })
 }
 
 impl OutboxRequest {
     /// Answers it on the owner's connection. A requester that went away is not an error.
     pub fn answer(self, conn: &Connection) {
-        match self {
-            OutboxRequest::Batch { limit, reply } => {
-                let _ = reply.send(batch(conn, limit));
-            }
-            OutboxRequest::Delete { ids, reply } => {
-                let _ = reply.send(delete(conn, &ids));
-            }
-            OutboxRequest::Count { reply } => {
-                let _ = reply.send(count(conn));
-            }
-        }
+        let _ = self
+            .reply
+            .send(exchange(conn, &self.delete, self.limit, self.count));
     }
 }
 
@@ -138,57 +146,35 @@ impl OutboxHandle {
         Ok(OutboxHandle::Own(conn))
     }
 
-    async fn ask<T>(
+    /// Deletes `acked` (emptied once they are gone), then returns up to `limit` waiting rows
+    /// and, with `counted`, how many wait.
+    pub async fn exchange(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, rusqlite::Error>>) -> OutboxRequest,
-        direct: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
-    ) -> Result<T, OutboxError> {
-        match self {
-            OutboxHandle::Own(conn) => Ok(direct(conn)?),
+        acked: &mut Vec<i64>,
+        limit: usize,
+        counted: bool,
+    ) -> Result<Exchanged, OutboxError> {
+        let result = match self {
+            OutboxHandle::Own(conn) => Ok(exchange(conn, acked, limit, counted)?),
             OutboxHandle::Served(tx) => {
                 let (reply, answer) = oneshot::channel();
-                tx.send(make(reply))
-                    .await
-                    .map_err(|_| OutboxError::OwnerGone)?;
-                Ok(answer.await.map_err(|_| OutboxError::OwnerGone)??)
-            }
-        }
-    }
-
-    /// See [`batch`].
-    pub async fn batch(&self, limit: usize) -> Result<Vec<OutboxRow>, OutboxError> {
-        self.ask(
-            |reply| OutboxRequest::Batch { limit, reply },
-            |c| batch(c, limit),
-        )
-        .await
-    }
-
-    /// See [`delete`]; clears `ids` once they are gone.
-    pub async fn delete(&self, ids: &mut Vec<i64>) -> Result<(), OutboxError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let taken = std::mem::take(ids);
-        let result = self
-            .ask(
-                |reply| OutboxRequest::Delete {
-                    ids: taken.clone(),
+                let req = OutboxRequest {
+                    delete: acked.clone(),
+                    limit,
+                    count: counted,
                     reply,
-                },
-                |c| delete(c, &taken),
-            )
-            .await;
-        if result.is_err() {
-            *ids = taken;
+                };
+                tx.send(req).await.map_err(|_| OutboxError::OwnerGone)?;
+                answer
+                    .await
+                    .map_err(|_| OutboxError::OwnerGone)?
+                    .map_err(OutboxError::from)
+            }
+        };
+        if result.is_ok() {
+            acked.clear();
         }
         result
-    }
-
-    /// See [`count`].
-    pub async fn count(&self) -> Result<i64, OutboxError> {
-        self.ask(|reply| OutboxRequest::Count { reply }, count)
-            .await
     }
 }
 
@@ -220,16 +206,22 @@ mod tests {
             }
         };
         let client = async move {
-            let rows = handle.batch(2).await.unwrap();
+            let mut none = Vec::new();
+            let first = handle.exchange(&mut none, 2, false).await.unwrap();
             assert_eq!(
-                rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(),
+                first
+                    .rows
+                    .iter()
+                    .map(|r| r.topic.as_str())
+                    .collect::<Vec<_>>(),
                 ["alarm", "b"],
                 "alarms first, then oldest"
             );
-            let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            handle.delete(&mut ids).await.unwrap();
-            assert!(ids.is_empty());
-            assert_eq!(handle.count().await.unwrap(), 1);
+            let mut acked: Vec<i64> = first.rows.iter().map(|r| r.id).collect();
+            let next = handle.exchange(&mut acked, 10, true).await.unwrap();
+            assert!(acked.is_empty(), "deleted");
+            assert_eq!(next.rows.len(), 1, "delivered rows never come back");
+            assert_eq!(next.waiting, Some(1));
             drop(handle);
         };
         tokio::join!(owner, client);
@@ -243,7 +235,7 @@ mod tests {
         drop(requests);
         let mut ids = vec![1, 2];
         assert!(matches!(
-            handle.delete(&mut ids).await,
+            handle.exchange(&mut ids, 10, false).await,
             Err(OutboxError::OwnerGone)
         ));
         assert_eq!(ids, [1, 2], "kept to delete later");

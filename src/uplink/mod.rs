@@ -206,10 +206,10 @@ pub async fn run(
         }
         let outbox_usable = tokio::time::Instant::now() >= outbox_retry_at;
         if mode == StopMode::Drain && in_flight.is_empty() && outbox_usable {
-            let left = match outbox.delete(&mut acked).await {
-                Ok(()) => outbox.count().await,
-                Err(e) => Err(e),
-            };
+            let left = outbox
+                .exchange(&mut acked, 0, true)
+                .await
+                .map(|x| x.waiting.unwrap_or(0));
             let Some(left) = tolerate(left)? else {
                 outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
                 continue;
@@ -253,11 +253,11 @@ pub async fn run(
         // Top up in batches: acknowledged rows are deleted first (one transaction for the lot),
         // so the query never hands back a message that was already delivered.
         let rows = if connected && in_flight.len() <= cfg.max_inflight / 2 && outbox_usable {
-            let rows = match outbox.delete(&mut acked).await {
-                // Rows already in flight come back too and are skipped.
-                Ok(()) => outbox.batch(cfg.max_inflight).await,
-                Err(e) => Err(e),
-            };
+            // Rows already in flight come back too and are skipped.
+            let rows = outbox
+                .exchange(&mut acked, cfg.max_inflight, false)
+                .await
+                .map(|x| x.rows);
             tolerate(rows)?
         } else {
             Some(Vec::new())
@@ -358,8 +358,11 @@ pub async fn run(
             }
         }
     }
-    outbox.delete(&mut acked).await?;
-    stats.left = outbox.count().await?;
+    stats.left = outbox
+        .exchange(&mut acked, 0, true)
+        .await?
+        .waiting
+        .unwrap_or(0);
     Ok(stats)
 }
 
