@@ -188,6 +188,11 @@ pub async fn run(
         opts.set_credentials(user.clone(), password.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
+    // We batch on our own; Nagle would hold a lone alarm, and each top-up's last publishes,
+    // until the broker's delayed ACK (tens of milliseconds).
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let mut stats = UplinkStats::default();
     let mut connected = false;
     let mut backoff = Duration::from_millis(500);
