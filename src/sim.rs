@@ -13,7 +13,6 @@ use crate::coldchain::stats::FridgeStats;
 use crate::coldchain::ColdChainConfig;
 use crate::config::BoardProfile;
 use crate::controller::{self, DispenserCommand, FridgeCommand, Strategy};
-use crate::dosing::engine::Outcome;
 use crate::events::Event;
 use crate::events::FridgeRecord;
 use crate::scenario::{Op, Scenario};
@@ -741,9 +740,8 @@ impl Accumulator {
                 command, reason, ..
             } => self.commands_rejected.push(format!("{command}: {reason}")),
             Event::Dose { record, slot, .. } => {
-                if matches!(record.outcome, Outcome::Dispensed | Outcome::Uncertain) {
-                    self.inventory.take(*slot, record.units);
-                }
+                self.inventory
+                    .dose(*slot, record.occurrence, record.outcome, record.units);
                 let k = serde_json::to_value(record.outcome)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))

@@ -835,3 +835,68 @@ fn critical_alerts_ignore_quiet_hours_and_routine_reminders_keep_them() {
         loud.buzzer_on_at
     );
 }
+
+/// A dose the break-beam did not see but the caregiver says the patient had: it counts once,
+/// the slot's count drops by it, and the alarm for it ends.
+#[test]
+fn an_uncertain_dose_reconciled_as_given_leaves_the_slot_count_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let run_with = |reconcile: bool| {
+        let mut ops = vec![(6.0, medbox::scenario::Op::EmptySlot(0))];
+        if reconcile {
+            ops.push((
+                6.7,
+                command(
+                    "reconcile_dose",
+                    "cg-1",
+                    "caregiver",
+                    serde_json::json!({"patient": "p-0042", "medication": "Metformin",
+                        "occurrence": "2026-03-02T07:00:00Z", "given": true,
+                        "note": "found the tablet in the cup's rim"}),
+                ),
+            ));
+        }
+        common::run(SimOptions {
+            scenario: Some(scenario(ops)),
+            keep_records: false,
+            schedules: schedules(),
+            db: reconcile.then(|| db.clone()),
+            ..common::options(0.3)
+        })
+    };
+    let unreconciled = run_with(false);
+    let reconciled = run_with(true);
+    assert!(
+        reconciled.commands_rejected.is_empty(),
+        "{:?}",
+        reconciled.commands_rejected
+    );
+    let metformin = |s: &SimSummary| {
+        s.dose_records
+            .iter()
+            .filter(|r| r.medication == "Metformin")
+            .map(|r| (r.outcome, r.units))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        metformin(&reconciled),
+        [
+            (Outcome::Dispensing, 1),
+            (Outcome::Uncertain, 0),
+            (Outcome::ConfirmedGiven, 1)
+        ]
+    );
+    assert_eq!(
+        reconciled.dispenser.stock[&0] + 1,
+        unreconciled.dispenser.stock[&0],
+        "the unit the beam missed leaves the count once the caregiver confirms it"
+    );
+    // A restart counts the same.
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let replayed = medbox::store::inventory::rebuild(&conn).unwrap();
+    assert_eq!(
+        replayed.slot(0).unwrap().count,
+        reconciled.dispenser.stock[&0]
+    );
+}

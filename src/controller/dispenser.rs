@@ -874,8 +874,6 @@ impl DispenserTask {
                 occurrence.map_or("(as needed)".to_string(), |o| format!("at {}", o.to_rfc3339()))
             ));
         };
-        // The break-beam's count left the inventory already; what it missed left too, if given.
-        let seen = open.iter().map(|r| r.units).max().unwrap_or(0);
         let (record, mut answer) = if found.given {
             let units = found.units.unwrap_or(
                 last.units
@@ -884,7 +882,10 @@ impl DispenserTask {
             if units == 0 {
                 return Err("MALFORMED: `units` must be at least 1 when given".into());
             }
-            self.dosing.inventory.take(slot, units.saturating_sub(seen));
+            // What the beam missed left the slot too.
+            self.dosing
+                .inventory
+                .dose(slot, occurrence, Outcome::ConfirmedGiven, units);
             (
                 DoseRecord {
                     medication,
@@ -897,6 +898,9 @@ impl DispenserTask {
                 format!("reconciled: given, {units} unit(s)"),
             )
         } else {
+            self.dosing
+                .inventory
+                .dose(slot, occurrence, Outcome::ConfirmedNotGiven, 0);
             (
                 DoseRecord {
                     medication,
@@ -1232,7 +1236,7 @@ impl DispenserTask {
             outcome,
         };
         // Only what the break-beam saw leaves the count.
-        self.dosing.inventory.take(slot, given);
+        self.dosing.inventory.dose(slot, occurrence, outcome, given);
         match outcome {
             Outcome::Dispensed => {
                 let window = self.window_of(&patient, &record.medication, occurrence);

@@ -71,6 +71,8 @@ pub struct Inventory {
     slots: BTreeMap<u8, SlotStock>,
     /// Per (slot, issue): when it was last reported, and whether someone acknowledged it.
     alerted: BTreeMap<(u8, StockIssue), (DateTime<Utc>, bool)>,
+    /// Units the break-beam saw of each uncertain dispense not yet reconciled, per (slot, dose).
+    unreconciled: BTreeMap<(u8, Option<DateTime<Utc>>), u32>,
 }
 
 impl Inventory {
@@ -104,6 +106,38 @@ impl Inventory {
         let s = self.slots.get_mut(&slot)?;
         s.count = s.count.saturating_sub(units);
         Some(s.count)
+    }
+
+    /// A dose outcome's effect on the count. What the beam saw leaves it (`dispensed`,
+    /// `uncertain`); when a caregiver confirms an uncertain dose was had, what the beam missed
+    /// leaves it too. The dispenser and the replay at start-up both go through here, so the
+    /// count after a restart is the count before it.
+    pub fn dose(
+        &mut self,
+        slot: u8,
+        occurrence: Option<DateTime<Utc>>,
+        outcome: super::engine::Outcome,
+        units: u32,
+    ) {
+        use super::engine::Outcome;
+        match outcome {
+            Outcome::Dispensed => {
+                self.take(slot, units);
+            }
+            Outcome::Uncertain => {
+                self.take(slot, units);
+                let seen = self.unreconciled.entry((slot, occurrence)).or_default();
+                *seen = (*seen).max(units);
+            }
+            Outcome::ConfirmedGiven => {
+                let seen = self.unreconciled.remove(&(slot, occurrence)).unwrap_or(0);
+                self.take(slot, units.saturating_sub(seen));
+            }
+            Outcome::ConfirmedNotGiven => {
+                self.unreconciled.remove(&(slot, occurrence));
+            }
+            _ => {}
+        }
     }
 
     /// Whether a dose of `units` certainly cannot come out of `slot` (its recorded count is
@@ -231,6 +265,33 @@ fn warnings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inventory_counts_what_the_beam_saw_and_what_a_caregiver_confirmed() {
+        use crate::dosing::engine::Outcome;
+        let occ = DateTime::parse_from_rfc3339("2026-03-02T07:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut inv = Inventory::default();
+        inv.refill(0, 10, None);
+        // The beam saw one of two units; the caregiver confirms both were had.
+        inv.dose(0, Some(occ), Outcome::Uncertain, 1);
+        assert_eq!(inv.slot(0).unwrap().count, 9);
+        inv.dose(0, Some(occ), Outcome::ConfirmedGiven, 2);
+        assert_eq!(inv.slot(0).unwrap().count, 8);
+        // Seen nothing, confirmed not given: the count stays.
+        inv.dose(0, None, Outcome::Uncertain, 0);
+        inv.dose(0, None, Outcome::ConfirmedNotGiven, 0);
+        assert_eq!(inv.slot(0).unwrap().count, 8);
+        // An interrupted dispense (no uncertain record) confirmed as given.
+        inv.dose(
+            0,
+            Some(occ + chrono::Duration::hours(12)),
+            Outcome::ConfirmedGiven,
+            1,
+        );
+        assert_eq!(inv.slot(0).unwrap().count, 7);
+    }
     use std::path::Path;
 
     fn utc(s: &str) -> DateTime<Utc> {

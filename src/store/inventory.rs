@@ -3,6 +3,7 @@
 //! counts and neither forgets nor repeats an acknowledged alert.
 
 use super::StoreError;
+use crate::dosing::engine::DoseRecord;
 use crate::dosing::inventory::{Inventory, StockIssue};
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::Connection;
@@ -20,7 +21,8 @@ pub fn rebuild(conn: &Connection) -> Result<Inventory, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT kind, subject, body, utc FROM audit WHERE kind IN \
          ('inventory.refill', 'inventory.alert', 'inventory.acknowledged', \
-          'dose.dispensed', 'dose.uncertain', 'dispenser.test_dispense') ORDER BY seq",
+          'dose.dispensed', 'dose.uncertain', 'dose.confirmed_given', \
+          'dose.confirmed_not_given', 'dispenser.test_dispense') ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -46,8 +48,13 @@ pub fn rebuild(conn: &Connection) -> Result<Inventory, StoreError> {
                     .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
                 inv.refill(slot, num(body.get("added")), expiry);
             }
-            "dose.dispensed" | "dose.uncertain" => {
-                inv.take(slot, num(body.pointer("/record/units")));
+            k if k.starts_with("dose.") => {
+                let record = body
+                    .get("record")
+                    .and_then(|r| serde_json::from_value::<DoseRecord>(r.clone()).ok());
+                if let Some(r) = record {
+                    inv.dose(slot, r.occurrence, r.outcome, r.units);
+                }
             }
             "dispenser.test_dispense" => {
                 inv.take(slot, num(body.get("drops_seen")));
