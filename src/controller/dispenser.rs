@@ -821,6 +821,9 @@ impl DispenserTask {
         if settled {
             return Err("ALREADY_SETTLED: this dose already has an outcome".into());
         }
+        if self.storage_locked {
+            return Err("STORAGE_FAILED: nothing can be recorded until storage works again".into());
+        }
         let record = DoseRecord {
             medication,
             occurrence: Some(occurrence),
@@ -857,6 +860,10 @@ impl DispenserTask {
                 "UNKNOWN_MEDICATION: {medication:?} is not a medication of {patient}"
             ));
         };
+        if self.storage_locked {
+            // A caregiver's answer that could not be recorded must not be reported as done.
+            return Err("STORAGE_FAILED: nothing can be recorded until storage works again".into());
+        }
         let slot = *m.slot.get_ref();
         let open: Vec<DoseRecord> =
             crate::dosing::engine::effective(self.dosing.history.of(&patient))
