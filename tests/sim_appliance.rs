@@ -219,3 +219,28 @@ for = "3h"
     assert_eq!(medbox_run.probe_faults.get("air:STUCK"), Some(&1));
     assert!(naive.coldchain.excursions.len() > medbox_run.coldchain.excursions.len());
 }
+
+/// A cold-chain alarm sounds at any hour, whatever else has the buzzer: its on-switch comes
+/// within a minute of every alarm raised (the door left open an hour, here).
+#[test]
+fn a_raised_cold_chain_alarm_sounds_the_buzzer() {
+    let s = common::run_days(1.5, Some("door-left-open.toml"));
+    let door: Vec<_> = s
+        .coldchain
+        .alarms
+        .iter()
+        .filter(|a| a.at > s.start + chrono::Duration::hours(12))
+        .collect();
+    assert!(!door.is_empty(), "{:?}", s.coldchain.alarms);
+    for a in door {
+        assert!(
+            s.truth
+                .buzzer_on_at
+                .iter()
+                .any(|t| *t >= a.at - chrono::Duration::minutes(1)
+                    && *t <= a.at + chrono::Duration::minutes(1)),
+            "{a:?} {:?}",
+            s.truth.buzzer_on_at
+        );
+    }
+}

@@ -453,13 +453,15 @@ impl DispenserTask {
             DispenserCommand::Rehome => {
                 self.home().await;
             }
+            // A newly raised alarm sounds again even if a waiting dose already had the buzzer on
+            // (its time limit may have silenced it).
             DispenserCommand::Annunciate(on) => {
                 self.fridge_alarm = on;
-                self.refresh_lights(false).await;
+                self.refresh_lights(on).await;
             }
             DispenserCommand::StorageLock(on) => {
                 self.storage_locked = on;
-                self.refresh_lights(false).await;
+                self.refresh_lights(on).await;
             }
             DispenserCommand::TestDispense { slot, units } => {
                 let at = self.clock.now();

@@ -320,7 +320,8 @@ struct FridgeTask {
     strategy: Strategy,
     naive_on: bool,
     annunciator: Option<mpsc::Sender<DispenserCommand>>,
-    sounding: bool,
+    /// Unacknowledged alarms at the last look.
+    sounding: usize,
 }
 
 impl FridgeTask {
@@ -345,7 +346,7 @@ impl FridgeTask {
             strategy: Strategy::Protected,
             naive_on: false,
             annunciator: None,
-            sounding: false,
+            sounding: 0,
             clock,
             cfg,
             dev,
@@ -415,13 +416,24 @@ impl FridgeTask {
         self.annunciate().await;
     }
 
-    /// Sounds the local alarm while any alarm is raised and not acknowledged.
+    /// Sounds the local alarm while any alarm is raised and not acknowledged, and again for
+    /// each alarm raised on top of one already sounding (the buzzer's time limit may have
+    /// silenced the first).
     async fn annunciate(&mut self) {
-        let wanted = self.monitor.active_alarms().iter().any(|(_, ack)| !ack);
-        if wanted != self.sounding {
-            self.sounding = wanted;
+        let unacknowledged = self
+            .monitor
+            .active_alarms()
+            .iter()
+            .filter(|(_, ack)| !ack)
+            .count();
+        let changed = (unacknowledged > 0) != (self.sounding > 0);
+        let another = unacknowledged > self.sounding;
+        self.sounding = unacknowledged;
+        if changed || another {
             if let Some(tx) = &self.annunciator {
-                let _ = tx.send(DispenserCommand::Annunciate(wanted)).await;
+                let _ = tx
+                    .send(DispenserCommand::Annunciate(unacknowledged > 0))
+                    .await;
             }
         }
     }
