@@ -317,6 +317,18 @@ impl DispenserTask {
         }
     }
 
+    /// Refuses a command whose outcome could not be recorded: nothing is reported done while
+    /// storage fails (the dispenser is locked meanwhile).
+    fn storage_works(&self) -> Result<(), String> {
+        if self.storage_locked {
+            return Err(
+                "STORAGE_FAILED: the dispenser is locked and nothing can be recorded until storage works again"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Whether a waiting dose may sound now.
     fn sounds(&self, p: &Pending, now: DateTime<Utc>) -> bool {
         let Some(s) = self
@@ -823,9 +835,7 @@ impl DispenserTask {
         if settled {
             return Err("ALREADY_SETTLED: this dose already has an outcome".into());
         }
-        if self.storage_locked {
-            return Err("STORAGE_FAILED: nothing can be recorded until storage works again".into());
-        }
+        self.storage_works()?;
         let record = DoseRecord {
             medication,
             occurrence: Some(occurrence),
@@ -862,10 +872,7 @@ impl DispenserTask {
                 "UNKNOWN_MEDICATION: {medication:?} is not a medication of {patient}"
             ));
         };
-        if self.storage_locked {
-            // A caregiver's answer that could not be recorded must not be reported as done.
-            return Err("STORAGE_FAILED: nothing can be recorded until storage works again".into());
-        }
+        self.storage_works()?;
         let slot = *m.slot.get_ref();
         let open: Vec<DoseRecord> =
             crate::dosing::engine::effective(self.dosing.history.of(&patient))
@@ -979,9 +986,7 @@ impl DispenserTask {
         let Some((m, _)) = schedule.medication(&medication) else {
             return Err(format!("UNKNOWN_MEDICATION: {medication:?}"));
         };
-        if self.storage_locked {
-            return Err("STORAGE_FAILED: the dispenser is locked until storage works again".into());
-        }
+        self.storage_works()?;
         let now = self.clock.now();
         let decision = crate::dosing::engine::decide_prn(
             m,
