@@ -218,8 +218,19 @@ pub enum Event {
         at: DateTime<Utc>,
         /// Whether it is trusted now.
         trusted: bool,
-        /// Wall clock minus monotonic clock, against the start, in seconds.
+        /// Wall clock minus monotonic clock, against the start, in seconds (at start-up: wall
+        /// clock minus the last record's time, negative when it is behind).
         drift_s: i64,
+        /// The person who confirmed the clock (None: the appliance decided).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+        /// What they said about it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// The dispenser's elapsed timeline at this instant (see `dosing::engine::Now`), so a
+        /// restart can resume it from a consistent pair of clocks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed: Option<DateTime<Utc>>,
     },
     /// The answer to a command from outside (published on `cmd/<name>/result`).
     CommandResult {

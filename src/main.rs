@@ -1477,6 +1477,10 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     recorder.set_device_id(&cfg.appliance.device_id);
     recorder.set_fhir(cfg.mqtt.as_ref().is_some_and(|m| m.fhir));
     medbox::store::schedules::apply_installed(recorder.connection(), &mut schedules)?;
+    // The time floor, read before this start writes anything.
+    let clock_floor = medbox::store::doses::clock_floor(recorder.connection())?;
+    let clock_locked = medbox::store::doses::clock_locked(recorder.connection())?;
+    let elapsed_anchor = medbox::store::doses::elapsed_anchor(recorder.connection())?;
     recorder.record_versions(
         &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),
         "system:loader",
@@ -1484,6 +1488,9 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         std::time::Duration::ZERO,
     )?;
     let dosing = medbox::controller::Dosing {
+        clock_floor,
+        clock_locked,
+        elapsed_anchor,
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,

@@ -230,6 +230,23 @@ pub async fn run(
     if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
         rec.limit_pages(pages)?;
     }
+    // The time floor, read before this run writes anything: the appliance's last record.
+    let (clock_floor, clock_locked, elapsed_anchor) = match &recorder {
+        Some(r) => (
+            crate::store::doses::clock_floor(r.connection())?,
+            crate::store::doses::clock_locked(r.connection())?,
+            crate::store::doses::elapsed_anchor(r.connection())?,
+        ),
+        None => (None, false, None),
+    };
+    // A restart on a database resumes the simulated clock where the appliance stopped (a real
+    // clock does not go back); a scenario that names its `start` sets the clock itself, so a
+    // clock behind the last record (a Pi without a real-time clock) can be played.
+    if opts.scenario.as_ref().is_none_or(|s| s.start.is_none()) {
+        if let Some(floor) = clock_floor {
+            model.start = model.start.max(floor);
+        }
+    }
     let mut schedules = opts.schedules.clone();
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
@@ -281,6 +298,9 @@ pub async fn run(
             None => Default::default(),
         },
         refill_days: opts.refill_days,
+        clock_floor,
+        clock_locked,
+        elapsed_anchor,
         vitals: match &recorder {
             Some(r) => crate::store::vitals::recent(
                 r.connection(),
@@ -526,7 +546,13 @@ async fn play(s: Scenario, stage: Stage) {
                 let _ = dispenser.send(DispenserCommand::Vital(reading, None)).await;
             }
             Op::TrustClock => {
-                let _ = dispenser.send(DispenserCommand::TrustClock).await;
+                let _ = dispenser
+                    .send(DispenserCommand::TrustClock {
+                        actor: "sim:caregiver".into(),
+                        comment: "scenario: the clock was checked".into(),
+                        reply: None,
+                    })
+                    .await;
             }
             Op::Crash(None) => {
                 tracing::warn!("scenario: crash (process aborted)");

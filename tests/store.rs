@@ -554,10 +554,11 @@ fn a_crash_mid_dispense_and_a_restart_never_give_the_dose_twice() {
         let conn = schema::open_read_only(&db).unwrap();
         assert_eq!(kinds(&metformin(&conn)), ["dose.dispensing"]);
     }
-    // Restart: the same morning comes round again (the simulated clock starts over).
+    // Restart half an hour later, inside the dose's window (the simulated clock resumes where
+    // the database stopped, as a real one would).
     let quiet_day = dir.path().join("day.toml");
-    std::fs::write(&quiet_day, "name = \"a day\"\n").unwrap();
-    let again = sim("1", &quiet_day);
+    std::fs::write(&quiet_day, "name = \"half an hour\"\n").unwrap();
+    let again = sim("0.02", &quiet_day);
     assert!(
         again.status.success(),
         "{}",
@@ -588,14 +589,14 @@ fn a_crash_mid_dispense_and_a_restart_never_give_the_dose_twice() {
         &reconcile,
         r#"name = "reconcile"
 [[event]]
-at = "7h 50m"
+at = "30m"
 action = "command"
 command = "reconcile_dose"
 payload = '{"id": "r1", "actor": "cg-1", "role": "caregiver", "args": {"patient": "p-0042", "medication": "Metformin", "occurrence": "2026-03-02T07:00:00Z", "given": false, "note": "power cut; cup empty"}}'
 "#,
     )
     .unwrap();
-    let third = sim("0.5", &reconcile);
+    let third = sim("0.1", &reconcile);
     assert!(
         third.status.success(),
         "{}",
@@ -609,4 +610,95 @@ payload = '{"id": "r1", "actor": "cg-1", "role": "caregiver", "args": {"patient"
         "{m:?}"
     );
     assert!(m.contains(&"dose.confirmed_not_given".to_string()), "{m:?}");
+}
+
+/// A Pi without a real-time clock boots in the past (before NTP): the wall clock is behind the
+/// last record. Dispensing stays locked (CLOCK_UNTRUSTED, audited) instead of repeating the
+/// day's doses; a restart does not lift the lock; a person's `trust_clock` does, and is
+/// audited with their name. No dose of the first day is ever given twice.
+#[test]
+fn a_restart_on_a_clock_behind_the_last_record_locks_dispensing_until_a_person_trusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let run = |days: &str, scenario: &str| {
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, scenario).unwrap();
+        let out = medbox()
+            .args(["sim", "--days", days, "--scenario"])
+            .arg(&file)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dispensed = |conn: &rusqlite::Connection| -> Vec<String> {
+        conn.prepare(
+            "SELECT json_extract(body, '$.record.occurrence') FROM audit \
+             WHERE kind = 'dose.dispensed' AND subject LIKE 'patient:p-0042/%' ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    run("1", "name = \"first day\"\n");
+    let first = dispensed(&schema::open_read_only(&db).unwrap());
+    assert!(first.len() >= 2, "{first:?}");
+    // The clock comes back on the same morning: behind every record.
+    run(
+        "1",
+        "name = \"stale clock\"\nstart = \"2026-03-02T00:00:00Z\"\n",
+    );
+    {
+        let conn = schema::open_read_only(&db).unwrap();
+        assert_eq!(dispensed(&conn), first, "nothing given on a stale clock");
+        let (actor, reason): (String, String) = conn
+            .query_row(
+                "SELECT actor, reason FROM audit WHERE kind = 'system.clock' ORDER BY seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (actor.as_str(), reason.as_str()),
+            ("system:controller", "UNTRUSTED")
+        );
+    }
+    // A restart (the clock now resumes after the last record) keeps the lock.
+    run("0.5", "name = \"restart\"\n");
+    assert_eq!(dispensed(&schema::open_read_only(&db).unwrap()), first);
+    // A caregiver checks the clock and says so: dosing resumes, the day before is not repeated.
+    run(
+        "1",
+        r#"name = "trusted"
+[[event]]
+at = "1m"
+action = "command"
+command = "trust_clock"
+payload = '{"id": "t1", "actor": "cg-7", "role": "caregiver", "args": {"comment": "checked against the phone network time"}}'
+"#,
+    );
+    let conn = schema::open_read_only(&db).unwrap();
+    let (actor, reason): (String, String) = conn
+        .query_row(
+            "SELECT actor, reason FROM audit WHERE kind = 'system.clock' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((actor.as_str(), reason.as_str()), ("cg-7", "TRUSTED"));
+    let all = dispensed(&conn);
+    assert!(all.len() > first.len(), "dosing resumed: {all:?}");
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "an occurrence given twice: {all:?}"
+    );
 }

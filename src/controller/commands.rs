@@ -90,6 +90,7 @@ const COMMANDS: &[&str] = &[
     "replace_schedule",
     "record_vital",
     "request_report",
+    "trust_clock",
 ];
 
 /// The inbound topic (under `medbox/<device-id>/`) where monitors and gateways publish
@@ -120,6 +121,13 @@ struct ReconcileArgs {
     units: Option<u32>,
     /// What the caregiver found (required: it is the pharmacist's only account of it).
     note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustClockArgs {
+    /// What the person checked the clock against (required: it is the audit's only account).
+    comment: String,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +177,8 @@ fn allowed(command: &str, role: Role) -> bool {
         "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         "record_vital" => matches!(role, Patient | Caregiver | Nurse | Clinician | Device),
         "request_report" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
+        // A person who has checked the clock against a trusted one unlocks dosing.
+        "trust_clock" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
         _ => false,
     }
 }
@@ -393,6 +403,20 @@ impl Router {
                     actor: env.actor.clone(),
                     note: a.note,
                     reply: tx,
+                })
+                .await?;
+            }
+            "trust_clock" => {
+                let a: TrustClockArgs = parse_args(&env.args)?;
+                if a.comment.trim().is_empty() {
+                    return Err(
+                        "MALFORMED: `comment` must say what the clock was checked against".into(),
+                    );
+                }
+                self.to_dispenser(DispenserCommand::TrustClock {
+                    actor: env.actor.clone(),
+                    comment: a.comment,
+                    reply: Some(tx),
                 })
                 .await?;
             }

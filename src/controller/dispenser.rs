@@ -10,7 +10,7 @@
 use super::{device_fault, DispenserCommand, Dosing};
 use crate::clock::{self, Clock};
 use crate::devices::{CarouselError, DispenserDevices};
-use crate::dosing::engine::{DoseRecord, Outcome, VitalReading};
+use crate::dosing::engine::{DoseRecord, Now, Outcome, VitalReading};
 use crate::dosing::escalation::{self, Step};
 use crate::dosing::plan::{Action, Planner};
 use crate::events::Event;
@@ -90,6 +90,13 @@ pub(super) struct DispenserTask {
     /// Wall minus monotonic at the last baseline, in seconds.
     baseline_s: i64,
     clock_trusted: bool,
+    /// Why the clock is not trusted at start-up (behind the time floor, or left locked), told
+    /// once the task runs.
+    untrusted_at_start: Option<i64>,
+    /// The elapsed timeline ([`Now::elapsed`]) at `mono_base`: it then advances with the
+    /// monotonic clock only, so wall-clock steps never shrink elapsed-time rules.
+    elapsed_base: DateTime<Utc>,
+    mono_base: Duration,
 }
 
 impl DispenserTask {
@@ -109,7 +116,19 @@ impl DispenserTask {
         }
         let first_summary = clock.monotonic() + SUMMARY_EVERY;
         let baseline_s = wall_minus_mono(&*clock);
+        let now = clock.now();
+        let elapsed_base =
+            crate::dosing::engine::resume_elapsed(now, dosing.elapsed_anchor, !dosing.clock_locked);
+        let behind = dosing
+            .clock_floor
+            .map_or(0, |f| (now - f).num_seconds())
+            .min(0);
+        let untrusted_at_start =
+            (dosing.clock_locked || behind < -CLOCK_TOLERANCE_S).then_some(behind);
         Self {
+            untrusted_at_start,
+            elapsed_base,
+            mono_base: clock.monotonic(),
             planner: Planner::new(since),
             clock,
             dev,
@@ -126,7 +145,17 @@ impl DispenserTask {
             shown: (false, false),
             next_summary: first_summary,
             baseline_s,
-            clock_trusted: true,
+            clock_trusted: untrusted_at_start.is_none(),
+        }
+    }
+
+    /// Now on both clocks: the wall clock for windows, the elapsed timeline for spacing.
+    fn clocks(&self) -> Now {
+        Now {
+            wall: self.clock.now(),
+            elapsed: self.elapsed_base
+                + chrono::Duration::from_std(self.clock.monotonic().saturating_sub(self.mono_base))
+                    .unwrap_or_default(),
         }
     }
 
@@ -135,6 +164,26 @@ impl DispenserTask {
         mut commands: mpsc::Receiver<DispenserCommand>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        if let Some(drift_s) = self.untrusted_at_start {
+            // Behind the last record, or locked when the appliance stopped: dosing waits for a
+            // person's `trust_clock`; the fridge runs on.
+            super::emit(
+                &self.events,
+                Event::ClockTrust {
+                    at: self.clock.now(),
+                    trusted: false,
+                    drift_s,
+                    actor: None,
+                    elapsed: Some(self.clocks().elapsed),
+                    comment: Some(if drift_s < -CLOCK_TOLERANCE_S {
+                        format!("the wall clock is {} s behind the last record", -drift_s)
+                    } else {
+                        "the clock was left untrusted when the appliance stopped".into()
+                    }),
+                },
+            )
+            .await;
+        }
         // Home without dispensing: the carousel may have stopped mid-turn (power cut, crash).
         self.home().await;
         let (mut cup, mut button) = (None, None);
@@ -589,19 +638,37 @@ impl DispenserTask {
                     let _ = r.send(result);
                 }
             }
-            DispenserCommand::TrustClock => {
+            DispenserCommand::TrustClock {
+                actor,
+                comment,
+                reply,
+            } => {
                 self.baseline_s = wall_minus_mono(&*self.clock);
-                if !self.clock_trusted {
+                let answer = if self.clock_trusted {
+                    Err("NOT_RAISED: the clock is already trusted".to_string())
+                } else if let Err(e) = self.storage_works() {
+                    Err(e)
+                } else {
                     self.clock_trusted = true;
+                    self.untrusted_at_start = None;
                     super::emit(
                         &self.events,
                         Event::ClockTrust {
                             at: self.clock.now(),
                             trusted: true,
                             drift_s: 0,
+                            actor: Some(actor.clone()),
+                            elapsed: Some(self.clocks().elapsed),
+                            comment: Some(comment),
                         },
                     )
                     .await;
+                    Ok(format!(
+                        "clock trusted by {actor}; the dispenser is unlocked"
+                    ))
+                };
+                if let Some(r) = reply {
+                    let _ = r.send(answer);
                 }
             }
         }
@@ -810,6 +877,8 @@ impl DispenserTask {
         };
         let tz = schedule.tz;
         let slot = *m.slot.get_ref();
+        // Records carry the schedule's spelling, whatever case the command used.
+        let medication = m.name.clone();
         let known = crate::dosing::engine::windows(
             m,
             rec,
@@ -828,7 +897,7 @@ impl DispenserTask {
         let settled = crate::dosing::engine::effective(self.dosing.history.of(&patient))
             .iter()
             .any(|r| {
-                r.medication == medication
+                r.is_of(m)
                     && r.occurrence == Some(occurrence)
                     && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
             });
@@ -842,6 +911,8 @@ impl DispenserTask {
             at: self.clock.now(),
             units: 0,
             outcome: Outcome::Skipped,
+            slot: None,
+            elapsed: None,
         };
         self.record(
             patient,
@@ -874,11 +945,12 @@ impl DispenserTask {
         };
         self.storage_works()?;
         let slot = *m.slot.get_ref();
+        let medication = m.name.clone();
         let open: Vec<DoseRecord> =
             crate::dosing::engine::effective(self.dosing.history.of(&patient))
                 .into_iter()
                 .filter(|r| {
-                    r.medication == medication
+                    r.is_of(m)
                         && r.occurrence == occurrence
                         && matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing)
                 })
@@ -910,6 +982,8 @@ impl DispenserTask {
                     at: last.at,
                     units,
                     outcome: Outcome::ConfirmedGiven,
+                    slot: None,
+                    elapsed: None,
                 },
                 format!("reconciled: given, {units} unit(s)"),
             )
@@ -924,6 +998,8 @@ impl DispenserTask {
                     at: self.clock.now(),
                     units: 0,
                     outcome: Outcome::ConfirmedNotGiven,
+                    slot: None,
+                    elapsed: None,
                 },
                 "reconciled: not given; the dose may be dispensed again while its window is open"
                     .to_string(),
@@ -957,6 +1033,8 @@ impl DispenserTask {
                 at: self.clock.now(),
                 units: 0,
                 outcome: Outcome::Missed,
+                slot: None,
+                elapsed: None,
             };
             self.record(
                 patient,
@@ -987,17 +1065,17 @@ impl DispenserTask {
             return Err(format!("UNKNOWN_MEDICATION: {medication:?}"));
         };
         self.storage_works()?;
-        let now = self.clock.now();
         let decision = crate::dosing::engine::decide_prn(
             m,
             schedule.tz,
-            now,
+            self.clocks(),
             self.dosing.history.of(&patient),
             &crate::dosing::vitals::of_patient(&self.vitals, &patient),
             self.clock_trusted,
             &request,
         );
         let slot = *m.slot.get_ref();
+        let medication = m.name.clone();
         match decision {
             crate::dosing::engine::Decision::Refuse { reason, detail } => {
                 Err(format!("{}: {detail}", reason.code()))
@@ -1027,7 +1105,8 @@ impl DispenserTask {
 
     async fn check_clock(&mut self) {
         let drift = wall_minus_mono(&*self.clock) - self.baseline_s;
-        let trusted = drift.abs() <= CLOCK_TOLERANCE_S;
+        // Only a person lifts a lock: a clock that drifts back into line does not.
+        let trusted = drift.abs() <= CLOCK_TOLERANCE_S && self.clock_trusted;
         if trusted != self.clock_trusted {
             self.clock_trusted = trusted;
             super::emit(
@@ -1036,6 +1115,9 @@ impl DispenserTask {
                     at: self.clock.now(),
                     trusted,
                     drift_s: drift,
+                    actor: None,
+                    elapsed: Some(self.clocks().elapsed),
+                    comment: None,
                 },
             )
             .await;
@@ -1049,7 +1131,7 @@ impl DispenserTask {
             .retain(|(_, _, o), _| o.is_none_or(|o| o > horizon));
         let actions = self.planner.plan(
             &self.dosing.schedules,
-            now,
+            self.clocks(),
             &self.dosing.history,
             &self.vitals,
             self.clock_trusted,
@@ -1124,6 +1206,10 @@ impl DispenserTask {
         reason: Option<String>,
         detail: String,
     ) {
+        let mut record = record;
+        // The slot is the second key of the medication's identity (`dosing::identity`).
+        record.slot = record.slot.or((slot != u8::MAX).then_some(slot));
+        record.elapsed = record.elapsed.or(Some(self.clocks().elapsed));
         self.dosing.history.push(&patient, record.clone());
         super::emit(
             &self.events,
@@ -1175,6 +1261,8 @@ impl DispenserTask {
             at: self.clock.now(),
             units,
             outcome: Outcome::Dispensing,
+            slot: None,
+            elapsed: None,
         };
         self.record(
             patient.clone(),
@@ -1248,6 +1336,8 @@ impl DispenserTask {
             at,
             units: given,
             outcome,
+            slot: None,
+            elapsed: None,
         };
         // Only what the break-beam saw leaves the count.
         self.dosing.inventory.dose(slot, occurrence, outcome, given);
@@ -1297,6 +1387,8 @@ impl DispenserTask {
             at: self.clock.now(),
             units: 0,
             outcome: Outcome::Failed,
+            slot: None,
+            elapsed: None,
         };
         self.record(patient, slot, record, Some(code.into()), detail.into())
             .await;

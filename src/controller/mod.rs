@@ -118,8 +118,16 @@ pub enum DispenserCommand {
     /// A vital reading already recorded elsewhere (`medbox vitals add` into the same database):
     /// used, not recorded again.
     VitalRecorded(crate::dosing::engine::VitalReading),
-    /// A caregiver confirms the wall clock is right again (after a jump): re-baseline it.
-    TrustClock,
+    /// A person confirms the wall clock is right again (after a jump, or a start behind the
+    /// last record): re-baseline it and unlock the dispenser. Audited with who said so.
+    TrustClock {
+        /// Who.
+        actor: String,
+        /// What they checked.
+        comment: String,
+        /// Where to answer.
+        reply: Option<Reply>,
+    },
     /// Units were loaded into a slot.
     Refill {
         /// Carousel slot.
@@ -186,6 +194,14 @@ pub struct Dosing {
     pub inventory: crate::dosing::inventory::Inventory,
     /// Refill alert below this many days of doses (None: the default, 7).
     pub refill_days: Option<f64>,
+    /// The time floor: when the last durable record was written (None: nothing recorded yet).
+    /// A wall clock behind it at start locks dispensing until a person confirms the clock.
+    pub clock_floor: Option<chrono::DateTime<chrono::Utc>>,
+    /// The store says the clock was left untrusted: a restart never clears that lock.
+    pub clock_locked: bool,
+    /// The latest record that holds both clocks (a dose record or a clock event): its wall
+    /// time and its place on the elapsed timeline, from which the timeline resumes.
+    pub elapsed_anchor: Option<crate::dosing::engine::ElapsedAnchor>,
 }
 
 /// Handles to the running controller.

@@ -117,6 +117,8 @@ mod tests {
                 at: o + Duration::minutes(at_min),
                 units: 1,
                 outcome,
+                slot: None,
+                elapsed: None,
             },
         )
     }

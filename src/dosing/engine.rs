@@ -68,12 +68,12 @@ impl Outcome {
 /// - `Uncertain` records and interrupted intents are dropped once a caregiver's confirmation of
 ///   the same dose follows them.
 pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
-    type Key<'a> = (&'a str, Option<DateTime<Utc>>);
+    type Key = (String, Option<DateTime<Utc>>);
     let mut next: std::collections::HashMap<Key, Outcome> = std::collections::HashMap::new();
     let mut confirmed: std::collections::HashSet<Key> = std::collections::HashSet::new();
     let mut kept: Vec<&DoseRecord> = Vec::with_capacity(history.len());
     for r in history.iter().rev() {
-        let key = (r.medication.as_str(), r.occurrence);
+        let key = (super::identity::normalise(&r.medication), r.occurrence);
         let superseded = match r.outcome {
             Outcome::Dispensing => {
                 confirmed.contains(&key)
@@ -86,7 +86,7 @@ pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
             kept.push(r);
         }
         if r.outcome.is_confirmation() {
-            confirmed.insert(key);
+            confirmed.insert(key.clone());
         }
         next.insert(key, r.outcome);
     }
@@ -107,6 +107,87 @@ pub struct DoseRecord {
     pub units: u32,
     /// What happened.
     pub outcome: Outcome,
+    /// The carousel slot it came from (the second key of a medication's identity, see
+    /// [`super::identity`]); None in records written before slots were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
+    /// Where the record falls on the appliance's elapsed timeline ([`Now::elapsed`]); None in
+    /// records written before it existed (their wall time stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed: Option<DateTime<Utc>>,
+}
+
+/// When a decision is made, on two clocks.
+///
+/// The wall clock places windows and local dates, so schedules follow it. Elapsed-time rules
+/// (dose spacing, PRN interval, rolling 24 h, the weekly guard) must not: a wall clock stepped
+/// back (or a Pi without a real-time clock booting in the past, then corrected by NTP) would
+/// make a dose look longer ago than it was. They use `elapsed`, a timeline the dispenser keeps:
+/// within a run it advances with the monotonic clock, whatever the wall clock does; at start it
+/// resumes from the later of the wall clock and the last record's elapsed time. It never makes
+/// time between two records look longer than it really was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Wall-clock UTC.
+    pub wall: DateTime<Utc>,
+    /// The elapsed timeline.
+    pub elapsed: DateTime<Utc>,
+}
+
+/// The latest record that holds both clocks: (its wall time, its place on the elapsed
+/// timeline), read together so a clock corrected in between cannot skew them.
+pub type ElapsedAnchor = (DateTime<Utc>, DateTime<Utc>);
+
+/// Where the elapsed timeline resumes at start-up, from `anchor`: the wall time and the
+/// elapsed time of the latest record that holds both (read together, so a clock corrected in
+/// between cannot skew them). The timeline advances by the wall-clock time since that record,
+/// never by less than nothing: a clock behind it adds nothing, and a timeline that lagged the
+/// wall clock keeps its lag (a gap then looks shorter than it was, never longer). With no
+/// record, the wall clock. A clock left untrusted (`wall_trusted` false) says nothing about
+/// the time that passed: the timeline resumes where it stopped.
+pub fn resume_elapsed(
+    wall: DateTime<Utc>,
+    anchor: Option<ElapsedAnchor>,
+    wall_trusted: bool,
+) -> DateTime<Utc> {
+    match anchor {
+        None => wall,
+        Some((_, elapsed)) if !wall_trusted => elapsed,
+        Some((anchor_wall, elapsed)) => elapsed + (wall - anchor_wall).max(Duration::zero()),
+    }
+}
+
+impl From<DateTime<Utc>> for Now {
+    /// Both clocks at one instant: for tools and tests with no monotonic clock.
+    fn from(t: DateTime<Utc>) -> Self {
+        Now {
+            wall: t,
+            elapsed: t,
+        }
+    }
+}
+
+impl DoseRecord {
+    /// The record's place on the elapsed timeline.
+    pub fn elapsed_at(&self) -> DateTime<Utc> {
+        self.elapsed.unwrap_or(self.at)
+    }
+
+    /// Whether this record is one of `med`'s: the same normalised name, or the same slot.
+    pub fn is_of(&self, med: &Medication) -> bool {
+        super::identity::same(&self.medication, &med.name)
+            || self.slot.is_some_and(|s| s == *med.slot.get_ref())
+    }
+}
+
+/// The instant elapsed-time rules measure from: the elapsed timeline, or the latest record's
+/// place on it if that is later (a record is never in the future), so no clock step can make a
+/// dose look longer ago than it was.
+pub fn elapsed_now(now: Now, history: &[&DoseRecord]) -> DateTime<Utc> {
+    history
+        .iter()
+        .map(|r| r.elapsed_at())
+        .fold(now.elapsed, DateTime::max)
 }
 
 /// Reading quality, as the source reports it.
@@ -162,6 +243,7 @@ pub enum Reason {
     /// PRN: too soon after the last dose.
     PrnTooSoon,
     /// PRN: the rolling 24 h maximum is reached.
+    #[serde(rename = "PRN_MAX_24H")]
     PrnMax24h,
     /// PRN requested for a scheduled medication, or scheduled for a PRN one.
     NotPrn,
@@ -178,6 +260,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for documentation checks.
+    pub const ALL: [Reason; 16] = [
+        Reason::TooEarly,
+        Reason::MissedLocked,
+        Reason::AlreadyDispensed,
+        Reason::Unreconciled,
+        Reason::Skipped,
+        Reason::NotActive,
+        Reason::WeeklyGuard,
+        Reason::DailyMax,
+        Reason::PrnTooSoon,
+        Reason::PrnMax24h,
+        Reason::NotPrn,
+        Reason::OverrideNotAuthorised,
+        Reason::HeldVitals,
+        Reason::NeedsReading,
+        Reason::LowQualityReading,
+        Reason::ClockUntrusted,
+    ];
+
     /// The stable code.
     pub fn code(self) -> String {
         serde_json::to_value(self)
@@ -288,10 +390,13 @@ fn day_of(tz: Tz, t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&tz).date_naive()
 }
 
-fn units_on_day(name: &str, tz: Tz, day: NaiveDate, history: &[&DoseRecord]) -> u32 {
+/// Units counted against `max_daily_units` on `day`: each record on its *occurrence's* local
+/// date (a 23:00 dose given at 00:31 belongs to the evening before), PRN doses on the date given.
+fn units_on_day(med: &Medication, tz: Tz, day: NaiveDate, history: &[&DoseRecord]) -> u32 {
     history
         .iter()
-        .filter(|r| r.medication == name && r.outcome.counts() && day_of(tz, r.at) == day)
+        .filter(|r| r.is_of(med) && r.outcome.counts())
+        .filter(|r| day_of(tz, r.occurrence.unwrap_or(r.at)) == day)
         .map(|r| r.units)
         .sum()
 }
@@ -339,19 +444,23 @@ fn check_holds(med: &Medication, now: DateTime<Utc>, vitals: &[VitalReading]) ->
     None
 }
 
+/// The weekly guard and the daily maximum. `day` is the local date the dose counts on (its
+/// occurrence's, or today's for PRN).
 fn check_limits(
     med: &Medication,
     tz: Tz,
-    now: DateTime<Utc>,
+    now: Now,
+    day: NaiveDate,
     units: u32,
     history: &[&DoseRecord],
 ) -> Option<Decision> {
-    if med.high_alert_weekly {
+    let now = elapsed_now(now, history);
+    if med.weekly_guard() {
         let guard = Duration::from_std(WEEKLY_GUARD).unwrap_or_default();
         if let Some(last) = history
             .iter()
-            .filter(|r| r.medication == med.name && r.outcome.counts() && now - r.at < guard)
-            .max_by_key(|r| r.at)
+            .filter(|r| r.is_of(med) && r.outcome.counts() && now - r.elapsed_at() < guard)
+            .max_by_key(|r| r.elapsed_at())
         {
             return Some(refuse(
                 Reason::WeeklyGuard,
@@ -363,15 +472,57 @@ fn check_limits(
         }
     }
     if let Some(max) = med.max_daily_units {
-        let given = units_on_day(&med.name, tz, day_of(tz, now), history);
+        let given = units_on_day(med, tz, day, history);
         if given + units > max {
             return Some(refuse(
                 Reason::DailyMax,
-                format!("{given} of {max} units already given today; {units} more would exceed it"),
+                format!(
+                    "{given} of {max} units already counted on {day}; {units} more would exceed it"
+                ),
             ));
         }
     }
     None
+}
+
+/// Once per window, whatever was edited: a dose of this medication (by name or slot) that
+/// already counts inside the current window, or closer to now than the medication's spacing,
+/// settles it. This is what keeps a moved time (08:00 given, moved to 09:00) or a renamed
+/// medication from giving a second dose: the occurrence is new, the pills are not.
+fn check_spacing(
+    med: &Medication,
+    w: &Window,
+    now: Now,
+    history: &[&DoseRecord],
+) -> Option<Decision> {
+    let now = elapsed_now(now, history);
+    let spacing = med
+        .spacing
+        .and_then(|s| Duration::from_std(s).ok())
+        .unwrap_or_default();
+    let near = history.iter().filter(|r| {
+        r.is_of(med)
+            && r.outcome.counts()
+            && r.occurrence != Some(w.occurrence)
+            && ((w.opens <= r.at && r.at < w.closes) || now - r.elapsed_at() < spacing)
+    });
+    let last = near.max_by_key(|r| r.elapsed_at())?;
+    let (reason, what) = match last.outcome {
+        Outcome::Uncertain | Outcome::Dispensing => (
+            Reason::Unreconciled,
+            "an uncertain dispense awaiting reconciliation",
+        ),
+        _ => (Reason::AlreadyDispensed, "a dose"),
+    };
+    Some(refuse(
+        reason,
+        format!(
+            "{what} of {} was given at {}, within this dose's window or less than {} before: it counts for this dose",
+            med.name,
+            last.at.to_rfc3339(),
+            humantime::format_duration(spacing.to_std().unwrap_or_default())
+        ),
+    ))
 }
 
 /// The decision for a scheduled medication at `now`.
@@ -379,11 +530,13 @@ pub fn decide(
     med: &Medication,
     rec: &Recurrence,
     tz: Tz,
-    now: DateTime<Utc>,
+    now: impl Into<Now>,
     history: &[DoseRecord],
     vitals: &[VitalReading],
     clock_trusted: bool,
 ) -> Decision {
+    let clocks = now.into();
+    let now = clocks.wall;
     if !clock_trusted {
         return refuse(
             Reason::ClockUntrusted,
@@ -404,9 +557,7 @@ pub fn decide(
         return match (last, next) {
             (Some(l), _)
                 if !history.iter().any(|r| {
-                    r.medication == med.name
-                        && r.occurrence == Some(l.occurrence)
-                        && r.outcome.counts()
+                    r.is_of(med) && r.occurrence == Some(l.occurrence) && r.outcome.counts()
                 }) && next.is_none_or(|n| now - l.closes < n.opens - now) =>
             {
                 refuse(
@@ -441,7 +592,7 @@ pub fn decide(
     }
     let mine: Vec<&&DoseRecord> = history
         .iter()
-        .filter(|r| r.medication == med.name && r.occurrence == Some(w.occurrence))
+        .filter(|r| r.is_of(med) && r.occurrence == Some(w.occurrence))
         .collect();
     if let Some(r) = mine.iter().find(|r| {
         matches!(
@@ -480,7 +631,10 @@ pub fn decide(
             format!("the taper gives 0 units on {day}"),
         );
     }
-    if let Some(d) = check_limits(med, tz, now, units, &history) {
+    if let Some(d) = check_limits(med, tz, clocks, day, units, &history) {
+        return d;
+    }
+    if let Some(d) = check_spacing(med, w, clocks, &history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {
@@ -532,12 +686,14 @@ impl Role {
 pub fn decide_prn(
     med: &Medication,
     tz: Tz,
-    now: DateTime<Utc>,
+    now: impl Into<Now>,
     history: &[DoseRecord],
     vitals: &[VitalReading],
     clock_trusted: bool,
     request: &PrnRequest,
 ) -> Decision {
+    let clocks = now.into();
+    let now = clocks.wall;
     let Some(prn) = &med.prn else {
         return refuse(
             Reason::NotPrn,
@@ -571,15 +727,17 @@ pub fn decide_prn(
         None => false,
     };
     let history = effective(history);
+    // Every counted dose, also one recorded "after" a wall clock that was stepped back.
     let given: Vec<&DoseRecord> = history
         .iter()
         .copied()
-        .filter(|r| r.medication == med.name && r.outcome.counts() && r.at <= now)
+        .filter(|r| r.is_of(med) && r.outcome.counts())
         .collect();
+    let elapsed = elapsed_now(clocks, &history);
     if !overriding {
         let min = Duration::from_std(prn.min_interval).unwrap_or_default();
-        if let Some(last) = given.iter().map(|r| r.at).max() {
-            if now - last < min {
+        if let Some(last) = given.iter().map(|r| r.elapsed_at()).max() {
+            if elapsed - last < min {
                 return refuse(
                     Reason::PrnTooSoon,
                     format!(
@@ -592,7 +750,7 @@ pub fn decide_prn(
         }
         let in_24h = given
             .iter()
-            .filter(|r| now - r.at < Duration::hours(24))
+            .filter(|r| elapsed - r.elapsed_at() < Duration::hours(24))
             .count() as u32;
         if in_24h >= prn.max_per_24h {
             return refuse(
@@ -605,7 +763,7 @@ pub fn decide_prn(
         }
     }
     let units = med.units_on(day);
-    if let Some(d) = check_limits(med, tz, now, units, &history) {
+    if let Some(d) = check_limits(med, tz, clocks, day, units, &history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {
@@ -662,6 +820,8 @@ mod tests {
             at: utc(at),
             units: 1,
             outcome: Outcome::Dispensed,
+            slot: None,
+            elapsed: None,
         }
     }
 
@@ -750,6 +910,8 @@ mod tests {
                 at: utc("2026-03-02T06:00:00Z"),
                 units: 1,
                 outcome: Outcome::Uncertain,
+                slot: None,
+                elapsed: None,
             },
             dispensed("2026-03-02T07:00:00Z", "2026-03-02T07:00:00Z"),
         ];
@@ -958,6 +1120,8 @@ mod tests {
             at: utc("2026-03-05T07:00:00Z"),
             units: 1,
             outcome: Outcome::Dispensed,
+            slot: None,
+            elapsed: None,
         }];
         assert_eq!(
             reason(&run(&s, "2026-03-09T07:00:00Z", &h, &[])),
@@ -1003,6 +1167,8 @@ mod tests {
             at: utc(at),
             units: 1,
             outcome: Outcome::Dispensed,
+            slot: None,
+            elapsed: None,
         }
     }
 
@@ -1065,7 +1231,7 @@ mod tests {
 
     #[test]
     fn taper_changes_units_by_date() {
-        let s = schedule("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\n[[medication.taper]]\nfrom = 2026-03-02\nuntil = 2026-03-04\nunits = 3\n");
+        let s = schedule("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\nstart = 2026-03-02\nend = 2026-03-08\n[[medication.taper]]\nfrom = 2026-03-02\nuntil = 2026-03-04\nunits = 3\n[[medication.taper]]\nfrom = 2026-03-05\nuntil = 2026-03-08\nunits = 1\n");
         assert_eq!(
             run(&s, "2026-03-03T07:00:00Z", &[], &[]),
             Decision::Dispense {
@@ -1080,6 +1246,129 @@ mod tests {
                 units: 1
             }
         );
+    }
+
+    fn named(name: &str, slot: u8, at: &str, occ: &str) -> DoseRecord {
+        DoseRecord {
+            medication: name.into(),
+            slot: Some(slot),
+            elapsed: None,
+            ..dispensed(at, occ)
+        }
+    }
+
+    #[test]
+    fn a_medication_renamed_or_recased_inherits_its_history() {
+        // Given as "A" from slot 0; the schedule now says "a", or "Alpha" in the same slot.
+        let h = [named(
+            "A",
+            0,
+            "2026-03-02T07:00:00Z",
+            "2026-03-02T07:00:00Z",
+        )];
+        for renamed in [
+            TWICE.replace("\"A\"", "\"a\""),
+            TWICE.replace("\"A\"", "\"Alpha\""),
+        ] {
+            let s = schedule(&renamed);
+            assert_eq!(
+                reason(&run(&s, "2026-03-02T07:30:00Z", &h, &[])),
+                Some(Reason::AlreadyDispensed),
+                "{renamed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_moved_time_never_gives_a_second_dose() {
+        // 08:00 Berlin given, then the schedule moves the dose to 09:00 (a new occurrence).
+        let h = [named(
+            "A",
+            0,
+            "2026-03-02T07:00:00Z",
+            "2026-03-02T07:00:00Z",
+        )];
+        let moved =
+            schedule("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"09:00\"]\n");
+        for now in [
+            "2026-03-02T07:30:00Z",
+            "2026-03-02T08:00:00Z",
+            "2026-03-02T09:59:00Z",
+        ] {
+            assert_eq!(
+                reason(&run(&moved, now, &h, &[])),
+                Some(Reason::AlreadyDispensed),
+                "{now}"
+            );
+        }
+        // The next day's dose is given as usual.
+        assert!(reason(&run(&moved, "2026-03-03T08:00:00Z", &h, &[])).is_none());
+    }
+
+    #[test]
+    fn an_uncertain_dose_under_another_occurrence_is_never_given_again() {
+        let mut h = named("A", 0, "2026-03-02T07:00:00Z", "2026-03-02T07:00:00Z");
+        h.outcome = Outcome::Uncertain;
+        let moved =
+            schedule("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"09:00\"]\n");
+        assert_eq!(
+            reason(&run(&moved, "2026-03-02T08:00:00Z", &[h], &[])),
+            Some(Reason::Unreconciled)
+        );
+    }
+
+    #[test]
+    fn max_daily_units_counts_by_the_occurrences_local_date() {
+        // The 23:00 dose of 2 March (Berlin, 22:00 UTC) given late, at 00:31 on 3 March: it
+        // counts for 2 March, so the 23:00 dose of 3 March is not a false DAILY_MAX.
+        let s = schedule("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"23:00\"]\nmax_daily_units = 1\nmissed_policy = \"window\"\n");
+        let h = [named(
+            "A",
+            0,
+            "2026-03-02T23:31:00Z",
+            "2026-03-02T22:00:00Z",
+        )];
+        assert!(reason(&run(&s, "2026-03-03T22:00:00Z", &h, &[])).is_none());
+    }
+
+    #[test]
+    fn prn_spacing_survives_a_backward_clock_step() {
+        // Last dose at 12:00; the wall clock was then stepped back to 10:40 (and trusted by
+        // someone): the dose is not 40 minutes, nor "in the future", but at least 0 h ago.
+        let s = schedule(PRN);
+        let h = [prn_given("2026-03-02T12:00:00Z")];
+        assert_eq!(
+            reason(&prn_at(&s, "2026-03-02T10:40:00Z", &h, &patient())),
+            Some(Reason::PrnTooSoon)
+        );
+        let three = [
+            prn_given("2026-03-02T04:00:00Z"),
+            prn_given("2026-03-02T08:00:00Z"),
+            prn_given("2026-03-02T12:00:00Z"),
+        ];
+        // 28 h after the first by the wall clock, but the records say 24 h have not passed.
+        assert_eq!(
+            reason(&prn_at(&s, "2026-03-03T08:00:00Z", &three, &patient())),
+            None
+        );
+        assert_eq!(
+            reason(&prn_at(&s, "2026-03-02T03:00:00Z", &three, &patient())),
+            Some(Reason::PrnTooSoon)
+        );
+    }
+
+    #[test]
+    fn reason_codes_are_the_documented_spellings() {
+        let docs = include_str!("../../docs/mqtt.md");
+        for r in Reason::ALL {
+            let code = r.code();
+            assert!(!code.is_empty(), "{r:?}");
+            assert!(
+                docs.contains(&format!("`{code}`")),
+                "{code} is not in docs/mqtt.md"
+            );
+        }
+        assert_eq!(Reason::PrnMax24h.code(), "PRN_MAX_24H");
     }
 
     proptest! {
@@ -1103,7 +1392,7 @@ mod tests {
                     let ws = windows(m, r, s.tz, now - Duration::days(1), now + Duration::days(1));
                     let w = ws.iter().find(|w| w.occurrence == o).unwrap();
                     prop_assert!(w.opens <= now && now < w.closes);
-                    history.push(DoseRecord { medication: "A".into(), occurrence: Some(o), at: now, units, outcome: Outcome::Dispensed });
+                    history.push(DoseRecord { medication: "A".into(), occurrence: Some(o), at: now, units, outcome: Outcome::Dispensed, slot: None, elapsed: None });
                     let day = now.with_timezone(&s.tz).date_naive();
                     let total: u32 = history.iter().filter(|h| h.at.with_timezone(&s.tz).date_naive() == day).map(|h| h.units).sum();
                     prop_assert!(total <= 2);

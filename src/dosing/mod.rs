@@ -6,6 +6,8 @@
 //!   repeated hour doses once, at its first occurrence; intervals keep elapsed spacing).
 //! - [`adherence`]: each dose counted once by its final state, per patient and medication.
 //! - [`history`]: dose records per patient, so no rule ever mixes two patients' doses.
+//! - [`identity`]: which medication a record belongs to (normalised name or slot), and the
+//!   built-in list of weekly high-alert medications.
 //! - [`engine`]: what may be dispensed now, and every refusal's stable reason code.
 //! - [`escalation`]: reminders and alerts for a dose left waiting in the cup.
 //! - [`quiet`]: quiet hours, when routine reminders light up without sounding.
@@ -17,10 +19,13 @@ pub mod adherence;
 pub mod engine;
 pub mod escalation;
 pub mod history;
+pub mod identity;
 pub mod inventory;
 pub mod plan;
 pub mod quiet;
 pub mod replace;
+#[cfg(test)]
+mod safety_model;
 pub mod schedule;
 pub mod vitals;
 pub mod when;

@@ -3,7 +3,7 @@
 //! repeating itself. Pure: the dispenser task carries out its actions and feeds the outcomes back
 //! as history.
 
-use super::engine::{decide, Decision, DoseRecord, Outcome, Reason, VitalReading};
+use super::engine::{decide, Decision, DoseRecord, Now, Outcome, Reason, VitalReading};
 use super::history::DoseHistory;
 use super::schedule::Schedule;
 use chrono::{DateTime, Duration, Utc};
@@ -86,11 +86,13 @@ impl Planner {
     pub fn plan(
         &mut self,
         schedules: &[Schedule],
-        now: DateTime<Utc>,
+        now: impl Into<Now>,
         history: &DoseHistory,
         vitals: &[VitalReading],
         clock_trusted: bool,
     ) -> Vec<Action> {
+        let clocks = now.into();
+        let now = clocks.wall;
         let mut out = Vec::new();
         for s in schedules {
             let history = history.of(&s.patient);
@@ -113,7 +115,7 @@ impl Planner {
                     // An intent superseded by `failed`, or an uncertain dispense a caregiver
                     // found did not reach the patient, does not settle the dose.
                     let settled = super::engine::effective(history).iter().any(|r| {
-                        r.medication == m.name
+                        r.is_of(m)
                             && r.occurrence == Some(w.occurrence)
                             && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
                     });
@@ -123,6 +125,11 @@ impl Planner {
                     let last = self.last_reason.get(&key_of(w.occurrence)).copied();
                     let (outcome, reason) = match last {
                         Some(r) if is_hold(r) => (Outcome::Held, r),
+                        // Another dose (before a rename or a time move) counted for this one:
+                        // not missed, and not given twice.
+                        Some(Reason::AlreadyDispensed) => {
+                            (Outcome::Skipped, Reason::AlreadyDispensed)
+                        }
                         _ => (Outcome::Missed, Reason::MissedLocked),
                     };
                     out.push(Action::Record {
@@ -133,11 +140,13 @@ impl Planner {
                             at: now,
                             units: 0,
                             outcome,
+                            slot: Some(*m.slot.get_ref()),
+                            elapsed: Some(clocks.elapsed),
                         },
                         reason,
                     });
                 }
-                match decide(m, rec, s.tz, now, history, vitals, clock_trusted) {
+                match decide(m, rec, s.tz, clocks, history, vitals, clock_trusted) {
                     Decision::Dispense {
                         occurrence: Some(o),
                         units,
@@ -155,7 +164,13 @@ impl Planner {
                         // Remember why the current window's dose waits, for its close.
                         let ws = super::engine::windows(m, rec, s.tz, now, now);
                         if let Some(w) = ws.iter().find(|w| w.opens <= now && now < w.closes) {
-                            self.last_reason.insert(key_of(w.occurrence), reason);
+                            // A dose held on a reading stays held on it when the reading later
+                            // ages out (NEEDS_READING): the pharmacist sees why it was held.
+                            let held = self.last_reason.get(&key_of(w.occurrence))
+                                == Some(&Reason::HeldVitals);
+                            if !(held && is_hold(reason)) {
+                                self.last_reason.insert(key_of(w.occurrence), reason);
+                            }
                             // An unreconciled dispense is told once per window too: the
                             // caregiver must check it (after a crash, nobody else will).
                             if is_hold(reason)
@@ -234,7 +249,7 @@ mod tests {
                         medication,
                         occurrence,
                         units,
-                        ..
+                        slot,
                     } => history.push(
                         &patient,
                         DoseRecord {
@@ -243,6 +258,8 @@ mod tests {
                             at: now,
                             units,
                             outcome: Outcome::Dispensed,
+                            slot: Some(slot),
+                            elapsed: None,
                         },
                     ),
                     Action::Record {
@@ -299,6 +316,73 @@ mod tests {
     }
 
     #[test]
+    fn a_dose_held_on_vitals_stays_held_vitals_when_the_reading_ages_out() {
+        // A low pulse at 07:40 holds the 08:00 dose; the reading is 2 h old by 09:40, so the
+        // engine then asks for a new one: the dose still closes as HELD_VITALS.
+        let s = sched("[[medication]]\nname = \"Metoprolol\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\nlate = \"4h\"\n[[medication.hold]]\nvital = \"heart_rate\"\nbelow = 55\nmax_age = \"2h\"\n");
+        let reading = VitalReading {
+            vital: crate::dosing::schedule::Vital::HeartRate,
+            value: 50.0,
+            at: utc("2026-03-02T07:40:00Z"),
+            quality: crate::dosing::engine::Quality::Good,
+            source: "test".into(),
+            patient: Some("p-1".into()),
+        };
+        let mut p = Planner::new(utc("2026-03-02T00:00:00Z"));
+        let history = DoseHistory::default();
+        let mut closed = Vec::new();
+        for minute in 0..(14 * 60) {
+            let now = utc("2026-03-02T00:00:00Z") + Duration::minutes(minute);
+            for a in p.plan(
+                std::slice::from_ref(&s),
+                now,
+                &history,
+                std::slice::from_ref(&reading),
+                true,
+            ) {
+                if let Action::Record { record, reason, .. } = a {
+                    closed.push((record.outcome, reason));
+                }
+            }
+        }
+        assert_eq!(closed, [(Outcome::Held, Reason::HeldVitals)]);
+    }
+
+    #[test]
+    fn a_dose_covered_by_one_given_before_a_time_move_closes_skipped_not_missed() {
+        let moved =
+            sched("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"09:00\"]\n");
+        let given: DoseHistory = [(
+            "p-1".to_string(),
+            DoseRecord {
+                medication: "a".into(),
+                occurrence: Some(utc("2026-03-02T08:00:00Z")),
+                at: utc("2026-03-02T08:00:00Z"),
+                units: 1,
+                outcome: Outcome::Dispensed,
+                slot: Some(0),
+                elapsed: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        let mut p = Planner::new(utc("2026-03-02T00:00:00Z"));
+        let mut acts = Vec::new();
+        for minute in (8 * 60 + 1)..(12 * 60) {
+            let now = utc("2026-03-02T00:00:00Z") + Duration::minutes(minute);
+            acts.extend(p.plan(std::slice::from_ref(&moved), now, &given, &[], true));
+        }
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Dispense { .. })),
+            "{acts:?}"
+        );
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Record { record, reason: Reason::AlreadyDispensed, .. } if record.outcome == Outcome::Skipped)),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
     fn every_occurrence_is_accounted_for_exactly_once() {
         let s = sched("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\", \"20:00\"]\n[[medication]]\nname = \"B\"\nslot = 1\nunits = 1\ntimes = [\"09:00\"]\n[[medication.hold]]\nvital = \"heart_rate\"\nbelow = 55\nmax_age = \"2h\"\n");
         let history = simulate(&s, 7, &[]);
@@ -332,6 +416,8 @@ mod tests {
             at: utc(at),
             units: 0,
             outcome,
+            slot: None,
+            elapsed: None,
         };
         // The intent was written, then the jam failed it before anything moved.
         let history: DoseHistory = [

@@ -6,7 +6,7 @@
 use chrono::NaiveTime;
 
 /// A daily span of local time, `from` inclusive to `to` exclusive; it may wrap past midnight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct QuietHours {
     from: NaiveTime,
     to: NaiveTime,

@@ -21,14 +21,19 @@ pub enum Refusal {
     NeedsConfirmation(Vec<String>),
 }
 
-/// The version fingerprint of a schedule (SHA-256 over its parsed form), as audited.
+/// The version fingerprint of a schedule, as audited: SHA-256 over a canonical JSON
+/// serialisation of its parsed form (fields in declaration order, no spans, no `Debug` output,
+/// which may change with any compiler or crate version).
 pub fn version(s: &Schedule) -> String {
-    let meds: Vec<String> = s
-        .medications
-        .iter()
-        .map(|(m, _)| format!("{m:?}"))
-        .collect();
-    let text = format!("{}|{}|{meds:?}", s.patient, s.tz);
+    let meds: Vec<&crate::dosing::schedule::Medication> =
+        s.medications.iter().map(|(m, _)| m).collect();
+    let text = serde_json::json!({
+        "patient": s.patient,
+        "timezone": s.tz.name(),
+        "quiet_hours": s.quiet,
+        "medications": meds,
+    })
+    .to_string();
     ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
         .as_ref()
         .iter()
@@ -77,20 +82,27 @@ pub fn check(
     }
     let mut risky = Vec::new();
     for (m, _) in old.map(|o| o.medications.as_slice()).unwrap_or_default() {
-        if !m.high_alert_weekly {
+        if !m.weekly_guard() {
             continue;
         }
-        let Some((n, _)) = new.medication(&m.name) else {
+        // The same medication by name (any case) or, renamed, by the slot its pills are in.
+        let Some((n, _)) = new.medication(&m.name).or_else(|| {
+            new.medications
+                .iter()
+                .find(|(n, _)| n.slot.get_ref() == m.slot.get_ref())
+        }) else {
             continue;
         };
         let (before, after) = (
             occurrences(old.unwrap_or(new), &m.name, now),
-            occurrences(new, &m.name, now),
+            occurrences(new, &n.name, now),
         );
-        if !n.high_alert_weekly {
+        if !n.weekly_guard() {
             risky.push(format!(
-                "{}: the weekly high-alert guard is removed",
-                m.name
+                "{}: the weekly high-alert guard is removed (now {:?} in slot {})",
+                m.name,
+                n.name,
+                n.slot.get_ref()
             ));
         } else if after > before {
             risky.push(format!(
@@ -145,19 +157,29 @@ mod tests {
     #[test]
     fn high_alert_weekly_made_more_frequent_needs_a_second_confirmation() {
         let old = sched("p-1", MTX);
-        // A flagged medication must stay weekly (schedule validation), so "more often" means
-        // dropping the flag: daily methotrexate is the classic fatal error.
-        let daily = sched(
-            "p-1",
-            &MTX.replace("high_alert_weekly = true\n", "")
-                .replace("days = [\"mon\"]\n", ""),
-        );
-        match check(Some(&old), &daily, &[], now()) {
+        // Methotrexate stays weekly whatever the file says (the built-in list and schedule
+        // validation), so "more often" means renaming it and dropping the flag: daily
+        // methotrexate under another name is the classic fatal error. Letter case alone keeps
+        // the guard (and needs no one).
+        let daily = |name: &str| {
+            format!(
+                "[patient]\nid = \"p-1\"\ntimezone = \"America/New_York\"\n{}",
+                MTX.replace("high_alert_weekly = true\n", "")
+                    .replace("days = [\"mon\"]\n", "")
+                    .replace("Methotrexate", name)
+            )
+        };
+        let renamed = Schedule::parse(&daily("Folate supplement"), Path::new("t.toml")).unwrap();
+        match check(Some(&old), &renamed, &[], now()) {
             Err(Refusal::NeedsConfirmation(c)) => {
                 assert!(c[0].contains("guard is removed"), "{c:?}")
             }
             r => panic!("{r:?}"),
         }
+        // Under any name on the built-in list it cannot even be written daily.
+        assert!(Schedule::parse(&daily("Methotrexate sodium"), Path::new("t.toml")).is_err());
+        let case = sched("p-1", &MTX.replace("Methotrexate", "METHOTREXATE"));
+        assert_eq!(check(Some(&old), &case, &[], now()), Ok(()));
         // Moving the weekly day, or lowering the dose, needs no second person.
         let moved = sched("p-1", &MTX.replace("[\"mon\"]", "[\"tue\"]"));
         assert_eq!(check(Some(&old), &moved, &[], now()), Ok(()));

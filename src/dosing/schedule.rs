@@ -67,7 +67,7 @@ pub struct Patient {
 }
 
 /// As-needed dosing limits.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Prn {
     /// Shortest time between two doses.
@@ -96,7 +96,7 @@ pub enum Vital {
 }
 
 /// A clinician-set hold parameter.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Hold {
     /// The vital watched.
@@ -111,7 +111,7 @@ pub struct Hold {
 }
 
 /// A taper segment: a different number of units between two dates.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Taper {
     /// First day (inclusive).
@@ -125,7 +125,7 @@ pub struct Taper {
 }
 
 /// What happens to a dose that is not taken on time.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedPolicy {
     /// A late dose may still be taken until half the interval to the next dose has passed (and
@@ -137,7 +137,7 @@ pub enum MissedPolicy {
 }
 
 /// One `[[medication]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Medication {
     /// Name as on the label.
@@ -199,6 +199,11 @@ pub struct Medication {
     /// Taper segments.
     #[serde(default, rename = "taper")]
     pub tapers: Vec<Taper>,
+    /// The shortest time two doses of this medication may be apart (three quarters of the
+    /// smallest gap between its occurrences), worked out when the schedule is parsed; None for
+    /// as-needed medications, whose `prn.min_interval` rules instead.
+    #[serde(skip)]
+    pub spacing: Option<Duration>,
 }
 
 /// A whole schedule file.
@@ -295,12 +300,18 @@ impl Medication {
                     names.join(",")
                 }
             };
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(t) = parsed.iter().find(|t| !seen.insert(**t)) {
+                return Err((
+                    "times",
+                    format!("{:02}:{:02} is listed twice: one dose per time", t.0, t.1),
+                ));
+            }
             // One cron expression per distinct minute keeps it exact: "0 M H * * DOW".
-            let mut exprs: Vec<String> = parsed
+            let exprs: Vec<String> = parsed
                 .iter()
                 .map(|(h, m)| format!("0 {m} {h} * * {dow}"))
                 .collect();
-            exprs.dedup();
             let every_other = if self.every_other_day {
                 Some(self.start.ok_or((
                     "every_other_day",
@@ -310,7 +321,7 @@ impl Medication {
                 None
             };
             if exprs.len() == 1 {
-                return Recurrence::from_cron(&exprs[0], every_other)
+                return Recurrence::from_cron_with_seconds(&exprs[0], every_other)
                     .map(Some)
                     .map_err(|e| ("times", e));
             }
@@ -319,7 +330,9 @@ impl Medication {
             return Ok(Some(Recurrence::Multi(
                 exprs
                     .iter()
-                    .map(|e| Recurrence::from_cron(e, every_other).map_err(|m| ("times", m)))
+                    .map(|e| {
+                        Recurrence::from_cron_with_seconds(e, every_other).map_err(|m| ("times", m))
+                    })
                     .collect::<Result<_, _>>()?,
             )));
         }
@@ -345,9 +358,11 @@ impl Medication {
             }));
         }
         if let Some(expr) = &self.cron {
-            return Recurrence::from_cron(expr, None)
-                .map(Some)
-                .map_err(|e| ("cron", e));
+            let rec = Recurrence::from_cron(expr, None).map_err(|e| ("cron", e))?;
+            if rec.minutes_of_day().is_some_and(|m| m.is_empty()) {
+                return Err(("cron", format!("{expr:?} never fires")));
+            }
+            return Ok(Some(rec));
         }
         Ok(None)
     }
@@ -369,6 +384,12 @@ impl Medication {
             .iter()
             .find(|t| t.from <= day && day <= t.until)
             .map_or(self.units, |t| t.units)
+    }
+
+    /// Whether the weekly guard applies: the file says so, or the name is on the built-in
+    /// high-alert list (a guard no file can remove).
+    pub fn weekly_guard(&self) -> bool {
+        self.high_alert_weekly || super::identity::is_high_alert_weekly(&self.name)
     }
 
     /// Whether the course runs on `day`.
@@ -412,111 +433,141 @@ pub const DEFAULT_SCHEDULES: [(&str, &str); 4] = [
     ),
 ];
 
+/// Three quarters of the smallest gap between consecutive occurrences (over the first 2 000
+/// from a reference Monday, enough to see any weekly or monthly pattern and a DST change).
+/// Any fraction below one keeps each dose's window reachable after a dose given at the end of
+/// the previous one; three quarters keeps a moved time from giving a second dose the same day.
+fn spacing(rec: &Recurrence, tz: Tz) -> Option<Duration> {
+    let from = match rec {
+        Recurrence::Interval { anchor, .. } => *anchor - CDuration::seconds(1),
+        _ => reference_start(),
+    };
+    let occ = rec.first_n(tz, from, 2_000, CDuration::days(400));
+    let gap = occ.windows(2).map(|w| w[1] - w[0]).min()?;
+    (gap * 3 / 4).to_std().ok()
+}
+
+fn reference_start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// Whether a zone name is a place (`Area/Location`) or plain UTC. Names like `EST`, `CET`,
+/// `EST5EDT` or `Etc/GMT+5` parse, but they are offsets or rules, not where the patient lives:
+/// a schedule in `EST` doses an hour off all summer.
+fn is_region_zone(name: &str) -> bool {
+    matches!(name, "UTC" | "Etc/UTC")
+        || (name.contains('/') && !name.starts_with("Etc/") && !name.starts_with("SystemV/"))
+}
+
 /// Slots available to schedules when no board profile is given.
 pub const DEFAULT_SLOTS: u8 = 8;
 
-/// Checks one medication. `line` is its table's line; `slot_line` its `slot` key's.
+/// The line of `field`'s own key inside a `[[medication]]` table (`table` is the table's text,
+/// starting on line `first`), or the table's first line when the key is not written there.
+/// Errors point at the key a caregiver must change, not at the table's header.
+fn field_line(table: &str, first: usize, field: &str) -> usize {
+    let key = field.split(['.', '[']).next().unwrap_or(field);
+    table
+        .lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(first, |i| first + i)
+}
+
+/// Checks one medication. `table` is its `[[medication]]` table's text and `first` that
+/// table's first line.
 fn validate_medication(
     m: &Medication,
     tz: Tz,
     slots: u8,
-    (line, slot_line): (usize, usize),
+    (table, first): (&str, usize),
     key: &str,
     out: &mut Findings,
 ) {
     let k = |f: &str| format!("{key}.{f}");
+    let at = |f: &str| field_line(table, first, f);
+    if let Some(problem) = super::identity::name_problem(&m.name) {
+        out.at(at("name"), k("name"), problem);
+    }
     let rec = match m.recurrence(tz) {
         Ok(r) => r,
         Err((field, msg)) => {
-            out.at(line, k(field), msg);
+            out.at(at(field), k(field), msg);
             return;
         }
     };
     if *m.slot.get_ref() >= slots {
         out.at(
-            slot_line,
+            at("slot"),
             k("slot"),
             format!(
                 "slot {} does not exist (the carousel has slots 0–{})",
                 m.slot.get_ref(),
-                slots - 1
+                slots.saturating_sub(1)
             ),
         );
     }
     if m.units == 0 || m.units > 10 {
-        out.at(line, k("units"), "must be 1–10 units per dose");
+        out.at(at("units"), k("units"), "must be 1–10 units per dose");
     }
     if let Some(late) = m.late {
         if !(Duration::from_secs(1800)..=Duration::from_secs(86_400)).contains(&late) {
-            out.at(line, k("late"), "must be between 30m and 24h");
+            out.at(at("late"), k("late"), "must be between 30m and 24h");
         }
     }
     if let Some(early) = m.early {
         if early > Duration::from_secs(4 * 3600) {
-            out.at(line, k("early"), "must be 4h or less");
+            out.at(at("early"), k("early"), "must be 4h or less");
         }
     }
     if m.time_critical && (m.early.is_some() || m.late.is_some()) {
         out.at(
-            line,
+            at("time_critical"),
             k("time_critical"),
             "a time-critical medication has a fixed ±30 min window: remove `early`/`late`",
         );
     }
     if let (Some(s), Some(e)) = (m.start, m.end) {
         if e < s {
-            out.at(line, k("end"), "is before `start`");
+            out.at(at("end"), k("end"), "is before `start`");
         }
     }
     for (i, h) in m.holds.iter().enumerate() {
         if h.below.is_none() && h.above.is_none() {
-            out.at(line, format!("{key}.hold[{i}]"), "needs `below` or `above`");
+            out.at(
+                first,
+                format!("{key}.hold[{i}]"),
+                "needs `below` or `above`",
+            );
         }
         if h.max_age.is_zero() {
             out.at(
-                line,
+                first,
                 format!("{key}.hold[{i}].max_age"),
                 "must be above zero",
             );
         }
     }
-    let mut tapers = m.tapers.clone();
-    tapers.sort_by_key(|t| t.from);
-    for (i, t) in tapers.iter().enumerate() {
-        if t.until < t.from {
-            out.at(
-                line,
-                format!("{key}.taper[{i}]"),
-                "`until` is before `from`",
-            );
-        }
-        if let Some(next) = tapers.get(i + 1) {
-            if next.from <= t.until {
-                out.at(
-                    line,
-                    format!("{key}.taper[{i}]"),
-                    format!("overlaps the segment starting {}", next.from),
-                );
-            }
-        }
-        if t.units > 10 {
-            out.at(line, format!("{key}.taper[{i}].units"), "must be 0–10");
-        }
-    }
+    validate_tapers(m, key, at("start"), out);
     match (&rec, &m.prn) {
         (None, Some(prn)) => {
             if prn.max_per_24h == 0 {
-                out.at(line, k("prn.max_per_24h"), "must be at least 1");
+                out.at(at("prn"), k("prn.max_per_24h"), "must be at least 1");
             }
             if prn.min_interval.is_zero() {
-                out.at(line, k("prn.min_interval"), "must be above zero");
+                out.at(at("prn"), k("prn.min_interval"), "must be above zero");
             } else {
                 // Doses at least `min_interval` apart: how many fit in a rolling 24 h.
                 let fit = 86_400f64 / prn.min_interval.as_secs_f64();
                 let fit = fit.ceil() as u32;
                 if prn.max_per_24h > fit {
                     out.at(
-                        line,
+                        at("prn"),
                         k("prn.max_per_24h"),
                         format!(
                             "{} doses cannot be given in 24 h at least {} apart (at most {fit}): lower one of them",
@@ -529,76 +580,197 @@ fn validate_medication(
             if let Some(max) = m.max_daily_units {
                 if max < m.units {
                     out.at(
-                        line,
+                        at("max_daily_units"),
                         k("max_daily_units"),
                         format!("{max} is below one dose of {} units", m.units),
                     );
                 }
             }
-            if m.high_alert_weekly {
+            if m.weekly_guard() {
                 out.at(
-                    line,
+                    at("prn"),
                     k("high_alert_weekly"),
                     "a weekly high-alert medication cannot be as-needed",
                 );
             }
         }
-        (Some(r), _) => {
-            // Look at eight weeks from the course start (or a fixed reference week).
-            let from = match r {
-                Recurrence::Interval { anchor, .. } => Some(*anchor - CDuration::seconds(1)),
-                _ => None,
-            };
-            let from = from
-                .or_else(|| {
-                    m.start
-                        .and_then(|d| d.and_hms_opt(0, 0, 0))
-                        .and_then(|n| super::when::resolve_local(tz, n))
-                })
-                .unwrap_or_else(|| {
-                    DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
-                        .map(|t| t.with_timezone(&Utc))
-                        .unwrap_or_default()
-                });
-            let occ = r.between(tz, from - CDuration::seconds(1), from + CDuration::weeks(8));
-            if occ.is_empty() {
-                out.at(line, key.to_string(), "the schedule never fires");
-                return;
-            }
-            if m.high_alert_weekly
-                && occ
-                    .windows(2)
-                    .any(|w| (w[1] - w[0]).to_std().unwrap_or_default() < WEEKLY_GUARD)
-            {
-                out.at(line, k("high_alert_weekly"), "a weekly high-alert medication needs a schedule at most once a week (e.g. times = [\"08:00\"], days = [\"mon\"])");
-            }
-            if let Some(max) = m.max_daily_units {
-                let mut per_day: std::collections::BTreeMap<NaiveDate, u32> = Default::default();
-                for t in &occ {
-                    let d = t.with_timezone(&tz).date_naive();
-                    if m.active_on(d) {
-                        *per_day.entry(d).or_default() += m.units_on(d);
-                    }
-                }
-                if let Some((day, units)) = per_day.iter().max_by_key(|(_, u)| **u) {
-                    if *units > max {
-                        out.at(
-                            line,
-                            k("max_daily_units"),
-                            format!("{max} is below what the schedule itself gives ({units} units on {day})"),
-                        );
-                    }
-                }
-            }
-        }
+        (Some(r), _) => validate_recurrence(m, r, tz, key, &at, out),
         (None, None) => {}
+    }
+}
+
+/// The shortest time between two scheduled doses, as for `every`.
+const MIN_DOSE_GAP_MINUTES: u32 = 60;
+
+/// Checks a scheduled medication's recurrence over its whole lifetime: spacing and the daily
+/// maximum from the expression itself (no horizon to fall off), the weekly guard and "never
+/// fires" over a bounded walk of at most a few hundred occurrences.
+fn validate_recurrence(
+    m: &Medication,
+    r: &Recurrence,
+    tz: Tz,
+    key: &str,
+    at: &dyn Fn(&str) -> usize,
+    out: &mut Findings,
+) {
+    let k = |f: &str| format!("{key}.{f}");
+    let form = if m.cron.is_some() { "cron" } else { "times" };
+    if let Some(gap) = r.shortest_gap_of_day() {
+        if gap < MIN_DOSE_GAP_MINUTES {
+            out.at(
+                at(form),
+                k(form),
+                format!("doses only {gap} min apart: scheduled doses must be at least 1h apart (as for `every`)"),
+            );
+            return;
+        }
+    }
+    let from = match r {
+        Recurrence::Interval { anchor, .. } => *anchor - CDuration::seconds(1),
+        _ => m
+            .start
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|n| super::when::resolve_local(tz, n))
+            .unwrap_or_else(reference_start),
+    };
+    let occ = r.first_n(tz, from, 60, CDuration::days(400));
+    if occ.is_empty() {
+        out.at(at(form), key.to_string(), "the schedule never fires");
+        return;
+    }
+    if m.weekly_guard()
+        && occ
+            .windows(2)
+            .any(|w| (w[1] - w[0]).to_std().unwrap_or_default() < WEEKLY_GUARD)
+    {
+        let why = if m.high_alert_weekly {
+            ""
+        } else {
+            " (it is on the built-in list of weekly high-alert medications)"
+        };
+        out.at(
+            if m.high_alert_weekly {
+                at("high_alert_weekly")
+            } else {
+                at(form)
+            },
+            k("high_alert_weekly"),
+            format!("a weekly high-alert medication needs a schedule at most once a week (e.g. times = [\"08:00\"], days = [\"mon\"]){why}"),
+        );
+    }
+    if let Some(max) = m.max_daily_units {
+        // The most any day of the course can get, whenever that day is.
+        let most_units = m
+            .tapers
+            .iter()
+            .map(|t| t.units)
+            .chain((!tapers_cover_course(m)).then_some(m.units))
+            .max()
+            .unwrap_or(m.units);
+        let per_day = match r {
+            // An interval's phase decides how many doses a day holds: count a year of them
+            // (both daylight-saving changes), at most 9 000 occurrences.
+            Recurrence::Interval { .. } => {
+                let mut days: std::collections::HashMap<NaiveDate, u32> = Default::default();
+                for t in r.first_n(tz, from, 9_000, CDuration::days(366)) {
+                    *days.entry(t.with_timezone(&tz).date_naive()).or_default() += 1;
+                }
+                days.values().copied().max().unwrap_or(0)
+            }
+            _ => r.max_per_day(),
+        };
+        let units = per_day.saturating_mul(most_units);
+        if units > max {
+            out.at(
+                at("max_daily_units"),
+                k("max_daily_units"),
+                format!("{max} is below what the schedule itself gives ({units} units on a day with {per_day} dose(s) of {most_units})"),
+            );
+        }
+    }
+}
+
+/// Whether the taper segments cover every day of the course, so `units` is never used.
+fn tapers_cover_course(m: &Medication) -> bool {
+    !m.tapers.is_empty() && m.start.is_some() && m.end.is_some()
+}
+
+/// A taper must say what every day of the course gets: it needs `start` and `end`, its
+/// segments must run from `start` to `end` without gaps or overlaps, and no segment gives
+/// 0 units (to stop, end the course). A missing day would otherwise silently fall back to the
+/// base dose.
+fn validate_tapers(m: &Medication, key: &str, line: usize, out: &mut Findings) {
+    if m.tapers.is_empty() {
+        return;
+    }
+    let mut tapers = m.tapers.clone();
+    tapers.sort_by_key(|t| t.from);
+    let (Some(start), Some(end)) = (m.start, m.end) else {
+        out.at(
+            line,
+            format!("{key}.taper"),
+            "a taper needs `start` and `end`: the course's first and last day",
+        );
+        return;
+    };
+    let mut expect = start;
+    for (i, t) in tapers.iter().enumerate() {
+        let here = format!("{key}.taper[{i}]");
+        if t.until < t.from {
+            out.at(line, here.clone(), "`until` is before `from`");
+        }
+        if t.units == 0 {
+            out.at(
+                line,
+                format!("{here}.units"),
+                "0 units: end the course with `end` instead of a 0-unit segment",
+            );
+        } else if t.units > 10 {
+            out.at(line, format!("{here}.units"), "must be 1–10");
+        }
+        if t.from < expect {
+            out.at(
+                line,
+                here.clone(),
+                format!("starts {} but the days before {expect} are already covered (overlap, or before `start`)", t.from),
+            );
+        } else if t.from > expect {
+            out.at(
+                line,
+                here.clone(),
+                format!("the days {expect} to {} have no segment: every day from `start` to `end` needs one", t.from.pred_opt().unwrap_or(t.from)),
+            );
+        }
+        expect = expect.max(t.until.succ_opt().unwrap_or(t.until));
+    }
+    if expect <= end {
+        out.at(
+            line,
+            format!("{key}.taper"),
+            format!("the days {expect} to {end} have no segment: every day from `start` to `end` needs one"),
+        );
+    } else if expect > end.succ_opt().unwrap_or(end) {
+        out.at(
+            line,
+            format!("{key}.taper"),
+            format!("a segment runs past `end` ({end})"),
+        );
     }
 }
 
 impl Validate for ScheduleFile {
     fn validate(&self, src: &str, out: &mut Findings) {
         let tz_line = line_of(src, self.patient.timezone.span().start);
-        let tz: Tz = match self.patient.timezone.get_ref().parse() {
+        let zone = self.patient.timezone.get_ref();
+        let tz: Tz = match zone.parse() {
+            Ok(tz) if !is_region_zone(zone) => {
+                out.at(
+                    tz_line,
+                    "patient.timezone",
+                    format!("{zone:?} is a fixed offset or an old abbreviation that ignores the patient's daylight saving; name the place (e.g. \"America/New_York\", or \"UTC\")"),
+                );
+                tz
+            }
             Ok(tz) => tz,
             Err(_) => {
                 out.at(
@@ -631,13 +803,21 @@ impl Validate for ScheduleFile {
             );
         }
         let mut slots: std::collections::BTreeMap<u8, String> = Default::default();
-        let mut names = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeMap::new();
         for m in &self.medications {
             let line = line_of(src, m.span().start);
+            let table = src.get(m.span()).unwrap_or_default();
             let med = m.get_ref();
             let key = format!("medication {:?}", med.name);
-            if !names.insert(med.name.clone()) {
-                out.at(line, key.clone(), "is listed twice");
+            let name_line = field_line(table, line, "name");
+            if let Some(other) =
+                names.insert(super::identity::normalise(&med.name), med.name.clone())
+            {
+                out.at(
+                    name_line,
+                    format!("{key}.name"),
+                    format!("is listed twice (as {other:?} too; letter case and spacing do not make another medication)"),
+                );
             }
             if let Some(other) = slots.insert(*med.slot.get_ref(), med.name.clone()) {
                 out.at(
@@ -646,8 +826,7 @@ impl Validate for ScheduleFile {
                     format!("slot {} is already used by {other:?}", med.slot.get_ref()),
                 );
             }
-            let slot_line = line_of(src, med.slot.span().start);
-            validate_medication(med, tz, DEFAULT_SLOTS, (line, slot_line), &key, out);
+            validate_medication(med, tz, DEFAULT_SLOTS, (table, line), &key, out);
         }
     }
 }
@@ -671,8 +850,9 @@ impl Schedule {
             .medications
             .into_iter()
             .map(|m| {
-                let m = m.into_inner();
+                let mut m = m.into_inner();
                 let r = m.recurrence(tz).ok().flatten();
+                m.spacing = r.as_ref().and_then(|r| spacing(r, tz));
                 (m, r)
             })
             .collect();
@@ -748,8 +928,10 @@ impl Schedule {
         (ok, errors)
     }
 
-    /// The medication with this name.
+    /// The medication with this name (letter case and spacing do not matter).
     pub fn medication(&self, name: &str) -> Option<&(Medication, Option<Recurrence>)> {
-        self.medications.iter().find(|(m, _)| m.name == name)
+        self.medications
+            .iter()
+            .find(|(m, _)| super::identity::same(&m.name, name))
     }
 }

@@ -53,20 +53,85 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
 use chrono::Offset;
 
 impl Recurrence {
-    /// Builds a wall-clock recurrence from a cron expression (5 fields, minute first, or the
-    /// crate's 6/7 fields with seconds).
+    /// Builds a wall-clock recurrence from a caregiver's cron expression: exactly the standard
+    /// five fields (minute hour day-of-month month day-of-week). The `cron` crate's own six- and
+    /// seven-field forms start with *seconds*, so `"0 8 * * * *"` would silently mean "every
+    /// hour at minute 8": they are refused, as are `@hourly`-style macros.
     pub fn from_cron(expr: &str, every_other_day_from: Option<NaiveDate>) -> Result<Self, String> {
         let fields = expr.split_whitespace().count();
-        let full = if fields == 5 {
-            format!("0 {expr}")
-        } else {
-            expr.to_string()
-        };
-        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?}: {e}"))?;
+        if fields != 5 {
+            return Err(format!(
+                "{expr:?} has {fields} field(s); write the standard five: minute hour day-of-month month day-of-week (e.g. \"0 8 * * Mon\")"
+            ));
+        }
+        Self::from_cron_with_seconds(&format!("0 {expr}"), every_other_day_from)
+            .map_err(|e| format!("{expr:?}: {e}"))
+    }
+
+    /// A recurrence from the crate's six-field form (seconds first), as `times` compile to.
+    pub(crate) fn from_cron_with_seconds(
+        full: &str,
+        every_other_day_from: Option<NaiveDate>,
+    ) -> Result<Self, String> {
+        let cron = cron::Schedule::from_str(full).map_err(|e| e.to_string())?;
         Ok(Recurrence::Wall {
             cron: Box::new(cron),
             every_other_day_from,
         })
+    }
+
+    /// The local times of day (minutes after midnight, sorted) at which a wall-clock
+    /// recurrence can fire on some day; None for an interval. Worked out from the expression,
+    /// so it costs the same whatever the schedule's lifetime.
+    pub fn minutes_of_day(&self) -> Option<Vec<u32>> {
+        use cron::TimeUnitSpec;
+        match self {
+            Recurrence::Interval { .. } => None,
+            Recurrence::Wall { cron, .. } => {
+                let mut out: Vec<u32> = cron
+                    .hours()
+                    .iter()
+                    .flat_map(|h| cron.minutes().iter().map(move |m| h * 60 + m))
+                    .collect();
+                out.sort_unstable();
+                Some(out)
+            }
+            Recurrence::Multi(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend(p.minutes_of_day()?);
+                }
+                out.sort_unstable();
+                out.dedup();
+                Some(out)
+            }
+        }
+    }
+
+    /// The most doses any one local day can hold for a wall-clock form: its distinct times of
+    /// day (a repeated hour doses once, a skipped one shifts). For an interval, as many as fit
+    /// into the longest (25 h) day, whatever its phase (an upper bound).
+    pub fn max_per_day(&self) -> u32 {
+        match self {
+            Recurrence::Interval { every, .. } => {
+                let secs = every.num_seconds().max(1);
+                u32::try_from((25 * 3600 + secs - 1) / secs).unwrap_or(u32::MAX)
+            }
+            _ => self
+                .minutes_of_day()
+                .map_or(0, |m| u32::try_from(m.len()).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The shortest gap between two times of day a wall-clock recurrence can fire at,
+    /// including from the last of one day to the first of the next; None for an interval or a
+    /// single time a day.
+    pub fn shortest_gap_of_day(&self) -> Option<u32> {
+        let m = self.minutes_of_day()?;
+        let (first, last) = (*m.first()?, *m.last()?);
+        let inner = m.windows(2).map(|w| w[1] - w[0]).min();
+        let wrap = (m.len() > 1).then_some(1440 - last + first);
+        inner.into_iter().chain(wrap).min()
     }
 
     /// Occurrences strictly after `after`, in order, up to `until`.
@@ -150,6 +215,27 @@ impl Recurrence {
             }
             from = *chunk.last().unwrap_or(&from);
             out.extend(chunk);
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// At most `n` occurrences after `after`, searching at most `horizon` ahead: a bounded
+    /// walk, so checking a schedule costs the same whatever the expression.
+    pub fn first_n(
+        &self,
+        tz: Tz,
+        after: DateTime<Utc>,
+        n: usize,
+        horizon: Duration,
+    ) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut from = after;
+        let end = after + horizon;
+        while out.len() < n && from < end {
+            let to = (from + Duration::days(7)).min(end);
+            out.extend(self.between(tz, from, to));
+            from = to;
         }
         out.truncate(n);
         out

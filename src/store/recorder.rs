@@ -273,9 +273,9 @@ fn classify(e: &Event) -> (String, String, String, String) {
             format!("vital:{}", name(&reading.vital)),
             band.clone(),
         ),
-        Event::ClockTrust { trusted, .. } => (
+        Event::ClockTrust { trusted, actor, .. } => (
             "system.clock".into(),
-            sys("controller"),
+            actor.clone().unwrap_or_else(|| sys("controller")),
             "clock".into(),
             if *trusted {
                 "TRUSTED".into()

@@ -190,6 +190,8 @@ mod tests {
             at: at(),
             units: 1,
             outcome,
+            slot: None,
+            elapsed: None,
         };
         let taken =
             medication_administration("d:9", "p-0042", &rec(Outcome::Taken), None, "").unwrap();
