@@ -158,6 +158,10 @@ pub enum Event {
         reason: Option<String>,
         /// Details for people (units seen falling, the hold's reading).
         detail: String,
+        /// The person whose act this is (skip, reconcile, an as-needed request or override);
+        /// None for the dispenser's own decisions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
     },
     /// A dose waits on a person (a vital reading, a limit): the caregiver is alerted once.
     DoseAlert {

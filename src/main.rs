@@ -1359,13 +1359,25 @@ fn schedule_next(
 }
 
 /// One patient's dose history as the appliance rebuilds it at start-up.
+/// A patient's dose history and the day of vital readings before `now`, as the dispenser sees
+/// them after a restart (readings stored without a patient belong to a one-patient cabinet's
+/// only one, which is the patient asked about).
 fn dose_history(
     db: &std::path::Path,
     patient: &str,
-) -> Result<Vec<medbox::dosing::engine::DoseRecord>> {
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(
+    Vec<medbox::dosing::engine::DoseRecord>,
+    Vec<medbox::dosing::engine::VitalReading>,
+)> {
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
-    Ok(medbox::store::doses::history(&conn)?.of(patient).to_vec())
+    let history = medbox::store::doses::history(&conn)?.of(patient).to_vec();
+    let vitals = medbox::store::vitals::recent(&conn, now - chrono::Duration::days(1))?
+        .into_iter()
+        .filter(|v| v.at <= now && v.patient.as_deref().is_none_or(|p| p == patient))
+        .collect();
+    Ok((history, vitals))
 }
 
 fn schedule_explain(
@@ -1377,20 +1389,20 @@ fn schedule_explain(
     use medbox::dosing::engine::{decide, decide_prn, Decision, PrnRequest, Role};
     let s = load_schedule(file)?;
     let now = at.with_timezone(&chrono::Utc);
-    let history = match db {
-        Some(db) => dose_history(db, &s.patient)?,
-        None => Vec::new(),
+    let (history, vitals) = match db {
+        Some(db) => dose_history(db, &s.patient, now)?,
+        None => Default::default(),
     };
     let mut out = Vec::new();
     for (m, rec) in &s.medications {
         let d = match rec {
-            Some(r) => decide(m, r, s.tz, now, &history, &[], true),
+            Some(r) => decide(m, r, s.tz, now, &history, &vitals, true),
             None => decide_prn(
                 m,
                 s.tz,
                 now,
                 &history,
-                &[],
+                &vitals,
                 true,
                 &PrnRequest {
                     actor: "explain".into(),

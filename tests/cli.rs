@@ -130,3 +130,46 @@ fn vitals_add_refuses_bad_readings_with_a_reason_and_records_good_ones() {
     assert_eq!(text.matches("vitals.reading").count(), 1, "{text}");
     assert!(text.contains("n-4"), "{text}");
 }
+
+/// `schedule explain --db` decides as the appliance would after a restart: with the stored dose
+/// history and the stored vital readings (a low pulse holds the beta blocker; without the
+/// readings it would only ask for one).
+#[test]
+fn schedule_explain_with_a_database_uses_its_stored_vital_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let scenario = dir.path().join("pulse.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"low pulse\"\n[[event]]\nat = \"6h 20m\"\naction = \"vital\"\npatient = \"p-0042\"\nvital = \"heart_rate\"\nvalue = 50\n",
+    )
+    .unwrap();
+    let (code, text) = medbox(&[
+        "sim",
+        "--days",
+        "0.3",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let explain = |db: Option<&str>| {
+        let mut args = vec![
+            "schedule",
+            "explain",
+            "schedules/p-0042-twice-daily-and-beta-blocker.toml",
+            "--at",
+            "2026-03-02T08:05:00+01:00",
+        ];
+        if let Some(db) = db {
+            args.extend(["--db", db]);
+        }
+        medbox(&args)
+    };
+    let (code, with_db) = explain(db.to_str());
+    assert_eq!(code, 0, "{with_db}");
+    assert!(with_db.contains("Metoprolol: HELD_VITALS"), "{with_db}");
+    let (_, without) = explain(None);
+    assert!(without.contains("Metoprolol: NEEDS_READING"), "{without}");
+}

@@ -902,3 +902,67 @@ fn an_uncertain_dose_reconciled_as_given_leaves_the_slot_count_too() {
         reconciled.dispenser.stock[&0]
     );
 }
+
+/// A pharmacist asks who did what: a skip, an as-needed dose a nurse requested over its limits
+/// and a reconciliation are audit rows whose actor is the person, with the override's reason.
+#[test]
+fn a_skip_and_a_prn_override_are_audited_with_the_person_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let prn = |actor: &str, role: &str, reason: Option<&str>| {
+        command(
+            "request_prn",
+            actor,
+            role,
+            serde_json::json!({"patient": "p-0311", "medication": "paracetamol", "override_reason": reason}),
+        )
+    };
+    let sc = scenario(vec![
+        (
+            1.0,
+            command(
+                "skip_dose",
+                "cg-3",
+                "caregiver",
+                serde_json::json!({"patient": "p-0042", "medication": "metformin", "occurrence": "2026-03-02T07:00:00Z"}),
+            ),
+        ),
+        (2.0, prn("p-0311", "patient", None)),
+        (
+            3.0,
+            prn("n-4", "nurse", Some("breakthrough pain, GP consulted")),
+        ),
+    ]);
+    common::run(SimOptions {
+        scenario: Some(sc),
+        keep_records: false,
+        db: Some(db.clone()),
+        schedules: schedules(),
+        ..common::options(0.2)
+    });
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let rows: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT kind, actor, json_extract(body, '$.detail') FROM audit \
+             WHERE kind IN ('dose.skipped', 'dose.dispensed') \
+             AND (subject LIKE '%Paracetamol' OR kind = 'dose.skipped') ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("dose.skipped", "cg-3")
+    );
+    assert_eq!(rows[1].1, "p-0311");
+    assert_eq!(rows[2].1, "n-4");
+    assert!(
+        rows[2]
+            .2
+            .contains("overridden: breakthrough pain, GP consulted"),
+        "{rows:?}"
+    );
+}

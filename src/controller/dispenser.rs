@@ -920,6 +920,7 @@ impl DispenserTask {
             record,
             Some("SKIPPED".into()),
             format!("skipped by {actor}"),
+            Some(actor.clone()),
         )
         .await;
         Ok("skipped".into())
@@ -1019,6 +1020,7 @@ impl DispenserTask {
                 .into(),
             ),
             format!("reconciled by {}: {}", found.actor, found.note),
+            Some(found.actor.clone()),
         )
         .await;
         // Not given and its window already closed: the dose is missed, as any other would be
@@ -1042,6 +1044,7 @@ impl DispenserTask {
                 record,
                 Some(crate::dosing::engine::Reason::MissedLocked.code()),
                 "reconciled as not given after its window closed".into(),
+                Some(found.actor.clone()),
             )
             .await;
             answer =
@@ -1082,7 +1085,20 @@ impl DispenserTask {
             }
             crate::dosing::engine::Decision::Dispense { units, .. } => {
                 let before = self.dosing.history.of(&patient).len();
-                self.dispense(patient.clone(), medication, slot, None, units)
+                let by = Requested {
+                    actor: request.actor.clone(),
+                    note: match &request.override_reason {
+                        Some(reason) => format!(
+                            "as-needed, requested by {} ({:?}), limits overridden: {reason}",
+                            request.actor, request.role
+                        ),
+                        None => format!(
+                            "as-needed, requested by {} ({:?})",
+                            request.actor, request.role
+                        ),
+                    },
+                };
+                self.dispense(patient.clone(), medication, slot, None, units, Some(by))
                     .await;
                 let outcome = self.dosing.history.of(&patient)[before..]
                     .last()
@@ -1152,7 +1168,7 @@ impl DispenserTask {
                         Some(Some(t)) => self.clock.monotonic() < *t,
                     };
                     if !waiting {
-                        self.dispense(patient, medication, slot, Some(occurrence), units)
+                        self.dispense(patient, medication, slot, Some(occurrence), units, None)
                             .await
                     }
                 }
@@ -1162,8 +1178,15 @@ impl DispenserTask {
                     reason,
                 } => {
                     let slot = self.slot_of(&patient, &record.medication);
-                    self.record(patient, slot, record, Some(reason.code()), String::new())
-                        .await;
+                    self.record(
+                        patient,
+                        slot,
+                        record,
+                        Some(reason.code()),
+                        String::new(),
+                        None,
+                    )
+                    .await;
                 }
                 Action::Alert {
                     patient,
@@ -1198,6 +1221,8 @@ impl DispenserTask {
             .unwrap_or(u8::MAX)
     }
 
+    /// Records a dose outcome. `actor` is the person it is theirs (skip, reconcile, a PRN
+    /// request or override); None for the dispenser's own decisions.
     async fn record(
         &mut self,
         patient: String,
@@ -1205,6 +1230,7 @@ impl DispenserTask {
         record: DoseRecord,
         reason: Option<String>,
         detail: String,
+        actor: Option<String>,
     ) {
         let mut record = record;
         // The slot is the second key of the medication's identity (`dosing::identity`).
@@ -1221,6 +1247,7 @@ impl DispenserTask {
                 record,
                 reason,
                 detail,
+                actor,
             },
         )
         .await;
@@ -1233,7 +1260,10 @@ impl DispenserTask {
         slot: u8,
         occurrence: Option<DateTime<Utc>>,
         units: u32,
+        by: Option<Requested>,
     ) {
+        let actor = by.as_ref().map(|b| b.actor.clone());
+        let note = by.map(|b| format!("; {}", b.note)).unwrap_or_default();
         if self.storage_locked {
             // Not even a refusal is recorded: it could not be. The planner asks again each
             // minute, and the window's close accounts for the dose if storage stays down.
@@ -1242,7 +1272,17 @@ impl DispenserTask {
         if !self.homed && !self.home().await {
             let detail = "the carousel could not find home; nothing moved";
             return self
-                .failed_before_motion(patient, medication, slot, occurrence, "NOT_HOMED", detail)
+                .failed_before_motion(
+                    Attempt {
+                        patient,
+                        medication,
+                        slot,
+                        occurrence,
+                        actor,
+                    },
+                    "NOT_HOMED",
+                    detail,
+                )
                 .await;
         }
         if self.dosing.inventory.short_of(slot, units) {
@@ -1250,7 +1290,17 @@ impl DispenserTask {
             let detail =
                 format!("slot {slot} holds {left} unit(s), the dose needs {units}; nothing moved");
             return self
-                .failed_before_motion(patient, medication, slot, occurrence, "SLOT_EMPTY", &detail)
+                .failed_before_motion(
+                    Attempt {
+                        patient,
+                        medication,
+                        slot,
+                        occurrence,
+                        actor,
+                    },
+                    "SLOT_EMPTY",
+                    &detail,
+                )
                 .await;
         }
         // Durable intent before any motion: if the process dies mid-turn, the restart finds it
@@ -1269,7 +1319,8 @@ impl DispenserTask {
             slot,
             intent,
             Some("DISPENSING".into()),
-            String::new(),
+            note.trim_start_matches("; ").to_string(),
+            actor.clone(),
         )
         .await;
         let token = crate::events::Durable::default();
@@ -1290,46 +1341,30 @@ impl DispenserTask {
         if !durable {
             let detail = "the intent could not be made durable; nothing moved";
             return self
-                .failed_before_motion(patient, medication, slot, occurrence, "NOT_DURABLE", detail)
+                .failed_before_motion(
+                    Attempt {
+                        patient,
+                        medication,
+                        slot,
+                        occurrence,
+                        actor,
+                    },
+                    "NOT_DURABLE",
+                    detail,
+                )
                 .await;
         }
         let result = self.dev.carousel.dispense(slot, units);
         let at = self.clock.now();
-        let (outcome, given, detail) = match &result {
-            Ok(r) if r.drops_seen == units && r.returned_home => (
-                Outcome::Dispensed,
-                units,
-                format!("{units} unit(s) seen falling"),
-            ),
-            Ok(r) => {
-                self.homed = r.returned_home;
-                (
-                    Outcome::Uncertain,
-                    r.drops_seen,
-                    format!(
-                        "{} of {units} unit(s) seen; carousel {} home",
-                        r.drops_seen,
-                        if r.returned_home {
-                            "returned"
-                        } else {
-                            "did not return"
-                        }
-                    ),
-                )
-            }
-            Err(CarouselError::Jammed { steps }) => {
-                self.homed = false;
-                (
-                    Outcome::Failed,
-                    0,
-                    format!("jammed at home after {steps} steps; nothing released"),
-                )
-            }
-            Err(e) => {
-                self.homed = false;
-                (Outcome::Uncertain, 0, e.to_string())
-            }
-        };
+        let DispenseOutcome {
+            outcome,
+            given,
+            detail,
+            homed,
+        } = classify(&result, units);
+        if let Some(h) = homed {
+            self.homed = h;
+        }
         let record = DoseRecord {
             medication,
             occurrence,
@@ -1362,22 +1397,29 @@ impl DispenserTask {
             }
             _ => {}
         }
-        self.record(patient, slot, record, None, detail).await;
+        self.record(
+            patient,
+            slot,
+            record,
+            None,
+            format!("{detail}{note}"),
+            actor,
+        )
+        .await;
         if matches!(outcome, Outcome::Dispensed | Outcome::Uncertain) {
             self.refresh_lights(true).await;
         }
     }
 
     /// Records a dispense that ended before the motor moved: `failed`, which may be tried again.
-    async fn failed_before_motion(
-        &mut self,
-        patient: String,
-        medication: String,
-        slot: u8,
-        occurrence: Option<DateTime<Utc>>,
-        code: &str,
-        detail: &str,
-    ) {
+    async fn failed_before_motion(&mut self, attempt: Attempt, code: &str, detail: &str) {
+        let Attempt {
+            patient,
+            medication,
+            slot,
+            occurrence,
+            actor,
+        } = attempt;
         let retry = (code != "SLOT_EMPTY").then(|| self.clock.monotonic() + FAILED_RETRY_AFTER);
         self.retry_after
             .insert((patient.clone(), medication.clone(), occurrence), retry);
@@ -1390,8 +1432,15 @@ impl DispenserTask {
             slot: None,
             elapsed: None,
         };
-        self.record(patient, slot, record, Some(code.into()), detail.into())
-            .await;
+        self.record(
+            patient,
+            slot,
+            record,
+            Some(code.into()),
+            detail.into(),
+            actor,
+        )
+        .await;
     }
 
     async fn taken(&mut self, at: DateTime<Utc>) {
@@ -1407,9 +1456,87 @@ impl DispenserTask {
                 outcome: Outcome::Taken,
                 ..p.record
             };
-            self.record(p.patient, p.slot, record, None, "picked up".into())
+            self.record(p.patient, p.slot, record, None, "picked up".into(), None)
                 .await;
         }
+    }
+}
+
+/// A dose being dispensed, for the records of an attempt that ends before the motor moves.
+struct Attempt {
+    patient: String,
+    medication: String,
+    slot: u8,
+    occurrence: Option<DateTime<Utc>>,
+    actor: Option<String>,
+}
+
+/// A dispense a person asked for (an as-needed dose): who, and what the records say of it
+/// (the request, and an override's reason).
+struct Requested {
+    actor: String,
+    note: String,
+}
+
+/// What a dispense attempt became, from what the carousel reported.
+#[derive(Debug, PartialEq)]
+struct DispenseOutcome {
+    outcome: Outcome,
+    /// Units the break-beam saw.
+    given: u32,
+    detail: String,
+    /// Whether the carousel is known at home afterwards (None: unchanged).
+    homed: Option<bool>,
+}
+
+/// Classifies a dispense (DESIGN: the dose lifecycle). Every drop seen and back home:
+/// `dispensed`. An error raised before the motor could move anything (no such slot, not homed,
+/// jammed at home): `failed`, which may be tried again. Anything else — too few drops, not back
+/// home, a motor or sensor failure mid-turn — `uncertain`: never retried automatically.
+fn classify(
+    result: &Result<crate::devices::DropReport, CarouselError>,
+    units: u32,
+) -> DispenseOutcome {
+    let out = |outcome, given, detail: String, homed| DispenseOutcome {
+        outcome,
+        given,
+        detail,
+        homed,
+    };
+    match result {
+        Ok(r) if r.drops_seen == units && r.returned_home => out(
+            Outcome::Dispensed,
+            units,
+            format!("{units} unit(s) seen falling"),
+            None,
+        ),
+        Ok(r) => out(
+            Outcome::Uncertain,
+            r.drops_seen,
+            format!(
+                "{} of {units} unit(s) seen; carousel {} home",
+                r.drops_seen,
+                if r.returned_home {
+                    "returned"
+                } else {
+                    "did not return"
+                }
+            ),
+            Some(r.returned_home),
+        ),
+        Err(CarouselError::Jammed { steps }) => out(
+            Outcome::Failed,
+            0,
+            format!("jammed at home after {steps} steps; nothing released"),
+            Some(false),
+        ),
+        Err(e @ (CarouselError::NoSuchSlot { .. } | CarouselError::NotHomed)) => out(
+            Outcome::Failed,
+            0,
+            format!("{e}; nothing moved"),
+            matches!(e, CarouselError::NotHomed).then_some(false),
+        ),
+        Err(e) => out(Outcome::Uncertain, 0, e.to_string(), Some(false)),
     }
 }
 
@@ -1421,4 +1548,45 @@ enum VitalSource {
 
 fn wall_minus_mono(clock: &dyn Clock) -> i64 {
     clock.now().timestamp() - clock.monotonic().as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DropReport;
+
+    fn report(drops_seen: u32, returned_home: bool) -> Result<DropReport, CarouselError> {
+        Ok(DropReport {
+            slot: 0,
+            requested: 2,
+            drops_seen,
+            stray_drops: 0,
+            returned_home,
+        })
+    }
+
+    #[test]
+    fn a_dispense_is_dispensed_only_with_every_drop_seen_and_home_reached() {
+        assert_eq!(classify(&report(2, true), 2).outcome, Outcome::Dispensed);
+        assert_eq!(classify(&report(1, true), 2).outcome, Outcome::Uncertain);
+        assert_eq!(classify(&report(2, false), 2).outcome, Outcome::Uncertain);
+    }
+
+    #[test]
+    fn errors_before_the_motor_moves_are_failed_never_uncertain() {
+        for e in [
+            CarouselError::NoSuchSlot { slot: 9, slots: 8 },
+            CarouselError::NotHomed,
+            CarouselError::Jammed { steps: 40 },
+        ] {
+            let c = classify(&Err(e), 1);
+            assert_eq!((c.outcome, c.given), (Outcome::Failed, 0), "{c:?}");
+        }
+        // A sensor failing mid-turn may have let something fall: uncertain.
+        let mid = CarouselError::Sensor {
+            line: "beam",
+            reason: "i/o".into(),
+        };
+        assert_eq!(classify(&Err(mid), 1).outcome, Outcome::Uncertain);
+    }
 }

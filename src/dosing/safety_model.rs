@@ -260,11 +260,14 @@ impl Appliance {
                 }
             }
             Op::Trust { correct } => {
+                let before = self.offset;
                 if *correct || self.offset > Duration::zero() {
                     // Nobody confirms a clock that shows the future: they set it right.
                     self.offset = Duration::zero();
                 }
-                if !self.trusted {
+                // Setting the clock is itself a step the running task sees (and records) before
+                // the person's confirmation is recorded.
+                if !self.trusted || self.offset != before {
                     self.trusted = true;
                     self.clock_event();
                 }

@@ -227,10 +227,11 @@ fn classify(e: &Event) -> (String, String, String, String) {
             medication,
             record,
             reason,
+            actor,
             ..
         } => (
             format!("dose.{}", name(&record.outcome)),
-            sys("dispenser"),
+            actor.clone().unwrap_or_else(|| sys("dispenser")),
             format!("patient:{patient}/medication:{medication}"),
             reason.clone().unwrap_or_default(),
         ),
