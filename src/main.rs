@@ -1493,8 +1493,11 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     let clock_floor = medbox::store::doses::clock_floor(recorder.connection())?;
     let clock_locked = medbox::store::doses::clock_locked(recorder.connection())?;
     let elapsed_anchor = medbox::store::doses::elapsed_anchor(recorder.connection())?;
+    let (unconfirmed, extra) =
+        medbox::store::schedules::check_loaded(recorder.connection(), &schedules)?;
     recorder.record_versions(
         &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),
+        &extra,
         "system:loader",
         chrono::Utc::now(),
         std::time::Duration::ZERO,
@@ -1503,6 +1506,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         clock_floor,
         clock_locked,
         elapsed_anchor,
+        unconfirmed,
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,

@@ -248,6 +248,7 @@ pub async fn run(
         }
     }
     let mut schedules = opts.schedules.clone();
+    let mut unconfirmed = Vec::new();
     if let Some(rec) = recorder.as_mut() {
         rec.set_device_id(&opts.device_id);
         rec.set_fhir(opts.fhir);
@@ -256,8 +257,11 @@ pub async fn run(
                 "schedule of {patient}: the version installed by command, from the store"
             );
         }
+        let (waiting, extra) = crate::store::schedules::check_loaded(rec.connection(), &schedules)?;
+        unconfirmed = waiting;
         rec.record_versions(
             &crate::store::recorder::config_versions(&opts.profile, &opts.coldchain, &schedules),
+            &extra,
             "system:loader",
             model.start,
             Duration::ZERO,
@@ -301,6 +305,7 @@ pub async fn run(
         clock_floor,
         clock_locked,
         elapsed_anchor,
+        unconfirmed,
         vitals: match &recorder {
             Some(r) => crate::store::vitals::recent(
                 r.connection(),

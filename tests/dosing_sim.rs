@@ -966,3 +966,77 @@ fn a_skip_and_a_prn_override_are_audited_with_the_person_and_the_reason() {
         "{rows:?}"
     );
 }
+
+/// The caregiver edits the methotrexate file behind the appliance's back: renamed, daily, the
+/// flag gone. At the next start the file is used but that medication is locked (its doses close
+/// held with CONFIRMATION_REQUIRED), a restart keeps the lock, and a second person's confirmation
+/// of that very version lifts it.
+#[test]
+fn a_file_edit_that_removes_a_weekly_guard_locks_the_medication_until_a_second_person_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let with = |p0107: &str| {
+        let mut s = schedules();
+        s[1] = Schedule::parse(p0107, Path::new("p-0107.toml")).unwrap();
+        s
+    };
+    let daily = DEFAULT_SCHEDULES[1]
+        .1
+        .replace("days = [\"mon\"]\nhigh_alert_weekly = true\n", "")
+        .replace("max_daily_units = 4\nlate = \"12h\"", "max_daily_units = 4")
+        .replace("\"Methotrexate\"", "\"Vitamin B12\"");
+    let slot2 = |db: &Path| -> Vec<(String, String)> {
+        let conn = medbox::store::schema::open_read_only(db).unwrap();
+        let rows = conn
+            .prepare(
+                "SELECT kind, reason FROM audit WHERE subject LIKE 'patient:p-0107/medication:Vitamin B12' \
+                 AND kind != 'dose.alert' ORDER BY seq",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    let run = |schedules: Vec<Schedule>, days: f64, sc: Option<Scenario>| {
+        common::run(SimOptions {
+            scenario: sc,
+            keep_records: false,
+            db: Some(db.clone()),
+            schedules,
+            ..common::options(days)
+        })
+    };
+    run(schedules(), 1.0, None);
+    // The edited file, two days: nothing from slot 2, each dose held for confirmation.
+    run(with(&daily), 2.0, None);
+    let rows = slot2(&db);
+    assert!(!rows.is_empty(), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(k, r)| k == "dose.held" && r == "CONFIRMATION_REQUIRED"),
+        "{rows:?}"
+    );
+    // A restart keeps the lock.
+    run(with(&daily), 1.0, None);
+    assert!(slot2(&db).iter().all(|(k, _)| k == "dose.held"));
+    // A nurse confirms the version the loader recorded: unlocked, dispensed from then on.
+    let version = medbox::dosing::replace::version(&with(&daily)[1]);
+    let confirm = scenario(vec![(
+        0.1,
+        command(
+            "replace_schedule",
+            "n-2",
+            "nurse",
+            serde_json::json!({"patient": "p-0107", "schedule": daily, "confirm": version}),
+        ),
+    )]);
+    let s = run(with(&daily), 1.0, Some(confirm));
+    assert!(s.commands_rejected.is_empty(), "{:?}", s.commands_rejected);
+    assert!(
+        slot2(&db).iter().any(|(k, _)| k == "dose.dispensed"),
+        "{:?}",
+        slot2(&db)
+    );
+}

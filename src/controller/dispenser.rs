@@ -87,6 +87,9 @@ pub(super) struct DispenserTask {
     shown: (bool, bool),
     /// Risky schedule changes waiting for a second person: version → who asked.
     awaiting_confirmation: std::collections::HashMap<String, String>,
+    /// Schedules loaded at start-up that removed a weekly guard, per patient: their
+    /// medications are locked in the planner until a second person confirms.
+    unconfirmed: std::collections::HashMap<String, crate::dosing::replace::Unconfirmed>,
     /// Wall minus monotonic at the last baseline, in seconds.
     baseline_s: i64,
     clock_trusted: bool,
@@ -125,11 +128,23 @@ impl DispenserTask {
             .min(0);
         let untrusted_at_start =
             (dosing.clock_locked || behind < -CLOCK_TOLERANCE_S).then_some(behind);
+        let mut planner = Planner::new(since);
+        let mut awaiting_confirmation = std::collections::HashMap::new();
+        let mut unconfirmed = std::collections::HashMap::new();
+        for u in std::mem::take(&mut dosing.unconfirmed) {
+            for m in &u.medications {
+                planner.lock(&u.patient, m);
+            }
+            // Whoever edited the file asked first; any other authorised person confirms.
+            awaiting_confirmation.insert(u.version.clone(), "system:loader".to_string());
+            unconfirmed.insert(u.patient.clone(), u);
+        }
         Self {
             untrusted_at_start,
             elapsed_base,
             mono_base: clock.monotonic(),
-            planner: Planner::new(since),
+            planner,
+            unconfirmed,
             clock,
             dev,
             events,
@@ -139,7 +154,7 @@ impl DispenserTask {
             pending: Vec::new(),
             attentive_until: Duration::ZERO,
             retry_after: Default::default(),
-            awaiting_confirmation: Default::default(),
+            awaiting_confirmation,
             storage_locked: false,
             fridge_alarm: false,
             shown: (false, false),
@@ -703,7 +718,10 @@ impl DispenserTask {
         let old = index.map(|i| &self.dosing.schedules[i]);
         let old_version = old.map(version);
         let new_version = version(&new);
-        if old_version.as_deref() == Some(new_version.as_str()) {
+        // A schedule loaded at start-up removed a guard and waits for a second person: the
+        // last confirmed version stays the reference, for this schedule or any other.
+        let pending = self.unconfirmed.get(&patient);
+        if old_version.as_deref() == Some(new_version.as_str()) && pending.is_none() {
             return Ok(format!(
                 "unchanged: version {new_version} is already in use"
             ));
@@ -715,7 +733,20 @@ impl DispenserTask {
             .filter(|s| s.patient != patient)
             .collect();
         let mut requested_by = None;
-        match check(old, &new, &others, self.clock.now()) {
+        let verdict = match (check(old, &new, &others, self.clock.now()), pending) {
+            (Ok(()), Some(u)) => {
+                let weak = crate::dosing::replace::weakened(&u.confirmed, &new);
+                if weak.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Refusal::NeedsConfirmation(
+                        weak.into_iter().map(|(_, why)| why).collect(),
+                    ))
+                }
+            }
+            (verdict, _) => verdict,
+        };
+        match verdict {
             Ok(()) => {}
             Err(Refusal::Conflicts(c)) => return Err(c.join("; ")),
             Err(Refusal::NeedsConfirmation(c)) => {
@@ -745,6 +776,9 @@ impl DispenserTask {
         match index {
             Some(i) => self.dosing.schedules[i] = new,
             None => self.dosing.schedules.push(new),
+        }
+        if self.unconfirmed.remove(&patient).is_some() {
+            self.planner.unlock(&patient);
         }
         super::emit(
             &self.events,
@@ -1068,6 +1102,13 @@ impl DispenserTask {
             return Err(format!("UNKNOWN_MEDICATION: {medication:?}"));
         };
         self.storage_works()?;
+        if self.planner.is_locked(&patient, &m.name) {
+            return Err(format!(
+                "{}: the schedule in force removed the weekly high-alert guard of {}; a second person must confirm it",
+                crate::dosing::engine::Reason::ConfirmationRequired.code(),
+                m.name
+            ));
+        }
         let decision = crate::dosing::engine::decide_prn(
             m,
             schedule.tz,

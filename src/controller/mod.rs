@@ -202,6 +202,9 @@ pub struct Dosing {
     /// The latest record that holds both clocks (a dose record or a clock event): its wall
     /// time and its place on the elapsed timeline, from which the timeline resumes.
     pub elapsed_anchor: Option<crate::dosing::engine::ElapsedAnchor>,
+    /// Schedules found at start-up that removed a weekly guard: their medications stay locked
+    /// until a second person confirms.
+    pub unconfirmed: Vec<crate::dosing::replace::Unconfirmed>,
 }
 
 /// Handles to the running controller.

@@ -257,11 +257,14 @@ pub enum Reason {
     LowQualityReading,
     /// The wall clock is not trusted.
     ClockUntrusted,
+    /// The schedule in force removed this medication's weekly guard (a rename, a flag, a
+    /// file edited behind the appliance's back) and no second person has confirmed it yet.
+    ConfirmationRequired,
 }
 
 impl Reason {
     /// Every reason, for documentation checks.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::TooEarly,
         Reason::MissedLocked,
         Reason::AlreadyDispensed,
@@ -278,6 +281,7 @@ impl Reason {
         Reason::NeedsReading,
         Reason::LowQualityReading,
         Reason::ClockUntrusted,
+        Reason::ConfirmationRequired,
     ];
 
     /// The stable code.

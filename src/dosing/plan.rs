@@ -59,12 +59,18 @@ pub struct Planner {
     last_reason: BTreeMap<(String, String, DateTime<Utc>), Reason>,
     alerted: BTreeSet<(String, String, DateTime<Utc>, String)>,
     closed: BTreeSet<(String, String, DateTime<Utc>)>,
+    /// Medications (patient, normalised name) locked until a second person confirms the
+    /// schedule that removed their weekly guard.
+    locked: BTreeSet<(String, String)>,
 }
 
 fn is_hold(r: Reason) -> bool {
     matches!(
         r,
-        Reason::HeldVitals | Reason::NeedsReading | Reason::LowQualityReading
+        Reason::HeldVitals
+            | Reason::NeedsReading
+            | Reason::LowQualityReading
+            | Reason::ConfirmationRequired
     )
 }
 
@@ -78,7 +84,25 @@ impl Planner {
             last_reason: BTreeMap::new(),
             alerted: BTreeSet::new(),
             closed: BTreeSet::new(),
+            locked: BTreeSet::new(),
         }
+    }
+
+    /// Locks a medication until [`Planner::unlock`]: nothing of it is dispensed meanwhile.
+    pub fn lock(&mut self, patient: &str, medication: &str) {
+        self.locked
+            .insert((patient.to_string(), super::identity::normalise(medication)));
+    }
+
+    /// Lifts every lock of a patient's (the second person confirmed).
+    pub fn unlock(&mut self, patient: &str) {
+        self.locked.retain(|(p, _)| p != patient);
+    }
+
+    /// Whether a medication is locked.
+    pub fn is_locked(&self, patient: &str, medication: &str) -> bool {
+        self.locked
+            .contains(&(patient.to_string(), super::identity::normalise(medication)))
     }
 
     /// The actions due at `now`. `vitals` may hold several patients' readings: each schedule's
@@ -146,7 +170,18 @@ impl Planner {
                         reason,
                     });
                 }
-                match decide(m, rec, s.tz, clocks, history, vitals, clock_trusted) {
+                let decision = if self.is_locked(&s.patient, &m.name) {
+                    Decision::Refuse {
+                        reason: Reason::ConfirmationRequired,
+                        detail: format!(
+                            "the schedule in force removed the weekly high-alert guard of {}; a second person must confirm it",
+                            m.name
+                        ),
+                    }
+                } else {
+                    decide(m, rec, s.tz, clocks, history, vitals, clock_trusted)
+                };
+                match decision {
                     Decision::Dispense {
                         occurrence: Some(o),
                         units,

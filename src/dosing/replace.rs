@@ -5,8 +5,83 @@
 //! Pure: the dispenser task applies the result and records it.
 
 use super::engine::windows;
-use super::schedule::Schedule;
+use super::schedule::{Medication, Schedule};
 use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A medication under the weekly guard in a confirmed schedule version, as the store remembers
+/// it between versions (name and slot: the two keys of its identity).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarded {
+    /// Its name in that version.
+    pub name: String,
+    /// Its slot.
+    pub slot: u8,
+}
+
+/// The guarded medications of a schedule.
+pub fn guarded(s: &Schedule) -> Vec<Guarded> {
+    s.medications
+        .iter()
+        .filter(|(m, _)| m.weekly_guard())
+        .map(|(m, _)| Guarded {
+            name: m.name.clone(),
+            slot: *m.slot.get_ref(),
+        })
+        .collect()
+}
+
+/// The medication of `new` that continues one of an older version: the same name in any
+/// letter case, or, renamed, the one in the same slot.
+fn counterpart<'a>(new: &'a Schedule, name: &str, slot: u8) -> Option<&'a Medication> {
+    new.medication(name)
+        .or_else(|| {
+            new.medications
+                .iter()
+                .find(|(n, _)| *n.slot.get_ref() == slot)
+        })
+        .map(|(m, _)| m)
+}
+
+/// The medications of `new` that continue a guarded medication of the last confirmed version
+/// without the guard (renamed off the built-in list and unflagged), each with why: until a
+/// second person confirms, each is locked. This is how a file edited behind the appliance's
+/// back is held to the same rule as a `replace_schedule` command.
+pub fn weakened(confirmed: &[Guarded], new: &Schedule) -> Vec<(String, String)> {
+    confirmed
+        .iter()
+        .filter_map(|g| {
+            let n = counterpart(new, &g.name, g.slot)?;
+            (!n.weekly_guard()).then(|| {
+                (
+                    n.name.clone(),
+                    format!(
+                        "{}: the weekly high-alert guard is removed (now {:?} in slot {})",
+                        g.name,
+                        n.name,
+                        n.slot.get_ref()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A schedule version that weakens a guard and waits for a second person: its medications
+/// that continue a guarded one are locked meanwhile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    /// Patient pseudonym.
+    pub patient: String,
+    /// The version a second person must confirm (`replace_schedule` with `confirm`).
+    pub version: String,
+    /// The locked medications (their names in the new version).
+    pub medications: Vec<String>,
+    /// Why, one line each.
+    pub reasons: Vec<String>,
+    /// The guards of the last confirmed version, still the reference.
+    pub confirmed: Vec<Guarded>,
+}
 
 /// How far ahead occurrences are counted to compare frequencies.
 const COMPARE_DAYS: i64 = 28;
@@ -86,11 +161,7 @@ pub fn check(
             continue;
         }
         // The same medication by name (any case) or, renamed, by the slot its pills are in.
-        let Some((n, _)) = new.medication(&m.name).or_else(|| {
-            new.medications
-                .iter()
-                .find(|(n, _)| n.slot.get_ref() == m.slot.get_ref())
-        }) else {
+        let Some(n) = counterpart(new, &m.name, *m.slot.get_ref()) else {
             continue;
         };
         let (before, after) = (

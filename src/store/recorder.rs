@@ -417,6 +417,7 @@ impl Recorder {
     pub fn record_versions(
         &mut self,
         items: &[(String, String)],
+        extra: &std::collections::BTreeMap<String, serde_json::Value>,
         actor: &str,
         now: DateTime<Utc>,
         mono: Duration,
@@ -437,6 +438,8 @@ impl Recorder {
                 )
                 .optional()?
                 .flatten();
+            // An unchanged version is not written again (a lock it carries stays in force: the
+            // row that says so is still the latest).
             if old.as_deref() == Some(version.as_str()) {
                 continue;
             }
@@ -454,7 +457,15 @@ impl Recorder {
                     actor: actor.to_string(),
                     kind: kind.to_string(),
                     subject: subject.clone(),
-                    body: serde_json::json!({ "old": old, "new": version }),
+                    body: {
+                        let mut body = serde_json::json!({ "old": old, "new": version });
+                        if let (Some(b), Some(serde_json::Value::Object(more))) =
+                            (body.as_object_mut(), extra.get(subject))
+                        {
+                            b.extend(more.clone());
+                        }
+                        body
+                    },
                     reason: if old.is_some() {
                         "CHANGED".into()
                     } else {

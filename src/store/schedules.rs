@@ -71,3 +71,78 @@ pub fn apply_installed(
     }
     Ok(applied)
 }
+
+/// The guarded medications of a patient's last *confirmed* schedule version: from the latest
+/// `schedule.change` row, the schedule a command installed (its text) or the guards the loader
+/// recorded (which a loaded file that removed a guard does not replace until a second person
+/// confirms). None when nothing was recorded yet.
+pub fn confirmed_guards(
+    conn: &Connection,
+    patient: &str,
+) -> Result<Option<Vec<crate::dosing::replace::Guarded>>, StoreError> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM audit WHERE kind = 'schedule.change' AND subject = ?1 \
+             ORDER BY seq DESC LIMIT 1",
+            params![format!("schedule:{patient}")],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(body) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) else {
+        return Ok(None);
+    };
+    if let Some(source) = body.get("source").and_then(serde_json::Value::as_str) {
+        return Ok(Schedule::parse(source, Path::new("store"))
+            .ok()
+            .map(|s| crate::dosing::replace::guarded(&s)));
+    }
+    Ok(body
+        .get("guards")
+        .and_then(|g| serde_json::from_value(g.clone()).ok()))
+}
+
+/// Checks schedule files found at start-up against the last confirmed versions: a file that
+/// removes a weekly guard (edited behind the appliance's back) is used, but the medications
+/// concerned stay locked until a second person confirms. Returns what waits for confirmation
+/// and, per schedule subject, what the loader's audit row must carry (`guards`: the confirmed
+/// reference; `unconfirmed`: the locked medications).
+pub fn check_loaded(
+    conn: &Connection,
+    schedules: &[Schedule],
+) -> Result<
+    (
+        Vec<crate::dosing::replace::Unconfirmed>,
+        std::collections::BTreeMap<String, serde_json::Value>,
+    ),
+    StoreError,
+> {
+    use crate::dosing::replace::{guarded, version, weakened, Unconfirmed};
+    let mut waiting = Vec::new();
+    let mut extra = std::collections::BTreeMap::new();
+    for s in schedules {
+        let subject = format!("schedule:{}", s.patient);
+        let confirmed = confirmed_guards(conn, &s.patient)?;
+        let weak = confirmed
+            .as_deref()
+            .map(|c| weakened(c, s))
+            .unwrap_or_default();
+        if weak.is_empty() {
+            extra.insert(subject, serde_json::json!({ "guards": guarded(s) }));
+            continue;
+        }
+        let confirmed = confirmed.unwrap_or_default();
+        let u = Unconfirmed {
+            patient: s.patient.clone(),
+            version: version(s),
+            medications: weak.iter().map(|(m, _)| m.clone()).collect(),
+            reasons: weak.into_iter().map(|(_, r)| r).collect(),
+            confirmed: confirmed.clone(),
+        };
+        extra.insert(
+            subject,
+            serde_json::json!({ "guards": confirmed, "unconfirmed": u.medications, "reasons": u.reasons }),
+        );
+        waiting.push(u);
+    }
+    Ok((waiting, extra))
+}
