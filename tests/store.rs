@@ -693,6 +693,15 @@ payload = '{"id": "t1", "actor": "cg-7", "role": "caregiver", "args": {"comment"
         )
         .unwrap();
     assert_eq!((actor.as_str(), reason.as_str()), ("cg-7", "TRUSTED"));
+    let after_trust: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE clock_trusted = 0 \
+             AND seq >= (SELECT max(seq) FROM audit WHERE kind = 'system.clock')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(after_trust, 0, "rows after trust_clock are trusted");
     let all = dispensed(&conn);
     assert!(all.len() > first.len(), "dosing resumed: {all:?}");
     let unique: std::collections::BTreeSet<&String> = all.iter().collect();

@@ -37,9 +37,12 @@ pub enum Health {
 /// Events waiting for storage, oldest first.
 #[derive(Default)]
 pub struct Backlog {
-    held: VecDeque<(Event, Duration, DateTime<Utc>)>,
+    held: VecDeque<(Event, Duration, DateTime<Utc>, bool)>,
     failing_since: Option<tokio::time::Instant>,
     last_error: Option<StoreError>,
+    /// The dispenser last reported its wall clock untrusted: every row says so (its
+    /// `clock_trusted` column) until a person trusts it again.
+    clock_untrusted: bool,
 }
 
 impl Backlog {
@@ -61,15 +64,18 @@ impl Backlog {
         mono: Duration,
         now: DateTime<Utc>,
     ) -> Health {
-        self.held.push_back((ev, mono, now));
+        if let Event::ClockTrust { trusted, .. } = &ev {
+            self.clock_untrusted = !trusted;
+        }
+        self.held.push_back((ev, mono, now, !self.clock_untrusted));
         self.retry(rec)
     }
 
     /// Tries again to record what is held.
     pub fn retry(&mut self, rec: &mut Recorder) -> Health {
         let mut recorded = Vec::new();
-        while let Some((ev, mono, now)) = self.held.front() {
-            match rec.record(ev, *mono, true, *now) {
+        while let Some((ev, mono, now, trusted)) = self.held.front() {
+            match rec.record(ev, *mono, *trusted, *now) {
                 Ok(r) => {
                     recorded.push(r);
                     self.held.pop_front();
@@ -95,7 +101,7 @@ impl Backlog {
     pub fn into_parts(self) -> (Option<StoreError>, Vec<Event>) {
         (
             self.last_error,
-            self.held.into_iter().map(|(e, _, _)| e).collect(),
+            self.held.into_iter().map(|(e, ..)| e).collect(),
         )
     }
 }
