@@ -1126,21 +1126,25 @@ impl DispenserTask {
             }
             crate::dosing::engine::Decision::Dispense { units, .. } => {
                 let before = self.dosing.history.of(&patient).len();
-                let by = Requested {
-                    actor: request.actor.clone(),
-                    note: match &request.override_reason {
-                        Some(reason) => format!(
-                            "as-needed, requested by {} ({:?}), limits overridden: {reason}",
-                            request.actor, request.role
-                        ),
-                        None => format!(
-                            "as-needed, requested by {} ({:?})",
-                            request.actor, request.role
-                        ),
-                    },
+                // The records say who asked, and why an override was allowed.
+                let note = match &request.override_reason {
+                    Some(reason) => format!(
+                        "as-needed, requested by {} ({:?}), limits overridden: {reason}",
+                        request.actor, request.role
+                    ),
+                    None => format!(
+                        "as-needed, requested by {} ({:?})",
+                        request.actor, request.role
+                    ),
                 };
-                self.dispense(patient.clone(), medication, slot, None, units, Some(by))
-                    .await;
+                let attempt = Attempt {
+                    patient: patient.clone(),
+                    medication,
+                    slot,
+                    occurrence: None,
+                    actor: Some(request.actor.clone()),
+                };
+                self.dispense(attempt, units, Some(note)).await;
                 let outcome = self.dosing.history.of(&patient)[before..]
                     .last()
                     .map(|r| r.outcome);
@@ -1209,8 +1213,14 @@ impl DispenserTask {
                         Some(Some(t)) => self.clock.monotonic() < *t,
                     };
                     if !waiting {
-                        self.dispense(patient, medication, slot, Some(occurrence), units, None)
-                            .await
+                        let attempt = Attempt {
+                            patient,
+                            medication,
+                            slot,
+                            occurrence: Some(occurrence),
+                            actor: None,
+                        };
+                        self.dispense(attempt, units, None).await
                     }
                 }
                 Action::Record {
@@ -1294,17 +1304,9 @@ impl DispenserTask {
         .await;
     }
 
-    async fn dispense(
-        &mut self,
-        patient: String,
-        medication: String,
-        slot: u8,
-        occurrence: Option<DateTime<Utc>>,
-        units: u32,
-        by: Option<Requested>,
-    ) {
-        let actor = by.as_ref().map(|b| b.actor.clone());
-        let note = by.map(|b| format!("; {}", b.note)).unwrap_or_default();
+    /// Dispenses `units` for `attempt`; `note` says who asked for an as-needed dose and why.
+    async fn dispense(&mut self, attempt: Attempt, units: u32, note: Option<String>) {
+        let (slot, occurrence) = (attempt.slot, attempt.occurrence);
         if self.storage_locked {
             // Not even a refusal is recorded: it could not be. The planner asks again each
             // minute, and the window's close accounts for the dose if storage stays down.
@@ -1313,17 +1315,7 @@ impl DispenserTask {
         if !self.homed && !self.home().await {
             let detail = "the carousel could not find home; nothing moved";
             return self
-                .failed_before_motion(
-                    Attempt {
-                        patient,
-                        medication,
-                        slot,
-                        occurrence,
-                        actor,
-                    },
-                    "NOT_HOMED",
-                    detail,
-                )
+                .failed_before_motion(attempt, "NOT_HOMED", detail)
                 .await;
         }
         if self.dosing.inventory.short_of(slot, units) {
@@ -1331,23 +1323,13 @@ impl DispenserTask {
             let detail =
                 format!("slot {slot} holds {left} unit(s), the dose needs {units}; nothing moved");
             return self
-                .failed_before_motion(
-                    Attempt {
-                        patient,
-                        medication,
-                        slot,
-                        occurrence,
-                        actor,
-                    },
-                    "SLOT_EMPTY",
-                    &detail,
-                )
+                .failed_before_motion(attempt, "SLOT_EMPTY", &detail)
                 .await;
         }
         // Durable intent before any motion: if the process dies mid-turn, the restart finds it
         // and treats the dose as uncertain instead of dispensing it again.
         let intent = DoseRecord {
-            medication: medication.clone(),
+            medication: attempt.medication.clone(),
             occurrence,
             at: self.clock.now(),
             units,
@@ -1356,12 +1338,12 @@ impl DispenserTask {
             elapsed: None,
         };
         self.record(
-            patient.clone(),
+            attempt.patient.clone(),
             slot,
             intent,
             Some("DISPENSING".into()),
-            note.trim_start_matches("; ").to_string(),
-            actor.clone(),
+            note.clone().unwrap_or_default(),
+            attempt.actor.clone(),
         )
         .await;
         let token = crate::events::Durable::default();
@@ -1382,19 +1364,16 @@ impl DispenserTask {
         if !durable {
             let detail = "the intent could not be made durable; nothing moved";
             return self
-                .failed_before_motion(
-                    Attempt {
-                        patient,
-                        medication,
-                        slot,
-                        occurrence,
-                        actor,
-                    },
-                    "NOT_DURABLE",
-                    detail,
-                )
+                .failed_before_motion(attempt, "NOT_DURABLE", detail)
                 .await;
         }
+        let Attempt {
+            patient,
+            medication,
+            actor,
+            ..
+        } = attempt;
+        let note = note.map(|n| format!("; {n}")).unwrap_or_default();
         let result = self.dev.carousel.dispense(slot, units);
         let at = self.clock.now();
         let DispenseOutcome {
@@ -1503,20 +1482,14 @@ impl DispenserTask {
     }
 }
 
-/// A dose being dispensed, for the records of an attempt that ends before the motor moves.
+/// A dose being dispensed: whose, what, from which slot, for which occurrence (None: as
+/// needed), and the person who asked for it (None: the schedule).
 struct Attempt {
     patient: String,
     medication: String,
     slot: u8,
     occurrence: Option<DateTime<Utc>>,
     actor: Option<String>,
-}
-
-/// A dispense a person asked for (an as-needed dose): who, and what the records say of it
-/// (the request, and an override's reason).
-struct Requested {
-    actor: String,
-    note: String,
 }
 
 /// What a dispense attempt became, from what the carousel reported.
