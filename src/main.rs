@@ -1507,6 +1507,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         clock_locked,
         elapsed_anchor,
         unconfirmed,
+        installed_at: medbox::store::schedules::installed_at(recorder.connection())?,
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,

@@ -306,6 +306,10 @@ pub async fn run(
         clock_locked,
         elapsed_anchor,
         unconfirmed,
+        installed_at: match &recorder {
+            Some(r) => crate::store::schedules::installed_at(r.connection())?,
+            None => Default::default(),
+        },
         vitals: match &recorder {
             Some(r) => crate::store::vitals::recent(
                 r.connection(),

@@ -129,6 +129,9 @@ impl DispenserTask {
         let untrusted_at_start =
             (dosing.clock_locked || behind < -CLOCK_TOLERANCE_S).then_some(behind);
         let mut planner = Planner::new(since);
+        for (patient, at) in std::mem::take(&mut dosing.installed_at) {
+            planner.schedule_installed(&patient, at);
+        }
         let mut awaiting_confirmation = std::collections::HashMap::new();
         let mut unconfirmed = std::collections::HashMap::new();
         for u in std::mem::take(&mut dosing.unconfirmed) {
@@ -780,6 +783,7 @@ impl DispenserTask {
         if self.unconfirmed.remove(&patient).is_some() {
             self.planner.unlock(&patient);
         }
+        self.planner.schedule_installed(&patient, self.clock.now());
         super::emit(
             &self.events,
             Event::ScheduleReplaced {

@@ -205,6 +205,8 @@ pub struct Dosing {
     /// Schedules found at start-up that removed a weekly guard: their medications stay locked
     /// until a second person confirms.
     pub unconfirmed: Vec<crate::dosing::replace::Unconfirmed>,
+    /// When each patient's schedule in force was installed (from the store).
+    pub installed_at: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 }
 
 /// Handles to the running controller.

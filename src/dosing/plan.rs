@@ -62,6 +62,9 @@ pub struct Planner {
     /// Medications (patient, normalised name) locked until a second person confirms the
     /// schedule that removed their weekly guard.
     locked: BTreeSet<(String, String)>,
+    /// When each patient's schedule in force was installed: its doses whose windows had
+    /// closed by then were never due, so they are never closed as missed.
+    in_force_from: BTreeMap<String, DateTime<Utc>>,
 }
 
 fn is_hold(r: Reason) -> bool {
@@ -85,7 +88,14 @@ impl Planner {
             alerted: BTreeSet::new(),
             closed: BTreeSet::new(),
             locked: BTreeSet::new(),
+            in_force_from: BTreeMap::new(),
         }
+    }
+
+    /// A patient's schedule was replaced (or changed on disk) at `at`: doses of the new one
+    /// whose windows had closed by then were never due and are not recorded missed.
+    pub fn schedule_installed(&mut self, patient: &str, at: DateTime<Utc>) {
+        self.in_force_from.insert(patient.to_string(), at);
     }
 
     /// Locks a medication until [`Planner::unlock`]: nothing of it is dispensed meanwhile.
@@ -128,6 +138,10 @@ impl Planner {
                 for w in super::engine::windows(m, rec, s.tz, now - Duration::days(1), now) {
                     if w.closes > now
                         || w.occurrence < self.since
+                        || self
+                            .in_force_from
+                            .get(&s.patient)
+                            .is_some_and(|from| w.closes <= *from)
                         || self.closed.contains(&key_of(w.occurrence))
                     {
                         continue;
@@ -413,6 +427,35 @@ mod tests {
         );
         assert!(
             acts.iter().any(|a| matches!(a, Action::Record { record, reason: Reason::AlreadyDispensed, .. } if record.outcome == Outcome::Skipped)),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn occurrences_from_before_a_schedule_was_installed_are_never_recorded_missed() {
+        // A medication added at 15:00 with a dose at 08:00: today's 08:00 was never prescribed.
+        let s = sched("[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\n");
+        let mut p = Planner::new(utc("2026-03-01T00:00:00Z"));
+        p.schedule_installed("p-1", utc("2026-03-02T15:00:00Z"));
+        let acts = p.plan(
+            std::slice::from_ref(&s),
+            utc("2026-03-02T15:01:00Z"),
+            &DoseHistory::default(),
+            &[],
+            true,
+        );
+        assert!(acts.is_empty(), "{acts:?}");
+        // Without it, the same plan records it missed.
+        let mut q = Planner::new(utc("2026-03-01T00:00:00Z"));
+        let acts = q.plan(
+            std::slice::from_ref(&s),
+            utc("2026-03-02T15:01:00Z"),
+            &DoseHistory::default(),
+            &[],
+            true,
+        );
+        assert!(
+            matches!(acts.as_slice(), [Action::Record { .. }]),
             "{acts:?}"
         );
     }

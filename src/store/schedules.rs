@@ -146,3 +146,25 @@ pub fn check_loaded(
     }
     Ok((waiting, extra))
 }
+
+/// When each patient's schedule version in force was recorded (the latest `schedule.change`
+/// row), so the planner never records as missed a dose from before it was prescribed.
+pub fn installed_at(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT subject, max(utc) FROM audit WHERE kind = 'schedule.change' GROUP BY subject",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = std::collections::BTreeMap::new();
+    for row in rows {
+        let (subject, utc) = row?;
+        if let (Some(patient), Ok(t)) = (
+            subject.strip_prefix("schedule:"),
+            chrono::DateTime::parse_from_rfc3339(&utc),
+        ) {
+            out.insert(patient.to_string(), t.with_timezone(&chrono::Utc));
+        }
+    }
+    Ok(out)
+}
