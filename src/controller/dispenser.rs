@@ -10,7 +10,7 @@
 use super::{device_fault, DispenserCommand, Dosing};
 use crate::clock::{self, Clock};
 use crate::devices::{CarouselError, DispenserDevices};
-use crate::dosing::engine::{DoseRecord, Now, Outcome, VitalReading};
+use crate::dosing::engine::{DoseRecord, Now, Outcome, VitalReading, CLOCK_TOLERANCE_S};
 use crate::dosing::escalation::{self, Step};
 use crate::dosing::plan::{Action, Planner};
 use crate::events::Event;
@@ -36,8 +36,6 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(24 * 3600);
 const DURABLE_WITHIN: Duration = Duration::from_secs(30);
 /// How long a dose whose dispense failed before motion waits before it is tried again.
 const FAILED_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
-/// A wall clock this far off the monotonic clock is not trusted (DESIGN.md §4).
-const CLOCK_TOLERANCE_S: i64 = 60;
 
 /// A dose by patient, medication and occurrence (None: as needed).
 type DoseKey = (String, String, Option<DateTime<Utc>>);
@@ -122,12 +120,8 @@ impl DispenserTask {
         let now = clock.now();
         let elapsed_base =
             crate::dosing::engine::resume_elapsed(now, dosing.elapsed_anchor, !dosing.clock_locked);
-        let behind = dosing
-            .clock_floor
-            .map_or(0, |f| (now - f).num_seconds())
-            .min(0);
         let untrusted_at_start =
-            (dosing.clock_locked || behind < -CLOCK_TOLERANCE_S).then_some(behind);
+            crate::dosing::engine::untrusted_at_start(now, dosing.clock_floor, dosing.clock_locked);
         let mut planner = Planner::new(since);
         for (patient, at) in std::mem::take(&mut dosing.installed_at) {
             planner.schedule_installed(&patient, at);
@@ -943,15 +937,13 @@ impl DispenserTask {
             return Err("ALREADY_SETTLED: this dose already has an outcome".into());
         }
         self.storage_works()?;
-        let record = DoseRecord {
+        let record = crate::dosing::engine::record(
             medication,
-            occurrence: Some(occurrence),
-            at: self.clock.now(),
-            units: 0,
-            outcome: Outcome::Skipped,
-            slot: None,
-            elapsed: None,
-        };
+            Some(occurrence),
+            self.clock.now(),
+            0,
+            Outcome::Skipped,
+        );
         self.record(
             patient,
             slot,
@@ -1031,15 +1023,13 @@ impl DispenserTask {
                 .inventory
                 .dose(slot, occurrence, Outcome::ConfirmedNotGiven, 0);
             (
-                DoseRecord {
+                crate::dosing::engine::record(
                     medication,
                     occurrence,
-                    at: self.clock.now(),
-                    units: 0,
-                    outcome: Outcome::ConfirmedNotGiven,
-                    slot: None,
-                    elapsed: None,
-                },
+                    self.clock.now(),
+                    0,
+                    Outcome::ConfirmedNotGiven,
+                ),
                 "reconciled: not given; the dose may be dispensed again while its window is open"
                     .to_string(),
             )
@@ -1067,15 +1057,13 @@ impl DispenserTask {
             .window_of(&patient, &medication, occurrence)
             .is_some_and(|w| w.closes <= self.clock.now());
         if !found.given && closed {
-            let record = DoseRecord {
+            let record = crate::dosing::engine::record(
                 medication,
                 occurrence,
-                at: self.clock.now(),
-                units: 0,
-                outcome: Outcome::Missed,
-                slot: None,
-                elapsed: None,
-            };
+                self.clock.now(),
+                0,
+                Outcome::Missed,
+            );
             self.record(
                 patient,
                 slot,
@@ -1332,15 +1320,13 @@ impl DispenserTask {
         }
         // Durable intent before any motion: if the process dies mid-turn, the restart finds it
         // and treats the dose as uncertain instead of dispensing it again.
-        let intent = DoseRecord {
-            medication: attempt.medication.clone(),
+        let intent = crate::dosing::engine::record(
+            attempt.medication.clone(),
             occurrence,
-            at: self.clock.now(),
+            self.clock.now(),
             units,
-            outcome: Outcome::Dispensing,
-            slot: None,
-            elapsed: None,
-        };
+            Outcome::Dispensing,
+        );
         self.record(
             attempt.patient.clone(),
             slot,
@@ -1447,15 +1433,13 @@ impl DispenserTask {
         let retry = (code != "SLOT_EMPTY").then(|| self.clock.monotonic() + FAILED_RETRY_AFTER);
         self.retry_after
             .insert((patient.clone(), medication.clone(), occurrence), retry);
-        let record = DoseRecord {
+        let record = crate::dosing::engine::record(
             medication,
             occurrence,
-            at: self.clock.now(),
-            units: 0,
-            outcome: Outcome::Failed,
-            slot: None,
-            elapsed: None,
-        };
+            self.clock.now(),
+            0,
+            Outcome::Failed,
+        );
         self.record(
             patient,
             slot,

@@ -134,6 +134,44 @@ pub struct Now {
     pub elapsed: DateTime<Utc>,
 }
 
+/// A wall clock this far off the monotonic clock, or this far behind the time floor at
+/// start-up, is not trusted: dispensing locks until a person confirms it.
+pub const CLOCK_TOLERANCE_S: i64 = 60;
+
+/// Whether the dispenser may trust the wall clock when it starts: not when it reads more than
+/// [`CLOCK_TOLERANCE_S`] behind the time floor (the last durable record: a Pi without a
+/// real-time clock before NTP), and never when the clock was left untrusted (`locked`): a
+/// restart does not lift a lock, only a person does. `Some(seconds behind the floor, 0 or
+/// less)` when untrusted.
+pub fn untrusted_at_start(
+    wall: DateTime<Utc>,
+    floor: Option<DateTime<Utc>>,
+    locked: bool,
+) -> Option<i64> {
+    let behind = floor.map_or(0, |f| (wall - f).num_seconds()).min(0);
+    (locked || behind < -CLOCK_TOLERANCE_S).then_some(behind)
+}
+
+/// A dose record with no slot or elapsed time yet (the dispenser adds both when it records
+/// it).
+pub fn record(
+    medication: String,
+    occurrence: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+    units: u32,
+    outcome: Outcome,
+) -> DoseRecord {
+    DoseRecord {
+        medication,
+        occurrence,
+        at,
+        units,
+        outcome,
+        slot: None,
+        elapsed: None,
+    }
+}
+
 /// The latest record that holds both clocks: (its wall time, its place on the elapsed
 /// timeline), read together so a clock corrected in between cannot skew them.
 pub type ElapsedAnchor = (DateTime<Utc>, DateTime<Utc>);
@@ -1358,6 +1396,35 @@ mod tests {
         assert_eq!(
             reason(&prn_at(&s, "2026-03-02T03:00:00Z", &three, &patient())),
             Some(Reason::PrnTooSoon)
+        );
+    }
+
+    #[test]
+    fn a_start_behind_the_time_floor_or_a_lock_left_at_stop_keeps_dispensing_locked() {
+        let floor = Some(utc("2026-03-02T12:00:00Z"));
+        // Behind the last record by more than the tolerance: locked, and by how much.
+        assert_eq!(
+            untrusted_at_start(utc("2026-03-02T11:00:00Z"), floor, false),
+            Some(-3600)
+        );
+        // Within the tolerance, or ahead (time passed while off): trusted.
+        assert_eq!(
+            untrusted_at_start(utc("2026-03-02T11:59:30Z"), floor, false),
+            None
+        );
+        assert_eq!(
+            untrusted_at_start(utc("2026-03-05T08:00:00Z"), floor, false),
+            None
+        );
+        // A lock left when the appliance stopped survives the restart, whatever the clock.
+        assert_eq!(
+            untrusted_at_start(utc("2026-03-05T08:00:00Z"), floor, true),
+            Some(0)
+        );
+        // A new appliance has no floor.
+        assert_eq!(
+            untrusted_at_start(utc("2026-03-02T11:00:00Z"), None, false),
+            None
         );
     }
 

@@ -30,7 +30,7 @@ use std::path::Path;
 
 const START: &str = "2026-03-23T00:00:00Z";
 const PATIENT: &str = "p-1";
-const TOLERANCE_S: i64 = 60;
+const TOLERANCE_S: i64 = super::engine::CLOCK_TOLERANCE_S;
 
 /// One version of the patient's schedule.
 #[derive(Clone, Copy, Debug)]
@@ -302,8 +302,7 @@ impl Appliance {
                 }
                 self.elapsed_base = super::engine::resume_elapsed(wall, self.anchor, !locked);
                 self.mono_base = self.real;
-                let behind = floor.is_some_and(|f| (wall - f).num_seconds() < -TOLERANCE_S);
-                self.trusted = !locked && !behind;
+                self.trusted = super::engine::untrusted_at_start(wall, floor, locked).is_none();
                 if !self.trusted {
                     self.clock_event();
                 }
