@@ -1,6 +1,7 @@
 //! What the appliance reports: one enum of events, produced by the device tasks and consumed by
 //! the recorder (and, as the store and uplink land, by them).
 
+use crate::coldchain::arbiter::{Doubt, Evidence};
 use crate::coldchain::{ControlMode, ProbeFaultKind};
 use crate::devices::DropReport;
 use chrono::{DateTime, Utc};
@@ -21,8 +22,11 @@ pub struct FridgeRecord {
     pub vial: Option<f64>,
     /// Validated air temperature, if valid.
     pub air: Option<f64>,
-    /// The temperature the thermostat used.
+    /// The best estimate of the product's temperature: the vial, or the air probe's buffered
+    /// equivalent when the vial is missing or suspect; None when unknown or undecided.
     pub control: Option<f64>,
+    /// Set while the two probes disagree: this reading is uncertain.
+    pub doubt: Option<Doubt>,
     /// Compressor relay state after this period's decision.
     pub compressor_on: bool,
     /// Compressor starts since the controller started.
@@ -74,6 +78,22 @@ pub enum Event {
         at: DateTime<Utc>,
         /// Which probe.
         probe: Probe,
+    },
+    /// What is known about a disagreement between the probes changed (began, a suspect was
+    /// found, or it ended: `doubt` None).
+    ProbeDoubt {
+        /// When.
+        at: DateTime<Utc>,
+        /// The doubt now.
+        doubt: Option<Doubt>,
+        /// Why the suspect is suspected.
+        evidence: Option<Evidence>,
+        /// The readings at the time.
+        vial: Option<f64>,
+        /// The air probe's reading at the time.
+        air: Option<f64>,
+        /// The duty cycle learned while the probes agreed.
+        learned_duty: f64,
     },
     /// The thermostat changed mode (fail-safe entered or left, power wait).
     ControlModeChanged {

@@ -807,8 +807,8 @@ fn print_summary(s: &sim::SimSummary) {
         );
     }
     println!(
-        "  in 2–8 °C: {:.0} min   out of range: {:.0} min   unknown: {:.0} min",
-        f.minutes_in_range, f.minutes_out_of_range, f.minutes_unknown
+        "  in 2–8 °C: {:.0} min   out of range: {:.0} min   unknown: {:.0} min   uncertain (probes disagree): {:.0} min",
+        f.minutes_in_range, f.minutes_out_of_range, f.minutes_unknown, f.minutes_uncertain
     );
     println!(
         "  compressor: {} starts ({:.2}/h), on {:.0} min   door open {:.0} min   mains off {:.0} min   fail-safe {:.0} min",
@@ -816,6 +816,14 @@ fn print_summary(s: &sim::SimSummary) {
     );
     if !s.probe_faults.is_empty() {
         println!("  probe faults: {:?}", s.probe_faults);
+    }
+    for d in &s.probe_doubts {
+        let what = match (d.doubt, d.evidence) {
+            (Some(doubt), Some(e)) => format!("{} ({e:?}): {}", doubt.code(), doubt.control()),
+            (Some(doubt), None) => format!("{}: {}", doubt.code(), doubt.control()),
+            (None, _) => "the probes agree again".into(),
+        };
+        println!("  probes {}: {what}", d.at.to_rfc3339());
     }
     print_coldchain(&s.coldchain);
     for a in &s.acknowledgements {
@@ -854,9 +862,11 @@ fn print_summary(s: &sim::SimSummary) {
     }
     println!();
     println!(
-        "model truth: air {:.2}–{:.2} °C, vial {:.2}–{:.2} °C, {} units released, stock {:?}",
+        "model truth: air (the stock) {:.2}–{:.2} °C ({:.0} min below, {:.0} min above the range), vial {:.2}–{:.2} °C, {} units released, stock {:?}",
         s.truth.air_min,
         s.truth.air_max,
+        s.truth.product_minutes_below,
+        s.truth.product_minutes_above,
         s.truth.vial_min,
         s.truth.vial_max,
         s.truth.units_released,
@@ -888,10 +898,13 @@ fn print_coldchain(r: &medbox::coldchain::analysis::AnalysisReport) {
     }
     for a in &r.alarms {
         println!(
-            "  alarm {} raised {} (condition since {})",
+            "  alarm {} raised {} (condition since {}){}",
             a.alarm.code(),
             a.at.to_rfc3339(),
-            a.since.to_rfc3339()
+            a.since.to_rfc3339(),
+            a.detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(": {d}"))
         );
     }
 }

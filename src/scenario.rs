@@ -97,6 +97,8 @@ pub enum FaultName {
     Noisy,
     /// See [`ProbeFault::Offset`].
     Offset,
+    /// See [`ProbeFault::Drift`]; `by` is °C per hour.
+    Drift,
     /// See [`ProbeFault::PowerOn85`].
     #[serde(rename = "power_on_85")]
     PowerOn85,
@@ -149,6 +151,9 @@ struct ScenarioFile {
     /// Simulated start instant (RFC 3339), instead of the profile's.
     #[serde(default)]
     start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Cabinet temperature at switch-on (°C), instead of the board model's: "started cold".
+    #[serde(default)]
+    initial: Option<Spanned<f64>>,
     #[serde(default, rename = "event")]
     events: Vec<Spanned<RawEvent>>,
 }
@@ -208,6 +213,8 @@ pub struct Scenario {
     /// Simulated start instant, instead of the profile's (e.g. the eve of a daylight-saving
     /// change).
     pub start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Cabinet (air and vial) temperature at switch-on, instead of the model's.
+    pub initial: Option<f64>,
     /// Operations sorted by their offset from the start.
     pub ops: Vec<(Duration, Op)>,
 }
@@ -224,6 +231,21 @@ fn parse_signed(s: &str) -> Result<chrono::Duration, String> {
     let d = humantime::parse_duration(body.trim()).map_err(|e| e.to_string())?;
     let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
     Ok(if neg { -d } else { d })
+}
+
+/// A finite number of degrees from `by`, which a scenario writes as a string.
+fn degrees(by: Option<&str>, missing: &str) -> Result<f64, (String, String)> {
+    let by = by.ok_or_else(|| ("by".to_string(), missing.to_string()))?;
+    by.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && v.abs() <= 100.0)
+        .ok_or_else(|| {
+            (
+                "by".to_string(),
+                format!("{by:?} is not a number of °C within ±100"),
+            )
+        })
 }
 
 /// Expands one event, with its repetitions, into timed primitive operations.
@@ -270,17 +292,16 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
                     sigma: need(e.sigma, "sigma", a)?,
                 },
                 FaultName::Offset => ProbeFault::Offset {
-                    by: e
-                        .by
-                        .as_deref()
-                        .ok_or_else(|| {
-                            (
-                                "by".to_string(),
-                                "`offset` needs `by` (°C, as a string such as \"2.5\")".to_string(),
-                            )
-                        })?
-                        .parse::<f64>()
-                        .map_err(|err| ("by".to_string(), err.to_string()))?,
+                    by: degrees(
+                        e.by.as_deref(),
+                        "`offset` needs `by` (°C, as a string such as \"2.5\")",
+                    )?,
+                },
+                FaultName::Drift => ProbeFault::Drift {
+                    per_hour: degrees(
+                        e.by.as_deref(),
+                        "`drift` needs `by` (°C per hour, as a string such as \"0.5\")",
+                    )?,
                 },
                 FaultName::PowerOn85 | FaultName::FailedConversion | FaultName::Crc
                     if probe == Probe::Vial =>
@@ -392,7 +413,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             let alarm = crate::coldchain::monitor::AlarmKind::from_code(code).ok_or_else(|| {
                 (
                     "alarm".to_string(),
-                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG)"),
+                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG, PROBE_DISAGREEMENT)"),
                 )
             })?;
             let actor = e.actor.clone().unwrap_or_default();
@@ -404,6 +425,15 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
 
 impl Validate for ScenarioFile {
     fn validate(&self, src: &str, out: &mut Findings) {
+        if let Some(t) = &self.initial {
+            if !t.get_ref().is_finite() || !(-20.0..=50.0).contains(t.get_ref()) {
+                out.at(
+                    line_of(src, t.span().start),
+                    "initial".to_string(),
+                    "the cabinet's starting temperature must be -20–50 °C".to_string(),
+                );
+            }
+        }
         for (i, e) in self.events.iter().enumerate() {
             if let Err((field, msg)) = expand(e.get_ref()) {
                 out.at(
@@ -431,6 +461,7 @@ impl Scenario {
             name: f.name,
             description: f.description,
             start: f.start,
+            initial: f.initial.map(|t| *t.get_ref()),
             ops,
         })
     }

@@ -108,6 +108,11 @@ pub struct ModelTruth {
     pub vial_min: f64,
     /// Highest vial node temperature seen at a record.
     pub vial_max: f64,
+    /// Minutes the air node (which holds the stock) spent below the cold-chain range, counted
+    /// at records: the product truth a probe fault must not hide.
+    pub product_minutes_below: f64,
+    /// Minutes the air node spent above the cold-chain range.
+    pub product_minutes_above: f64,
     /// Units released by the carousel.
     pub units_released: u32,
     /// Units left per slot.
@@ -118,6 +123,17 @@ pub struct ModelTruth {
     /// When the LED lit (for tests; not printed).
     #[serde(skip)]
     pub led_on_at: Vec<DateTime<Utc>>,
+}
+
+/// A change of what was known about a disagreement between the probes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DoubtChange {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The doubt from then on (None: the probes agree again).
+    pub doubt: Option<crate::coldchain::arbiter::Doubt>,
+    /// Why the suspect is suspected.
+    pub evidence: Option<crate::coldchain::arbiter::Evidence>,
 }
 
 /// What the dispenser did.
@@ -201,6 +217,8 @@ pub struct SimSummary {
     pub dose_records: Vec<crate::dosing::engine::DoseRecord>,
     /// The physical model's truth.
     pub truth: ModelTruth,
+    /// Each change of what was known about a disagreement between the probes.
+    pub probe_doubts: Vec<DoubtChange>,
 }
 
 /// Runs the simulation until `duration` passes or `stop` resolves. Call inside a runtime whose
@@ -213,6 +231,9 @@ pub async fn run(
     let mut model = opts.profile.sim.clone().ok_or(SimError::NoModel)?;
     if let Some(start) = opts.scenario.as_ref().and_then(|s| s.start) {
         model.start = start;
+    }
+    if let Some(initial) = opts.scenario.as_ref().and_then(|s| s.initial) {
+        model.initial = crate::units::Celsius(initial);
     }
     if let Some(seed) = opts.seed {
         model.seed = seed;
@@ -644,6 +665,7 @@ struct Accumulator {
     seed: u64,
     start: DateTime<Utc>,
     record_period: Duration,
+    range: (f64, f64),
     fridge: FridgeStats,
     probe_faults: BTreeMap<String, u64>,
     mode_changes: u64,
@@ -651,6 +673,7 @@ struct Accumulator {
     device_faults: Vec<String>,
     events: BTreeMap<String, u64>,
     truth: Option<ModelTruth>,
+    probe_doubts: Vec<DoubtChange>,
     analysis: Analysis,
     acknowledgements: Vec<String>,
     commands_rejected: Vec<String>,
@@ -670,6 +693,7 @@ impl Accumulator {
             seed,
             start: profile.sim.as_ref().map(|m| m.start).unwrap_or_default(),
             record_period: opts.coldchain.record_period,
+            range: (opts.coldchain.range_min.0, opts.coldchain.range_max.0),
             fridge: FridgeStats::new(&opts.coldchain),
             probe_faults: BTreeMap::new(),
             mode_changes: 0,
@@ -677,6 +701,7 @@ impl Accumulator {
             device_faults: Vec::new(),
             events: BTreeMap::new(),
             truth: None,
+            probe_doubts: Vec::new(),
             analysis: Analysis::default(),
             acknowledgements: Vec::new(),
             commands_rejected: Vec::new(),
@@ -711,7 +736,7 @@ impl Accumulator {
         match ev {
             Event::Reading(r) => {
                 self.fridge.add(r, self.record_period);
-                self.analysis.add_reading(r.vial);
+                self.analysis.add_reading(r.control);
                 if let Some(records) = self.records.as_mut() {
                     records.push(r.clone());
                 }
@@ -727,7 +752,23 @@ impl Accumulator {
                 truth.air_max = truth.air_max.max(t.air);
                 truth.vial_min = truth.vial_min.min(t.vial);
                 truth.vial_max = truth.vial_max.max(t.vial);
+                let minutes = self.record_period.as_secs_f64() / 60.0;
+                if t.air < self.range.0 {
+                    truth.product_minutes_below += minutes;
+                } else if t.air > self.range.1 {
+                    truth.product_minutes_above += minutes;
+                }
             }
+            Event::ProbeDoubt {
+                at,
+                doubt,
+                evidence,
+                ..
+            } => self.probe_doubts.push(DoubtChange {
+                at: *at,
+                doubt: *doubt,
+                evidence: *evidence,
+            }),
             Event::ProbeFault { probe, fault, .. } => {
                 let key = format!(
                     "{}:{}",
@@ -868,6 +909,7 @@ impl Accumulator {
             device_faults: self.device_faults,
             events: self.events,
             truth,
+            probe_doubts: self.probe_doubts,
             coldchain: self.analysis.report(),
             acknowledgements: self.acknowledgements,
             commands_rejected: self.commands_rejected,

@@ -300,6 +300,7 @@ fn scenario(ops: Vec<(f64, medbox::scenario::Op)>) -> Scenario {
         name: "commands".into(),
         description: String::new(),
         start: None,
+        initial: None,
         ops: ops
             .into_iter()
             .enumerate()

@@ -108,7 +108,13 @@ fn every_shipped_scenario_parses() {
 
 #[test]
 fn coldchain_stats_agrees_with_the_live_controller_on_the_same_readings() {
-    let live = common::run_days(2.0, Some("door-left-open.toml"));
+    for scenario in ["door-left-open.toml", "vial-probe-creeps-up.toml"] {
+        stats_agree_with_live(scenario);
+    }
+}
+
+fn stats_agree_with_live(scenario: &str) {
+    let live = common::run_days(2.0, Some(scenario));
     let mut csv = Vec::new();
     medbox::coldchain::readings_csv::write_records(&mut csv, &live.records).unwrap();
     let obs = medbox::coldchain::readings_csv::read_observations(csv.as_slice()).unwrap();
@@ -124,11 +130,17 @@ fn coldchain_stats_agrees_with_the_live_controller_on_the_same_readings() {
     };
     assert_eq!(kinds(&offline), kinds(l));
     assert!((offline.minutes_in_range - l.minutes_in_range).abs() < 1.0);
+    assert!((offline.minutes_uncertain - l.minutes_uncertain).abs() < 1.0);
     assert!((offline.mkt.unwrap() - l.mkt.unwrap()).abs() < 1e-3);
-    // The door alarm fired five minutes after the door opened, and an excursion followed.
-    assert!(kinds(l)
-        .iter()
-        .any(|(k, _)| *k == medbox::coldchain::monitor::AlarmKind::DoorOpen));
+    let expected = match scenario {
+        // The door alarm fired five minutes after the door opened, and an excursion followed.
+        "door-left-open.toml" => medbox::coldchain::monitor::AlarmKind::DoorOpen,
+        _ => {
+            assert!(l.minutes_uncertain > 60.0, "{scenario}");
+            medbox::coldchain::monitor::AlarmKind::ProbeDisagreement
+        }
+    };
+    assert!(kinds(l).iter().any(|(k, _)| *k == expected), "{scenario}");
 }
 
 #[test]
@@ -241,6 +253,88 @@ fn a_raised_cold_chain_alarm_sounds_the_buzzer() {
                     && *t <= a.at + chrono::Duration::minutes(1)),
             "{a:?} {:?}",
             s.truth.buzzer_on_at
+        );
+    }
+}
+
+/// Two probes that disagree (DESIGN.md §8): for every way one probe can go wrong that the model
+/// can inject, started cold, the arbiter blames the right probe (never the honest one), the
+/// PROBE_DISAGREEMENT alarm comes within 30 min of the disagreement becoming visible (the offset
+/// reaching `max_disagreement`: at once for a jump, after 3 h for a 0.5 °C/h creep), every
+/// reading in doubt is counted uncertain, and the stock itself stays within 2–8 °C.
+#[test]
+fn two_probes_that_disagree_are_an_alarm_and_the_stock_stays_in_range() {
+    use medbox::coldchain::arbiter::Doubt;
+    use medbox::coldchain::monitor::AlarmKind;
+    let hour = |h: f64| chrono::Duration::seconds((h * 3600.0) as i64);
+    for (file, suspect, visible_after_h) in [
+        ("vial-probe-drifts-up.toml", Doubt::VialSuspect, 6.0),
+        ("vial-probe-drifts-down.toml", Doubt::VialSuspect, 6.0),
+        ("air-probe-drifts-up.toml", Doubt::AirSuspect, 6.0),
+        ("air-probe-drifts-down.toml", Doubt::AirSuspect, 6.0),
+        ("vial-probe-creeps-up.toml", Doubt::VialSuspect, 9.0),
+        ("vial-probe-creeps-down.toml", Doubt::VialSuspect, 9.0),
+        ("air-probe-creeps-up.toml", Doubt::AirSuspect, 9.0),
+        ("air-probe-creeps-down.toml", Doubt::AirSuspect, 9.0),
+    ] {
+        let s = common::run_days(1.0, Some(file));
+        let t = &s.truth;
+        assert_eq!(
+            (t.product_minutes_below, t.product_minutes_above),
+            (0.0, 0.0),
+            "{file}: the stock left 2–8 °C ({:.2}–{:.2} °C)",
+            t.air_min,
+            t.air_max
+        );
+        let alarm = s
+            .coldchain
+            .alarms
+            .iter()
+            .find(|a| a.alarm == AlarmKind::ProbeDisagreement)
+            .unwrap_or_else(|| panic!("{file}: no PROBE_DISAGREEMENT alarm"));
+        let visible = s.start + hour(visible_after_h);
+        assert!(
+            alarm.at <= visible + hour(0.5),
+            "{file}: alarm at {}, disagreement visible from {visible}",
+            alarm.at
+        );
+        assert!(
+            alarm.detail.is_some(),
+            "{file}: the alarm says what control does"
+        );
+        let blamed: Vec<Doubt> = s
+            .probe_doubts
+            .iter()
+            .filter_map(|d| d.doubt)
+            .filter(|d| *d != Doubt::Undecided)
+            .collect();
+        assert!(
+            !blamed.is_empty(),
+            "{file}: nobody blamed: {:?}",
+            s.probe_doubts
+        );
+        assert!(
+            blamed.iter().all(|d| *d == suspect),
+            "{file}: blamed {blamed:?}, expected {suspect:?}"
+        );
+        assert_eq!(
+            s.probe_doubts.last().and_then(|d| d.doubt),
+            None,
+            "{file}: the doubt ends once the fault does"
+        );
+        assert!(s.fridge.minutes_uncertain >= 60.0, "{file}: {:?}", s.fridge);
+        // Every record in doubt says so, and none of them is counted in range.
+        let doubted = s.records.iter().filter(|r| r.doubt.is_some()).count() as f64;
+        assert!(
+            (doubted - s.fridge.minutes_uncertain).abs() <= 1.0,
+            "{file}"
+        );
+        // Only the probe disagreement: no false heat, freeze or excursion alarm.
+        assert_eq!(
+            s.coldchain.alarms.len(),
+            1,
+            "{file}: {:?}",
+            s.coldchain.alarms
         );
     }
 }

@@ -18,6 +18,9 @@ pub struct AlarmRecord {
     pub at: DateTime<Utc>,
     /// When its condition began.
     pub since: DateTime<Utc>,
+    /// What the appliance does about it, where the alarm says (a probe disagreement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The result.
@@ -41,6 +44,8 @@ pub struct AnalysisReport {
     pub minutes_out_of_range: f64,
     /// Minutes without a valid reading.
     pub minutes_unknown: f64,
+    /// Minutes while the probes disagreed: uncertain, never counted in or out of range.
+    pub minutes_uncertain: f64,
     /// Every excursion (the last may still be open: `end` is None).
     pub excursions: Vec<Excursion>,
     /// The longest excursion's minutes.
@@ -84,16 +89,22 @@ impl Analysis {
                 r.excursions.push(x.clone());
             }
             MonitorEvent::AlarmRaised {
-                alarm, at, since, ..
+                alarm,
+                at,
+                since,
+                detail,
+                ..
             } => r.alarms.push(AlarmRecord {
                 alarm: *alarm,
                 at: *at,
                 since: *since,
+                detail: detail.clone(),
             }),
             MonitorEvent::DayClosed(d) => {
                 r.minutes_in_range += d.minutes_in_range;
                 r.minutes_out_of_range += d.minutes_below + d.minutes_above;
                 r.minutes_unknown += d.minutes_unknown;
+                r.minutes_uncertain += d.minutes_uncertain;
                 r.days.push(d.clone());
             }
             MonitorEvent::ExcursionOpened { .. } | MonitorEvent::AlarmCleared { .. } => {}

@@ -47,13 +47,27 @@ pub struct ColdChainConfig {
     pub plausible_max: Celsius,
     /// Fastest plausible change of the buffered probe, °C per minute.
     pub max_rate_per_min: f64,
+    /// Fastest plausible change of the air probe with the door shut, °C per minute (the air
+    /// node holds the stock, so it cannot swing like free air). Faster is evidence against the
+    /// air probe when the probes then disagree; it never rejects a reading by itself.
+    pub air_max_rate_per_min: f64,
     /// Largest tolerated difference between the buffered probe and the air probe's buffered
-    /// equivalent.
+    /// equivalent; beyond it the readings are in doubt (see `alarms.probe_disagreement` for
+    /// when that becomes an alarm).
     pub max_disagreement: f64,
-    /// How long the disagreement must last before it is a fault (door openings make the air
-    /// probe lead the vial for a while).
+    /// The cabinet's thermal time constant (its heat capacity over the walls' conductance): how
+    /// slowly it relaxes toward the temperature its cooling holds. The arbiter's energy balance
+    /// uses it to tell a drifting probe from a moving cabinet. Default: the reference 50 L
+    /// cabinet of `hw/sim.toml` (8000 J/K over 0.6 W/K).
     #[serde(with = "humantime_serde")]
-    pub disagreement_for: Duration,
+    pub cabinet_time_constant: Duration,
+    /// How many °C colder a running compressor holds the cabinet than a stopped one (its
+    /// cooling power over the walls' conductance): each 0.1 of duty cycle is worth a tenth of
+    /// this. Default: the reference cabinet's 25 W over 0.6 W/K.
+    pub cooling_swing: f64,
+    /// While the probes disagree and neither can be blamed, cooling stops whenever the colder
+    /// one reads at or below this: whichever is right, nothing freezes.
+    pub guard_cold: Celsius,
     /// Time constant of the low-pass filter that turns the air probe into a "buffered
     /// equivalent", for comparing it with the vial and for control when the vial probe fails.
     #[serde(with = "humantime_serde")]
@@ -119,6 +133,10 @@ pub struct AlarmRules {
     pub door_open: DelayRule,
     /// No valid probe for 10 min.
     pub no_valid_probe: DelayRule,
+    /// The two probes disagree for 15 min (door openings make the air lead the vial for a
+    /// few minutes). Latched: it stays raised until a person acknowledges it, even if the
+    /// probes agree again, because a probe that was wrong once must be looked at.
+    pub probe_disagreement: DelayRule,
     /// Mains lost (at once).
     pub mains_lost: DelayRule,
     /// Mains lost for more than 24 h (the UPS will not last; stock must be moved).
@@ -142,6 +160,7 @@ impl Default for AlarmRules {
             excursion: DelayRule { delay: min(15) },
             door_open: DelayRule { delay: min(5) },
             no_valid_probe: DelayRule { delay: min(10) },
+            probe_disagreement: DelayRule { delay: min(15) },
             mains_lost: DelayRule { delay: min(0) },
             power_lost_long: DelayRule {
                 delay: min(24 * 60),
@@ -169,8 +188,11 @@ impl Default for ColdChainConfig {
             plausible_min: Celsius(-40.0),
             plausible_max: Celsius(60.0),
             max_rate_per_min: 2.0,
+            air_max_rate_per_min: 4.0,
             max_disagreement: 1.5,
-            disagreement_for: min(30),
+            guard_cold: Celsius(1.0),
+            cabinet_time_constant: Duration::from_secs(13_333),
+            cooling_swing: 41.7,
             air_smoothing: min(10),
             stale_after: min(10),
             stuck_window: min(60),
@@ -222,6 +244,27 @@ impl ColdChainConfig {
                 "coldchain.control_period",
                 "must be above zero and no longer than record_period".into(),
             ));
+        }
+        if !(self.alarms.freeze.threshold < self.guard_cold && self.guard_cold < self.range_min) {
+            p.push((
+                "coldchain.guard_cold",
+                format!(
+                    "must lie between the freeze alarm threshold ({}) and range_min ({})",
+                    self.alarms.freeze.threshold.0, self.range_min.0
+                ),
+            ));
+        }
+        if self.cabinet_time_constant < Duration::from_secs(600) {
+            p.push((
+                "coldchain.cabinet_time_constant",
+                "must be at least 10 min (a cabinet with its stock is hours)".into(),
+            ));
+        }
+        if !(self.cooling_swing > 0.0 && self.cooling_swing.is_finite()) {
+            p.push(("coldchain.cooling_swing", "must be above zero".into()));
+        }
+        if !(self.max_disagreement > 0.0 && self.max_disagreement.is_finite()) {
+            p.push(("coldchain.max_disagreement", "must be above zero".into()));
         }
         if self.excursion_close_after == 0 {
             p.push((

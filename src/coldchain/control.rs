@@ -3,12 +3,15 @@
 //! Hysteresis between `cut_out` and `cut_in`, on top of which sit the compressor's protections:
 //! minimum on and off times, a maximum on-time, and a restart delay after mains returns. With no
 //! valid probe it runs a fixed duty cycle (DESIGN.md §3: 4 min on / 6 min off), which keeps most
-//! loads cold without any risk of freezing them solid the way "compressor always on" would.
+//! loads cold without any risk of freezing them solid the way "compressor always on" would. When
+//! the two probes disagree and neither can be blamed ([`super::arbiter`]), it holds the duty
+//! cycle learned while they agreed, stops whenever the colder reading reaches `guard_cold`, and
+//! cools whenever even the colder reading is at `cut_in`.
 //!
 //! The relay driver enforces min/max times again below this: defence in depth.
 
+use super::arbiter::Signal;
 use super::config::ColdChainConfig;
-use crate::units::Celsius;
 use std::time::Duration;
 
 /// How the compressor is being decided.
@@ -19,6 +22,9 @@ pub enum ControlMode {
     Thermostat,
     /// No valid probe: fixed duty cycle.
     FailSafe,
+    /// The probes disagree and neither can be blamed: the learned duty cycle, capped by the
+    /// colder reading.
+    Disputed,
     /// Mains is off, or has just returned and the restart delay runs.
     PowerWait,
 }
@@ -26,8 +32,8 @@ pub enum ControlMode {
 /// What the thermostat is told each period.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ControlInput {
-    /// The validated control temperature, if any probe is valid.
-    pub control: Option<Celsius>,
+    /// What the probes, once arbitrated, say.
+    pub signal: Signal,
     /// Whether mains is present.
     pub mains: bool,
 }
@@ -52,7 +58,8 @@ pub struct Thermostat {
     since: Duration,
     mains_back_at: Option<Duration>,
     mains_was: bool,
-    failsafe_since: Option<Duration>,
+    /// The duty cycle running, and when it started.
+    cycle: Option<(ControlMode, Duration)>,
 }
 
 impl Thermostat {
@@ -65,7 +72,7 @@ impl Thermostat {
             since: now,
             mains_back_at: None,
             mains_was: true,
-            failsafe_since: None,
+            cycle: None,
         }
     }
 
@@ -76,7 +83,8 @@ impl Thermostat {
 
     /// Decides the compressor for `now`.
     pub fn step(&mut self, now: Duration, input: ControlInput) -> ControlDecision {
-        let c = &self.cfg;
+        let cfg = self.cfg.clone();
+        let c = &cfg;
         if !input.mains {
             self.mains_was = false;
             self.set(false, now);
@@ -102,39 +110,38 @@ impl Thermostat {
             self.mains_back_at = None;
         }
 
-        let (wanted, mode, mut deadline) = match input.control {
-            Some(t) => {
-                self.failsafe_since = None;
+        let (wanted, mode, mut deadline) = match input.signal {
+            Signal::Trusted { colder, warmer } => {
+                self.cycle = None;
                 let wanted = if self.on {
-                    t > c.cut_out
+                    colder > c.cut_out
                 } else {
-                    t >= c.cut_in
+                    warmer >= c.cut_in && colder > c.cut_out
                 };
                 (wanted, ControlMode::Thermostat, None)
             }
-            None => {
-                // The cycle starts when the compressor may first run, so its first on-phase is
-                // not eaten by a minimum off time.
-                let anchor = if self.on {
-                    self.since
-                } else {
-                    now.max(self.since + c.min_off)
-                };
-                let start = *self.failsafe_since.get_or_insert(anchor);
-                let cycle = c.failsafe_on + c.failsafe_off;
-                let phase = duration_mod(now.saturating_sub(start), cycle);
-                if now < start {
-                    (false, ControlMode::FailSafe, Some(start))
-                } else if phase < c.failsafe_on {
-                    (
-                        true,
-                        ControlMode::FailSafe,
-                        Some(now + (c.failsafe_on - phase)),
-                    )
-                } else {
-                    (false, ControlMode::FailSafe, Some(now + (cycle - phase)))
-                }
+            Signal::Disputed { colder, .. } if colder <= c.guard_cold => {
+                self.cycle = None;
+                (false, ControlMode::Disputed, None)
             }
+            Signal::Disputed { colder, .. } if colder >= c.cut_in => {
+                self.cycle = None;
+                (true, ControlMode::Disputed, None)
+            }
+            Signal::Disputed { duty, .. } => {
+                let period = c.failsafe_on + c.failsafe_off;
+                // Within what the compressor's protections allow in one period.
+                let lo = c.min_on.as_secs_f64();
+                let hi = period.saturating_sub(c.min_off).as_secs_f64().max(lo);
+                let on = Duration::from_secs_f64((duty * period.as_secs_f64()).clamp(lo, hi));
+                self.duty_cycle(now, ControlMode::Disputed, on, period)
+            }
+            Signal::Lost => self.duty_cycle(
+                now,
+                ControlMode::FailSafe,
+                c.failsafe_on,
+                c.failsafe_on + c.failsafe_off,
+            ),
         };
 
         // Protections, in order of authority: max on-time, then min on/off.
@@ -161,6 +168,38 @@ impl Thermostat {
         }
     }
 
+    /// A fixed cycle of `on` in every `period`, for the fail-safe and the disputed modes.
+    fn duty_cycle(
+        &mut self,
+        now: Duration,
+        mode: ControlMode,
+        on: Duration,
+        period: Duration,
+    ) -> (bool, ControlMode, Option<Duration>) {
+        // The cycle starts when the compressor may first run, so its first on-phase is not
+        // eaten by a minimum off time; a change of mode starts a new cycle.
+        let anchor = if self.on {
+            self.since
+        } else {
+            now.max(self.since + self.cfg.min_off)
+        };
+        let start = match self.cycle {
+            Some((m, start)) if m == mode => start,
+            _ => {
+                self.cycle = Some((mode, anchor));
+                anchor
+            }
+        };
+        let phase = duration_mod(now.saturating_sub(start), period);
+        if now < start {
+            (false, mode, Some(start))
+        } else if phase < on {
+            (true, mode, Some(now + (on - phase)))
+        } else {
+            (false, mode, Some(now + (period - phase)))
+        }
+    }
+
     fn set(&mut self, on: bool, now: Duration) {
         if on != self.on {
             self.on = on;
@@ -183,6 +222,7 @@ fn duration_mod(d: Duration, m: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::Celsius;
     use proptest::prelude::*;
 
     fn s(v: u64) -> Duration {
@@ -190,7 +230,7 @@ mod tests {
     }
     fn at(t: f64) -> ControlInput {
         ControlInput {
-            control: Some(Celsius(t)),
+            signal: Signal::trusted(Celsius(t)),
             mains: true,
         }
     }
@@ -236,7 +276,7 @@ mod tests {
         let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
         assert!(th.step(s(300), at(9.0)).compressor_on);
         let off = ControlInput {
-            control: Some(Celsius(9.0)),
+            signal: Signal::trusted(Celsius(9.0)),
             mains: false,
         };
         assert_eq!(th.step(s(400), off).mode, ControlMode::PowerWait);
@@ -250,7 +290,7 @@ mod tests {
     fn failsafe_runs_four_on_six_off_with_no_valid_probe() {
         let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
         let none = ControlInput {
-            control: None,
+            signal: Signal::Lost,
             mains: true,
         };
         // Min off from start delays the first run.
@@ -264,13 +304,93 @@ mod tests {
         assert!(th.step(s(840), none).compressor_on);
     }
 
+    fn disputed(colder: f64, duty: f64) -> ControlInput {
+        ControlInput {
+            signal: Signal::Disputed {
+                colder: Celsius(colder),
+                duty,
+            },
+            mains: true,
+        }
+    }
+
+    #[test]
+    fn the_colder_probe_stops_cooling_at_cut_out_even_when_the_other_reads_warm() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        let warm_vial_cold_air = |air: f64| ControlInput {
+            signal: Signal::Trusted {
+                colder: Celsius(air),
+                warmer: Celsius(6.5),
+            },
+            mains: true,
+        };
+        assert!(th.step(s(300), warm_vial_cold_air(5.0)).compressor_on);
+        assert!(th.step(s(430), warm_vial_cold_air(4.1)).compressor_on);
+        assert!(!th.step(s(440), warm_vial_cold_air(4.0)).compressor_on);
+        // Nor does it start again while the colder one is at cut_out.
+        assert!(!th.step(s(2000), warm_vial_cold_air(4.0)).compressor_on);
+    }
+
+    #[test]
+    fn the_warmer_probe_starts_cooling_at_cut_in_even_when_the_other_reads_cooler() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        let readings = |colder: f64, warmer: f64| ControlInput {
+            signal: Signal::Trusted {
+                colder: Celsius(colder),
+                warmer: Celsius(warmer),
+            },
+            mains: true,
+        };
+        assert!(!th.step(s(300), readings(4.6, 5.9)).compressor_on);
+        assert!(th.step(s(310), readings(4.6, 6.0)).compressor_on);
+    }
+
+    #[test]
+    fn disputed_probes_hold_the_learned_duty_cycle() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        // 0.3 of a ten-minute period: three minutes on, seven off, from the end of min off.
+        assert!(!th.step(s(0), disputed(5.0, 0.3)).compressor_on);
+        let d = th.step(s(240), disputed(5.0, 0.3));
+        assert_eq!(d.mode, ControlMode::Disputed);
+        assert!(d.compressor_on);
+        assert!(th.step(s(240 + 179), disputed(5.0, 0.3)).compressor_on);
+        assert!(!th.step(s(240 + 180), disputed(5.0, 0.3)).compressor_on);
+        assert!(th.step(s(240 + 600), disputed(5.0, 0.3)).compressor_on);
+    }
+
+    #[test]
+    fn disputed_probes_never_cool_while_the_colder_reads_at_guard_cold() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        for t in (240..7200).step_by(10) {
+            let d = th.step(s(t), disputed(1.0, 0.9));
+            assert!(!d.compressor_on, "at {t}");
+            assert_eq!(d.mode, ControlMode::Disputed);
+        }
+    }
+
+    #[test]
+    fn disputed_probes_cool_when_even_the_colder_reads_warm() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        assert!(th.step(s(240), disputed(6.0, 0.0)).compressor_on);
+        assert!(th.step(s(1200), disputed(7.0, 0.0)).compressor_on);
+    }
+
+    #[test]
+    fn a_duty_cycle_is_clamped_to_what_the_compressor_protections_allow() {
+        let mut th = Thermostat::new(ColdChainConfig::default(), s(0));
+        // Duty 0: still min_on (2 min) each period rather than chattering; duty 1: min_off kept.
+        assert!(th.step(s(240), disputed(5.0, 0.0)).compressor_on);
+        assert!(th.step(s(240 + 119), disputed(5.0, 0.0)).compressor_on);
+        assert!(!th.step(s(240 + 120), disputed(5.0, 0.0)).compressor_on);
+    }
+
     proptest! {
         /// Against a reference model: whatever the readings and mains, the compressor never
         /// restarts within min_off, never stops within min_on (unless mains went), and never runs
         /// past max_on.
         #[test]
         fn protections_hold_for_any_input(
-            steps in proptest::collection::vec((1u64..400, proptest::option::of(-5.0f64..15.0), proptest::bool::weighted(0.95)), 1..400)
+            steps in proptest::collection::vec((1u64..400, proptest::option::of((-5.0f64..15.0, proptest::option::of(0.0f64..1.0))), proptest::bool::weighted(0.95)), 1..400)
         ) {
             let cfg = ColdChainConfig::default();
             let mut th = Thermostat::new(cfg.clone(), s(0));
@@ -279,7 +399,12 @@ mod tests {
             let mut since = s(0);
             for (dt, t, mains) in steps {
                 now += s(dt);
-                let d = th.step(now, ControlInput { control: t.map(Celsius), mains });
+                let signal = match t {
+                    Some((t, None)) => Signal::trusted(Celsius(t)),
+                    Some((t, Some(duty))) => Signal::Disputed { colder: Celsius(t), duty },
+                    None => Signal::Lost,
+                };
+                let d = th.step(now, ControlInput { signal, mains });
                 if d.compressor_on != on {
                     let ran = now - since;
                     if d.compressor_on {

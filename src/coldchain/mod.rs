@@ -3,12 +3,14 @@
 //! - [`config`]: every threshold, with the defaults of DESIGN.md §3 (CDC/WHO ranges, WHO PQS alarm
 //!   delays), overridable per appliance.
 //! - [`validate`]: probe validation; a rejected reading becomes a probe fault, never an excursion.
+//! - [`arbiter`]: which probe to believe when the two disagree, from physical evidence.
 //! - [`control`]: the thermostat with compressor protection and the fail-safe duty cycle.
 //!
 //! Each core takes the monotonic time and its inputs and returns decisions and the next deadline;
 //! the fridge task in the controller does the I/O.
 
 pub mod analysis;
+pub mod arbiter;
 pub mod config;
 pub mod control;
 pub mod mkt;

@@ -12,6 +12,7 @@
 //! and cleared when its condition ends (single) or its 24 h total falls back below the delay
 //! (cumulative). Rejected readings (probe faults) neither open nor close an excursion.
 
+use super::arbiter::Doubt;
 use super::config::{ColdChainConfig, Semantics};
 use super::mkt::MktAccumulator;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -28,14 +29,26 @@ pub const MAX_GAP: Duration = Duration::from_secs(30 * 60);
 pub struct Observation {
     /// When.
     pub at: DateTime<Utc>,
-    /// Validated buffered-probe temperature, if valid.
+    /// The best estimate of the product's temperature ([`estimate`]), if there is one.
     pub buffered: Option<f64>,
     /// Whether any probe gave a valid reading.
     pub any_valid: bool,
+    /// Set while the two probes disagree: the minute counts as uncertain, never in range.
+    pub doubt: Option<Doubt>,
     /// Door open, if known.
     pub door_open: Option<bool>,
     /// Mains present, if known.
     pub mains: Option<bool>,
+}
+
+/// The product temperature a stored or exported reading stands for, the same way live and
+/// offline: the arbitrated `control` value; rows written before it was stored (no control, no
+/// doubt) stand for their vial reading.
+pub fn estimate(vial: Option<f64>, control: Option<f64>, doubt: Option<Doubt>) -> Option<f64> {
+    match doubt {
+        Some(_) => control,
+        None => control.or(vial),
+    }
 }
 
 /// Alarm kinds, with stable codes.
@@ -58,11 +71,13 @@ pub enum AlarmKind {
     MainsLost,
     /// Mains lost for a day.
     PowerLostLong,
+    /// The two probes disagree (latched until acknowledged).
+    ProbeDisagreement,
 }
 
 impl AlarmKind {
     /// Every kind, in evaluation order.
-    pub const ALL: [AlarmKind; 7] = [
+    pub const ALL: [AlarmKind; 8] = [
         AlarmKind::Freeze,
         AlarmKind::Heat,
         AlarmKind::Excursion,
@@ -70,6 +85,7 @@ impl AlarmKind {
         AlarmKind::NoValidProbe,
         AlarmKind::MainsLost,
         AlarmKind::PowerLostLong,
+        AlarmKind::ProbeDisagreement,
     ];
 
     /// The stable code.
@@ -82,12 +98,19 @@ impl AlarmKind {
             AlarmKind::NoValidProbe => "NO_VALID_PROBE",
             AlarmKind::MainsLost => "MAINS_LOST",
             AlarmKind::PowerLostLong => "POWER_LOST_LONG",
+            AlarmKind::ProbeDisagreement => "PROBE_DISAGREEMENT",
         }
     }
 
     /// Parses a stable code.
     pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// Whether the alarm stays raised after its condition ends, until a person acknowledges
+    /// it: a probe that was wrong once must be looked at even if it agrees again.
+    pub fn latched(self) -> bool {
+        matches!(self, AlarmKind::ProbeDisagreement)
     }
 }
 
@@ -133,6 +156,9 @@ pub struct DaySummary {
     pub minutes_above: f64,
     /// Minutes without a valid reading (probe faults, gaps).
     pub minutes_unknown: f64,
+    /// Minutes while the probes disagreed (never counted in range, below or above).
+    #[serde(default)]
+    pub minutes_uncertain: f64,
 }
 
 /// What the monitor reports.
@@ -158,8 +184,12 @@ pub enum MonitorEvent {
         at: DateTime<Utc>,
         /// When its condition began (single) or was first seen in the window (cumulative).
         since: DateTime<Utc>,
-        /// The buffered reading at the time, if valid.
+        /// The product estimate at the time, if there is one.
         value: Option<f64>,
+        /// What the appliance does about it, where that is not obvious (a probe disagreement
+        /// says which probe is suspected and what control runs on).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// An alarm's condition ended.
     AlarmCleared {
@@ -219,6 +249,7 @@ struct Day {
     below: f64,
     above: f64,
     unknown: f64,
+    uncertain: f64,
 }
 
 impl Day {
@@ -234,6 +265,7 @@ impl Day {
             below: 0.0,
             above: 0.0,
             unknown: 0.0,
+            uncertain: 0.0,
         }
     }
 
@@ -248,6 +280,7 @@ impl Day {
             minutes_below: self.below,
             minutes_above: self.above,
             minutes_unknown: self.unknown,
+            minutes_uncertain: self.uncertain,
         }
     }
 }
@@ -256,7 +289,7 @@ impl Day {
 #[derive(Clone, Debug)]
 pub struct Monitor {
     cfg: ColdChainConfig,
-    rules: [RuleState; 7],
+    rules: [RuleState; 8],
     open: Option<OpenExcursion>,
     next_id: u64,
     last_at: Option<DateTime<Utc>>,
@@ -335,7 +368,9 @@ impl Monitor {
                     day.sum += v;
                     day.n += 1;
                     day.mkt.add(v);
-                    if v < lo {
+                    if o.doubt.is_some() {
+                        day.uncertain += counted;
+                    } else if v < lo {
                         day.below += counted;
                     } else if v > hi {
                         day.above += counted;
@@ -343,6 +378,7 @@ impl Monitor {
                         day.in_range += counted;
                     }
                 }
+                None if o.doubt.is_some() => day.uncertain += counted,
                 None => day.unknown += counted,
             }
         }
@@ -447,7 +483,7 @@ impl Monitor {
     fn evaluate_alarms(&mut self, o: &Observation, weight: f64, out: &mut Vec<MonitorEvent>) {
         let a = &self.cfg.alarms;
         let excursion_open = self.open.is_some();
-        let conditions: [(Option<bool>, Duration, Semantics); 7] = [
+        let conditions: [(Option<bool>, Duration, Semantics); 8] = [
             (
                 o.buffered.map(|v| v <= a.freeze.threshold.0),
                 a.freeze.delay,
@@ -469,6 +505,11 @@ impl Monitor {
             (
                 o.mains.map(|m| !m),
                 a.power_lost_long.delay,
+                Semantics::Single,
+            ),
+            (
+                Some(o.doubt.is_some()),
+                a.probe_disagreement.delay,
                 Semantics::Single,
             ),
         ];
@@ -515,9 +556,13 @@ impl Monitor {
                         at: o.at,
                         since,
                         value: o.buffered,
+                        detail: match kind {
+                            AlarmKind::ProbeDisagreement => o.doubt.map(|d| d.control().into()),
+                            _ => None,
+                        },
                     });
                 }
-                Some(acknowledged) if clear => {
+                Some(acknowledged) if clear && (acknowledged || !kind.latched()) => {
                     state.raised = None;
                     out.push(MonitorEvent::AlarmCleared {
                         alarm: kind,
@@ -548,6 +593,7 @@ mod tests {
             at: t(min),
             buffered: Some(v),
             any_valid: true,
+            doubt: None,
             door_open: Some(false),
             mains: Some(true),
         }
@@ -573,6 +619,73 @@ mod tests {
 
     fn raised_kinds(r: &[(AlarmKind, i64)]) -> Vec<AlarmKind> {
         r.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn doubted(i: i64, v: Option<f64>) -> Observation {
+        Observation {
+            buffered: v,
+            doubt: Some(Doubt::Undecided),
+            ..obs(i, 5.0)
+        }
+    }
+
+    #[test]
+    fn two_probes_that_disagree_raise_a_latched_alarm_that_says_what_control_does() {
+        let mut m = Monitor::new(ColdChainConfig::default());
+        feed(&mut m, 0, 10, |i| obs(i, 5.0));
+        let mut raised = Vec::new();
+        for i in 10..26 {
+            raised.extend(m.observe(&doubted(i, None)));
+        }
+        let detail = raised.iter().find_map(|e| match e {
+            MonitorEvent::AlarmRaised {
+                alarm: AlarmKind::ProbeDisagreement,
+                at,
+                detail,
+                ..
+            } => Some(((*at - t(0)).num_minutes(), detail.clone())),
+            _ => None,
+        });
+        let (at, detail) = detail.expect("raised");
+        assert_eq!(at, 25, "15 min after the doubt began");
+        assert!(detail.unwrap().contains("colder probe caps cooling"));
+        // The probes agree again: the alarm stays until a person acknowledges it.
+        let events: Vec<_> = (26..60).flat_map(|i| m.observe(&obs(i, 5.0))).collect();
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, MonitorEvent::AlarmCleared { .. })));
+        assert_eq!(
+            m.active_alarms(),
+            vec![(AlarmKind::ProbeDisagreement, false)]
+        );
+        m.acknowledge(
+            AlarmKind::ProbeDisagreement,
+            "tech-2",
+            "replaced the air probe",
+        )
+        .unwrap();
+        let events = m.observe(&obs(60, 5.0));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            MonitorEvent::AlarmCleared {
+                alarm: AlarmKind::ProbeDisagreement,
+                acknowledged: true,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn readings_taken_while_the_probes_disagree_are_uncertain_never_in_range() {
+        let mut m = Monitor::new(ColdChainConfig::default());
+        for i in 0..60 {
+            m.observe(&doubted(i, if i % 2 == 0 { Some(5.0) } else { None }));
+        }
+        let (day, _) = m.finish();
+        let day = day.unwrap();
+        assert_eq!(day.minutes_in_range, 0.0);
+        assert_eq!(day.minutes_unknown, 0.0);
+        assert_eq!(day.minutes_uncertain, 60.0);
     }
 
     #[test]
@@ -658,6 +771,7 @@ mod tests {
         let none = |i: i64| Observation {
             buffered: None,
             any_valid: false,
+            doubt: None,
             ..obs(i, 0.0)
         };
         assert!(feed(&mut m, 0, 10, none).is_empty());
@@ -700,6 +814,7 @@ mod tests {
             events.extend(m.observe(&Observation {
                 buffered: None,
                 any_valid: true,
+                doubt: None,
                 ..obs(i, 0.0)
             }));
         }

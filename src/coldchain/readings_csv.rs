@@ -1,10 +1,12 @@
 //! Readings as CSV: the export format of `medbox sim --export-readings` and the input of
 //! `medbox coldchain stats`.
 //!
-//! Columns: `time` (ISO-8601 with offset) and `celsius` (empty: no valid reading) are required;
-//! `door_open` and `mains` (true/false) are used when present; any other column is ignored. A file
-//! without a header is read as `time,celsius`.
+//! Columns: `time` (ISO-8601 with offset) and `celsius` (the product temperature the appliance
+//! believed; empty: none) are required; `doubt` (a probe-disagreement code, empty when the probes
+//! agreed), `vial`, `air`, `door_open` and `mains` are used when present; any other column is
+//! ignored. A file without a header is read as `time,celsius`.
 
+use super::arbiter::Doubt;
 use super::monitor::Observation;
 use crate::events::FridgeRecord;
 use chrono::{DateTime, Utc};
@@ -33,9 +35,11 @@ pub enum CsvError {
 }
 
 /// The header the exporter writes.
-pub const HEADER: [&str; 7] = [
+pub const HEADER: [&str; 9] = [
     "time",
     "celsius",
+    "doubt",
+    "vial",
     "air",
     "compressor_on",
     "door_open",
@@ -58,6 +62,8 @@ pub fn write_records<'a, W: Write>(
             .unwrap_or_default();
         w.write_record([
             r.at.to_rfc3339(),
+            opt(r.control),
+            r.doubt.map_or("", |d| d.code()).to_string(),
             opt(r.vial),
             opt(r.air),
             r.compressor_on.to_string(),
@@ -83,6 +89,16 @@ fn parse_bool(s: &str, line: u64, field: &'static str) -> Result<Option<bool>, C
     }
 }
 
+/// Where each used column is.
+struct Columns {
+    time: usize,
+    celsius: usize,
+    doubt: Option<usize>,
+    probes: Vec<usize>,
+    door_open: Option<usize>,
+    mains: Option<usize>,
+}
+
 /// Reads observations; every malformed row is an error naming its line.
 pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -90,7 +106,14 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(input);
-    let mut columns = (0usize, 1usize, None, None);
+    let mut columns = Columns {
+        time: 0,
+        celsius: 1,
+        doubt: None,
+        probes: Vec::new(),
+        door_open: None,
+        mains: None,
+    };
     let mut out = Vec::new();
     let mut last: Option<DateTime<Utc>> = None;
     for (i, row) in rdr.records().enumerate() {
@@ -109,10 +132,22 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
                     message: "needs `time` and `celsius` columns".into(),
                 });
             };
-            columns = (t, c, find("door_open"), find("mains"));
+            columns = Columns {
+                time: t,
+                celsius: c,
+                doubt: find("doubt"),
+                probes: [find("vial"), find("air")].into_iter().flatten().collect(),
+                door_open: find("door_open"),
+                mains: find("mains"),
+            };
             continue;
         }
-        let (tc, cc, dc, mc) = columns;
+        let (tc, cc, dc, mc) = (
+            columns.time,
+            columns.celsius,
+            columns.door_open,
+            columns.mains,
+        );
         let time = row.get(tc).unwrap_or("");
         let at = DateTime::parse_from_rfc3339(time)
             .map_err(|e| CsvError::Row {
@@ -157,10 +192,23 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
             Some(c) => parse_bool(row.get(c).unwrap_or(""), line, "mains")?,
             None => None,
         };
+        let doubt = match columns.doubt.map(|c| row.get(c).unwrap_or("")) {
+            None | Some("") => None,
+            Some(code) => Some(Doubt::from_code(code).ok_or_else(|| CsvError::Row {
+                line,
+                field: "doubt",
+                message: format!("{code:?} is not VIAL_SUSPECT, AIR_SUSPECT or UNDECIDED"),
+            })?),
+        };
+        let a_probe_read = columns
+            .probes
+            .iter()
+            .any(|c| !row.get(*c).unwrap_or("").is_empty());
         out.push(Observation {
             at,
             buffered,
-            any_valid: buffered.is_some(),
+            any_valid: buffered.is_some() || a_probe_read,
+            doubt,
             door_open,
             mains,
         });
@@ -185,12 +233,19 @@ mod tests {
 
     #[test]
     fn reads_the_export_header() {
-        let text = "time,celsius,air,compressor_on,door_open,mains,mode\n2026-03-02T00:00:00+00:00,5.1,5.0,false,true,true,thermostat\n";
+        let text = "time,celsius,doubt,vial,air,compressor_on,door_open,mains,mode\n\
+            2026-03-02T00:00:00+00:00,5.1,,5.1,5.0,false,true,true,thermostat\n\
+            2026-03-02T00:01:00+00:00,,UNDECIDED,9.0,4.0,false,false,true,disputed\n";
         let o = read_observations(text.as_bytes()).unwrap();
         assert_eq!(
-            (o[0].buffered, o[0].door_open, o[0].mains),
-            (Some(5.1), Some(true), Some(true))
+            (o[0].buffered, o[0].door_open, o[0].mains, o[0].doubt),
+            (Some(5.1), Some(true), Some(true), None)
         );
+        assert_eq!((o[1].buffered, o[1].any_valid), (None, true));
+        assert_eq!(o[1].doubt, Some(Doubt::Undecided));
+        let bad = text.replace("UNDECIDED", "MAYBE");
+        let e = read_observations(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().starts_with("line 3: doubt:"), "{e}");
     }
 
     #[test]

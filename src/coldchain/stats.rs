@@ -45,12 +45,15 @@ pub struct FridgeStats {
     pub vial: ProbeStats,
     /// The air probe.
     pub air: ProbeStats,
-    /// Minutes the buffered probe read inside the range.
+    /// Minutes the product estimate (the vial, or the air probe's buffered equivalent when
+    /// the vial is missing or suspect) was inside the range.
     pub minutes_in_range: f64,
-    /// Minutes the buffered probe read outside the range.
+    /// Minutes it was outside the range.
     pub minutes_out_of_range: f64,
-    /// Minutes with no valid buffered reading.
+    /// Minutes with no product estimate.
     pub minutes_unknown: f64,
+    /// Minutes while the probes disagreed: uncertain whatever they read.
+    pub minutes_uncertain: f64,
     /// Compressor starts.
     pub compressor_starts: u64,
     /// Compressor starts per hour of the run.
@@ -85,7 +88,8 @@ impl FridgeStats {
         let m = period.as_secs_f64() / 60.0;
         self.vial.add(r.vial);
         self.air.add(r.air);
-        match r.vial {
+        match r.control {
+            _ if r.doubt.is_some() => self.minutes_uncertain += m,
             Some(v) if v >= self.range.0 && v <= self.range.1 => self.minutes_in_range += m,
             Some(_) => self.minutes_out_of_range += m,
             None => self.minutes_unknown += m,

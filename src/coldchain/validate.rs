@@ -3,7 +3,7 @@
 //! Signatures rejected here: the driver's own (bus error, CRC, 85.000 power-on, 127.937 failed
 //! conversion, unreadable), a value outside the physically plausible range, a buffered probe moving
 //! faster than glycol can, a value frozen while the compressor cycles, and a probe with no valid
-//! reading for too long. Disagreement between the two probes is checked by [`Agreement`]. Every
+//! reading for too long. Disagreement between the two probes is the [`super::arbiter`]'s. Every
 //! rejection is a probe fault, to be recorded as such and never as a temperature excursion.
 
 use super::config::ColdChainConfig;
@@ -33,7 +33,7 @@ pub enum ProbeFaultKind {
     Stuck,
     /// No valid reading for `stale_after`.
     Stale,
-    /// The two probes disagree for longer than `disagreement_for`.
+    /// The two probes disagree and this one is the suspect (see [`super::arbiter`]).
     Disagreement,
 }
 
@@ -138,57 +138,6 @@ impl ProbeValidator {
     }
 }
 
-/// Cross-check of the two probes: the air probe, low-pass filtered to resemble the buffered
-/// vial, must stay within `max_disagreement` of it. A short disagreement is normal (the door was
-/// open, the air moved first); only one lasting `disagreement_for` is a fault.
-#[derive(Clone, Debug)]
-pub struct Agreement {
-    cfg: ColdChainConfig,
-    smoothed_air: Option<(Duration, f64)>,
-    disagreeing_since: Option<Duration>,
-}
-
-impl Agreement {
-    /// No history.
-    pub fn new(cfg: ColdChainConfig) -> Self {
-        Self {
-            cfg,
-            smoothed_air: None,
-            disagreeing_since: None,
-        }
-    }
-
-    /// The air probe's buffered equivalent, if it has had a valid reading.
-    pub fn smoothed_air(&self) -> Option<Celsius> {
-        self.smoothed_air.map(|(_, v)| Celsius(v))
-    }
-
-    /// Feeds one period's valid readings; returns true while the probes disagree as a fault.
-    pub fn update(&mut self, now: Duration, vial: Option<Celsius>, air: Option<Celsius>) -> bool {
-        if let Some(a) = air {
-            self.smoothed_air = Some(match self.smoothed_air {
-                Some((t0, s)) => {
-                    let dt = now.saturating_sub(t0).as_secs_f64();
-                    let k = 1.0 - (-dt / self.cfg.air_smoothing.as_secs_f64().max(1.0)).exp();
-                    (now, s + k * (a.0 - s))
-                }
-                None => (now, a.0),
-            });
-        }
-        let (Some(v), Some(a)) = (vial, self.smoothed_air()) else {
-            self.disagreeing_since = None;
-            return false;
-        };
-        if (v.0 - a.0).abs() > self.cfg.max_disagreement {
-            let since = *self.disagreeing_since.get_or_insert(now);
-            now.saturating_sub(since) >= self.cfg.disagreement_for
-        } else {
-            self.disagreeing_since = None;
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,19 +229,5 @@ mod tests {
         p.check(s(600), &ok(5.0), 0);
         assert!(!p.is_stale(s(1199), s(0)));
         assert!(p.is_stale(s(1200), s(0)));
-    }
-
-    #[test]
-    fn probes_disagreeing_by_more_than_one_and_a_half_degrees_for_thirty_minutes_is_a_fault() {
-        let mut a = Agreement::new(ColdChainConfig::default());
-        let mut t = 0;
-        assert!(!a.update(s(t), Some(Celsius(5.0)), Some(Celsius(7.0))));
-        while t < 1799 {
-            t += 60;
-            let flagged = a.update(s(t), Some(Celsius(5.0)), Some(Celsius(7.0)));
-            assert_eq!(flagged, t >= 1800, "at {t}");
-        }
-        // Back in agreement clears it.
-        assert!(!a.update(s(t + 60), Some(Celsius(7.0)), Some(Celsius(7.0))));
     }
 }

@@ -6,9 +6,10 @@
 //! state before it returns, and `Stopped` is the last event.
 
 use crate::clock::{self, Clock};
+use crate::coldchain::arbiter::{Arbiter, Arbitration, Doubt, Plant};
 use crate::coldchain::control::ControlDecision;
 use crate::coldchain::monitor::{Monitor, Observation};
-use crate::coldchain::validate::{Agreement, Mounting};
+use crate::coldchain::validate::Mounting;
 use crate::coldchain::{
     ColdChainConfig, ControlInput, ControlMode, ProbeValidator, Thermostat, Verdict,
 };
@@ -331,13 +332,15 @@ struct FridgeTask {
     thermostat: Thermostat,
     vial: ProbeValidator,
     air: ProbeValidator,
-    agreement: Agreement,
+    arbiter: Arbiter,
+    doubt: Option<Doubt>,
     latches: [FaultLatch; 2],
     starts: u64,
     compressor_on: bool,
     mode: Option<ControlMode>,
     monitor: Monitor,
-    disagreeing: bool,
+    door_open: bool,
+    mains: bool,
     strategy: Strategy,
     naive_on: bool,
     annunciator: Option<mpsc::Sender<DispenserCommand>>,
@@ -357,13 +360,15 @@ impl FridgeTask {
             thermostat: Thermostat::new(cfg.clone(), now),
             vial: ProbeValidator::new(cfg.clone(), Mounting::Buffered),
             air: ProbeValidator::new(cfg.clone(), Mounting::Air),
-            agreement: Agreement::new(cfg.clone()),
+            arbiter: Arbiter::new(cfg.clone()),
+            doubt: None,
             latches: Default::default(),
             starts: 0,
             compressor_on: false,
             mode: None,
             monitor: Monitor::new(cfg.clone()),
-            disagreeing: false,
+            door_open: false,
+            mains: true,
             strategy: Strategy::Protected,
             naive_on: false,
             annunciator: None,
@@ -425,8 +430,9 @@ impl FridgeTask {
     async fn record(&mut self, record: FridgeRecord) {
         let obs = Observation {
             at: record.at,
-            buffered: record.vial,
+            buffered: record.control,
             any_valid: record.vial.is_some() || record.air.is_some(),
+            doubt: record.doubt,
             door_open: Some(record.door_open),
             mains: Some(record.mains),
         };
@@ -529,29 +535,23 @@ impl FridgeTask {
         let air_raw = self.dev.air.read();
         let vial = self.vial.check(now, &vial_raw, self.starts);
         let air = self.air.check(now, &air_raw, self.starts);
-        let vial_ok = self.judge(Probe::Vial, &vial, at).await;
-        let air_ok = self.judge(Probe::Air, &air, at).await;
-        let disagree = self.agreement.update(now, vial_ok, air_ok);
-        if disagree && !self.disagreeing {
-            // Which probe is wrong cannot be known; the vial still controls, the fault is
-            // reported once per episode against the cross-checking air probe.
-            emit(
-                &self.events,
-                Event::ProbeFault {
-                    at,
-                    probe: Probe::Air,
-                    fault: crate::coldchain::ProbeFaultKind::Disagreement,
-                    raw: air_ok.map(|c| c.0),
-                },
-            )
-            .await;
-        }
-        self.disagreeing = disagree;
-        let control = vial_ok.or_else(|| air_ok.and(self.agreement.smoothed_air()));
+        self.judge(Probe::Vial, &vial, at).await;
+        self.judge(Probe::Air, &air, at).await;
+        // The door and mains as last sampled: the period just ended is what the arbiter
+        // learns from.
+        let plant = Plant {
+            compressor_on: self.compressor_on,
+            door_open: self.door_open,
+            mains: self.mains,
+        };
+        let arbitration = self.arbiter.update(now, &vial, &air, plant);
+        self.report_doubt(&arbitration, &vial, &air, at).await;
         let door_open = self.sample_input(true, now, at).await;
         let mains = self.sample_input(false, now, at).await;
+        (self.door_open, self.mains) = (door_open, mains);
+        let signal = arbitration.signal;
         let decision = match self.strategy {
-            Strategy::Protected => self.thermostat.step(now, ControlInput { control, mains }),
+            Strategy::Protected => self.thermostat.step(now, ControlInput { signal, mains }),
             Strategy::NaiveBaseline => self.naive_decision(&air_raw),
         };
         if self.mode != Some(decision.mode) {
@@ -578,9 +578,10 @@ impl FridgeTask {
         let record = FridgeRecord {
             at,
             mono: now,
-            vial: vial_ok.map(|c| c.0),
-            air: air_ok.map(|c| c.0),
-            control: control.map(|c| c.0),
+            vial: valid(&vial).map(|c| c.0),
+            air: valid(&air).map(|c| c.0),
+            control: arbitration.estimate.map(|c| c.0),
+            doubt: arbitration.doubt,
             compressor_on: self.compressor_on,
             compressor_starts: self.starts,
             door_open,
@@ -590,23 +591,39 @@ impl FridgeTask {
         (record, decision.next_deadline)
     }
 
-    /// Reports fault transitions of a probe and returns its valid value.
-    async fn judge(
-        &mut self,
-        probe: Probe,
-        verdict: &Verdict,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Option<Celsius> {
+    /// Reports fault transitions of a probe.
+    async fn judge(&mut self, probe: Probe, verdict: &Verdict, at: chrono::DateTime<chrono::Utc>) {
         match verdict {
-            Verdict::Valid(c) => {
-                self.latch(probe, None, None, at).await;
-                Some(*c)
-            }
-            Verdict::Rejected(kind, raw) => {
-                self.latch(probe, Some(*kind), *raw, at).await;
-                None
-            }
+            Verdict::Valid(_) => self.latch(probe, None, None, at).await,
+            Verdict::Rejected(kind, raw) => self.latch(probe, Some(*kind), *raw, at).await,
         }
+    }
+
+    /// Reports each change of what is known about a disagreement between the probes (the
+    /// alarm itself is the monitor's, once it has lasted `alarms.probe_disagreement`).
+    async fn report_doubt(
+        &mut self,
+        a: &Arbitration,
+        vial: &Verdict,
+        air: &Verdict,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        if a.doubt == self.doubt {
+            return;
+        }
+        self.doubt = a.doubt;
+        emit(
+            &self.events,
+            Event::ProbeDoubt {
+                at,
+                doubt: a.doubt,
+                evidence: a.evidence,
+                vial: valid(vial).map(|c| c.0),
+                air: valid(air).map(|c| c.0),
+                learned_duty: self.arbiter.learned_duty(),
+            },
+        )
+        .await;
     }
 
     async fn latch(
@@ -664,6 +681,13 @@ trait ReplaceWith<T> {
 impl<T> ReplaceWith<T> for Option<T> {
     fn replace_with(&mut self, v: Option<T>) -> Option<T> {
         std::mem::replace(self, v)
+    }
+}
+
+fn valid(v: &Verdict) -> Option<Celsius> {
+    match v {
+        Verdict::Valid(c) => Some(*c),
+        Verdict::Rejected(..) => None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! scripts, no external resources) built from the database.
 
 use crate::coldchain::analysis::{analyse, AnalysisReport};
+use crate::coldchain::arbiter::Doubt;
 use crate::coldchain::monitor::Observation;
 use crate::coldchain::ColdChainConfig;
 use crate::store::audit::{self, Filter, Row, Verification};
@@ -19,6 +20,10 @@ pub struct StoredReading {
     pub vial: Option<f64>,
     /// Air probe.
     pub air: Option<f64>,
+    /// The product estimate ([`crate::coldchain::monitor::estimate`]).
+    pub control: Option<f64>,
+    /// Set while the probes disagreed.
+    pub doubt: Option<Doubt>,
     /// Door open.
     pub door_open: bool,
     /// Mains present.
@@ -35,7 +40,7 @@ pub fn readings(
     let from = from.map(fmt).unwrap_or_default();
     let to = to.map(fmt).unwrap_or_else(|| "9999".into());
     let mut stmt = conn.prepare(
-        "SELECT utc, vial, air, door_open, mains FROM readings WHERE utc >= ?1 AND utc < ?2 ORDER BY utc, id",
+        "SELECT utc, vial, air, door_open, mains, control, doubt FROM readings WHERE utc >= ?1 AND utc < ?2 ORDER BY utc, id",
     )?;
     let rows = stmt
         .query_map([from, to], |r| {
@@ -46,11 +51,13 @@ pub fn readings(
                 r.get::<_, Option<f64>>(2)?,
                 r.get::<_, bool>(3)?,
                 r.get::<_, bool>(4)?,
+                r.get::<_, Option<f64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut out: Vec<StoredReading> = Vec::with_capacity(rows.len());
-    for (utc, vial, air, door_open, mains) in rows {
+    for (utc, vial, air, door_open, mains, control, doubt) in rows {
         let Ok(at) = DateTime::parse_from_rfc3339(&utc) else {
             continue;
         };
@@ -59,10 +66,13 @@ pub fn readings(
         if out.last().is_some_and(|l| at <= l.at) {
             continue;
         }
+        let doubt = doubt.as_deref().and_then(Doubt::from_code);
         out.push(StoredReading {
             at,
             vial,
             air,
+            control: crate::coldchain::monitor::estimate(vial, control, doubt),
+            doubt,
             door_open,
             mains,
         });
@@ -301,8 +311,9 @@ pub fn render(
         .iter()
         .map(|r| Observation {
             at: r.at,
-            buffered: r.vial,
+            buffered: r.control,
             any_valid: r.vial.is_some() || r.air.is_some(),
+            doubt: r.doubt,
             door_open: Some(r.door_open),
             mains: Some(r.mains),
         })
@@ -363,8 +374,9 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     let _ = write!(
         h,
         "<h2>Summary</h2><table><tr><th class=l>valid readings</th><td>{}</td><th class=l>min</th><td>{} °C</td><th class=l>max</th><td>{} °C</td><th class=l>mean</th><td>{} °C</td><th class=l>MKT</th><td>{} °C</td></tr>\
-<tr><th class=l>in range</th><td>{:.0} min</td><th class=l>out of range</th><td>{:.0} min</td><th class=l>unknown</th><td>{:.0} min</td><th class=l>excursions</th><td>{}</td><th class=l>alarms</th><td>{}</td></tr></table>",
-        a.readings, f2(a.min), f2(a.max), f2(a.mean), f2(a.mkt), a.minutes_in_range, a.minutes_out_of_range, a.minutes_unknown, a.excursions.len(), a.alarms.len()
+<tr><th class=l>in range</th><td>{:.0} min</td><th class=l>out of range</th><td>{:.0} min</td><th class=l>unknown</th><td>{:.0} min</td><th class=l>uncertain (probes disagreed)</th><td{}>{:.0} min</td><th class=l>excursions</th><td>{}</td><th class=l>alarms</th><td>{}</td></tr></table>",
+        a.readings, f2(a.min), f2(a.max), f2(a.mean), f2(a.mkt), a.minutes_in_range, a.minutes_out_of_range, a.minutes_unknown,
+        if a.minutes_uncertain > 0.0 { " class=bad" } else { "" }, a.minutes_uncertain, a.excursions.len(), a.alarms.len()
     );
     h.push_str("<h2>Temperature</h2>");
     h.push_str(&chart(
@@ -379,12 +391,12 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         band,
         &excursion_spans,
     ));
-    h.push_str("<h2>Daily record</h2><table><tr><th class=l>day (UTC)</th><th>min °C</th><th>max °C</th><th>mean °C</th><th>MKT °C</th><th>in range min</th><th>below min</th><th>above min</th><th>unknown min</th></tr>");
+    h.push_str("<h2>Daily record</h2><table><tr><th class=l>day (UTC)</th><th>min °C</th><th>max °C</th><th>mean °C</th><th>MKT °C</th><th>in range min</th><th>below min</th><th>above min</th><th>unknown min</th><th>uncertain min</th></tr>");
     for d in &a.days {
         let _ = write!(
             h,
-            "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td></tr>",
-            d.date, f2(d.min), f2(d.max), f2(d.mean), f2(d.mkt), d.minutes_in_range, d.minutes_below, d.minutes_above, d.minutes_unknown
+            "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td></tr>",
+            d.date, f2(d.min), f2(d.max), f2(d.mean), f2(d.mkt), d.minutes_in_range, d.minutes_below, d.minutes_above, d.minutes_unknown, d.minutes_uncertain
         );
     }
     h.push_str("</table><h2>Excursions</h2>");
@@ -410,6 +422,7 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         .filter(|r| {
             r.kind.starts_with("coldchain.alarm")
                 || r.kind == "coldchain.probe_fault"
+                || r.kind == "coldchain.probe_doubt"
                 || r.kind == "device.fault"
                 || r.kind == "command.rejected"
         })

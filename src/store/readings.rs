@@ -36,16 +36,24 @@ pub struct Seal {
 /// The readings `from_id..=to_id` as they are stored now.
 pub fn seal(conn: &Connection, from_id: i64, to_id: i64) -> Result<Seal, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, utc, vial, air, compressor_on, door_open, mains, mode FROM readings
-         WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+        "SELECT id, utc, vial, air, compressor_on, door_open, mains, mode, control, doubt
+         FROM readings WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
     )?;
     let mut rows = stmt.query(params![from_id, to_id])?;
     let mut hasher = digest::Context::new(&digest::SHA256);
     let mut count = 0;
     while let Some(r) = rows.next()? {
         // Debug formatting of f64 is the shortest text that reads back as the same value.
+        // Rows from before schema 4 have neither control nor doubt; their lines are unchanged
+        // so their seals still check.
+        let control = r.get::<_, Option<f64>>(8)?;
+        let doubt = r.get::<_, Option<String>>(9)?;
+        let tail = match (control, doubt) {
+            (None, None) => String::new(),
+            (c, d) => format!("|{c:?}|{}", d.unwrap_or_default()),
+        };
         let line = format!(
-            "{}|{}|{:?}|{:?}|{}|{}|{}|{}\n",
+            "{}|{}|{:?}|{:?}|{}|{}|{}|{}{tail}\n",
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, Option<f64>>(2)?,
@@ -219,6 +227,7 @@ mod tests {
                 vial: Some(5.0 + (i % 7) as f64 * 0.1),
                 air: Some(4.5),
                 control: None,
+                doubt: None,
                 compressor_on: i % 2 == 0,
                 compressor_starts: 0,
                 door_open: false,

@@ -51,7 +51,7 @@ fn route(kind: &str) -> (Priority, String) {
     let k = match kind {
         k if k.starts_with("coldchain.alarm") => return (Priority::Alarm, "events/alarm".into()),
         k if k.starts_with("coldchain.excursion") => "excursion",
-        "coldchain.probe_fault" | "device.fault" => "fault",
+        "coldchain.probe_fault" | "coldchain.probe_doubt" | "device.fault" => "fault",
         "coldchain.day" => "coldchain_day",
         k if k.starts_with("dose.") => "dose",
         k if k.starts_with("vitals.") => return (Priority::Event, "vitals".into()),
@@ -142,6 +142,12 @@ fn classify(e: &Event) -> (String, String, String, String) {
             sys("fridge"),
             format!("probe:{}", name(probe)),
             String::new(),
+        ),
+        Event::ProbeDoubt { doubt, .. } => (
+            "coldchain.probe_doubt".into(),
+            sys("fridge"),
+            "probes".into(),
+            doubt.map_or("RESOLVED", |d| d.code()).into(),
         ),
         Event::ControlModeChanged { mode, .. } => (
             "coldchain.control_mode".into(),
@@ -515,7 +521,7 @@ impl Recorder {
         if let Event::Reading(r) = e {
             let utc = r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             tx.execute(
-                "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode, control, doubt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     utc,
                     r.vial,
@@ -523,7 +529,9 @@ impl Recorder {
                     r.compressor_on,
                     r.door_open,
                     r.mains,
-                    name(&r.mode)
+                    name(&r.mode),
+                    r.control,
+                    r.doubt.map(|d| d.code()),
                 ],
             )?;
             let rowid = tx.last_insert_rowid();
@@ -534,6 +542,8 @@ impl Recorder {
                 "utc": utc,
                 "vial_c": r.vial,
                 "air_c": r.air,
+                "product_c": r.control,
+                "doubt": r.doubt.map(|d| d.code()),
                 "compressor_on": r.compressor_on,
                 "door_open": r.door_open,
                 "mains": r.mains,

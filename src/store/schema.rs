@@ -74,6 +74,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER readings_no_delete BEFORE DELETE ON readings
         BEGIN SELECT RAISE(ABORT, 'readings are append-only'); END;
     "#,
+    // 4: the arbitrated product temperature and, while the probes disagree, the doubt.
+    r#"
+    ALTER TABLE readings ADD COLUMN control REAL;
+    ALTER TABLE readings ADD COLUMN doubt TEXT;
+    "#,
 ];
 
 /// The newest schema version this build knows.

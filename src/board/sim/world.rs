@@ -68,6 +68,12 @@ pub enum ProbeFault {
         /// Offset in °C.
         by: f64,
     },
+    /// The reading wanders off at this rate (°C per hour) from when the fault began: a
+    /// slowly failing probe, with no jump to give it away.
+    Drift {
+        /// °C per hour.
+        per_hour: f64,
+    },
     /// DS18B20: the scratchpad's power-on 85.000 °C (air probe only).
     PowerOn85,
     /// DS18B20: failed conversion 127.937 °C (air probe only).
@@ -82,6 +88,7 @@ struct ActiveFault {
     fault: ProbeFault,
     until: Option<Duration>,
     stuck_at: f64,
+    since: Duration,
 }
 
 /// Truth about the fridge, for tests and the live view (the controller never reads this).
@@ -287,6 +294,7 @@ impl World {
             fault,
             until: duration.map(|d| self.t + d),
             stuck_at,
+            since: self.t,
         });
     }
 
@@ -473,11 +481,16 @@ impl World {
 
     fn measured(&mut self, probe: Probe, truth: f64, sigma: f64) -> Option<f64> {
         let noise = self.gaussian(sigma);
-        match self.fault(probe).map(|f| (f.fault, f.stuck_at)) {
-            Some((ProbeFault::Disconnected, _)) => None,
-            Some((ProbeFault::Stuck, v)) => Some(v),
-            Some((ProbeFault::Noisy { sigma }, _)) => Some(truth + noise + self.gaussian(sigma)),
-            Some((ProbeFault::Offset { by }, _)) => Some(truth + noise + by),
+        let now = self.t;
+        match self.fault(probe).map(|f| (f.fault, f.stuck_at, f.since)) {
+            Some((ProbeFault::Disconnected, ..)) => None,
+            Some((ProbeFault::Stuck, v, _)) => Some(v),
+            Some((ProbeFault::Noisy { sigma }, ..)) => Some(truth + noise + self.gaussian(sigma)),
+            Some((ProbeFault::Offset { by }, ..)) => Some(truth + noise + by),
+            Some((ProbeFault::Drift { per_hour }, _, since)) => {
+                let hours = now.saturating_sub(since).as_secs_f64() / 3600.0;
+                Some(truth + noise + per_hour * hours)
+            }
             _ => Some(truth + noise),
         }
     }
