@@ -121,6 +121,20 @@ pub enum Event {
         /// Whether the carousel found home afterwards.
         returned_home: bool,
     },
+    /// A unit fell from `slot` while the carousel was only positioning (dispensing from
+    /// `dispensing`): it is in the cup beside the dose and may be another medication.
+    StrayDrop {
+        /// When.
+        at: DateTime<Utc>,
+        /// The slot it fell from.
+        slot: u8,
+        /// How many fell.
+        units: u32,
+        /// The slot being dispensed.
+        dispensing: u8,
+        /// What to do, for the person who reads the alert.
+        detail: String,
+    },
     /// A device failed (line error, carousel error).
     DeviceFault {
         /// When.

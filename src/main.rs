@@ -857,6 +857,9 @@ fn print_summary(s: &sim::SimSummary) {
             d.refills, d.stock, d.stock_alerts
         );
     }
+    for (slot, units) in &d.stray_drops {
+        println!("  STRAY_DROP: {units} unit(s) fell from slot {slot} while the carousel was positioning: check the cup");
+    }
     for fault in &s.device_faults {
         println!("  device fault: {fault}");
     }

@@ -44,6 +44,9 @@ pub enum ActionName {
     Unjam,
     /// Empty a slot physically.
     EmptySlot,
+    /// A unit in a slot comes loose: it falls the next time its slot passes over the chute,
+    /// even when another slot is being dispensed.
+    LooseUnit,
     /// Load units into a slot.
     LoadSlot,
     /// Maintenance test dispense.
@@ -175,6 +178,8 @@ pub enum Op {
     Jam(bool),
     /// Empty a slot.
     EmptySlot(u8),
+    /// A unit in a slot comes loose.
+    LooseUnit(u8),
     /// Load a slot.
     LoadSlot(u8, u32),
     /// Test dispense.
@@ -334,6 +339,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
         },
         ActionName::Unjam => vec![(at, Op::Jam(false))],
         ActionName::EmptySlot => vec![(at, Op::EmptySlot(need(e.slot, "slot", a)?))],
+        ActionName::LooseUnit => vec![(at, Op::LooseUnit(need(e.slot, "slot", a)?))],
         ActionName::LoadSlot => vec![(
             at,
             Op::LoadSlot(need(e.slot, "slot", a)?, need(e.units, "units", a)?),
@@ -413,7 +419,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             let alarm = crate::coldchain::monitor::AlarmKind::from_code(code).ok_or_else(|| {
                 (
                     "alarm".to_string(),
-                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG, PROBE_DISAGREEMENT)"),
+                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG, PROBE_DISAGREEMENT, COMPRESSOR_TRIP)"),
                 )
             })?;
             let actor = e.actor.clone().unwrap_or_default();

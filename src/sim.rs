@@ -163,6 +163,8 @@ pub struct DispenserSummary {
     pub schedule_replacements: u32,
     /// Stock alerts, by reason.
     pub stock_alerts: BTreeMap<String, u32>,
+    /// Units that fell while the carousel was only positioning, by the slot they fell from.
+    pub stray_drops: BTreeMap<u8, u32>,
     /// Units per slot as the appliance counts them at the end.
     pub stock: BTreeMap<u8, u32>,
 }
@@ -640,6 +642,7 @@ async fn play(s: Scenario, stage: Stage) {
                     Op::Ambient(c) => w.set_ambient(c),
                     Op::Jam(j) => w.set_jammed(j),
                     Op::EmptySlot(s) => w.empty_slot(s),
+                    Op::LooseUnit(s) => w.loosen(s),
                     Op::LoadSlot(s, u) => w.load_slot(s, u),
                     Op::TrayPickup(d) => w.pick_up_cup(d),
                     Op::Button => w.press_button(),
@@ -784,6 +787,10 @@ impl Accumulator {
                 *self.probe_faults.entry(key).or_default() += 1;
             }
             Event::ControlModeChanged { .. } => self.mode_changes += 1,
+            Event::StrayDrop { slot, units, .. } => {
+                self.inventory.take(*slot, *units);
+                *self.dispenser.stray_drops.entry(*slot).or_default() += units;
+            }
             Event::CarouselHomed { .. } => self.dispenser.homings += 1,
             Event::Dispensed {
                 drops_seen,

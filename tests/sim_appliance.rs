@@ -338,3 +338,63 @@ fn two_probes_that_disagree_are_an_alarm_and_the_stock_stays_in_range() {
         );
     }
 }
+
+/// The relay's own maximum on-time is the last line of defence: when it acts while the controller
+/// still asks for cooling (here the naive baseline, which knows no maximum on-time, pulling the
+/// cabinet down from room temperature), that is a device fault and a latched alarm, not silence.
+#[test]
+fn the_relay_tripping_at_its_maximum_on_time_is_a_fault_and_a_latched_alarm() {
+    use medbox::coldchain::monitor::AlarmKind;
+    let s = common::run(medbox::sim::SimOptions {
+        strategy: medbox::controller::Strategy::NaiveBaseline,
+        ..common::options(0.5)
+    });
+    let trips: Vec<_> = s
+        .coldchain
+        .alarms
+        .iter()
+        .filter(|a| a.alarm == AlarmKind::CompressorTrip)
+        .collect();
+    assert_eq!(
+        trips.len(),
+        1,
+        "raised once, latched: {:?}",
+        s.coldchain.alarms
+    );
+    assert!(trips[0]
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("fridge.compressor.max_on"));
+    // The pull-down from 22 °C needs more than the relay's 45 min: the first trip comes then.
+    let after = (trips[0].at - s.start).num_minutes();
+    assert!((45..=50).contains(&after), "tripped after {after} min");
+    assert!(s
+        .device_faults
+        .iter()
+        .any(|f| f.contains("maximum on-time")));
+    // The protected controller never asks for more than its own maximum on-time.
+    let protected = common::run_days(0.5, None);
+    assert!(!protected
+        .coldchain
+        .alarms
+        .iter()
+        .any(|a| a.alarm == AlarmKind::CompressorTrip));
+}
+
+/// A unit that falls while the carousel is only positioning may be another patient's medicine in
+/// the cup: it is reported naming the slot it fell from, and that slot's count goes down.
+#[test]
+fn a_stray_drop_raises_an_alert_naming_the_slot_it_fell_from() {
+    let s = common::run_days(0.1, Some("loose-unit.toml"));
+    assert_eq!(s.truth.units_released, 2, "the dose and the loose unit");
+    assert_eq!(
+        s.dispenser.stray_drops,
+        [(1, 1)].into_iter().collect(),
+        "one unit, from slot 1"
+    );
+    // The counts follow what the beam saw leave each slot.
+    let stock = &s.dispenser.stock;
+    assert_eq!(stock.get(&1), Some(&(s.truth.stock[1])));
+    assert_eq!(stock.get(&3), Some(&(s.truth.stock[3])));
+}

@@ -249,9 +249,14 @@ impl Arbiter {
         }
     }
 
-    /// The air probe's buffered equivalent, if it has had a valid reading.
+    /// The air probe's buffered equivalent, while its last valid reading is no older than
+    /// `stale_after`: a filter left holding an old value must not stand in for a probe.
     pub fn smoothed_air(&self) -> Option<Celsius> {
-        self.smoothed_air.map(|(_, v)| Celsius(v))
+        let fresh = match (self.last_air, self.last_at) {
+            (Some((t, _)), Some(now)) => now.saturating_sub(t) < self.cfg.stale_after,
+            _ => false,
+        };
+        self.smoothed_air.filter(|_| fresh).map(|(_, v)| Celsius(v))
     }
 
     /// The duty cycle learned while the probes agreed and the cabinet sat in its band.
@@ -291,7 +296,7 @@ impl Arbiter {
             .observe(dt, plant.compressor_on, vial_ok.map(|c| c.0), healthy);
 
         let (Some(v), Some(a)) = (vial_ok, smoothed) else {
-            return self.single(vial_ok, air_ok.and(smoothed));
+            return self.single(vial_ok, smoothed);
         };
         let disagree = (v.0 - a.0).abs() > self.cfg.max_disagreement;
         if disagree {
@@ -679,6 +684,28 @@ mod tests {
         }
         let m = cleared.expect("doubt clears");
         assert!(m >= 90, "cleared too early at {m}");
+    }
+
+    #[test]
+    fn an_air_reading_older_than_stale_after_is_never_used() {
+        let cfg = ColdChainConfig::default();
+        let mut a = Arbiter::new(cfg.clone());
+        agree(&mut a, 0, 30, 5.0);
+        let gone = Verdict::Rejected(ProbeFaultKind::NotResponding, None);
+        // The vial is out too: a glitch of the air probe keeps its buffered equivalent…
+        let r = a.update(s(30 * 60), &gone, &gone, plant(false));
+        assert!(matches!(r.signal, Signal::Trusted { .. }), "{r:?}");
+        // …until its last valid reading is `stale_after` old: then nothing is trusted.
+        let stale = 29 * 60 + cfg.stale_after.as_secs();
+        let r = a.update(s(stale - 1), &gone, &gone, plant(false));
+        assert!(matches!(r.signal, Signal::Trusted { .. }), "{r:?}");
+        let r = a.update(s(stale), &gone, &gone, plant(false));
+        assert_eq!(r.signal, Signal::Lost);
+        assert_eq!(r.estimate, None);
+        // A stale air probe is not compared with the vial either.
+        let r = a.update(s(stale + 60), &ok(5.0), &gone, plant(false));
+        assert_eq!(r.signal, Signal::trusted(Celsius(5.0)));
+        assert_eq!(r.doubt, None);
     }
 
     #[test]

@@ -73,11 +73,14 @@ pub enum AlarmKind {
     PowerLostLong,
     /// The two probes disagree (latched until acknowledged).
     ProbeDisagreement,
+    /// The compressor relay opened by itself at its maximum on-time while the controller asked
+    /// for cooling (latched until acknowledged).
+    CompressorTrip,
 }
 
 impl AlarmKind {
     /// Every kind, in evaluation order.
-    pub const ALL: [AlarmKind; 8] = [
+    pub const ALL: [AlarmKind; 9] = [
         AlarmKind::Freeze,
         AlarmKind::Heat,
         AlarmKind::Excursion,
@@ -86,6 +89,7 @@ impl AlarmKind {
         AlarmKind::MainsLost,
         AlarmKind::PowerLostLong,
         AlarmKind::ProbeDisagreement,
+        AlarmKind::CompressorTrip,
     ];
 
     /// The stable code.
@@ -99,6 +103,7 @@ impl AlarmKind {
             AlarmKind::MainsLost => "MAINS_LOST",
             AlarmKind::PowerLostLong => "POWER_LOST_LONG",
             AlarmKind::ProbeDisagreement => "PROBE_DISAGREEMENT",
+            AlarmKind::CompressorTrip => "COMPRESSOR_TRIP",
         }
     }
 
@@ -110,7 +115,10 @@ impl AlarmKind {
     /// Whether the alarm stays raised after its condition ends, until a person acknowledges
     /// it: a probe that was wrong once must be looked at even if it agrees again.
     pub fn latched(self) -> bool {
-        matches!(self, AlarmKind::ProbeDisagreement)
+        matches!(
+            self,
+            AlarmKind::ProbeDisagreement | AlarmKind::CompressorTrip
+        )
     }
 }
 
@@ -289,7 +297,7 @@ impl Day {
 #[derive(Clone, Debug)]
 pub struct Monitor {
     cfg: ColdChainConfig,
-    rules: [RuleState; 8],
+    rules: [RuleState; 9],
     open: Option<OpenExcursion>,
     next_id: u64,
     last_at: Option<DateTime<Utc>>,
@@ -343,6 +351,28 @@ impl Monitor {
                 Ok(())
             }
         }
+    }
+
+    /// Raises an equipment alarm that no reading shows (the relay's own trip), latched until
+    /// acknowledged; None if it is already raised.
+    pub fn equipment_alarm(
+        &mut self,
+        alarm: AlarmKind,
+        at: DateTime<Utc>,
+        detail: String,
+    ) -> Option<MonitorEvent> {
+        let state = &mut self.rules[alarm as usize];
+        if state.raised.is_some() {
+            return None;
+        }
+        state.raised = Some(false);
+        Some(MonitorEvent::AlarmRaised {
+            alarm,
+            at,
+            since: at,
+            value: None,
+            detail: Some(detail),
+        })
     }
 
     /// Feeds one observation; returns what happened, in order.
@@ -483,7 +513,7 @@ impl Monitor {
     fn evaluate_alarms(&mut self, o: &Observation, weight: f64, out: &mut Vec<MonitorEvent>) {
         let a = &self.cfg.alarms;
         let excursion_open = self.open.is_some();
-        let conditions: [(Option<bool>, Duration, Semantics); 8] = [
+        let conditions: [(Option<bool>, Duration, Semantics); 9] = [
             (
                 o.buffered.map(|v| v <= a.freeze.threshold.0),
                 a.freeze.delay,
@@ -512,6 +542,8 @@ impl Monitor {
                 a.probe_disagreement.delay,
                 Semantics::Single,
             ),
+            // Raised by `equipment_alarm`, never by a reading; cleared once acknowledged.
+            (Some(false), Duration::ZERO, Semantics::Single),
         ];
         for (kind, (cond, delay, semantics)) in AlarmKind::ALL.into_iter().zip(conditions) {
             // An unknown condition (rejected reading, unknown line) leaves the rule as it is.
@@ -673,6 +705,38 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn a_compressor_trip_is_a_latched_alarm_until_acknowledged() {
+        let mut m = Monitor::new(ColdChainConfig::default());
+        feed(&mut m, 0, 10, |i| obs(i, 5.0));
+        let raised = m.equipment_alarm(AlarmKind::CompressorTrip, t(10), "tripped".into());
+        assert!(matches!(
+            raised,
+            Some(MonitorEvent::AlarmRaised {
+                alarm: AlarmKind::CompressorTrip,
+                ..
+            })
+        ));
+        assert_eq!(
+            m.equipment_alarm(AlarmKind::CompressorTrip, t(11), "again".into()),
+            None,
+            "once per episode"
+        );
+        let events: Vec<_> = (11..30).flat_map(|i| m.observe(&obs(i, 5.0))).collect();
+        assert!(events.is_empty(), "{events:?}");
+        m.acknowledge(AlarmKind::CompressorTrip, "tech-2", "relay checked")
+            .unwrap();
+        let events = m.observe(&obs(30, 5.0));
+        assert!(matches!(
+            events.as_slice(),
+            [MonitorEvent::AlarmCleared {
+                alarm: AlarmKind::CompressorTrip,
+                acknowledged: true,
+                ..
+            }]
+        ));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! Signatures rejected here: the driver's own (bus error, CRC, 85.000 power-on, 127.937 failed
 //! conversion, unreadable), a value outside the physically plausible range, a buffered probe moving
-//! faster than glycol can, a value frozen while the compressor cycles, and a probe with no valid
-//! reading for too long. Disagreement between the two probes is the [`super::arbiter`]'s. Every
-//! rejection is a probe fault, to be recorded as such and never as a temperature excursion.
+//! faster than glycol can, and a value frozen while the compressor cycles. Staleness (no valid
+//! reading for `stale_after`) and disagreement between the two probes are the
+//! [`super::arbiter`]'s. Every rejection is a probe fault, to be recorded as such and never as a temperature excursion.
 
 use super::config::ColdChainConfig;
 use crate::devices::ProbeError;
@@ -31,8 +31,6 @@ pub enum ProbeFaultKind {
     ImplausibleRate,
     /// Did not move while the compressor cycled.
     Stuck,
-    /// No valid reading for `stale_after`.
-    Stale,
     /// The two probes disagree and this one is the suspect (see [`super::arbiter`]).
     Disagreement,
 }
@@ -129,13 +127,6 @@ impl ProbeValidator {
         self.last_valid = Some((now, v));
         Verdict::Valid(value)
     }
-
-    /// Whether the probe has had no valid reading for `stale_after` (counting from `started`
-    /// when it never had one).
-    pub fn is_stale(&self, now: Duration, started: Duration) -> bool {
-        let last = self.last_valid.map_or(started, |(t, _)| t);
-        now.saturating_sub(last) >= self.cfg.stale_after
-    }
 }
 
 #[cfg(test)]
@@ -219,15 +210,5 @@ mod tests {
         ));
         // Any movement clears it.
         assert!(matches!(p.check(s(3620), &ok(5.01), 12), Verdict::Valid(_)));
-    }
-
-    #[test]
-    fn probe_without_valid_reading_for_ten_minutes_is_stale() {
-        let mut p = buffered();
-        assert!(!p.is_stale(s(599), s(0)));
-        assert!(p.is_stale(s(600), s(0)));
-        p.check(s(600), &ok(5.0), 0);
-        assert!(!p.is_stale(s(1199), s(0)));
-        assert!(p.is_stale(s(1200), s(0)));
     }
 }

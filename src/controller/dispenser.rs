@@ -554,6 +554,7 @@ impl DispenserTask {
                     Ok(report) => {
                         self.homed = report.returned_home;
                         self.dosing.inventory.take(slot, report.drops_seen);
+                        self.stray(&report).await;
                         if report.drops_seen > 0 {
                             self.attentive_until = self.clock.monotonic() + ATTENTIVE_FOR;
                         }
@@ -1297,6 +1298,41 @@ impl DispenserTask {
     }
 
     /// Dispenses `units` for `attempt`; `note` says who asked for an as-needed dose and why.
+    /// A unit that fell while the carousel was only positioning is in the cup beside the dose,
+    /// and may be another medication: a device fault naming the slot it fell from, and that
+    /// slot's count goes down (the break-beam saw it leave).
+    async fn stray(&mut self, report: &crate::devices::DropReport) {
+        if report.stray_drops == 0 {
+            return;
+        }
+        let at = self.clock.now();
+        let Some(from) = report.stray_from else {
+            let detail = format!(
+                "STRAY_DROP: {} unit(s) fell from an unknown slot while dispensing from slot {}: \
+                 check the cup before anything is taken",
+                report.stray_drops, report.slot
+            );
+            return super::emit(&self.events, device_fault(at, "carousel", detail)).await;
+        };
+        self.dosing.inventory.take(from, report.stray_drops);
+        let detail = format!(
+            "STRAY_DROP: {} unit(s) fell from slot {from} while dispensing from slot {}: check \
+             the cup and slot {from} before anything is taken",
+            report.stray_drops, report.slot
+        );
+        super::emit(
+            &self.events,
+            Event::StrayDrop {
+                at,
+                slot: from,
+                units: report.stray_drops,
+                dispensing: report.slot,
+                detail,
+            },
+        )
+        .await;
+    }
+
     async fn dispense(&mut self, attempt: Attempt, units: u32, note: Option<String>) {
         let (slot, occurrence) = (attempt.slot, attempt.occurrence);
         if self.storage_locked {
@@ -1374,6 +1410,9 @@ impl DispenserTask {
         } = classify(&result, units);
         if let Some(h) = homed {
             self.homed = h;
+        }
+        if let Ok(report) = &result {
+            self.stray(report).await;
         }
         let record = DoseRecord {
             medication,
@@ -1506,6 +1545,18 @@ fn classify(
         homed,
     };
     match result {
+        Ok(r) if r.stray_drops > 0 => out(
+            Outcome::Uncertain,
+            r.drops_seen,
+            format!(
+                "{} of {units} unit(s) seen, and {} more fell while the carousel was positioning{}: \
+                 the cup may hold another medication",
+                r.drops_seen,
+                r.stray_drops,
+                r.stray_from.map_or(String::new(), |s| format!(" (over slot {s})"))
+            ),
+            Some(r.returned_home),
+        ),
         Ok(r) if r.drops_seen == units && r.returned_home => out(
             Outcome::Dispensed,
             units,
@@ -1563,6 +1614,7 @@ mod tests {
             requested: 2,
             drops_seen,
             stray_drops: 0,
+            stray_from: None,
             returned_home,
         })
     }
@@ -1572,6 +1624,19 @@ mod tests {
         assert_eq!(classify(&report(2, true), 2).outcome, Outcome::Dispensed);
         assert_eq!(classify(&report(1, true), 2).outcome, Outcome::Uncertain);
         assert_eq!(classify(&report(2, false), 2).outcome, Outcome::Uncertain);
+    }
+
+    #[test]
+    fn a_unit_that_fell_while_positioning_makes_the_dose_uncertain_and_names_the_slot() {
+        let stray = Ok(DropReport {
+            stray_drops: 1,
+            stray_from: Some(3),
+            ..report(2, true).unwrap()
+        });
+        let c = classify(&stray, 2);
+        assert_eq!(c.outcome, Outcome::Uncertain);
+        assert_eq!(c.given, 2);
+        assert!(c.detail.contains("over slot 3"), "{}", c.detail);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::clock::{self, Clock};
 use crate::coldchain::arbiter::{Arbiter, Arbitration, Doubt, Plant};
 use crate::coldchain::control::ControlDecision;
-use crate::coldchain::monitor::{Monitor, Observation};
+use crate::coldchain::monitor::{AlarmKind, Monitor, Observation};
 use crate::coldchain::validate::Mounting;
 use crate::coldchain::{
     ColdChainConfig, ControlInput, ControlMode, ProbeValidator, Thermostat, Verdict,
@@ -567,6 +567,9 @@ impl FridgeTask {
         }
         match self.dev.compressor.command(decision.compressor_on, now) {
             Ok(state) => {
+                if state == CompressorState::Tripped {
+                    self.tripped(at).await;
+                }
                 let on = state == CompressorState::On;
                 if on && !self.compressor_on {
                     self.starts += 1;
@@ -596,6 +599,26 @@ impl FridgeTask {
         match verdict {
             Verdict::Valid(_) => self.latch(probe, None, None, at).await,
             Verdict::Rejected(kind, raw) => self.latch(probe, Some(*kind), *raw, at).await,
+        }
+    }
+
+    /// The relay opened by itself while the controller still asked for cooling: an audited
+    /// device fault and a latched alarm, since the protection below the controller acted.
+    async fn tripped(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        let detail = "the compressor relay opened by itself at its maximum on-time \
+            (fridge.compressor.max_on) while the controller asked for cooling"
+            .to_string();
+        emit(
+            &self.events,
+            device_fault(at, "fridge.compressor", detail.clone()),
+        )
+        .await;
+        if let Some(e) = self
+            .monitor
+            .equipment_alarm(AlarmKind::CompressorTrip, at, detail)
+        {
+            emit(&self.events, Event::ColdChain(e)).await;
+            self.annunciate().await;
         }
     }
 

@@ -37,6 +37,12 @@ impl CarouselGeometry {
         self.steps_per_rev / u32::from(self.slots.max(1))
     }
 
+    /// The slot over the chute at step position `p` (from home).
+    pub fn slot_at(&self, p: u32) -> u8 {
+        let per = self.steps_per_slot().max(1);
+        ((p % self.steps_per_rev.max(1)) / per).min(u32::from(self.slots.saturating_sub(1))) as u8
+    }
+
     /// Step position (from home) at which `slot` sits over the chute.
     pub fn slot_position(&self, slot: u8) -> u32 {
         u32::from(slot) * self.steps_per_slot() + self.steps_per_slot() / 2
@@ -93,8 +99,11 @@ pub struct DropReport {
     pub requested: u32,
     /// Units the break-beam saw fall during the release strokes.
     pub drops_seen: u32,
-    /// Units seen falling while merely positioning (should be zero; non-zero means a loose unit).
+    /// Units seen falling while merely positioning (should be zero; non-zero means a loose unit,
+    /// possibly another medication, in the cup).
     pub stray_drops: u32,
+    /// The slot over the chute when the first of them fell.
+    pub stray_from: Option<u8>,
     /// Whether the carousel found home where it expected it afterwards (false: steps lost, jam).
     pub returned_home: bool,
 }
@@ -194,9 +203,20 @@ where
         self.position = None;
         let target = g.slot_position(slot);
         let mut stray = 0;
+        let mut stray_from = None;
+        let mut p = pos % rev;
+        // One positioning step; notes which slot was over the chute if something fell.
+        let mut position = |this: &mut Self, p: &mut u32| -> Result<u32, CarouselError> {
+            let fell = this.step(Rotation::Forward)?;
+            *p = (*p + 1) % rev;
+            if fell > 0 && stray_from.is_none() {
+                stray_from = Some(g.slot_at(*p));
+            }
+            Ok(fell)
+        };
         let travel = (target + rev - pos % rev) % rev;
         for _ in 0..travel {
-            stray += self.step(Rotation::Forward)?;
+            stray += position(self, &mut p)?;
         }
         // Every slot lies at least half a slot from home: still seeing home means no motion.
         if pos == 0 && travel > 0 && self.home_active()? {
@@ -219,13 +239,13 @@ where
             }
         }
         for _ in 0..(rev - target) {
-            stray += self.step(Rotation::Forward)?;
+            stray += position(self, &mut p)?;
         }
         // Allow the sensor's edge to sit a little late (belt stretch, sensor placement).
         let mut returned_home = self.home_active()?;
         let mut extra = 0;
         while !returned_home && extra < g.steps_per_slot() / 4 {
-            stray += self.step(Rotation::Forward)?;
+            stray += position(self, &mut p)?;
             extra += 1;
             returned_home = self.home_active()?;
         }
@@ -237,6 +257,7 @@ where
             requested: units,
             drops_seen: seen,
             stray_drops: stray,
+            stray_from,
             returned_home,
         })
     }

@@ -66,6 +66,9 @@ pub enum CompressorState {
     On,
     /// Stopped.
     Off,
+    /// Stopped by the relay itself: it reached its maximum on-time while the controller still
+    /// asked for cooling. The last line of defence acted, so something above it is wrong.
+    Tripped,
 }
 
 /// The compressor relay, with its protective times enforced below the controller.
@@ -166,9 +169,13 @@ pub mod adapt {
 
     impl<P: OutputPin + Send> Compressor for RelayCompressor<P> {
         fn command(&mut self, on: bool, at: Duration) -> Result<CompressorState, LineError> {
-            self.0
+            let outcome = self
+                .0
                 .command(on, at)
                 .map_err(|e| line_err("fridge.compressor")(format!("{e:?}")))?;
+            if on && outcome == relay::RelayOutcome::MaxOnTimeReached {
+                return Ok(CompressorState::Tripped);
+            }
             Ok(if self.0.is_on() {
                 CompressorState::On
             } else {

@@ -22,7 +22,8 @@ pub fn rebuild(conn: &Connection) -> Result<Inventory, StoreError> {
         "SELECT kind, subject, body, utc FROM audit WHERE kind IN \
          ('inventory.refill', 'inventory.alert', 'inventory.acknowledged', \
           'dose.dispensed', 'dose.uncertain', 'dose.confirmed_given', \
-          'dose.confirmed_not_given', 'dispenser.test_dispense') ORDER BY seq",
+          'dose.confirmed_not_given', 'dispenser.test_dispense', 'dispenser.stray_drop') \
+         ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -58,6 +59,9 @@ pub fn rebuild(conn: &Connection) -> Result<Inventory, StoreError> {
             }
             "dispenser.test_dispense" => {
                 inv.take(slot, num(body.get("drops_seen")));
+            }
+            "dispenser.stray_drop" => {
+                inv.take(slot, num(body.get("units")));
             }
             "inventory.alert" => {
                 let issue: Option<StockIssue> = body

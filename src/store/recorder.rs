@@ -51,7 +51,10 @@ fn route(kind: &str) -> (Priority, String) {
     let k = match kind {
         k if k.starts_with("coldchain.alarm") => return (Priority::Alarm, "events/alarm".into()),
         k if k.starts_with("coldchain.excursion") => "excursion",
-        "coldchain.probe_fault" | "coldchain.probe_doubt" | "device.fault" => "fault",
+        "coldchain.probe_fault"
+        | "coldchain.probe_doubt"
+        | "device.fault"
+        | "dispenser.stray_drop" => "fault",
         "coldchain.day" => "coldchain_day",
         k if k.starts_with("dose.") => "dose",
         k if k.starts_with("vitals.") => return (Priority::Event, "vitals".into()),
@@ -166,6 +169,12 @@ fn classify(e: &Event) -> (String, String, String, String) {
             sys("dispenser"),
             format!("slot:{}", report.slot),
             String::new(),
+        ),
+        Event::StrayDrop { slot, .. } => (
+            "dispenser.stray_drop".into(),
+            sys("dispenser"),
+            format!("slot:{slot}"),
+            "STRAY_DROP".into(),
         ),
         Event::DeviceFault { device, .. } => (
             "device.fault".into(),

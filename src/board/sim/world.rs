@@ -138,6 +138,8 @@ pub struct World {
     button_until: Option<Duration>,
     cup_back_at: Option<Duration>,
     home_width: u32,
+    /// Slots with a loose unit.
+    loose: std::collections::BTreeSet<u8>,
 }
 
 impl World {
@@ -183,6 +185,7 @@ impl World {
             button_until: None,
             cup_back_at: None,
             home_width: m.home_width_steps,
+            loose: Default::default(),
         }
     }
 
@@ -306,6 +309,11 @@ impl World {
     /// Jams or frees the carousel.
     pub fn set_jammed(&mut self, jammed: bool) {
         self.jammed = jammed;
+    }
+
+    /// A unit in `slot` comes loose: it falls the next time the slot passes over the chute.
+    pub fn loosen(&mut self, slot: u8) {
+        self.loose.insert(slot);
     }
 
     /// Empties a slot physically (the inventory count is not told).
@@ -440,6 +448,34 @@ impl World {
         self.rotor += delta;
         if delta < 0 {
             self.check_release();
+        } else {
+            self.check_loose();
+        }
+    }
+
+    /// A loose unit falls when its slot's centre passes over the chute.
+    fn check_loose(&mut self) {
+        let pos = self.carousel_position();
+        let over = self
+            .loose
+            .iter()
+            .copied()
+            .find(|s| self.geometry.slot_position(*s) == pos);
+        if let Some(slot) = over {
+            self.loose.remove(&slot);
+            self.drop_unit(slot);
+        }
+    }
+
+    fn drop_unit(&mut self, slot: u8) {
+        let i = usize::from(slot);
+        if self.stock.get(i).copied().unwrap_or(0) > 0 {
+            self.stock[i] -= 1;
+            self.released_total += 1;
+            self.falling.push(self.t + self.m.pill_fall_time);
+            if self.cup_present {
+                self.in_cup += 1;
+            }
         }
     }
 
@@ -450,15 +486,7 @@ impl World {
         for slot in 0..g.slots {
             let edge = g.slot_position(slot) - g.pick_steps / 2;
             if pos == edge {
-                let i = usize::from(slot);
-                if self.stock.get(i).copied().unwrap_or(0) > 0 {
-                    self.stock[i] -= 1;
-                    self.released_total += 1;
-                    self.falling.push(self.t + self.m.pill_fall_time);
-                    if self.cup_present {
-                        self.in_cup += 1;
-                    }
-                }
+                self.drop_unit(slot);
             }
         }
     }
