@@ -150,6 +150,10 @@ enum ScheduleCommand {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also check every slot against this board profile's carousel (the schedules are
+        /// always checked against the largest carousel, 8 slots).
+        #[arg(long)]
+        board: Option<PathBuf>,
     },
     /// The next dose occurrences of each medication, with their windows.
     Next {
@@ -1265,19 +1269,33 @@ fn audit_export(
 
 fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
     let result = match cmd {
-        ScheduleCommand::Check { paths } => {
+        ScheduleCommand::Check { paths, board } => {
             let mut errors = Vec::new();
+            let slots = match board.as_deref().map(BoardProfile::load).transpose() {
+                Ok(b) => b.map(|b| b.carousel.slots),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            };
             let mut checked = 0;
             for p in &paths {
-                if p.is_dir() {
+                let loaded = if p.is_dir() {
                     let (ok, errs) = medbox::dosing::schedule::Schedule::load_dir(p);
-                    checked += ok.len();
                     errors.extend(errs);
+                    ok.into_iter().map(|(_, s)| s).collect()
                 } else {
                     match medbox::dosing::schedule::Schedule::load(p) {
-                        Ok(_) => checked += 1,
-                        Err(e) => errors.extend(e),
+                        Ok(s) => vec![s],
+                        Err(e) => {
+                            errors.extend(e);
+                            Vec::new()
+                        }
                     }
+                };
+                checked += loaded.len();
+                if let Some(slots) = slots {
+                    errors.extend(loaded.iter().flat_map(|s| s.slot_problems(slots)));
                 }
             }
             for e in &errors {
@@ -1485,7 +1503,13 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (schedules, errs) = medbox::dosing::schedule::Schedule::load_dir(&cfg.appliance.schedules);
+    let (schedules, mut errs) =
+        medbox::dosing::schedule::Schedule::load_dir(&cfg.appliance.schedules);
+    errs.extend(
+        schedules
+            .iter()
+            .flat_map(|(_, s)| s.slot_problems(profile.carousel.slots)),
+    );
     if !errs.is_empty() {
         return Err(config_errors(errs));
     }
@@ -1540,7 +1564,8 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
             .context("cannot open the Raspberry Pi's GPIO and buses")?;
         let running = medbox::controller::start(
             clock.clone(),
-            cfg.coldchain,
+            cfg.coldchain
+                .with_relay(medbox::board::relay_limits(&profile)),
             medbox::controller::Strategy::Protected,
             fridge,
             dispenser,

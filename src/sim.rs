@@ -88,6 +88,9 @@ pub enum SimError {
     /// The profile has no `[sim]` model.
     #[error("the profile has no [sim] model")]
     NoModel,
+    /// A schedule uses a slot the board's carousel does not have.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Schedules(Vec<crate::config::ConfigError>),
     /// The uplink could not start or failed.
     #[error("uplink: {0}")]
     Uplink(String),
@@ -231,6 +234,15 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<SimSummary, SimError> {
     let mut model = opts.profile.sim.clone().ok_or(SimError::NoModel)?;
+    let slots = opts.profile.carousel.slots;
+    let misfits: Vec<_> = opts
+        .schedules
+        .iter()
+        .flat_map(|s| s.slot_problems(slots))
+        .collect();
+    if !misfits.is_empty() {
+        return Err(SimError::Schedules(misfits));
+    }
     if let Some(start) = opts.scenario.as_ref().and_then(|s| s.start) {
         model.start = start;
     }
@@ -356,7 +368,8 @@ pub async fn run(
     };
     let running = controller::start(
         clock.clone(),
-        opts.coldchain.clone(),
+        opts.coldchain
+            .with_relay(crate::board::relay_limits(&opts.profile)),
         opts.strategy,
         fridge,
         dispenser,

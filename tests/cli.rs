@@ -173,3 +173,73 @@ fn schedule_explain_with_a_database_uses_its_stored_vital_readings() {
     let (_, without) = explain(None);
     assert!(without.contains("Metoprolol: NEEDS_READING"), "{without}");
 }
+
+/// A schedule is parsed against the largest carousel; the board it runs on may have fewer slots.
+/// `schedule check --board` and the simulator both check against the board's own carousel.
+#[test]
+fn schedules_are_checked_against_the_boards_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("four-slots.toml");
+    let src = include_str!("../hw/sim.toml")
+        .replace("slots = 8", "slots = 4")
+        .replace(
+            "slot_stock = [60, 30, 20, 10, 40, 200, 30, 0]",
+            "slot_stock = [60, 30, 20, 10]",
+        );
+    std::fs::write(&small, src).unwrap();
+    let board = small.to_str().unwrap();
+    let (code, text) = medbox(&["schedule", "check", "schedules", "--board", board]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("p-0311-prn-painkiller.toml:12:"), "{text}");
+    assert!(
+        text.contains("slot 4 does not exist on this board"),
+        "{text}"
+    );
+    assert!(text.contains("p-0520-prednisolone-taper.toml:9:"), "{text}");
+    assert!(!text.contains("p-0042"), "slots 0 and 1 exist: {text}");
+    let (code, text) = medbox(&["schedule", "check", "schedules", "--board", "hw/sim.toml"]);
+    assert_eq!(code, 0, "{text}");
+    // The simulator refuses to start rather than leave a dose `uncertain` on a missing slot.
+    let (code, text) = medbox(&["sim", "--days", "0.01", "--board", board]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("does not exist on this board"), "{text}");
+}
+
+/// One source of truth for the compressor's protection: `[coldchain]` sets it, and the board's
+/// relay may only be stricter; `config check` names the relay key that is looser, at its line.
+#[test]
+fn config_check_refuses_a_relay_looser_than_the_cold_chain_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let board = dir.path().join("board.toml");
+    std::fs::write(&board, include_str!("../hw/sim.toml")).unwrap();
+    let cfg = dir.path().join("appliance.toml");
+    let write = |coldchain: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[appliance]\ndevice_id = \"medbox-test\"\nboard = \"board.toml\"\ndb = \"x.db\"\nschedules = \"s\"\n\n[coldchain]\n{coldchain}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("max_on = \"30m\"\nmin_off = \"5m\"");
+    let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    let line = include_str!("../hw/sim.toml")
+        .lines()
+        .position(|l| l.starts_with("max_on = \"45m\""))
+        .unwrap()
+        + 1;
+    assert!(
+        text.contains(&format!("board.toml:{line}: fridge.compressor.max_on: 45m is longer than coldchain.max_on (30m)")),
+        "{text}"
+    );
+    assert!(
+        text.contains("fridge.compressor.min_off: 4m is shorter"),
+        "{text}"
+    );
+    // A relay stricter than the settings is fine.
+    write("max_on = \"60m\"");
+    let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+}

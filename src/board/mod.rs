@@ -22,8 +22,18 @@ pub fn carousel_geometry(c: &CarouselWiring) -> CarouselGeometry {
 
 /// Compressor relay timings as the profile states them.
 pub fn compressor_timings(p: &BoardProfile) -> RelayTimings {
-    let c = &p.fridge.compressor;
+    let l = relay_limits(p);
     RelayTimings {
+        min_on: l.min_on,
+        min_off: l.min_off,
+        max_on: l.max_on,
+    }
+}
+
+/// The same limits, as the cold chain cross-checks them against its own settings.
+pub fn relay_limits(p: &BoardProfile) -> crate::coldchain::config::RelayLimits {
+    let c = &p.fridge.compressor;
+    crate::coldchain::config::RelayLimits {
         min_on: c.min_on,
         min_off: c.min_off,
         max_on: c.max_on,

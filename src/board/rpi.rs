@@ -84,7 +84,7 @@ fn sensor(
     key: &'static str,
 ) -> Result<Sensor<InputPin>, RpiBoardError> {
     Ok(Sensor(
-        DebouncedInput::new(input(gpio, spec, key)?, spec.active, spec.debounce),
+        DebouncedInput::new(input(gpio, spec, key)?, spec.active, spec.debounce()),
         key,
     ))
 }

@@ -202,10 +202,101 @@ impl Default for ColdChainConfig {
     }
 }
 
+/// The compressor relay's own protective times, as a board profile states them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Shortest run the relay allows.
+    pub min_on: Duration,
+    /// Shortest rest the relay allows.
+    pub min_off: Duration,
+    /// Longest run before the relay opens by itself.
+    pub max_on: Duration,
+}
+
 impl ColdChainConfig {
+    /// The settings the thermostat actually runs with on a board whose relay has `relay`'s
+    /// limits: the stricter of each pair (longer minimum times, shorter maximum run). One place
+    /// decides them, so the controller never asks for what the relay would refuse, and the
+    /// relay's own trip stays what it is meant to be: the sign of a fault above it.
+    pub fn with_relay(&self, relay: RelayLimits) -> Self {
+        Self {
+            min_on: self.min_on.max(relay.min_on),
+            min_off: self.min_off.max(relay.min_off),
+            max_on: self.max_on.min(relay.max_on),
+            ..self.clone()
+        }
+    }
+
+    /// Relay limits looser than these settings, as (board key, message): such a relay would
+    /// not back the controller up (DESIGN.md §3: defence in depth).
+    pub fn relay_problems(&self, relay: RelayLimits) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if relay.min_on < self.min_on {
+            p.push((
+                "fridge.compressor.min_on",
+                format!(
+                    "{} is shorter than coldchain.min_on ({}): the board's relay may only be stricter",
+                    show(relay.min_on),
+                    show(self.min_on)
+                ),
+            ));
+        }
+        if relay.min_off < self.min_off {
+            p.push((
+                "fridge.compressor.min_off",
+                format!(
+                    "{} is shorter than coldchain.min_off ({}): the board's relay may only be stricter",
+                    show(relay.min_off),
+                    show(self.min_off)
+                ),
+            ));
+        }
+        if relay.max_on > self.max_on {
+            p.push((
+                "fridge.compressor.max_on",
+                format!(
+                    "{} is longer than coldchain.max_on ({}): the board's relay may only be stricter",
+                    show(relay.max_on),
+                    show(self.max_on)
+                ),
+            ));
+        }
+        p
+    }
+
     /// Cross-field problems, as (key, message) pairs.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
+        for (key, v) in [
+            ("coldchain.range_min", self.range_min.0),
+            ("coldchain.range_max", self.range_max.0),
+            ("coldchain.cut_out", self.cut_out.0),
+            ("coldchain.cut_in", self.cut_in.0),
+            ("coldchain.plausible_min", self.plausible_min.0),
+            ("coldchain.plausible_max", self.plausible_max.0),
+            ("coldchain.max_rate_per_min", self.max_rate_per_min),
+            ("coldchain.air_max_rate_per_min", self.air_max_rate_per_min),
+            ("coldchain.guard_cold", self.guard_cold.0),
+            (
+                "coldchain.alarms.freeze.threshold",
+                self.alarms.freeze.threshold.0,
+            ),
+            (
+                "coldchain.alarms.heat.threshold",
+                self.alarms.heat.threshold.0,
+            ),
+        ] {
+            if !v.is_finite() {
+                p.push((key, format!("{v} is not a number")));
+            }
+        }
+        if !(self.max_rate_per_min > 0.0 && self.air_max_rate_per_min > 0.0) {
+            p.push((
+                "coldchain.max_rate_per_min",
+                "rates of change must be above zero".into(),
+            ));
+        }
         if self.range_min >= self.range_max {
             p.push(("coldchain.range_min", "must be below range_max".to_string()));
         }
@@ -291,5 +382,60 @@ impl ColdChainConfig {
             ));
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(min_on: u64, min_off: u64, max_on: u64) -> RelayLimits {
+        let m = |v| Duration::from_secs(60 * v);
+        RelayLimits {
+            min_on: m(min_on),
+            min_off: m(min_off),
+            max_on: m(max_on),
+        }
+    }
+
+    #[test]
+    fn the_thermostat_runs_with_the_stricter_of_the_config_and_the_relay() {
+        let cfg = ColdChainConfig::default();
+        let eff = cfg.with_relay(relay(3, 2, 30));
+        assert_eq!(
+            eff.min_on,
+            Duration::from_secs(180),
+            "the relay's longer min_on"
+        );
+        assert_eq!(eff.min_off, cfg.min_off, "the config's longer min_off");
+        assert_eq!(
+            eff.max_on,
+            Duration::from_secs(1800),
+            "the relay's shorter max_on"
+        );
+        assert_eq!(cfg.with_relay(relay(2, 4, 45)), cfg);
+    }
+
+    #[test]
+    fn a_relay_looser_than_the_cold_chain_settings_is_a_config_problem() {
+        let cfg = ColdChainConfig::default();
+        assert!(cfg.relay_problems(relay(2, 4, 45)).is_empty());
+        assert!(
+            cfg.relay_problems(relay(3, 5, 30)).is_empty(),
+            "stricter is fine"
+        );
+        let keys: Vec<_> = cfg
+            .relay_problems(relay(1, 3, 60))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "fridge.compressor.min_on",
+                "fridge.compressor.min_off",
+                "fridge.compressor.max_on"
+            ]
+        );
     }
 }

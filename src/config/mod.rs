@@ -139,6 +139,26 @@ where
     parse_str(&src, file)
 }
 
+/// The line of `key = …` inside the table `[section]` (the table's own line if the key is not
+/// there, 1 if neither is), so an error found after parsing points at the value itself.
+pub(crate) fn key_line(src: &str, section: &str, key: &str) -> usize {
+    let header = format!("[{section}]");
+    let bare = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
+    let Some(start) = src.lines().position(|l| bare(l) == header) else {
+        return 1;
+    };
+    src.lines()
+        .enumerate()
+        .skip(start + 1)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(start + 1, |(i, _)| i + 1)
+}
+
 /// What a config file turned out to be, for `medbox config check`.
 #[derive(Debug)]
 pub enum CheckedFile {
@@ -162,7 +182,28 @@ pub fn check_file(file: &Path) -> Result<CheckedFile, Vec<ConfigError>> {
         let config: ApplianceConfig = parse_str(&src, file)?;
         // The profile the appliance names must be valid too.
         let board = config.board_path(file);
-        let _profile: BoardProfile = load_file(&board)?;
+        let profile: BoardProfile = load_file(&board)?;
+        // One source of truth for the compressor's protection: the board's relay may only be
+        // stricter than [coldchain] (the thermostat then runs with the stricter values).
+        let problems = config
+            .coldchain
+            .relay_problems(crate::board::relay_limits(&profile));
+        if !problems.is_empty() {
+            let board_src = read_source(&board)?;
+            return Err(problems
+                .into_iter()
+                .map(|(key, message)| ConfigError::Invalid {
+                    file: board.clone(),
+                    line: key_line(
+                        &board_src,
+                        "fridge.compressor",
+                        key.rsplit('.').next().unwrap_or(key),
+                    ),
+                    key: key.to_string(),
+                    message,
+                })
+                .collect());
+        }
         Ok(CheckedFile::Appliance(Box::new(config)))
     }
 }

@@ -116,13 +116,18 @@ pub struct InputSpec {
     /// Internal pull resistor.
     #[serde(default)]
     pub pull: Pull,
-    /// How long a new level must hold before it is believed.
-    #[serde(default = "default_debounce", with = "humantime_serde")]
-    pub debounce: Duration,
+    /// How long a new level must hold before it is believed (default 20 ms). Only for lines
+    /// read as switches; the carousel's home sensor and the chute beam are read raw on every
+    /// motor step, and a `debounce` there is refused rather than silently ignored.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
 }
 
-fn default_debounce() -> Duration {
-    Duration::from_millis(20)
+impl InputSpec {
+    /// The debounce time to apply.
+    pub fn debounce(&self) -> Duration {
+        self.debounce.unwrap_or(Duration::from_millis(20))
+    }
 }
 
 /// The TMP117 in the glycol-buffered vial.
@@ -356,6 +361,34 @@ impl Validate for BoardProfile {
                 );
             }
         }
+        // Keys the drivers would not honour are refused, never accepted and ignored.
+        for (section, spec) in [
+            ("carousel.home", &self.carousel.home),
+            ("dispenser.beam", &self.dispenser.beam),
+        ] {
+            if spec.debounce.is_some() {
+                out.at(
+                    super::key_line(src, section, "debounce"),
+                    format!("{section}.debounce"),
+                    "not used: this line is read raw on every motor step (a debounce would hide a \
+                     unit falling or the home edge); remove the key",
+                );
+            }
+        }
+        for (section, safe) in [
+            ("fridge.compressor", self.fridge.compressor.safe),
+            ("dispenser.buzzer", self.dispenser.buzzer.safe),
+            ("dispenser.led", self.dispenser.led.safe),
+        ] {
+            if safe == SafeState::On {
+                out.at(
+                    super::key_line(src, section, "safe"),
+                    format!("{section}.safe"),
+                    "only \"off\" is supported: the driver opens this output at start, shutdown, \
+                     drop and on a signal, so a crashed controller can never leave it on",
+                );
+            }
+        }
         let addr = &self.fridge.vial_probe.address;
         if !(0x48..=0x4B).contains(addr.get_ref()) {
             out.at(
@@ -476,11 +509,24 @@ fn check_pins_unique(profile: &BoardProfile, src: &str, out: &mut Findings) {
 }
 
 fn validate_sim(sim: &SimModel, carousel: &CarouselWiring, src: &str, out: &mut Findings) {
-    let line = src
-        .lines()
-        .position(|l| l.trim() == "[sim]")
-        .map(|i| i + 1)
-        .unwrap_or(1);
+    let at = |key: &str| super::key_line(src, "sim", key);
+    for (key, v) in [("ambient", sim.ambient.0), ("initial", sim.initial.0)] {
+        if !(v.is_finite() && (-30.0..=60.0).contains(&v)) {
+            out.at(
+                at(key),
+                format!("sim.{key}"),
+                format!("{v} is not a room or cabinet temperature (-30–60 °C)"),
+            );
+        }
+    }
+    for (key, v) in [
+        ("tmp117_noise", sim.tmp117_noise),
+        ("ds18b20_noise", sim.ds18b20_noise),
+    ] {
+        if v.is_finite() && v > 5.0 {
+            out.at(at(key), format!("sim.{key}"), "must be at most 5 °C");
+        }
+    }
     for (key, v) in [
         ("air_heat_capacity", sim.air_heat_capacity),
         ("wall_conductance", sim.wall_conductance),
@@ -488,7 +534,7 @@ fn validate_sim(sim: &SimModel, carousel: &CarouselWiring, src: &str, out: &mut 
         ("vial_conductance", sim.vial_conductance),
     ] {
         if !(v.is_finite() && v > 0.0) {
-            out.at(line, format!("sim.{key}"), "must be a positive number");
+            out.at(at(key), format!("sim.{key}"), "must be a positive number");
         }
     }
     for (key, v) in [
@@ -498,12 +544,12 @@ fn validate_sim(sim: &SimModel, carousel: &CarouselWiring, src: &str, out: &mut 
         ("ds18b20_noise", sim.ds18b20_noise),
     ] {
         if !(v.is_finite() && v >= 0.0) {
-            out.at(line, format!("sim.{key}"), "must be zero or positive");
+            out.at(at(key), format!("sim.{key}"), "must be zero or positive");
         }
     }
     if sim.slot_stock.len() != usize::from(carousel.slots) {
         out.at(
-            line,
+            at("slot_stock"),
             "sim.slot_stock",
             format!(
                 "lists {} slots but the carousel has {}",
@@ -514,7 +560,7 @@ fn validate_sim(sim: &SimModel, carousel: &CarouselWiring, src: &str, out: &mut 
     }
     if sim.home_width_steps == 0 || sim.home_width_steps >= carousel.steps_per_rev / 4 {
         out.at(
-            line,
+            at("home_width_steps"),
             "sim.home_width_steps",
             "must be above zero and well under a revolution",
         );
@@ -543,6 +589,62 @@ mod tests {
         let src = include_str!("../../hw/rpi4.toml");
         let p = parse(src).unwrap();
         assert_eq!(p.board.kind, BoardKind::Rpi);
+    }
+
+    #[test]
+    fn non_finite_or_implausible_model_parameters_are_refused_at_their_line() {
+        let src = include_str!("../../hw/sim.toml")
+            .replace("ambient = 22.0", "ambient = nan")
+            .replace("initial = 22.0", "initial = inf")
+            .replace("wall_conductance = 0.6", "wall_conductance = -0.6");
+        let errs = parse(&src).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let line_of = |needle: &str| src.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+        for (key, needle) in [
+            ("sim.ambient", "ambient"),
+            ("sim.initial", "initial"),
+            ("sim.wall_conductance", "wall_conductance"),
+        ] {
+            let want = format!("test.toml:{}: {key}", line_of(needle));
+            assert!(
+                text.iter().any(|t| t.starts_with(&want)),
+                "{want} in {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_the_drivers_would_ignore_are_refused_at_their_line() {
+        let src = include_str!("../../hw/sim.toml")
+            .replace(
+                "[carousel.home]                # hall sensor A3144, open collector, low at home; read raw on every step (no debounce)\npin = 26\nactive = \"low\"\npull = \"up\"",
+                "[carousel.home]\npin = 26\nactive = \"low\"\npull = \"up\"\ndebounce = \"1ms\"",
+            )
+            .replace(
+                "pin = 12\nactive = \"high\"\nsafe = \"off\"",
+                "pin = 12\nactive = \"high\"\nsafe = \"on\"",
+            );
+        let errs = parse(&src).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let line_of = |needle: &str| {
+            src.find(needle)
+                .map(|o| src[..o].lines().count() + 1)
+                .unwrap()
+        };
+        let home = format!(
+            "test.toml:{}: carousel.home.debounce",
+            line_of("debounce = \"1ms\"")
+        );
+        let buzzer = format!(
+            "test.toml:{}: dispenser.buzzer.safe",
+            line_of("safe = \"on\"")
+        );
+        for want in [home, buzzer] {
+            assert!(
+                text.iter().any(|t| t.starts_with(&want)),
+                "{want} in {text:?}"
+            );
+        }
     }
 
     #[test]

@@ -698,10 +698,19 @@ impl DispenserTask {
     ) -> Result<String, String> {
         use crate::dosing::replace::{check, version, Refusal};
         let file = std::path::PathBuf::from(format!("cmd:replace_schedule/{patient}.toml"));
-        let new = crate::dosing::schedule::Schedule::parse(&source, &file).map_err(|errs| {
-            let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
-            format!("INVALID_SCHEDULE: {}", all.join("; "))
-        })?;
+        let new = crate::dosing::schedule::Schedule::parse(&source, &file)
+            .and_then(|s| {
+                let misfits = s.slot_problems(self.dev.carousel.slots());
+                if misfits.is_empty() {
+                    Ok(s)
+                } else {
+                    Err(misfits)
+                }
+            })
+            .map_err(|errs| {
+                let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+                format!("INVALID_SCHEDULE: {}", all.join("; "))
+            })?;
         if new.patient != patient {
             return Err(format!(
                 "PATIENT_MISMATCH: the schedule is for {:?}, the command names {patient:?}",

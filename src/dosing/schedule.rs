@@ -411,6 +411,8 @@ pub struct Schedule {
     pub slot_lines: Vec<usize>,
     /// When routine reminders do not sound (local time).
     pub quiet: Option<super::quiet::QuietHours>,
+    /// Where it was read from, for errors found after parsing (the board's slots).
+    pub file: std::path::PathBuf,
 }
 
 /// The shipped example schedules, embedded so `medbox sim` needs no files.
@@ -867,6 +869,7 @@ impl Schedule {
             medications,
             slot_lines,
             quiet,
+            file: file.to_path_buf(),
         })
     }
 
@@ -926,6 +929,26 @@ impl Schedule {
             }
         }
         (ok, errors)
+    }
+
+    /// Medications on slots the board's carousel does not have (a schedule is parsed against
+    /// the largest carousel, [`DEFAULT_SLOTS`]; the board it runs on may have fewer).
+    pub fn slot_problems(&self, slots: u8) -> Vec<ConfigError> {
+        self.medications
+            .iter()
+            .zip(&self.slot_lines)
+            .filter(|((m, _), _)| *m.slot.get_ref() >= slots)
+            .map(|((m, _), line)| ConfigError::Invalid {
+                file: self.file.clone(),
+                line: *line,
+                key: format!("medication {:?}.slot", m.name),
+                message: format!(
+                    "slot {} does not exist on this board (its carousel has slots 0–{})",
+                    m.slot.get_ref(),
+                    slots.saturating_sub(1)
+                ),
+            })
+            .collect()
     }
 
     /// The medication with this name (letter case and spacing do not matter).

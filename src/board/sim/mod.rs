@@ -140,14 +140,14 @@ pub fn build(
         air: Box::new(air),
         compressor: Box::new(RelayCompressor(relay)),
         door: Box::new(Sensor(
-            DebouncedInput::new(inp(InLine::Door), f.door.active, f.door.debounce),
+            DebouncedInput::new(inp(InLine::Door), f.door.active, f.door.debounce()),
             "fridge.door",
         )),
         mains: Box::new(Sensor(
             DebouncedInput::new(
                 inp(InLine::PowerGood),
                 f.power_good.active,
-                f.power_good.debounce,
+                f.power_good.debounce(),
             ),
             "fridge.power_good",
         )),
@@ -196,11 +196,11 @@ pub fn build(
             clock: clock.clone(),
         }),
         tray: Box::new(Sensor(
-            DebouncedInput::new(inp(InLine::Tray), d.tray.active, d.tray.debounce),
+            DebouncedInput::new(inp(InLine::Tray), d.tray.active, d.tray.debounce()),
             "dispenser.tray",
         )),
         button: Box::new(Sensor(
-            DebouncedInput::new(inp(InLine::Button), d.button.active, d.button.debounce),
+            DebouncedInput::new(inp(InLine::Button), d.button.active, d.button.debounce()),
             "dispenser.button",
         )),
         buzzer: Box::new(light(OutLine::Buzzer, &d.buzzer, "dispenser.buzzer")?),
