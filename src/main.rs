@@ -347,6 +347,10 @@ enum AuditCommand {
         /// File holding the HMAC secret the chain was keyed with.
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// The appliance config whose `[coldchain]` rules to apply (default: the built-in
+        /// defaults); the report says whether they match what the appliance recorded.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -1186,18 +1190,20 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
             to,
             out,
             secret_file,
+            config,
         } => (|| {
             let conn = medbox::store::schema::open_read_only(&db)
                 .with_context(|| db.display().to_string())?;
             let key = chain_key(secret_file.as_deref())?;
-            let html = medbox::report::render(
-                &conn,
-                &key,
-                &ColdChainConfig::default(),
-                from,
-                to,
-                chrono::Utc::now(),
-            )?;
+            let rules = match &config {
+                Some(p) => {
+                    config::ApplianceConfig::load(p)
+                        .map_err(config_errors)?
+                        .coldchain
+                }
+                None => ColdChainConfig::default(),
+            };
+            let html = medbox::report::render(&conn, &key, &rules, from, to, chrono::Utc::now())?;
             std::fs::write(&out, html)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!("wrote {}", out.display());

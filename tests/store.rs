@@ -339,6 +339,53 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
         !html.contains("src=") && !html.contains("<link"),
         "no external resources"
     );
+    assert!(
+        html.contains("Cold-chain rules: the ones the appliance last recorded"),
+        "the default rules are the ones the run recorded"
+    );
+    assert!(!html.contains("out of time order"));
+
+    // A back-dated reading inserted by hand is shown and counted, not silently dropped; rules
+    // other than the appliance's are said to differ.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode) \
+             VALUES ('2026-03-02T06:00:30.000Z', 4.2, 4.0, 0, 0, 1, 'thermostat')",
+            [],
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("appliance.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[appliance]\ndevice_id = \"medbox-test\"\nboard = {:?}\ndb = \"x.db\"\nschedules = \"s\"\n\n[coldchain.alarms.door_open]\ndelay = \"10m\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/sim.toml")
+        ),
+    )
+    .unwrap();
+    let out = medbox()
+        .args(["audit", "report", "--db"])
+        .arg(&db)
+        .arg("--out")
+        .arg(&html_path)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(
+        html.contains("1 stored readings are out of time order"),
+        "{html}"
+    );
+    assert!(html.contains("2026-03-02 06:00:30 UTC"));
+    assert!(html.contains("COLD-CHAIN RULES DIFFER"));
 }
 
 /// Kills the simulator with SIGKILL at many points and restarts it on the same file: after each

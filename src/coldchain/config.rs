@@ -5,7 +5,7 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// `[coldchain]` of the appliance config. Every field has a default.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ColdChainConfig {
     /// Lowest acceptable storage temperature (vaccines: 2.0 °C).
@@ -97,7 +97,7 @@ pub enum Semantics {
 }
 
 /// A temperature alarm: beyond `threshold` for `delay`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TemperatureRule {
     /// Threshold (freeze: at or below; heat: above).
@@ -110,7 +110,7 @@ pub struct TemperatureRule {
 }
 
 /// A condition alarm: the condition for `delay`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DelayRule {
     /// How long the condition must last before the alarm is raised (zero: at once).
@@ -120,7 +120,7 @@ pub struct DelayRule {
 
 /// `[coldchain.alarms]`: each alarm with its own delay (defaults: WHO PQS 30-day loggers for
 /// freeze and heat, fast local alarms for the rest).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlarmRules {
     /// Freeze: at or below −0.5 °C for 60 min continuous.
@@ -214,6 +214,14 @@ pub struct RelayLimits {
 }
 
 impl ColdChainConfig {
+    /// SHA-256 (hex) of the settings' canonical JSON: what the appliance records when its rules
+    /// change, and what a report compares its own rules with.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The settings the thermostat actually runs with on a board whose relay has `relay`'s
     /// limits: the stricter of each pair (longer minimum times, shorter maximum run). One place
     /// decides them, so the controller never asks for what the relay would refuse, and the

@@ -8,7 +8,7 @@ use crate::coldchain::ColdChainConfig;
 use crate::store::audit::{self, Filter, Row, Verification};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::fmt::Write;
 
 /// One stored reading.
@@ -30,17 +30,31 @@ pub struct StoredReading {
     pub mains: bool,
 }
 
-/// Reads stored readings in a time range, in time order.
+/// Stored readings in a time range, in the order the appliance stored them, split into those in
+/// time order and those whose time is not after the one stored before them (the clock stepped
+/// back, a restarted simulation, or rows inserted by hand): those are shown and counted, never
+/// silently dropped, and kept out of the monitor, which needs time order.
+#[derive(Clone, Debug, Default)]
+pub struct Readings {
+    /// In time order.
+    pub ordered: Vec<StoredReading>,
+    /// Out of time order, with the time of the reading stored before them.
+    pub out_of_order: Vec<(StoredReading, DateTime<Utc>)>,
+    /// Rows whose time cannot be read.
+    pub unreadable: u64,
+}
+
+/// Reads stored readings in a time range (see [`Readings`]).
 pub fn readings(
     conn: &Connection,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-) -> Result<Vec<StoredReading>, StoreError> {
+) -> Result<Readings, StoreError> {
     let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let from = from.map(fmt).unwrap_or_default();
     let to = to.map(fmt).unwrap_or_else(|| "9999".into());
     let mut stmt = conn.prepare(
-        "SELECT utc, vial, air, door_open, mains, control, doubt FROM readings WHERE utc >= ?1 AND utc < ?2 ORDER BY utc, id",
+        "SELECT utc, vial, air, door_open, mains, control, doubt FROM readings WHERE utc >= ?1 AND utc < ?2 ORDER BY id",
     )?;
     let rows = stmt
         .query_map([from, to], |r| {
@@ -56,18 +70,18 @@ pub fn readings(
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out: Vec<StoredReading> = Vec::with_capacity(rows.len());
+    let mut out = Readings {
+        ordered: Vec::with_capacity(rows.len()),
+        ..Readings::default()
+    };
     for (utc, vial, air, door_open, mains, control, doubt) in rows {
         let Ok(at) = DateTime::parse_from_rfc3339(&utc) else {
+            out.unreadable += 1;
             continue;
         };
         let at = at.with_timezone(&Utc);
-        // A simulated run restarted over the same database repeats times; keep time order.
-        if out.last().is_some_and(|l| at <= l.at) {
-            continue;
-        }
         let doubt = doubt.as_deref().and_then(Doubt::from_code);
-        out.push(StoredReading {
+        let reading = StoredReading {
             at,
             vial,
             air,
@@ -75,7 +89,14 @@ pub fn readings(
             doubt,
             door_open,
             mains,
-        });
+        };
+        match out.ordered.last() {
+            Some(last) if at <= last.at => {
+                let before = last.at;
+                out.out_of_order.push((reading, before));
+            }
+            _ => out.ordered.push(reading),
+        }
     }
     Ok(out)
 }
@@ -288,6 +309,75 @@ fn chain_html(v: &Verification) -> String {
     }
 }
 
+/// Whether the report's cold-chain rules are the ones the appliance recorded it ran with.
+fn rules_html(conn: &Connection, cfg: &ColdChainConfig) -> Result<String, StoreError> {
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT json_extract(body, '$.new') FROM audit WHERE kind = 'config.change' \
+             AND subject = 'config:coldchain' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    let mine = cfg.fingerprint();
+    let short = |f: &str| f.chars().take(12).collect::<String>();
+    Ok(match recorded {
+        Some(r) if r == mine => format!(
+            r#"<p class="ok">Cold-chain rules: the ones the appliance last recorded (<code>{}</code>).</p>"#,
+            short(&mine)
+        ),
+        Some(r) => format!(
+            r#"<p class="bad">COLD-CHAIN RULES DIFFER from the ones the appliance last recorded (<code>{}</code>, this report <code>{}</code>): excursions and alarms below are recomputed with other thresholds. Pass the appliance's own config with <code>--config</code>.</p>"#,
+            short(&r),
+            short(&mine)
+        ),
+        None => format!(
+            r#"<p>Cold-chain rules <code>{}</code>; the database records none to compare with.</p>"#,
+            short(&mine)
+        ),
+    })
+}
+
+/// Readings stored out of time order: listed and counted, never silently dropped.
+fn out_of_order_html(all: &Readings) -> String {
+    let mut h = String::new();
+    if all.unreadable > 0 {
+        let _ = write!(
+            h,
+            r#"<p class="bad">{} stored readings have a time that cannot be read; they are left out of the analysis.</p>"#,
+            all.unreadable
+        );
+    }
+    if all.out_of_order.is_empty() {
+        return h;
+    }
+    let _ = write!(
+        h,
+        r#"<p class="bad">{} stored readings are out of time order (the clock stepped back, or rows were inserted): they are listed here and left out of the analysis, which needs time order.</p><table><tr><th class=l>reading time</th><th class=l>stored after a reading of</th><th>vial °C</th><th>air °C</th></tr>"#,
+        all.out_of_order.len()
+    );
+    for (r, before) in all.out_of_order.iter().take(100) {
+        let _ = write!(
+            h,
+            "<tr><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{}</td></tr>",
+            r.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            before.format("%Y-%m-%d %H:%M:%S UTC"),
+            f2(r.vial),
+            f2(r.air)
+        );
+    }
+    if all.out_of_order.len() > 100 {
+        let _ = write!(
+            h,
+            "<tr><td class=l colspan=4>… and {} more</td></tr>",
+            all.out_of_order.len() - 100
+        );
+    }
+    h.push_str("</table>");
+    h
+}
+
 /// Builds the report for `[from, to)`.
 pub fn render(
     conn: &Connection,
@@ -306,7 +396,8 @@ pub fn render(
         })
         .collect();
     let verification = audit::verify(all_rows, key, &stored_checkpoints);
-    let rs = readings(conn, from, to)?;
+    let all = readings(conn, from, to)?;
+    let rs = &all.ordered;
     let obs: Vec<Observation> = rs
         .iter()
         .map(|r| Observation {
@@ -365,11 +456,13 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
 </style></head><body>
 <h1>medbox cold-chain and dispensing report</h1>
 <p>Period: {period}. Generated {}. Range {:.1}–{:.1} °C; MKT with ΔH/R = 10 000 K.</p>
-{}"#,
+{}{}{}"#,
         generated.format("%Y-%m-%d %H:%M UTC"),
         band.0,
         band.1,
-        verification_html(&verification, conn)?
+        verification_html(&verification, conn)?,
+        rules_html(conn, cfg)?,
+        out_of_order_html(&all)
     );
     let _ = write!(
         h,

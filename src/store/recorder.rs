@@ -24,7 +24,7 @@ pub fn config_versions(
     };
     let mut out = vec![
         ("config:board".to_string(), fp(format!("{profile:?}"))),
-        ("config:coldchain".to_string(), fp(format!("{coldchain:?}"))),
+        ("config:coldchain".to_string(), coldchain.fingerprint()),
     ];
     for s in schedules {
         out.push((
