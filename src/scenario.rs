@@ -47,6 +47,9 @@ pub enum ActionName {
     /// A unit in a slot comes loose: it falls the next time its slot passes over the chute,
     /// even when another slot is being dispensed.
     LooseUnit,
+    /// A machinery fault (`fault`: relay_welded, relay_dead, beam_blocked, home_sensor_lost),
+    /// for `for` or until the end.
+    MachineFault,
     /// Load units into a slot.
     LoadSlot,
     /// Maintenance test dispense.
@@ -120,6 +123,9 @@ struct RawEvent {
     duration: Option<Duration>,
     probe: Option<Probe>,
     fault: Option<FaultName>,
+    /// Which machinery fault (`machine_fault`).
+    #[serde(rename = "machine")]
+    fault_name: Option<String>,
     sigma: Option<f64>,
     by: Option<String>,
     celsius: Option<f64>,
@@ -180,6 +186,8 @@ pub enum Op {
     EmptySlot(u8),
     /// A unit in a slot comes loose.
     LooseUnit(u8),
+    /// A machinery fault starts (true) or ends.
+    Machine(crate::board::sim::world::MachineFault, bool),
     /// Load a slot.
     LoadSlot(u8, u32),
     /// Test dispense.
@@ -340,6 +348,29 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
         ActionName::Unjam => vec![(at, Op::Jam(false))],
         ActionName::EmptySlot => vec![(at, Op::EmptySlot(need(e.slot, "slot", a)?))],
         ActionName::LooseUnit => vec![(at, Op::LooseUnit(need(e.slot, "slot", a)?))],
+        ActionName::MachineFault => {
+            let name = e.fault_name.as_deref().ok_or_else(|| {
+                (
+                    "machine".to_string(),
+                    "`machine_fault` needs `machine` (relay_welded, relay_dead, beam_blocked, home_sensor_lost)".to_string(),
+                )
+            })?;
+            let fault: crate::board::sim::world::MachineFault =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(name))
+                .map_err(|_| {
+                    (
+                        "machine".to_string(),
+                        format!("{name:?} is not relay_welded, relay_dead, beam_blocked or home_sensor_lost"),
+                    )
+                })?;
+            let mut ops = vec![(at, Op::Machine(fault, true))];
+            if let Some(d) = e.duration {
+                ops.push((at + d, Op::Machine(fault, false)));
+            }
+            ops
+        }
         ActionName::LoadSlot => vec![(
             at,
             Op::LoadSlot(need(e.slot, "slot", a)?, need(e.units, "units", a)?),
@@ -419,7 +450,7 @@ fn expand_once(e: &RawEvent, at: Duration) -> Result<Vec<(Duration, Op)>, (Strin
             let alarm = crate::coldchain::monitor::AlarmKind::from_code(code).ok_or_else(|| {
                 (
                     "alarm".to_string(),
-                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG, PROBE_DISAGREEMENT, COMPRESSOR_TRIP)"),
+                    format!("{code:?} is not an alarm code (FREEZE, HEAT, EXCURSION, DOOR_OPEN, NO_VALID_PROBE, MAINS_LOST, POWER_LOST_LONG, PROBE_DISAGREEMENT, COMPRESSOR_TRIP, COOLING_FAILED, COMPRESSOR_STUCK_ON)"),
                 )
             })?;
             let actor = e.actor.clone().unwrap_or_default();

@@ -656,6 +656,7 @@ async fn play(s: Scenario, stage: Stage) {
                     Op::Jam(j) => w.set_jammed(j),
                     Op::EmptySlot(s) => w.empty_slot(s),
                     Op::LooseUnit(s) => w.loosen(s),
+                    Op::Machine(f, on) => w.set_machine_fault(f, on),
                     Op::LoadSlot(s, u) => w.load_slot(s, u),
                     Op::TrayPickup(d) => w.pick_up_cup(d),
                     Op::Button => w.press_button(),

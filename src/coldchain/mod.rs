@@ -4,6 +4,7 @@
 //!   delays), overridable per appliance.
 //! - [`validate`]: probe validation; a rejected reading becomes a probe fault, never an excursion.
 //! - [`arbiter`]: which probe to believe when the two disagree, from physical evidence.
+//! - [`response`]: whether the cabinet answers the compressor (a dead or welded relay).
 //! - [`control`]: the thermostat with compressor protection and the fail-safe duty cycle.
 //!
 //! Each core takes the monotonic time and its inputs and returns decisions and the next deadline;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod mkt;
 pub mod monitor;
 pub mod readings_csv;
+pub mod response;
 pub mod stats;
 pub mod validate;
 

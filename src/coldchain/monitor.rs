@@ -76,11 +76,16 @@ pub enum AlarmKind {
     /// The compressor relay opened by itself at its maximum on-time while the controller asked
     /// for cooling (latched until acknowledged).
     CompressorTrip,
+    /// The compressor ran and the cabinet did not cool (latched until acknowledged).
+    CoolingFailed,
+    /// The compressor was stopped and the cabinet kept cooling: the relay is stuck closed
+    /// (latched until acknowledged).
+    CompressorStuckOn,
 }
 
 impl AlarmKind {
     /// Every kind, in evaluation order.
-    pub const ALL: [AlarmKind; 9] = [
+    pub const ALL: [AlarmKind; 11] = [
         AlarmKind::Freeze,
         AlarmKind::Heat,
         AlarmKind::Excursion,
@@ -90,6 +95,8 @@ impl AlarmKind {
         AlarmKind::PowerLostLong,
         AlarmKind::ProbeDisagreement,
         AlarmKind::CompressorTrip,
+        AlarmKind::CoolingFailed,
+        AlarmKind::CompressorStuckOn,
     ];
 
     /// The stable code.
@@ -104,6 +111,8 @@ impl AlarmKind {
             AlarmKind::PowerLostLong => "POWER_LOST_LONG",
             AlarmKind::ProbeDisagreement => "PROBE_DISAGREEMENT",
             AlarmKind::CompressorTrip => "COMPRESSOR_TRIP",
+            AlarmKind::CoolingFailed => "COOLING_FAILED",
+            AlarmKind::CompressorStuckOn => "COMPRESSOR_STUCK_ON",
         }
     }
 
@@ -297,7 +306,7 @@ impl Day {
 #[derive(Clone, Debug)]
 pub struct Monitor {
     cfg: ColdChainConfig,
-    rules: [RuleState; 9],
+    rules: [RuleState; 11],
     open: Option<OpenExcursion>,
     next_id: u64,
     last_at: Option<DateTime<Utc>>,
@@ -513,7 +522,7 @@ impl Monitor {
     fn evaluate_alarms(&mut self, o: &Observation, weight: f64, out: &mut Vec<MonitorEvent>) {
         let a = &self.cfg.alarms;
         let excursion_open = self.open.is_some();
-        let conditions: [(Option<bool>, Duration, Semantics); 9] = [
+        let conditions: [(Option<bool>, Duration, Semantics); 11] = [
             (
                 o.buffered.map(|v| v <= a.freeze.threshold.0),
                 a.freeze.delay,
@@ -543,6 +552,8 @@ impl Monitor {
                 Semantics::Single,
             ),
             // Raised by `equipment_alarm`, never by a reading; cleared once acknowledged.
+            (Some(false), Duration::ZERO, Semantics::Single),
+            (Some(false), Duration::ZERO, Semantics::Single),
             (Some(false), Duration::ZERO, Semantics::Single),
         ];
         for (kind, (cond, delay, semantics)) in AlarmKind::ALL.into_iter().zip(conditions) {

@@ -1592,7 +1592,11 @@ fn classify(
             format!("jammed at home after {steps} steps; nothing released"),
             Some(false),
         ),
-        Err(e @ (CarouselError::NoSuchSlot { .. } | CarouselError::NotHomed)) => out(
+        Err(
+            e @ (CarouselError::NoSuchSlot { .. }
+            | CarouselError::NotHomed
+            | CarouselError::BeamBlocked),
+        ) => out(
             Outcome::Failed,
             0,
             format!("{e}; nothing moved"),
@@ -1653,6 +1657,7 @@ mod tests {
         for e in [
             CarouselError::NoSuchSlot { slot: 9, slots: 8 },
             CarouselError::NotHomed,
+            CarouselError::BeamBlocked,
             CarouselError::Jammed { steps: 40 },
         ] {
             let c = classify(&Err(e), 1);

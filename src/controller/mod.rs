@@ -334,6 +334,7 @@ struct FridgeTask {
     air: ProbeValidator,
     arbiter: Arbiter,
     doubt: Option<Doubt>,
+    response: crate::coldchain::response::ResponseCheck,
     latches: [FaultLatch; 2],
     starts: u64,
     compressor_on: bool,
@@ -362,6 +363,7 @@ impl FridgeTask {
             air: ProbeValidator::new(cfg.clone(), Mounting::Air),
             arbiter: Arbiter::new(cfg.clone()),
             doubt: None,
+            response: Default::default(),
             latches: Default::default(),
             starts: 0,
             compressor_on: false,
@@ -545,6 +547,16 @@ impl FridgeTask {
             mains: self.mains,
         };
         let arbitration = self.arbiter.update(now, &vial, &air, plant);
+        let answer = crate::coldchain::response::Sample {
+            commanded_on: self.compressor_on,
+            air: valid(&air).map(|c| c.0),
+            vial: valid(&vial).map(|c| c.0),
+            door_open: self.door_open,
+            mains: self.mains,
+        };
+        if let Some(fault) = self.response.update(now, answer) {
+            self.machinery(fault, at).await;
+        }
         self.report_doubt(&arbitration, &vial, &air, at).await;
         let door_open = self.sample_input(true, now, at).await;
         let mains = self.sample_input(false, now, at).await;
@@ -606,17 +618,46 @@ impl FridgeTask {
     /// device fault and a latched alarm, since the protection below the controller acted.
     async fn tripped(&mut self, at: chrono::DateTime<chrono::Utc>) {
         let detail = "the compressor relay opened by itself at its maximum on-time \
-            (fridge.compressor.max_on) while the controller asked for cooling"
-            .to_string();
+            (fridge.compressor.max_on) while the controller asked for cooling";
+        self.equipment(AlarmKind::CompressorTrip, at, detail).await;
+    }
+
+    /// The cabinet does not answer the compressor the way physics says it must.
+    async fn machinery(
+        &mut self,
+        fault: crate::coldchain::response::ResponseFault,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        use crate::coldchain::response::ResponseFault;
+        let (alarm, detail) = match fault {
+            ResponseFault::CoolingFailed => (
+                AlarmKind::CoolingFailed,
+                "the compressor ran for 20 min with the door shut and the air did not cool: \
+                 relay, compressor or refrigerant failed; move the stock to another fridge",
+            ),
+            ResponseFault::StuckOn => (
+                AlarmKind::CompressorStuckOn,
+                "the compressor was stopped for 20 min and the air kept cooling: the relay is \
+                 stuck closed; switch the fridge off at the wall and move the stock before it \
+                 freezes",
+            ),
+        };
+        self.equipment(alarm, at, detail).await;
+    }
+
+    /// An audited device fault and a latched equipment alarm.
+    async fn equipment(
+        &mut self,
+        alarm: AlarmKind,
+        at: chrono::DateTime<chrono::Utc>,
+        detail: &str,
+    ) {
         emit(
             &self.events,
-            device_fault(at, "fridge.compressor", detail.clone()),
+            device_fault(at, "fridge.compressor", detail.to_string()),
         )
         .await;
-        if let Some(e) = self
-            .monitor
-            .equipment_alarm(AlarmKind::CompressorTrip, at, detail)
-        {
+        if let Some(e) = self.monitor.equipment_alarm(alarm, at, detail.to_string()) {
             emit(&self.events, Event::ColdChain(e)).await;
             self.annunciate().await;
         }

@@ -67,6 +67,10 @@ pub enum CarouselError {
     /// The carousel has not been homed since start or since a lost position.
     #[error("carousel position unknown: home it first")]
     NotHomed,
+    /// The chute's break-beam reads broken before anything moved: something sits in the chute,
+    /// and no drop could be counted. Nothing moved.
+    #[error("the chute's break-beam is blocked (see dispenser.beam): clear the chute")]
+    BeamBlocked,
     /// The home sensor was not found within a revolution (jam, or a dead sensor).
     #[error("home sensor not found after {steps} steps (jam or sensor fault; see carousel.home)")]
     HomeNotFound {
@@ -197,6 +201,11 @@ where
 
     fn run(&mut self, slot: u8, units: u32) -> Result<DropReport, CarouselError> {
         let pos = self.position.ok_or(CarouselError::NotHomed)?;
+        // A beam that is already broken could count nothing: refuse before any motion.
+        self.poll_beam()?;
+        if self.beam_was_active {
+            return Err(CarouselError::BeamBlocked);
+        }
         let g = self.geometry;
         let rev = g.steps_per_rev;
         // Until we are home again the position is not trusted.

@@ -91,6 +91,22 @@ struct ActiveFault {
     since: Duration,
 }
 
+/// A fault of the machinery below the drivers (the probes have [`ProbeFault`]).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineFault {
+    /// The compressor relay's contacts are welded: it cools whatever the output says.
+    RelayWelded,
+    /// The compressor does not run whatever the output says (relay coil open, compressor dead).
+    RelayDead,
+    /// Something sits in the chute: the break-beam reads broken all the time.
+    BeamBlocked,
+    /// The carousel's home sensor never sees the magnet (unplugged, magnet lost).
+    HomeSensorLost,
+}
+
 /// Truth about the fridge, for tests and the live view (the controller never reads this).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thermals {
@@ -140,6 +156,8 @@ pub struct World {
     home_width: u32,
     /// Slots with a loose unit.
     loose: std::collections::BTreeSet<u8>,
+    /// Machinery faults in force.
+    machine: std::collections::BTreeSet<MachineFault>,
 }
 
 impl World {
@@ -186,6 +204,7 @@ impl World {
             cup_back_at: None,
             home_width: m.home_width_steps,
             loose: Default::default(),
+            machine: Default::default(),
         }
     }
 
@@ -217,7 +236,21 @@ impl World {
             .copied()
             .unwrap_or(false)
             == (self.compressor_active == Level::High);
-        closed && self.mains
+        let runs = if self.machine.contains(&MachineFault::RelayDead) {
+            false
+        } else {
+            closed || self.machine.contains(&MachineFault::RelayWelded)
+        };
+        runs && self.mains
+    }
+
+    /// Starts (`true`) or ends a machinery fault.
+    pub fn set_machine_fault(&mut self, fault: MachineFault, on: bool) {
+        if on {
+            self.machine.insert(fault);
+        } else {
+            self.machine.remove(&fault);
+        }
     }
 
     fn integrate(&mut self, dt: f64) {
@@ -402,8 +435,14 @@ impl World {
         let active = match line {
             InLine::Door => self.door_open,
             InLine::PowerGood => self.mains,
-            InLine::Home => self.carousel_position() < self.home_width,
-            InLine::Beam => self.falling.iter().any(|&s| s <= t),
+            InLine::Home => {
+                !self.machine.contains(&MachineFault::HomeSensorLost)
+                    && self.carousel_position() < self.home_width
+            }
+            InLine::Beam => {
+                self.machine.contains(&MachineFault::BeamBlocked)
+                    || self.falling.iter().any(|&s| s <= t)
+            }
             InLine::Tray => self.cup_present,
             InLine::Button => self.button_until.is_some(),
         };
