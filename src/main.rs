@@ -935,10 +935,10 @@ fn coldchain_stats(
     };
     let file =
         std::fs::File::open(csv).with_context(|| format!("cannot open {}", csv.display()))?;
-    let observations =
-        medbox::coldchain::readings_csv::read_observations(std::io::BufReader::new(file))
-            .with_context(|| csv.display().to_string())?;
-    let report = medbox::coldchain::analysis::analyse(&cfg, observations);
+    let read = medbox::coldchain::readings_csv::read_observations(std::io::BufReader::new(file))
+        .with_context(|| csv.display().to_string())?;
+    let mut report = medbox::coldchain::analysis::analyse(&cfg, read.observations);
+    report.readings_out_of_order = read.out_of_order.len() as u64;
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -963,6 +963,18 @@ fn coldchain_stats(
         report.minutes_out_of_range,
         report.minutes_unknown
     );
+    if report.minutes_uncertain > 0.0 {
+        println!(
+            "  uncertain (the probes disagreed): {:.0} min",
+            report.minutes_uncertain
+        );
+    }
+    for (line, at) in &read.out_of_order {
+        println!(
+            "  line {line}: {} is not after the row before it: left out of the analysis",
+            at.to_rfc3339()
+        );
+    }
     print_coldchain(&report);
     Ok(())
 }

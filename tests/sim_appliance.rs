@@ -117,7 +117,9 @@ fn stats_agree_with_live(scenario: &str) {
     let live = common::run_days(2.0, Some(scenario));
     let mut csv = Vec::new();
     medbox::coldchain::readings_csv::write_records(&mut csv, &live.records).unwrap();
-    let obs = medbox::coldchain::readings_csv::read_observations(csv.as_slice()).unwrap();
+    let obs = medbox::coldchain::readings_csv::read_observations(csv.as_slice())
+        .unwrap()
+        .observations;
     let offline = medbox::coldchain::analysis::analyse(&Default::default(), obs);
     let l = &live.coldchain;
     assert_eq!(offline.excursions.len(), l.excursions.len());

@@ -758,3 +758,62 @@ payload = '{"id": "t1", "actor": "cg-7", "role": "caregiver", "args": {"comment"
         "an occurrence given twice: {all:?}"
     );
 }
+
+/// One analysis everywhere: over a month with faults (a power cut, a long door opening, probe
+/// glitches and a stuck air probe that the vial disagrees with), the live monitor, the report
+/// recomputed from the database and `coldchain stats` over the exported CSV run the same monitor
+/// over the same inputs and agree.
+#[test]
+fn the_live_monitor_the_report_and_coldchain_stats_agree_on_a_month_with_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("month.db");
+    let s = common::run(medbox::sim::SimOptions {
+        scenario: Some(
+            medbox::scenario::Scenario::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios/typical-month.toml"),
+            )
+            .unwrap(),
+        ),
+        db: Some(db.clone()),
+        ..common::options(30.0)
+    });
+    let cfg = medbox::coldchain::ColdChainConfig::default();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (stored, report) = medbox::report::analysis(&conn, &cfg, None, None).unwrap();
+    assert_eq!(stored.out_of_order.len(), 0);
+    let mut csv = Vec::new();
+    medbox::coldchain::readings_csv::write_records(&mut csv, &s.records).unwrap();
+    let read = medbox::coldchain::readings_csv::read_observations(csv.as_slice()).unwrap();
+    let stats = medbox::coldchain::analysis::analyse(&cfg, read.observations);
+    let live = &s.coldchain;
+    let alarms = |r: &medbox::coldchain::analysis::AnalysisReport| {
+        r.alarms.iter().map(|a| (a.alarm, a.at)).collect::<Vec<_>>()
+    };
+    let spans = |r: &medbox::coldchain::analysis::AnalysisReport| {
+        r.excursions
+            .iter()
+            .map(|x| (x.start, x.end))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        alarms(live)
+            .iter()
+            .any(|(k, _)| *k == medbox::coldchain::monitor::AlarmKind::ProbeDisagreement),
+        "the stuck air probe is in the month"
+    );
+    for (name, other) in [("report", &report), ("coldchain stats", &stats)] {
+        assert_eq!(alarms(other), alarms(live), "{name}");
+        assert_eq!(spans(other), spans(live), "{name}");
+        for (what, a, b) in [
+            ("in range", other.minutes_in_range, live.minutes_in_range),
+            (
+                "out of range",
+                other.minutes_out_of_range,
+                live.minutes_out_of_range,
+            ),
+            ("uncertain", other.minutes_uncertain, live.minutes_uncertain),
+        ] {
+            assert!((a - b).abs() < 1.0, "{name}: {what} {a} vs live {b}");
+        }
+    }
+}

@@ -46,6 +46,9 @@ pub struct AnalysisReport {
     pub minutes_unknown: f64,
     /// Minutes while the probes disagreed: uncertain, never counted in or out of range.
     pub minutes_uncertain: f64,
+    /// Readings stored or exported out of time order, left out of the analysis (the source
+    /// lists them).
+    pub readings_out_of_order: u64,
     /// Every excursion (the last may still be open: `end` is None).
     pub excursions: Vec<Excursion>,
     /// The longest excursion's minutes.

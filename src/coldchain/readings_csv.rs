@@ -99,8 +99,19 @@ struct Columns {
     mains: Option<usize>,
 }
 
+/// What a readings CSV holds: the observations in time order, and the rows whose time is not
+/// after the row before them (shown and counted by the caller, kept out of the analysis, which
+/// needs time order).
+#[derive(Clone, Debug, Default)]
+pub struct CsvReadings {
+    /// In time order.
+    pub observations: Vec<Observation>,
+    /// Out of time order: (line, time).
+    pub out_of_order: Vec<(u64, DateTime<Utc>)>,
+}
+
 /// Reads observations; every malformed row is an error naming its line.
-pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError> {
+pub fn read_observations<R: Read>(input: R) -> Result<CsvReadings, CsvError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -114,7 +125,7 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
         door_open: None,
         mains: None,
     };
-    let mut out = Vec::new();
+    let mut out = CsvReadings::default();
     let mut last: Option<DateTime<Utc>> = None;
     for (i, row) in rdr.records().enumerate() {
         let row = row?;
@@ -159,11 +170,8 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
             })?
             .with_timezone(&Utc);
         if last.is_some_and(|l| at <= l) {
-            return Err(CsvError::Row {
-                line,
-                field: "time",
-                message: "not after the previous row (rows must be in time order)".into(),
-            });
+            out.out_of_order.push((line, at));
+            continue;
         }
         last = Some(at);
         let cel = row.get(cc).unwrap_or("");
@@ -204,7 +212,7 @@ pub fn read_observations<R: Read>(input: R) -> Result<Vec<Observation>, CsvError
             .probes
             .iter()
             .any(|c| !row.get(*c).unwrap_or("").is_empty());
-        out.push(Observation {
+        out.observations.push(Observation {
             at,
             buffered,
             any_valid: buffered.is_some() || a_probe_read,
@@ -225,7 +233,8 @@ mod tests {
         let o = read_observations(
             "2026-03-02T08:00:00+01:00,5.0\n2026-03-02T08:01:00+01:00,\n".as_bytes(),
         )
-        .unwrap();
+        .unwrap()
+        .observations;
         assert_eq!(o.len(), 2);
         assert_eq!(o[0].at.to_rfc3339(), "2026-03-02T07:00:00+00:00");
         assert_eq!(o[1].buffered, None);
@@ -236,7 +245,7 @@ mod tests {
         let text = "time,celsius,doubt,vial,air,compressor_on,door_open,mains,mode\n\
             2026-03-02T00:00:00+00:00,5.1,,5.1,5.0,false,true,true,thermostat\n\
             2026-03-02T00:01:00+00:00,,UNDECIDED,9.0,4.0,false,false,true,disputed\n";
-        let o = read_observations(text.as_bytes()).unwrap();
+        let o = read_observations(text.as_bytes()).unwrap().observations;
         assert_eq!(
             (o[0].buffered, o[0].door_open, o[0].mains, o[0].doubt),
             (Some(5.1), Some(true), Some(true), None)
@@ -258,8 +267,16 @@ mod tests {
         let e =
             read_observations("time,celsius\n2026-03-02T00:00:00Z,warm\n".as_bytes()).unwrap_err();
         assert!(e.to_string().starts_with("line 2: celsius:"), "{e}");
-        let e = read_observations("2026-03-02T00:01:00Z,5\n2026-03-02T00:00:00Z,5\n".as_bytes())
-            .unwrap_err();
-        assert!(e.to_string().contains("time order"), "{e}");
+    }
+
+    #[test]
+    fn rows_out_of_time_order_are_counted_and_kept_out_not_refused() {
+        let r = read_observations(
+            "2026-03-02T00:01:00Z,5\n2026-03-02T00:00:00Z,9\n2026-03-02T00:02:00Z,5\n".as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.observations.len(), 2);
+        assert_eq!(r.out_of_order.len(), 1);
+        assert_eq!(r.out_of_order[0].0, 2, "its line");
     }
 }

@@ -378,6 +378,33 @@ fn out_of_order_html(all: &Readings) -> String {
     h
 }
 
+/// The stored readings of `[from, to)` and the cold-chain monitor's analysis of them, with
+/// `cfg`'s rules: the same monitor, fed the same way, as the live controller and
+/// `coldchain stats`.
+pub fn analysis(
+    conn: &Connection,
+    cfg: &ColdChainConfig,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<(Readings, AnalysisReport), StoreError> {
+    let all = readings(conn, from, to)?;
+    let obs: Vec<Observation> = all
+        .ordered
+        .iter()
+        .map(|r| Observation {
+            at: r.at,
+            buffered: r.control,
+            any_valid: r.vial.is_some() || r.air.is_some(),
+            doubt: r.doubt,
+            door_open: Some(r.door_open),
+            mains: Some(r.mains),
+        })
+        .collect();
+    let mut a = analyse(cfg, obs);
+    a.readings_out_of_order = all.out_of_order.len() as u64;
+    Ok((all, a))
+}
+
 /// Builds the report for `[from, to)`.
 pub fn render(
     conn: &Connection,
@@ -396,20 +423,8 @@ pub fn render(
         })
         .collect();
     let verification = audit::verify(all_rows, key, &stored_checkpoints);
-    let all = readings(conn, from, to)?;
+    let (all, a) = analysis(conn, cfg, from, to)?;
     let rs = &all.ordered;
-    let obs: Vec<Observation> = rs
-        .iter()
-        .map(|r| Observation {
-            at: r.at,
-            buffered: r.control,
-            any_valid: r.vial.is_some() || r.air.is_some(),
-            doubt: r.doubt,
-            door_open: Some(r.door_open),
-            mains: Some(r.mains),
-        })
-        .collect();
-    let a: AnalysisReport = analyse(cfg, obs);
     let rows = audit::rows(
         conn,
         &Filter {
