@@ -285,6 +285,25 @@ fn a_full_disk_locks_the_dispenser_keeps_the_fridge_running_then_exits_with_code
     assert!(matches!(verify_db(&db), Verification::Intact { .. }));
 }
 
+/// `medbox audit report` on `db` with `extra` arguments; the page it wrote.
+fn report(db: &Path, extra: &[&std::ffi::OsStr]) -> String {
+    let html_path = db.with_extension("html");
+    let out = medbox()
+        .args(["audit", "report", "--db"])
+        .arg(db)
+        .arg("--out")
+        .arg(&html_path)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&html_path).unwrap()
+}
+
 #[test]
 fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,20 +323,7 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
             .collect(),
         ..common::options(1.5)
     });
-    let html_path = dir.path().join("r.html");
-    let out = medbox()
-        .args(["audit", "report", "--db"])
-        .arg(&db)
-        .arg("--out")
-        .arg(&html_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let html = std::fs::read_to_string(&html_path).unwrap();
+    let html = report(&db, &[]);
     for needle in [
         "<svg",
         "Audit chain intact",
@@ -365,21 +371,7 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
         ),
     )
     .unwrap();
-    let out = medbox()
-        .args(["audit", "report", "--db"])
-        .arg(&db)
-        .arg("--out")
-        .arg(&html_path)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let html = std::fs::read_to_string(&html_path).unwrap();
+    let html = report(&db, &["--config".as_ref(), cfg.as_os_str()]);
     assert!(
         html.contains("1 stored readings are out of time order"),
         "{html}"
