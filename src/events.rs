@@ -286,6 +286,10 @@ pub enum Event {
         detail: String,
         /// True when this id was seen before: answered again, not executed again.
         duplicate: bool,
+        /// SHA-256 of what the command asked (name, actor, role, args): an id seen again with
+        /// another digest is a reused id, refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
     },
     /// Signal `token` once every earlier event is durable (not itself recorded).
     Barrier {

@@ -1566,6 +1566,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         elapsed_anchor,
         unconfirmed,
         installed_at: medbox::store::schedules::installed_at(recorder.connection())?,
+        answered: medbox::store::commands::answered(recorder.connection(), chrono::Utc::now())?,
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,

@@ -345,6 +345,10 @@ pub async fn run(
             Some(r) => crate::store::schedules::installed_at(r.connection())?,
             None => Default::default(),
         },
+        answered: match &recorder {
+            Some(r) => crate::store::commands::answered(r.connection(), model.start)?,
+            None => Vec::new(),
+        },
         vitals: match &recorder {
             Some(r) => crate::store::vitals::recent(
                 r.connection(),

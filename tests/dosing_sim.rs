@@ -1041,3 +1041,82 @@ fn a_file_edit_that_removes_a_weekly_guard_locks_the_medication_until_a_second_p
         slot2(&db)
     );
 }
+
+/// A command executes at most once per id, across restarts (DESIGN.md §8): a `refill` re-sent
+/// after a restart is answered again and adds nothing; the same id carrying another command is
+/// refused as such, on that command's own topic.
+#[test]
+fn a_command_id_executes_once_across_restarts_a_reused_id_and_an_impossible_refill_are_refused() {
+    use medbox::scenario::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let refill = r#"{"id":"r-1","actor":"ph-7","role":"pharmacist","args":{"slot":3,"units":30}}"#;
+    let at = |h: f64, name: &str, payload: &str| {
+        (
+            std::time::Duration::from_secs_f64(h * 3600.0),
+            Op::Command(name.into(), payload.into()),
+        )
+    };
+    let run = |ops: Vec<(std::time::Duration, Op)>| {
+        common::run(SimOptions {
+            scenario: Some(Scenario {
+                name: "commands".into(),
+                description: String::new(),
+                start: None,
+                initial: None,
+                ops,
+            }),
+            keep_records: false,
+            db: Some(db.clone()),
+            schedules: schedules(),
+            ..common::options(0.25)
+        })
+    };
+    let first = run(vec![at(1.0, "refill", refill)]);
+    let count = first.dispenser.stock[&3];
+    assert_eq!(count, 10 + 30, "the commissioning load and the refill");
+    // Restarted on the same database: the redelivered refill and a reuse of its id.
+    let reused = r#"{"id":"r-1","actor":"ph-7","role":"pharmacist","args":{"slot":3,"units":300}}"#;
+    let ack =
+        r#"{"id":"r-1","actor":"n-1","role":"nurse","args":{"alarm":"DOOR_OPEN","comment":"x"}}"#;
+    let second = run(vec![
+        at(1.0, "refill", refill),
+        at(1.1, "refill", reused),
+        at(1.2, "acknowledge_alarm", ack),
+        at(
+            1.3,
+            "refill",
+            r#"{"id":"r-2","actor":"ph-7","role":"pharmacist","args":{"slot":3,"units":4294967295}}"#,
+        ),
+    ]);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let stored = medbox::store::inventory::rebuild(&conn).unwrap();
+    assert_eq!(
+        stored.slot(3).map(|s| s.count),
+        Some(count),
+        "no stock added twice"
+    );
+    let rejected = &second.commands_rejected;
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert!(
+        rejected[0].starts_with("refill: ID_REUSED"),
+        "{}",
+        rejected[0]
+    );
+    assert!(
+        rejected[1].starts_with("acknowledge_alarm: ID_REUSED"),
+        "answered on its own topic: {}",
+        rejected[1]
+    );
+    // A count that cannot be true would defeat the empty-slot and stock alerts.
+    assert!(
+        rejected[2].starts_with("refill: OUT_OF_RANGE"),
+        "{}",
+        rejected[2]
+    );
+    assert!(
+        rejected[2].contains("carousel.slot_capacity"),
+        "{}",
+        rejected[2]
+    );
+}

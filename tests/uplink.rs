@@ -792,3 +792,105 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
     ns.dedup();
     assert_eq!(ns, (0..20).collect::<Vec<_>>(), "every message, in order");
 }
+
+/// Every command gets an answer (DESIGN.md §8): a burst larger than the command queue is answered
+/// command by command (done, refused, or BUSY), and a 1 MB payload is refused with
+/// PAYLOAD_TOO_LARGE without costing the appliance its connection (no Last Will).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_stays() {
+    let dev = device("burst");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = MqttOptions::new(format!("{dev}-ctl"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(64 * 1024, 2 * 1024 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, 1000);
+    // Not `#`: this client must not receive its own 1 MB command back.
+    for t in ["status", "cmd/+/result"] {
+        client
+            .subscribe(format!("medbox/{dev}/{t}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    let mut child = medbox()
+        .args([
+            "sim",
+            "--days",
+            "0.5",
+            "--speed",
+            "3600",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--device-id",
+            &dev,
+            "--db",
+        ])
+        .arg(dir.path().join("m.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    const BURST: usize = 500;
+    let topic = format!("medbox/{dev}/cmd/acknowledge_alarm");
+    let mut answers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut too_large = 0;
+    let mut offline = false;
+    let mut sent = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (answers.len() < BURST || too_large == 0) && tokio::time::Instant::now() < deadline {
+        let e = match tokio::time::timeout(Duration::from_secs(20), ev.poll()).await {
+            Ok(Ok(e)) => e,
+            other => panic!("the test's own connection: {other:?}"),
+        };
+        let Event::Incoming(Packet::Publish(p)) = e else {
+            continue;
+        };
+        if p.topic.ends_with("/status") && p.payload.as_ref() == b"offline" {
+            offline = true;
+        }
+        if p.topic.ends_with("/status") && p.payload.as_ref() == b"online" && !sent {
+            sent = true;
+            let big = format!(
+                r#"{{"id":"big","actor":"n-1","role":"nurse","args":{{"alarm":"HEAT","comment":"{}"}}}}"#,
+                "x".repeat(1024 * 1024)
+            );
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, big)
+                .await
+                .unwrap();
+            for i in 0..BURST {
+                let cmd = format!(
+                    r#"{{"id":"b{i}","actor":"n-1","role":"nurse","args":{{"alarm":"HEAT","comment":"burst"}}}}"#
+                );
+                client
+                    .publish(&topic, QoS::AtLeastOnce, false, cmd)
+                    .await
+                    .unwrap();
+            }
+        }
+        if p.topic.ends_with("/result") {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            let detail = v["body"]["detail"].as_str().unwrap_or("").to_string();
+            match v["body"]["id"].as_str() {
+                Some(id) => answers.entry(id.to_string()).or_default().push(detail),
+                None if detail.starts_with("PAYLOAD_TOO_LARGE") => too_large += 1,
+                None => {}
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(too_large, 1, "the 1 MB command is refused with a reason");
+    assert_eq!(
+        answers.len(),
+        BURST,
+        "every command of the burst is answered"
+    );
+    for (id, got) in &answers {
+        assert_eq!(got.len(), 1, "{id}: {got:?}");
+        assert!(
+            got[0].starts_with("alarm HEAT is not raised") || got[0].starts_with("BUSY"),
+            "{id}: {got:?}"
+        );
+    }
+    assert!(!offline, "the connection survived (no Last Will)");
+}

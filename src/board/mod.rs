@@ -17,6 +17,7 @@ pub fn carousel_geometry(c: &CarouselWiring) -> CarouselGeometry {
         step_period: c.step_period,
         pick_steps: c.pick_steps,
         drop_timeout: c.drop_timeout,
+        slot_capacity: c.slot_capacity,
     }
 }
 

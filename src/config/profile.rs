@@ -212,6 +212,14 @@ pub struct CarouselWiring {
     /// How long to watch the break-beam after a stroke for the pill to fall.
     #[serde(with = "humantime_serde")]
     pub drop_timeout: Duration,
+    /// Most units one slot holds: a refill that would go past it is refused (a count that
+    /// cannot be true would defeat the empty-slot and stock alerts).
+    #[serde(default = "default_slot_capacity")]
+    pub slot_capacity: u32,
+}
+
+fn default_slot_capacity() -> u32 {
+    250
 }
 
 /// `[dispenser]`: chute, tray and reminders.
@@ -546,6 +554,21 @@ fn validate_sim(sim: &SimModel, carousel: &CarouselWiring, src: &str, out: &mut 
         if !(v.is_finite() && v >= 0.0) {
             out.at(at(key), format!("sim.{key}"), "must be zero or positive");
         }
+    }
+    if let Some((slot, n)) = sim
+        .slot_stock
+        .iter()
+        .enumerate()
+        .find(|(_, n)| **n > carousel.slot_capacity)
+    {
+        out.at(
+            at("slot_stock"),
+            "sim.slot_stock",
+            format!(
+                "slot {slot} holds {n}, more than carousel.slot_capacity ({})",
+                carousel.slot_capacity
+            ),
+        );
     }
     if sim.slot_stock.len() != usize::from(carousel.slots) {
         out.at(

@@ -183,13 +183,47 @@ fn allowed(command: &str, role: Role) -> bool {
     }
 }
 
+/// A command already answered: its id, what it was, and the answer it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The command's id.
+    pub id: String,
+    /// The command's name.
+    pub command: String,
+    /// SHA-256 of what it asked (None: recorded before digests were kept).
+    pub digest: Option<String>,
+    /// Done or refused.
+    pub ok: bool,
+    /// The answer's detail.
+    pub detail: String,
+}
+
+/// Most command ids remembered in memory (the store keeps [`crate::store::commands::RETENTION`]).
+pub const REMEMBERED: usize = 50_000;
+
+/// SHA-256 (hex) of what a command asks: its name, actor, role and arguments, in canonical JSON
+/// (object keys sorted), so a redelivery of the same command matches and a reused id does not.
+fn digest(name: &str, env: &Envelope) -> String {
+    let canonical = serde_json::json!({
+        "name": name,
+        "actor": env.actor,
+        "role": env.role,
+        "args": env.args,
+    })
+    .to_string();
+    let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The command router's state.
 pub(super) struct Router {
     clock: Arc<dyn Clock>,
     fridge: mpsc::Sender<FridgeCommand>,
     dispenser: mpsc::Sender<DispenserCommand>,
     events: mpsc::Sender<Event>,
-    answered: HashMap<String, (String, bool, String)>,
+    answered: HashMap<String, Answered>,
+    /// Ids in the order they were answered, to forget the oldest first.
+    order: std::collections::VecDeque<String>,
 }
 
 impl Router {
@@ -198,13 +232,29 @@ impl Router {
         fridge: mpsc::Sender<FridgeCommand>,
         dispenser: mpsc::Sender<DispenserCommand>,
         events: mpsc::Sender<Event>,
+        answered: Vec<Answered>,
     ) -> Self {
-        Self {
+        let mut router = Self {
             clock,
             fridge,
             dispenser,
             events,
             answered: HashMap::new(),
+            order: Default::default(),
+        };
+        for a in answered {
+            router.remember(a);
+        }
+        router
+    }
+
+    fn remember(&mut self, a: Answered) {
+        self.order.push_back(a.id.clone());
+        self.answered.insert(a.id.clone(), a);
+        while self.order.len() > REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.answered.remove(&old);
+            }
         }
     }
 
@@ -231,7 +281,7 @@ impl Router {
         id: Option<String>,
         actor: Option<String>,
         result: Result<String, String>,
-        duplicate: bool,
+        (duplicate, digest): (bool, Option<String>),
     ) {
         let (ok, detail) = match result {
             Ok(d) => (true, d),
@@ -247,6 +297,7 @@ impl Router {
                 ok,
                 detail,
                 duplicate,
+                digest,
             },
         )
         .await;
@@ -264,7 +315,7 @@ impl Router {
                         "PAYLOAD_TOO_LARGE: {} bytes (at most {MAX_PAYLOAD})",
                         c.payload.len()
                     )),
-                    false,
+                    (false, None),
                 )
                 .await;
         }
@@ -277,14 +328,36 @@ impl Router {
             Ok(e) => e,
             Err(e) => {
                 return self
-                    .answer(&name, None, None, Err(format!("MALFORMED: {e}")), false)
+                    .answer(
+                        &name,
+                        None,
+                        None,
+                        Err(format!("MALFORMED: {e}")),
+                        (false, None),
+                    )
                     .await
             }
         };
-        if let Some((cmd, ok, detail)) = self.answered.get(&env.id).cloned() {
-            let result = if ok { Ok(detail) } else { Err(detail) };
+        let digest = digest(&name, &env);
+        if let Some(seen) = self.answered.get(&env.id).cloned() {
+            // Answered on the topic of the command that carried the id, whatever it was.
+            let result = match &seen.digest {
+                Some(d) if *d != digest => Err(format!(
+                    "ID_REUSED: id {:?} was already used for another {} command; nothing done \
+                     (every command needs its own id)",
+                    env.id, seen.command
+                )),
+                _ if seen.ok => Ok(seen.detail),
+                _ => Err(seen.detail),
+            };
             return self
-                .answer(&cmd, Some(env.id), Some(env.actor), result, true)
+                .answer(
+                    &name,
+                    Some(env.id),
+                    Some(env.actor),
+                    result,
+                    (true, Some(digest)),
+                )
                 .await;
         }
         let result = self.execute(&name, &env).await;
@@ -292,10 +365,21 @@ impl Router {
             Ok(d) => (true, d.clone()),
             Err(r) => (false, r.clone()),
         };
-        self.answered
-            .insert(env.id.clone(), (name.clone(), ok, detail));
-        self.answer(&name, Some(env.id), Some(env.actor), result, false)
-            .await;
+        self.remember(Answered {
+            id: env.id.clone(),
+            command: name.clone(),
+            digest: Some(digest.clone()),
+            ok,
+            detail,
+        });
+        self.answer(
+            &name,
+            Some(env.id),
+            Some(env.actor),
+            result,
+            (false, Some(digest)),
+        )
+        .await;
     }
 
     async fn to_dispenser(&self, cmd: DispenserCommand) -> Result<(), String> {

@@ -852,6 +852,14 @@ impl DispenserTask {
         if added == 0 {
             return Err("MALFORMED: `units` must be at least 1".into());
         }
+        let capacity = self.dev.carousel.slot_capacity();
+        let held = self.dosing.inventory.slot(slot).map_or(0, |s| s.count);
+        if u64::from(held) + u64::from(added) > u64::from(capacity) {
+            return Err(format!(
+                "OUT_OF_RANGE: slot {slot} holds {held} and takes at most {capacity} \
+                 (carousel.slot_capacity); {added} more cannot be true; nothing recorded"
+            ));
+        }
         let at = self.clock.now();
         if expiry.is_some_and(|d| d < at.date_naive()) {
             return Err("EXPIRED: the lot's expiry date has passed; not loaded".into());

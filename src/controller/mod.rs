@@ -208,6 +208,8 @@ pub struct Dosing {
     pub unconfirmed: Vec<crate::dosing::replace::Unconfirmed>,
     /// When each patient's schedule in force was installed (from the store).
     pub installed_at: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    /// Commands already answered (from the store): never executed again after a restart.
+    pub answered: Vec<commands::Answered>,
 }
 
 /// Handles to the running controller.
@@ -254,7 +256,7 @@ pub fn start(
     strategy: Strategy,
     fridge: FridgeDevices,
     dispenser: DispenserDevices,
-    dosing: Dosing,
+    mut dosing: Dosing,
 ) -> Running {
     let (events_tx, events) = mpsc::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -269,6 +271,7 @@ pub fn start(
         fridge_tx.clone(),
         cmd_tx.clone(),
         events_tx.clone(),
+        std::mem::take(&mut dosing.answered),
     );
     let tasks = vec![
         tokio::spawn(router.run(inbound_rx, shutdown_rx.clone())),

@@ -30,6 +30,8 @@ pub struct CarouselGeometry {
     pub pick_steps: u32,
     /// How long to watch the beam after a stroke.
     pub drop_timeout: Duration,
+    /// Most units one slot holds.
+    pub slot_capacity: u32,
 }
 
 impl CarouselGeometry {
@@ -122,6 +124,8 @@ pub trait Carousel: Send {
     fn release(&mut self) -> Result<(), CarouselError>;
     /// How many slots it has.
     fn slots(&self) -> u8;
+    /// Most units one slot holds.
+    fn slot_capacity(&self) -> u32;
 }
 
 /// The mechanism, generic over its stepper, home sensor, break-beam and delay.
@@ -333,5 +337,9 @@ where
 
     fn slots(&self) -> u8 {
         self.geometry.slots
+    }
+
+    fn slot_capacity(&self) -> u32 {
+        self.geometry.slot_capacity
     }
 }

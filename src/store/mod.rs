@@ -9,12 +9,14 @@
 //! - [`schedules`]: schedules installed by command, used again after a restart.
 //! - [`vitals`]: recent readings at start-up; readings other processes recorded.
 //! - [`outbox`]: messages waiting for the broker, read and deleted through the owner task.
+//! - [`commands`]: the commands already answered, so a restart never executes one twice.
 //! - [`readings`]: hourly seals in the chain over the fridge readings, checked by verify.
 //! - [`recorder`]: turns controller events into audit rows and readings, one transaction each.
 
 pub mod audit;
 pub mod backlog;
 pub mod checkpoint;
+pub mod commands;
 pub mod doses;
 pub mod inventory;
 pub mod outbox;

@@ -161,9 +161,10 @@ pub async fn run(
     let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
-    // Accept packets well past the command limit, so an oversized command gets a reasoned
-    // refusal instead of tearing the connection down (the broker should cap sizes too).
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    // Accept packets far past the command limit, so an oversized command gets a reasoned
+    // refusal (PAYLOAD_TOO_LARGE) instead of tearing the connection down; the shipped broker
+    // config caps packets well below this.
+    opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
     opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
     match (wants_tls, &cfg.tls) {
         (true, Some(files)) => {
@@ -198,6 +199,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(500);
     // Row ids in publish order, waiting for their packet id (None: our own status message).
     let mut awaiting: VecDeque<Option<i64>> = VecDeque::new();
+    let mut busy_answers: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut by_pkid: HashMap<u16, Option<i64>> = HashMap::new();
     let mut in_flight: HashSet<i64> = HashSet::new();
     // Acknowledged by the broker, not yet deleted (see `delete`).
@@ -271,6 +273,19 @@ pub async fn run(
             // Storage is failing: keep polling the connection, ask again in a while.
             outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
         }
+        // BUSY answers first: they are the oldest promise, and nothing else holds them.
+        if connected {
+            while let Some((topic, answer)) = busy_answers.pop_front() {
+                if client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, answer.clone())
+                    .is_err()
+                {
+                    busy_answers.push_front((topic, answer));
+                    break;
+                }
+                awaiting.push_back(None);
+            }
+        }
         if let Some(rows) = rows {
             for row in rows {
                 if in_flight.contains(&row.id) {
@@ -319,8 +334,13 @@ pub async fn run(
                     if let (Some(name), Some(tx)) = (name, &cfg.commands) {
                         if !name.is_empty() && (!name.contains('/') || name == crate::controller::commands::VITALS_IN) {
                             let inbound = crate::controller::commands::Inbound { name: name.to_string(), payload: p.payload.to_vec() };
-                            if tx.try_send(inbound).is_err() {
-                                tracing::warn!("command {name} dropped: the appliance is busy or stopping");
+                            if tx.try_send(inbound).is_err() && name != crate::controller::commands::VITALS_IN {
+                                // Every command is answered, even one the appliance cannot take in
+                                // (published before the next outbox top-up; bounded).
+                                if busy_answers.len() < MAX_BUSY_ANSWERS {
+                                    busy_answers.push_back(busy(&cmd_prefix, name, &p.payload));
+                                }
+                                tracing::warn!("command {name} answered BUSY: the appliance's command queue is full");
                             }
                         }
                     }
@@ -446,6 +466,41 @@ impl UplinkThread {
             .join()
             .unwrap_or_else(|_| Err(UplinkError::Url("uplink thread panicked".into())))
     }
+}
+
+/// Largest packet the uplink takes in: far above the command limit
+/// ([`crate::controller::commands::MAX_PAYLOAD`]), so an oversized command is refused with a
+/// reason rather than costing the connection.
+pub const MAX_INCOMING: usize = 8 * 1024 * 1024;
+
+/// Most BUSY answers held for publishing at once (each a few hundred bytes).
+const MAX_BUSY_ANSWERS: usize = 10_000;
+
+/// The answer to a command the appliance could not take in because its queue was full: on the
+/// command's own result topic, in the shape of a recorded result but with no sequence number
+/// (nothing was recorded: the appliance never held the command).
+fn busy(cmd_prefix: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
+    let sent: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let detail = "BUSY: the appliance's command queue is full; nothing done, send it again";
+    let answer = serde_json::json!({
+        "schema": "medbox.event.v1",
+        "kind": "command.result",
+        "subject": format!("command:{name}"),
+        "actor": sent.get("actor"),
+        "reason": detail,
+        "body": {
+            "kind": "command_result",
+            "command": name,
+            "id": sent.get("id"),
+            "ok": false,
+            "detail": detail,
+            "duplicate": false,
+        },
+    });
+    (
+        format!("{cmd_prefix}{name}/result"),
+        answer.to_string().into_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -101,6 +101,10 @@ impl crate::devices::Carousel for HeldCarousel {
     fn slots(&self) -> u8 {
         self.inner.slots()
     }
+
+    fn slot_capacity(&self) -> u32 {
+        self.inner.slot_capacity()
+    }
 }
 
 /// Builds the fridge and dispenser devices of the simulated board from `profile`.
