@@ -325,19 +325,9 @@ async fn the_last_will_says_offline_when_the_process_is_killed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_are_validated_authorised_deduplicated_and_answered() {
-    let dev = device("cmd");
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = MqttOptions::new(format!("{dev}-ctl"), "127.0.0.1", 1883);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut ev) = AsyncClient::new(opts, 100);
-    client
-        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let mut child = medbox()
+/// The appliance on the simulated board at 3600x, publishing to the machine's broker as `dev`.
+fn appliance(dev: &str, dir: &std::path::Path) -> std::process::Child {
+    medbox()
         .args([
             "sim",
             "--days",
@@ -347,14 +337,34 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
             "--mqtt",
             "mqtt://127.0.0.1:1883",
             "--device-id",
-            &dev,
+            dev,
             "--db",
         ])
-        .arg(dir.path().join("m.db"))
+        .arg(dir.join("m.db"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .unwrap()
+}
+
+/// A back end's connection to the broker that sends `dev` commands (up to `max_out` bytes).
+fn controller(dev: &str, max_out: usize, cap: usize) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(format!("{dev}-ctl"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(64 * 1024, max_out);
+    AsyncClient::new(opts, cap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_validated_authorised_deduplicated_and_answered() {
+    let dev = device("cmd");
+    let dir = tempfile::tempdir().unwrap();
+    let (client, mut ev) = controller(&dev, 64 * 1024, 100);
+    client
+        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
+        .await
         .unwrap();
+    let mut child = appliance(&dev, dir.path());
     let topic = |name: &str| format!("medbox/{dev}/cmd/{name}");
     let mut results: Vec<serde_json::Value> = Vec::new();
     let mut sent = false;
@@ -812,10 +822,7 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
 async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_stays() {
     let dev = device("burst");
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = MqttOptions::new(format!("{dev}-ctl"), "127.0.0.1", 1883);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(64 * 1024, 2 * 1024 * 1024);
-    let (client, mut ev) = AsyncClient::new(opts, 1000);
+    let (client, mut ev) = controller(&dev, 2 * 1024 * 1024, 1000);
     // Not `#`: this client must not receive its own 1 MB command back.
     for t in ["status", "cmd/+/result"] {
         client
@@ -823,24 +830,7 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
             .await
             .unwrap();
     }
-    let mut child = medbox()
-        .args([
-            "sim",
-            "--days",
-            "0.5",
-            "--speed",
-            "3600",
-            "--mqtt",
-            "mqtt://127.0.0.1:1883",
-            "--device-id",
-            &dev,
-            "--db",
-        ])
-        .arg(dir.path().join("m.db"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = appliance(&dev, dir.path());
     const BURST: usize = 500;
     let topic = format!("medbox/{dev}/cmd/acknowledge_alarm");
     let mut answers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
