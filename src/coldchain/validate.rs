@@ -31,8 +31,6 @@ pub enum ProbeFaultKind {
     ImplausibleRate,
     /// Did not move while the compressor cycled.
     Stuck,
-    /// The two probes disagree and this one is the suspect (see [`super::arbiter`]).
-    Disagreement,
 }
 
 impl From<&ProbeError> for ProbeFaultKind {
