@@ -33,6 +33,7 @@ pub mod devices;
 pub mod dosing;
 pub mod drivers;
 pub mod events;
+pub mod refusal;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -13,6 +13,7 @@ use crate::coldchain::stats::FridgeStats;
 use crate::coldchain::ColdChainConfig;
 use crate::config::BoardProfile;
 use crate::controller::{self, DispenserCommand, FridgeCommand, Strategy};
+use crate::dosing::dispenser::Command;
 use crate::events::Event;
 use crate::events::FridgeRecord;
 use crate::scenario::{Op, Scenario};
@@ -382,14 +383,13 @@ pub async fn run(
     for (slot, added) in commissioning {
         let _ = running
             .dispenser
-            .send(DispenserCommand::Refill {
+            .send(DispenserCommand::tell(Command::Refill {
                 slot,
                 added,
                 expiry: None,
                 actor: "sim:pharmacist".into(),
                 note: "commissioning load".into(),
-                reply: None,
-            })
+            }))
             .await;
     }
     // The simulated home network: scenario outages cut the uplink's path to the broker.
@@ -580,11 +580,16 @@ async fn play(s: Scenario, stage: Stage) {
         match op {
             Op::Dispense(slot, units) => {
                 let _ = dispenser
-                    .send(DispenserCommand::TestDispense { slot, units })
+                    .send(DispenserCommand::tell(Command::TestDispense {
+                        slot,
+                        units,
+                    }))
                     .await;
             }
             Op::Rehome => {
-                let _ = dispenser.send(DispenserCommand::Rehome).await;
+                let _ = dispenser
+                    .send(DispenserCommand::tell(Command::Rehome))
+                    .await;
             }
             Op::ClockJump(by) => clock.jump(by),
             Op::Vital(reading) => {
@@ -592,15 +597,16 @@ async fn play(s: Scenario, stage: Stage) {
                     at: clock.now(),
                     ..reading
                 };
-                let _ = dispenser.send(DispenserCommand::Vital(reading, None)).await;
+                let _ = dispenser
+                    .send(DispenserCommand::tell(Command::Vital(reading)))
+                    .await;
             }
             Op::TrustClock => {
                 let _ = dispenser
-                    .send(DispenserCommand::TrustClock {
+                    .send(DispenserCommand::tell(Command::TrustClock {
                         actor: "sim:caregiver".into(),
                         comment: "scenario: the clock was checked".into(),
-                        reply: None,
-                    })
+                    }))
                     .await;
             }
             Op::Crash(None) => {
@@ -621,14 +627,13 @@ async fn play(s: Scenario, stage: Stage) {
             Op::Refill(slot, units, expiry, actor) => {
                 handle.world().load_slot(slot, units);
                 let _ = dispenser
-                    .send(DispenserCommand::Refill {
+                    .send(DispenserCommand::tell(Command::Refill {
                         slot,
                         added: units,
                         expiry,
                         actor,
                         note: "scenario refill".into(),
-                        reply: None,
-                    })
+                    }))
                     .await;
             }
             Op::Broker(up) => {

@@ -174,7 +174,7 @@ comment = "nothing to see"
     );
     assert_eq!(
         s.commands_rejected,
-        vec!["acknowledge_alarm: alarm HEAT is not raised".to_string()]
+        vec!["acknowledge_alarm: NOT_RAISED: alarm HEAT is not raised".to_string()]
     );
 }
 

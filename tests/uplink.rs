@@ -890,7 +890,8 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
     for (id, got) in &answers {
         assert_eq!(got.len(), 1, "{id}: {got:?}");
         assert!(
-            got[0].starts_with("alarm HEAT is not raised") || got[0].starts_with("BUSY"),
+            got[0].starts_with("NOT_RAISED: alarm HEAT is not raised")
+                || got[0].starts_with("BUSY"),
             "{id}: {got:?}"
         );
     }

@@ -7,8 +7,10 @@
 use super::{DispenserCommand, FridgeCommand};
 use crate::clock::Clock;
 use crate::coldchain::monitor::AlarmKind;
+use crate::dosing::dispenser::Command;
 use crate::dosing::engine::{PrnRequest, Role};
 use crate::events::Event;
+use crate::refusal::{refuse, Answer, Refusal, RefusalCode};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -154,8 +156,9 @@ fn device_envelope(payload: &[u8]) -> Vec<u8> {
 }
 
 /// A command's `args` as `T`, or a MALFORMED refusal naming what is wrong.
-fn parse_args<T: serde::de::DeserializeOwned>(args: &serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(args.clone()).map_err(|e| format!("MALFORMED: args: {e}"))
+fn parse_args<T: serde::de::DeserializeOwned>(args: &serde_json::Value) -> Result<T, Refusal> {
+    serde_json::from_value(args.clone())
+        .map_err(|e| Refusal::new(RefusalCode::Malformed, format!("args: {e}")))
 }
 
 fn is_stock_alarm(args: &serde_json::Value) -> bool {
@@ -164,23 +167,168 @@ fn is_stock_alarm(args: &serde_json::Value) -> bool {
         .is_some_and(|a| STOCK_ALARMS.contains(&a))
 }
 
-/// Which roles may send which command.
-fn allowed(command: &str, role: Role) -> bool {
+/// Which roles may send which command (None: no such command).
+fn roles(command: &str) -> Option<&'static [Role]> {
     use Role::*;
-    match command {
-        "acknowledge_alarm" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
-        "skip_dose" => matches!(role, Caregiver | Nurse | Clinician),
+    Some(match command {
+        "acknowledge_alarm" => &[Caregiver, Nurse, Clinician, Pharmacist],
+        "skip_dose" => &[Caregiver, Nurse, Clinician],
         // Someone at the patient's side says whether the dose was had.
-        "reconcile_dose" => matches!(role, Caregiver | Nurse | Clinician),
-        "request_prn" => matches!(role, Patient | Caregiver | Nurse | Clinician),
-        "refill" => matches!(role, Caregiver | Nurse | Pharmacist),
-        "replace_schedule" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
-        "record_vital" => matches!(role, Patient | Caregiver | Nurse | Clinician | Device),
-        "request_report" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
+        "reconcile_dose" => &[Caregiver, Nurse, Clinician],
+        "request_prn" => &[Patient, Caregiver, Nurse, Clinician],
+        "refill" => &[Caregiver, Nurse, Pharmacist],
+        "replace_schedule" => &[Caregiver, Nurse, Clinician, Pharmacist],
+        "record_vital" => &[Patient, Caregiver, Nurse, Clinician, Device],
+        "request_report" => &[Caregiver, Nurse, Clinician, Pharmacist],
         // A person who has checked the clock against a trusted one unlocks dosing.
-        "trust_clock" => matches!(role, Caregiver | Nurse | Clinician | Pharmacist),
-        _ => false,
+        "trust_clock" => &[Caregiver, Nurse, Clinician, Pharmacist],
+        _ => return None,
+    })
+}
+
+/// A command from outside, parsed and authorised: which task carries it out, and what it asks.
+#[derive(Debug)]
+enum Routed {
+    /// A cold-chain alarm to acknowledge.
+    Fridge { alarm: AlarmKind, comment: String },
+    /// Anything the dispenser does.
+    Dispenser(Command),
+}
+
+/// Parses `{name, args}` into what it asks, after checking the sender's role may ask it. Pure,
+/// so every refusal before anything runs is tested without a task.
+fn parse(
+    name: &str,
+    env: &Envelope,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Routed, Refusal> {
+    let Some(allowed) = roles(name) else {
+        return refuse(
+            RefusalCode::UnknownCommand,
+            format!("{name:?} ({})", COMMANDS.join(", ")),
+        );
+    };
+    if env.actor.trim().is_empty() || env.id.trim().is_empty() {
+        return refuse(RefusalCode::Malformed, "`id` and `actor` must not be empty");
     }
+    if !allowed.contains(&env.role) {
+        return refuse(
+            RefusalCode::RoleNotAllowed,
+            format!("a {:?} may not {name}", env.role),
+        );
+    }
+    let actor = env.actor.clone();
+    let command = match name {
+        "acknowledge_alarm" if is_stock_alarm(&env.args) => {
+            let a: AckArgs = parse_args(&env.args)?;
+            let slot = a.slot.ok_or_else(|| {
+                Refusal::new(RefusalCode::Malformed, format!("{} needs `slot`", a.alarm))
+            })?;
+            Command::AcknowledgeStock {
+                slot,
+                actor,
+                comment: a.comment,
+            }
+        }
+        "acknowledge_alarm" => {
+            let a: AckArgs = parse_args(&env.args)?;
+            let alarm = AlarmKind::from_code(&a.alarm).ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::Malformed,
+                    format!("{:?} is not an alarm code", a.alarm),
+                )
+            })?;
+            return Ok(Routed::Fridge {
+                alarm,
+                comment: a.comment,
+            });
+        }
+        "refill" => {
+            let a: RefillArgs = parse_args(&env.args)?;
+            Command::Refill {
+                slot: a.slot,
+                added: a.units,
+                expiry: a.expiry,
+                actor,
+                note: a.note,
+            }
+        }
+        "request_report" => {
+            let a: ReportArgs = parse_args(&env.args)?;
+            if !(1..=90).contains(&a.days) {
+                return refuse(RefusalCode::Malformed, "`days` must be 1–90");
+            }
+            Command::Report {
+                days: a.days,
+                actor,
+            }
+        }
+        "record_vital" => {
+            let raw: crate::dosing::vitals::RawVital = parse_args(&env.args)?;
+            let reading = crate::dosing::vitals::validate(&raw, now)
+                .map_err(|e| Refusal::new(RefusalCode::InvalidReading, e.to_string()))?;
+            Command::Vital(reading)
+        }
+        "replace_schedule" => {
+            let a: ReplaceArgs = parse_args(&env.args)?;
+            Command::ReplaceSchedule {
+                patient: a.patient,
+                source: a.schedule,
+                actor,
+                confirm: a.confirm,
+            }
+        }
+        "reconcile_dose" => {
+            let a: ReconcileArgs = parse_args(&env.args)?;
+            if a.note.trim().is_empty() {
+                return refuse(RefusalCode::Malformed, "`note` must say what was found");
+            }
+            Command::Reconcile {
+                patient: a.patient,
+                medication: a.medication,
+                occurrence: a.occurrence,
+                given: a.given,
+                units: a.units,
+                actor,
+                note: a.note,
+            }
+        }
+        "trust_clock" => {
+            let a: TrustClockArgs = parse_args(&env.args)?;
+            if a.comment.trim().is_empty() {
+                return refuse(
+                    RefusalCode::Malformed,
+                    "`comment` must say what the clock was checked against",
+                );
+            }
+            Command::TrustClock {
+                actor,
+                comment: a.comment,
+            }
+        }
+        "skip_dose" => {
+            let a: SkipArgs = parse_args(&env.args)?;
+            Command::Skip {
+                patient: a.patient,
+                medication: a.medication,
+                occurrence: a.occurrence,
+                actor,
+            }
+        }
+        _ => {
+            let a: PrnArgs = parse_args(&env.args)?;
+            Command::Prn {
+                patient: a.patient,
+                medication: a.medication,
+                request: PrnRequest {
+                    actor,
+                    role: env.role,
+                    override_reason: a.override_reason,
+                },
+            }
+        }
+    };
+    Ok(Routed::Dispenser(command))
 }
 
 /// A command already answered: its id, what it was, and the answer it got.
@@ -280,6 +428,25 @@ impl Router {
         command: &str,
         id: Option<String>,
         actor: Option<String>,
+        result: Answer,
+        (duplicate, digest): (bool, Option<String>),
+    ) {
+        self.publish(
+            command,
+            id,
+            actor,
+            result.map_err(|r| r.to_string()),
+            (duplicate, digest),
+        )
+        .await
+    }
+
+    /// Publishes an answer as it goes on the wire: the detail, or `CODE: detail`.
+    async fn publish(
+        &self,
+        command: &str,
+        id: Option<String>,
+        actor: Option<String>,
         result: Result<String, String>,
         (duplicate, digest): (bool, Option<String>),
     ) {
@@ -311,10 +478,10 @@ impl Router {
                     &name,
                     None,
                     None,
-                    Err(format!(
-                        "PAYLOAD_TOO_LARGE: {} bytes (at most {MAX_PAYLOAD})",
-                        c.payload.len()
-                    )),
+                    refuse(
+                        RefusalCode::PayloadTooLarge,
+                        format!("{} bytes (at most {MAX_PAYLOAD})", c.payload.len()),
+                    ),
                     (false, None),
                 )
                 .await;
@@ -332,7 +499,7 @@ impl Router {
                         &name,
                         None,
                         None,
-                        Err(format!("MALFORMED: {e}")),
+                        refuse(RefusalCode::Malformed, e.to_string()),
                         (false, None),
                     )
                     .await
@@ -342,16 +509,21 @@ impl Router {
         if let Some(seen) = self.answered.get(&env.id).cloned() {
             // Answered on the topic of the command that carried the id, whatever it was.
             let result = match &seen.digest {
-                Some(d) if *d != digest => Err(format!(
-                    "ID_REUSED: id {:?} was already used for another {} command; nothing done \
-                     (every command needs its own id)",
-                    env.id, seen.command
-                )),
+                Some(d) if *d != digest => Err(Refusal::new(
+                    RefusalCode::IdReused,
+                    format!(
+                        "id {:?} was already used for another {} command; nothing done \
+                         (every command needs its own id)",
+                        env.id, seen.command
+                    ),
+                )
+                .to_string()),
                 _ if seen.ok => Ok(seen.detail),
+                // Replayed word for word as it was first answered (its code included).
                 _ => Err(seen.detail),
             };
             return self
-                .answer(
+                .publish(
                     &name,
                     Some(env.id),
                     Some(env.actor),
@@ -363,7 +535,7 @@ impl Router {
         let result = self.execute(&name, &env).await;
         let (ok, detail) = match &result {
             Ok(d) => (true, d.clone()),
-            Err(r) => (false, r.clone()),
+            Err(r) => (false, r.to_string()),
         };
         self.remember(Answered {
             id: env.id.clone(),
@@ -382,156 +554,30 @@ impl Router {
         .await;
     }
 
-    async fn to_dispenser(&self, cmd: DispenserCommand) -> Result<(), String> {
-        self.dispenser
-            .send(cmd)
-            .await
-            .map_err(|_| "UNAVAILABLE: the dispenser task is stopping".to_string())
-    }
-
-    async fn execute(&self, name: &str, env: &Envelope) -> Result<String, String> {
-        if !COMMANDS.contains(&name) {
-            return Err(format!(
-                "UNKNOWN_COMMAND: {name:?} ({})",
-                COMMANDS.join(", ")
-            ));
-        }
-        if env.actor.trim().is_empty() || env.id.trim().is_empty() {
-            return Err("MALFORMED: `id` and `actor` must not be empty".into());
-        }
-        if !allowed(name, env.role) {
-            return Err(format!("ROLE_NOT_ALLOWED: a {:?} may not {name}", env.role));
-        }
+    async fn execute(&self, name: &str, env: &Envelope) -> Answer {
         let (tx, rx) = oneshot::channel();
-        match name {
-            "acknowledge_alarm" if is_stock_alarm(&env.args) => {
-                let a: AckArgs = parse_args(&env.args)?;
-                let slot = a
-                    .slot
-                    .ok_or_else(|| format!("MALFORMED: {} needs `slot`", a.alarm))?;
-                self.to_dispenser(DispenserCommand::AcknowledgeStock {
-                    slot,
+        match parse(name, env, self.clock.now())? {
+            Routed::Fridge { alarm, comment } => self
+                .fridge
+                .send(FridgeCommand::AcknowledgeAlarm {
+                    alarm,
                     actor: env.actor.clone(),
-                    comment: a.comment,
+                    comment,
                     reply: Some(tx),
                 })
-                .await?;
-            }
-            "acknowledge_alarm" => {
-                let a: AckArgs = parse_args(&env.args)?;
-                let alarm = AlarmKind::from_code(&a.alarm)
-                    .ok_or_else(|| format!("MALFORMED: {:?} is not an alarm code", a.alarm))?;
-                self.fridge
-                    .send(FridgeCommand::AcknowledgeAlarm {
-                        alarm,
-                        actor: env.actor.clone(),
-                        comment: a.comment,
-                        reply: Some(tx),
-                    })
-                    .await
-                    .map_err(|_| "UNAVAILABLE: the fridge task is stopping".to_string())?;
-            }
-            "refill" => {
-                let a: RefillArgs = parse_args(&env.args)?;
-                self.to_dispenser(DispenserCommand::Refill {
-                    slot: a.slot,
-                    added: a.units,
-                    expiry: a.expiry,
-                    actor: env.actor.clone(),
-                    note: a.note,
-                    reply: Some(tx),
-                })
-                .await?;
-            }
-            "request_report" => {
-                let a: ReportArgs = parse_args(&env.args)?;
-                if !(1..=90).contains(&a.days) {
-                    return Err("MALFORMED: `days` must be 1–90".into());
-                }
-                self.to_dispenser(DispenserCommand::Report {
-                    days: a.days,
-                    actor: env.actor.clone(),
-                    reply: tx,
-                })
-                .await?;
-            }
-            "record_vital" => {
-                let raw: crate::dosing::vitals::RawVital = parse_args(&env.args)?;
-                let reading = crate::dosing::vitals::validate(&raw, self.clock.now())
-                    .map_err(|e| format!("INVALID_READING: {e}"))?;
-                self.to_dispenser(DispenserCommand::Vital(reading, Some(tx)))
-                    .await?;
-            }
-            "replace_schedule" => {
-                let a: ReplaceArgs = parse_args(&env.args)?;
-                self.to_dispenser(DispenserCommand::ReplaceSchedule {
-                    patient: a.patient,
-                    source: a.schedule,
-                    actor: env.actor.clone(),
-                    confirm: a.confirm,
-                    reply: tx,
-                })
-                .await?;
-            }
-            "reconcile_dose" => {
-                let a: ReconcileArgs = parse_args(&env.args)?;
-                if a.note.trim().is_empty() {
-                    return Err("MALFORMED: `note` must say what was found".into());
-                }
-                self.to_dispenser(DispenserCommand::ReconcileDose {
-                    patient: a.patient,
-                    medication: a.medication,
-                    occurrence: a.occurrence,
-                    given: a.given,
-                    units: a.units,
-                    actor: env.actor.clone(),
-                    note: a.note,
-                    reply: tx,
-                })
-                .await?;
-            }
-            "trust_clock" => {
-                let a: TrustClockArgs = parse_args(&env.args)?;
-                if a.comment.trim().is_empty() {
-                    return Err(
-                        "MALFORMED: `comment` must say what the clock was checked against".into(),
-                    );
-                }
-                self.to_dispenser(DispenserCommand::TrustClock {
-                    actor: env.actor.clone(),
-                    comment: a.comment,
-                    reply: Some(tx),
-                })
-                .await?;
-            }
-            "skip_dose" => {
-                let a: SkipArgs = parse_args(&env.args)?;
-                self.to_dispenser(DispenserCommand::SkipDose {
-                    patient: a.patient,
-                    medication: a.medication,
-                    occurrence: a.occurrence,
-                    actor: env.actor.clone(),
-                    reply: tx,
-                })
-                .await?;
-            }
-            _ => {
-                let a: PrnArgs = parse_args(&env.args)?;
-                let request = PrnRequest {
-                    actor: env.actor.clone(),
-                    role: env.role,
-                    override_reason: a.override_reason,
-                };
-                self.to_dispenser(DispenserCommand::RequestPrn {
-                    patient: a.patient,
-                    medication: a.medication,
-                    request,
-                    reply: tx,
-                })
-                .await?;
-            }
+                .await
+                .map_err(|_| {
+                    Refusal::new(RefusalCode::Unavailable, "the fridge task is stopping")
+                })?,
+            Routed::Dispenser(command) => self
+                .dispenser
+                .send(DispenserCommand::ask(command, tx))
+                .await
+                .map_err(|_| {
+                    Refusal::new(RefusalCode::Unavailable, "the dispenser task is stopping")
+                })?,
         }
         rx.await
-            .unwrap_or_else(|_| Err("UNAVAILABLE: no answer".into()))
+            .unwrap_or_else(|_| refuse(RefusalCode::Unavailable, "no answer"))
     }
 }

@@ -35,8 +35,8 @@ pub enum Strategy {
     NaiveBaseline,
 }
 
-/// The answer to a command: `Ok(detail)` or `Err(reason)`.
-pub type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
+/// Where the answer to a command goes: `Ok(detail)` or a typed refusal.
+pub type Reply = tokio::sync::oneshot::Sender<crate::refusal::Answer>;
 
 /// Commands the fridge task accepts.
 #[derive(Debug)]
@@ -54,129 +54,31 @@ pub enum FridgeCommand {
     },
 }
 
-/// Commands the dispenser task accepts.
+/// A command for the dispenser task: what the core is asked, and where its answer goes.
 #[derive(Debug)]
-pub enum DispenserCommand {
-    /// A caregiver skips a scheduled dose.
-    SkipDose {
-        /// Patient pseudonym.
-        patient: String,
-        /// Medication.
-        medication: String,
-        /// The occurrence (RFC 3339).
-        occurrence: chrono::DateTime<chrono::Utc>,
-        /// Who.
-        actor: String,
-        /// Where to answer.
-        reply: Reply,
-    },
-    /// A caregiver reconciles an uncertain or interrupted dispense.
-    ReconcileDose {
-        /// Patient pseudonym.
-        patient: String,
-        /// Medication.
-        medication: String,
-        /// The occurrence (None: the medication's as-needed doses).
-        occurrence: Option<chrono::DateTime<chrono::Utc>>,
-        /// Whether the patient had the dose.
-        given: bool,
-        /// Units the patient had, when given (default: the uncertain dispense's dose).
-        units: Option<u32>,
-        /// Who.
-        actor: String,
-        /// What they found.
-        note: String,
-        /// Where to answer.
-        reply: Reply,
-    },
-    /// An as-needed dose is requested.
-    RequestPrn {
-        /// Patient pseudonym.
-        patient: String,
-        /// Medication.
-        medication: String,
-        /// The request.
-        request: crate::dosing::engine::PrnRequest,
-        /// Where to answer.
-        reply: Reply,
-    },
-    /// A maintenance test dispense (the dose engine will be the normal caller).
-    TestDispense {
-        /// Slot to use.
-        slot: u8,
-        /// Units to release.
-        units: u32,
-    },
-    /// Find home again (after a reported jam was cleared).
-    Rehome,
-    /// Sound the local alarm (buzzer and LED) or silence it.
-    Annunciate(bool),
-    /// Storage fails (true) or works again: nothing is dispensed that could not be recorded.
-    StorageLock(bool),
-    /// A vital reading for the holds, answered (when asked) with whose it was taken to be or
-    /// why it was refused.
-    Vital(crate::dosing::engine::VitalReading, Option<Reply>),
-    /// A vital reading already recorded elsewhere (`medbox vitals add` into the same database):
-    /// used, not recorded again.
-    VitalRecorded(crate::dosing::engine::VitalReading),
-    /// A person confirms the wall clock is right again (after a jump, or a start behind the
-    /// last record): re-baseline it and unlock the dispenser. Audited with who said so.
-    TrustClock {
-        /// Who.
-        actor: String,
-        /// What they checked.
-        comment: String,
-        /// Where to answer.
-        reply: Option<Reply>,
-    },
-    /// Units were loaded into a slot.
-    Refill {
-        /// Carousel slot.
-        slot: u8,
-        /// Units added.
-        added: u32,
-        /// Expiry date of the lot.
-        expiry: Option<chrono::NaiveDate>,
-        /// Who.
-        actor: String,
-        /// Lot number or a remark.
-        note: String,
-        /// Where to answer (None: nobody waits).
-        reply: Option<Reply>,
-    },
-    /// Summarise adherence over the last `days` now (published on `adherence`).
-    Report {
-        /// Days back from now.
-        days: u32,
-        /// Who asked.
-        actor: String,
-        /// Where to answer.
-        reply: Reply,
-    },
-    /// Replace (or add) a patient's schedule.
-    ReplaceSchedule {
-        /// Patient pseudonym the sender means.
-        patient: String,
-        /// The schedule file's text.
-        source: String,
-        /// Who.
-        actor: String,
-        /// The version a second person confirms (for a risky change).
-        confirm: Option<String>,
-        /// Where to answer.
-        reply: Reply,
-    },
-    /// Someone acknowledges a slot's stock alerts.
-    AcknowledgeStock {
-        /// Carousel slot.
-        slot: u8,
-        /// Who.
-        actor: String,
-        /// Why.
-        comment: String,
-        /// Where to answer.
-        reply: Option<Reply>,
-    },
+pub struct DispenserCommand {
+    /// What is asked.
+    pub command: crate::dosing::dispenser::Command,
+    /// Where to answer (None: nobody waits).
+    pub reply: Option<Reply>,
+}
+
+impl DispenserCommand {
+    /// A command nobody waits for the answer of.
+    pub fn tell(command: crate::dosing::dispenser::Command) -> Self {
+        Self {
+            command,
+            reply: None,
+        }
+    }
+
+    /// A command whose answer goes to `reply`.
+    pub fn ask(command: crate::dosing::dispenser::Command, reply: Reply) -> Self {
+        Self {
+            command,
+            reply: Some(reply),
+        }
+    }
 }
 
 /// What the dispenser needs to dose: the schedules, what has already happened (rebuilt from the
@@ -210,6 +112,25 @@ pub struct Dosing {
     pub installed_at: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Commands already answered (from the store): never executed again after a restart.
     pub answered: Vec<commands::Answered>,
+}
+
+impl Dosing {
+    /// What the dispenser core rebuilds itself from.
+    fn restored(self) -> crate::dosing::dispenser::Restored {
+        crate::dosing::dispenser::Restored {
+            schedules: self.schedules,
+            history: self.history,
+            since: self.since,
+            vitals: self.vitals,
+            inventory: self.inventory,
+            refill_days: self.refill_days,
+            clock_floor: self.clock_floor,
+            clock_locked: self.clock_locked,
+            elapsed_anchor: self.elapsed_anchor,
+            unconfirmed: self.unconfirmed,
+            installed_at: self.installed_at,
+        }
+    }
 }
 
 /// Handles to the running controller.
@@ -273,11 +194,20 @@ pub fn start(
         events_tx.clone(),
         std::mem::take(&mut dosing.answered),
     );
+    let geometry = crate::dosing::dispenser::Geometry {
+        slots: dispenser.carousel.slots(),
+        capacity: dispenser.carousel.slot_capacity(),
+    };
+    let now = crate::dosing::dispenser::Instant {
+        wall: clock.now(),
+        mono: clock.monotonic(),
+    };
+    let core = crate::dosing::dispenser::Dispenser::on_restart(dosing.restored(), geometry, now);
     let tasks = vec![
         tokio::spawn(router.run(inbound_rx, shutdown_rx.clone())),
         tokio::spawn(fridge_task.run(fridge_rx, shutdown_rx.clone())),
         tokio::spawn(
-            dispenser::DispenserTask::new(clock.clone(), dispenser, dosing, events_tx.clone())
+            dispenser::DispenserTask::new(clock.clone(), dispenser, core, events_tx.clone())
                 .run(cmd_rx, shutdown_rx),
         ),
     ];
@@ -314,6 +244,18 @@ pub(crate) async fn wait(
         _ = clock::sleep_until(clock, deadline) => Wake::Deadline,
         _ = shutdown.changed() => Wake::Shutdown,
     }
+}
+
+/// An acknowledgement the monitor could not take, as a typed refusal.
+fn ack_refusal(e: &crate::coldchain::monitor::AckError) -> crate::refusal::Refusal {
+    use crate::coldchain::monitor::AckError;
+    use crate::refusal::{Refusal, RefusalCode};
+    let code = match e {
+        AckError::NotRaised(_) => RefusalCode::NotRaised,
+        AckError::AlreadyAcknowledged(_) => RefusalCode::AlreadyAcknowledged,
+        AckError::Incomplete => RefusalCode::Malformed,
+    };
+    Refusal::new(code, e.to_string())
 }
 
 /// Sends an event; the receiver only goes away when the whole appliance is stopping.
@@ -464,7 +406,9 @@ impl FridgeTask {
         if changed || another {
             if let Some(tx) = &self.annunciator {
                 let _ = tx
-                    .send(DispenserCommand::Annunciate(unacknowledged > 0))
+                    .send(DispenserCommand::tell(
+                        crate::dosing::dispenser::Command::Annunciate(unacknowledged > 0),
+                    ))
                     .await;
             }
         }
@@ -497,7 +441,7 @@ impl FridgeTask {
                 }
                 Err(e) => {
                     if let Some(r) = reply {
-                        let _ = r.send(Err(e.to_string()));
+                        let _ = r.send(Err(ack_refusal(&e)));
                         return;
                     }
                     emit(
@@ -505,7 +449,7 @@ impl FridgeTask {
                         Event::CommandRejected {
                             at,
                             command: "acknowledge_alarm".into(),
-                            reason: e.to_string(),
+                            reason: ack_refusal(&e).to_string(),
                         },
                     )
                     .await

@@ -5,6 +5,7 @@
 
 use super::{DispenserCommand, Running};
 use crate::clock::Clock;
+use crate::dosing::dispenser::Command;
 use crate::events::Event;
 use crate::store::backlog::{Backlog, Health, GRACE};
 use crate::store::outbox::OutboxRequests;
@@ -87,7 +88,7 @@ pub async fn serve(
                         Ok(found) => {
                             for (seq, reading) in found {
                                 vitals_after = seq;
-                                let _ = running.dispenser.send(DispenserCommand::VitalRecorded(reading)).await;
+                                let _ = running.dispenser.send(DispenserCommand::tell(Command::VitalRecorded(reading))).await;
                             }
                         }
                         Err(e) => tracing::warn!("cannot read vitals added by others: {e}"),
@@ -107,7 +108,7 @@ pub async fn serve(
                     tracing::warn!("storage works again: the dispenser is unlocked");
                     let _ = running
                         .dispenser
-                        .send(DispenserCommand::StorageLock(false))
+                        .send(DispenserCommand::tell(Command::StorageLock(false)))
                         .await;
                 }
             }
@@ -120,7 +121,7 @@ pub async fn serve(
                     );
                     let _ = running
                         .dispenser
-                        .send(DispenserCommand::StorageLock(true))
+                        .send(DispenserCommand::tell(Command::StorageLock(true)))
                         .await;
                 }
                 if backlog.gave_up() {

@@ -228,6 +228,14 @@ pub fn elapsed_now(now: Now, history: &[&DoseRecord]) -> DateTime<Utc> {
         .fold(now.elapsed, DateTime::max)
 }
 
+/// How long ago a record was for elapsed-time rules: the shorter of what the two timelines say.
+/// The elapsed timeline (`elapsed`, from [`elapsed_now`]) cannot be shrunk by a wall-clock step;
+/// the wall clock catches a timeline that resumed too far ahead (a restart on a wall clock that
+/// was wrong then, corrected since). So a gap never looks longer than either clock says.
+pub fn ago(now: Now, elapsed: DateTime<Utc>, r: &DoseRecord) -> Duration {
+    (elapsed - r.elapsed_at()).min(now.wall - r.at)
+}
+
 /// Reading quality, as the source reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -496,12 +504,13 @@ fn check_limits(
     units: u32,
     history: &[&DoseRecord],
 ) -> Option<Decision> {
-    let now = elapsed_now(now, history);
+    let clocks = now;
+    let now = elapsed_now(clocks, history);
     if med.weekly_guard() {
         let guard = Duration::from_std(WEEKLY_GUARD).unwrap_or_default();
         if let Some(last) = history
             .iter()
-            .filter(|r| r.is_of(med) && r.outcome.counts() && now - r.elapsed_at() < guard)
+            .filter(|r| r.is_of(med) && r.outcome.counts() && ago(clocks, now, r) < guard)
             .max_by_key(|r| r.elapsed_at())
         {
             return Some(refuse(
@@ -537,7 +546,8 @@ fn check_spacing(
     now: Now,
     history: &[&DoseRecord],
 ) -> Option<Decision> {
-    let now = elapsed_now(now, history);
+    let clocks = now;
+    let now = elapsed_now(clocks, history);
     let spacing = med
         .spacing
         .and_then(|s| Duration::from_std(s).ok())
@@ -546,7 +556,7 @@ fn check_spacing(
         r.is_of(med)
             && r.outcome.counts()
             && r.occurrence != Some(w.occurrence)
-            && ((w.opens <= r.at && r.at < w.closes) || now - r.elapsed_at() < spacing)
+            && ((w.opens <= r.at && r.at < w.closes) || ago(clocks, now, r) < spacing)
     });
     let last = near.max_by_key(|r| r.elapsed_at())?;
     let (reason, what) = match last.outcome {
@@ -778,21 +788,22 @@ pub fn decide_prn(
     let elapsed = elapsed_now(clocks, &history);
     if !overriding {
         let min = Duration::from_std(prn.min_interval).unwrap_or_default();
-        if let Some(last) = given.iter().map(|r| r.elapsed_at()).max() {
-            if elapsed - last < min {
+        if let Some(last) = given.iter().min_by_key(|r| ago(clocks, elapsed, r)) {
+            let since = ago(clocks, elapsed, last);
+            if since < min {
                 return refuse(
                     Reason::PrnTooSoon,
                     format!(
                         "last dose at {}; the next may be given from {}",
-                        last.to_rfc3339(),
-                        (last + min).to_rfc3339()
+                        last.at.to_rfc3339(),
+                        (clocks.wall + (min - since)).to_rfc3339()
                     ),
                 );
             }
         }
         let in_24h = given
             .iter()
-            .filter(|r| elapsed - r.elapsed_at() < Duration::hours(24))
+            .filter(|r| ago(clocks, elapsed, r) < Duration::hours(24))
             .count() as u32;
         if in_24h >= prn.max_per_24h {
             return refuse(
@@ -1397,6 +1408,42 @@ mod tests {
             reason(&prn_at(&s, "2026-03-02T03:00:00Z", &three, &patient())),
             Some(Reason::PrnTooSoon)
         );
+    }
+
+    #[test]
+    fn a_gap_is_the_shorter_of_what_the_wall_clock_and_the_elapsed_timeline_say() {
+        let r = prn_given("2026-03-02T08:00:00Z");
+        // The wall clock was stepped back 2 h: the timeline says 4 h passed, the wall 2 h.
+        let stepped_back = Now {
+            wall: utc("2026-03-02T10:00:00Z"),
+            elapsed: utc("2026-03-02T12:00:00Z"),
+        };
+        assert_eq!(
+            ago(stepped_back, stepped_back.elapsed, &r),
+            Duration::hours(2)
+        );
+        // The timeline resumed 5 h ahead after a restart on a clock that was wrong then and has
+        // been corrected since: the wall clock's 3 h count.
+        let resumed_ahead = Now {
+            wall: utc("2026-03-02T11:00:00Z"),
+            elapsed: utc("2026-03-02T16:00:00Z"),
+        };
+        assert_eq!(
+            ago(resumed_ahead, resumed_ahead.elapsed, &r),
+            Duration::hours(3)
+        );
+        // So a PRN dose 3 h after the last is too soon, whichever clock ran ahead.
+        let s = schedule(PRN);
+        let d = decide_prn(
+            &s.medications[0].0,
+            s.tz,
+            resumed_ahead,
+            &[r],
+            &[],
+            true,
+            &patient(),
+        );
+        assert_eq!(reason(&d), Some(Reason::PrnTooSoon));
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! - [`inventory`]: units per slot, expiry, and refill alerts.
 //! - [`vitals`]: readings from outside, validated (ranges, BLE SFLOAT specials) and banded.
 //! - [`replace`]: checks a schedule replacing another while the appliance runs.
+//! - [`dispenser`]: the dispenser's decisions as a pure state machine the controller drives.
 
 pub mod adherence;
+pub mod dispenser;
 pub mod engine;
 pub mod escalation;
 pub mod history;

@@ -1,12 +1,24 @@
-//! The dispenser's dosing core against a reference model: a state-machine property test.
+//! The dispenser core against a reference model: a state-machine property test.
 //!
-//! Random runs of weeks of ticks, schedule replacements (renames, letter case, moved times, a
-//! weekly guard someone tries to drop), clock steps both ways and a person trusting the clock,
-//! restarts rebuilt from the history alone, PRN requests, jams and pickups drive the same pure
-//! planner and engine the dispenser task uses, with the task's clock rules (the time floor, the
-//! lock a restart keeps, the elapsed timeline) replayed here. The model keeps its own log of
-//! what physically left the carousel, in *real* time, and after every step checks what must
-//! hold whatever happened:
+//! Random runs of weeks of ticks, schedule replacements by command (renames, letter case,
+//! moved times, a weekly guard someone tries to drop), schedule files edited behind the
+//! appliance's back, clock steps both ways and a person trusting the clock, restarts (clean, or
+//! a crash while the carousel turns) rebuilt from what the core recorded, PRN requests, jams,
+//! reconciliations and pickups drive the pure [`Dispenser`] exactly as the controller's task
+//! does: every effect is carried out and answered (`on_homed`, `on_drop`), and every event it
+//! emits goes into the model's audit log, from which a restart rebuilds it the way the store
+//! does (the time floor, the clock lock, the elapsed anchor, the schedule in force and its
+//! unconfirmed guards).
+//!
+//! A clock step happens while the appliance runs and is seen at its next input (the
+//! controller polls every few seconds); a step while it is off cannot be told from time
+//! passing, except when the clock lands behind the last record, which locks it.
+//!
+//! The model keeps its own log of what physically left the carousel, in *real* time (an
+//! uncertain or interrupted turn counts as everything released, unless a caregiver reconciles
+//! it as not given), and its own truth about the clock (stepped and not yet confirmed by a
+//! person, or behind the last record at a restart). After every step it checks what must hold
+//! whatever happened:
 //! - no occurrence of a medication (its slot) is released twice;
 //! - two releases of the twice-daily medication are at least 6 h apart in real time (half its
 //!   12 h gap: a moved time or a rename cannot squeeze a second dose in), at most 3 fall in any
@@ -19,11 +31,13 @@
 //! The run is seeded (`MEDBOX_MODEL_SEED`, default 2026) so CI is reproducible; other seeds
 //! explore further (`MEDBOX_MODEL_SEED=7 MEDBOX_MODEL_CASES=100000 cargo test --lib safety_model`).
 
-use super::engine::{decide_prn, Decision, DoseRecord, Now, Outcome, PrnRequest, Role};
+use super::dispenser::{Command, Dispenser, Effect, Geometry, Instant, Restored, Turned};
+use super::engine::{DoseRecord, ElapsedAnchor, Outcome, PrnRequest, Role};
 use super::history::DoseHistory;
-use super::plan::{Action, Planner};
 use super::replace;
 use super::schedule::Schedule;
+use crate::devices::DropReport;
+use crate::events::Event;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use proptest::prelude::*;
 use std::path::Path;
@@ -31,6 +45,10 @@ use std::path::Path;
 const START: &str = "2026-03-23T00:00:00Z";
 const PATIENT: &str = "p-1";
 const TOLERANCE_S: i64 = super::engine::CLOCK_TOLERANCE_S;
+const GEOMETRY: Geometry = Geometry {
+    slots: 8,
+    capacity: 250,
+};
 
 /// One version of the patient's schedule.
 #[derive(Clone, Copy, Debug)]
@@ -67,7 +85,7 @@ fn source(v: Version) -> String {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Let this many half hours pass, planning each one (windows are at least an hour).
+    /// Let this many half hours pass, ticking each one (windows are at least an hour).
     Tick(u32),
     Replace(Version),
     /// The wall clock jumps by this many minutes.
@@ -77,11 +95,17 @@ enum Op {
         correct: bool,
     },
     Restart,
+    /// The process dies while the next dispense turns the carousel; it restarts at once.
+    CrashDuringDispense,
     /// The file is edited behind the appliance's back and the appliance restarts on it.
     EditFileAndRestart(Version),
     Prn,
     /// The next dispense jams mid-way (uncertain).
     Jam,
+    /// A caregiver settles the latest uncertain or interrupted dispense.
+    Reconcile {
+        given: bool,
+    },
     Pickup,
 }
 
@@ -93,10 +117,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![-720i64..-2, 2i64..720].prop_map(Op::ClockStep),
         1 => any::<bool>().prop_map(|correct| Op::Trust { correct }),
         1 => Just(Op::Restart),
+        1 => Just(Op::CrashDuringDispense),
         1 => (0usize..4, -2i64..=3, 0usize..4)
             .prop_map(|(name, shift, weekly)| Op::EditFileAndRestart(Version { name, shift, weekly })),
         2 => Just(Op::Prn),
         1 => Just(Op::Jam),
+        1 => any::<bool>().prop_map(|given| Op::Reconcile { given }),
         1 => Just(Op::Pickup),
     ]
 }
@@ -111,26 +137,54 @@ struct Release {
     units: u32,
 }
 
+/// How the model's carousel answers the next turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Works,
+    Jams,
+    Crashes,
+}
+
 struct Appliance {
-    schedule: Schedule,
-    history: DoseHistory,
-    planner: Planner,
-    since: DateTime<Utc>,
+    core: Dispenser,
+    /// Real time.
     real: DateTime<Utc>,
     /// Wall clock minus real time.
     offset: Duration,
-    trusted: bool,
-    /// The elapsed timeline at `mono_base` (real time at the last start).
-    elapsed_base: DateTime<Utc>,
-    mono_base: DateTime<Utc>,
-    jam_next: bool,
+    /// Real time at the last boot (the monotonic clock counts from there).
+    boot: DateTime<Utc>,
+    /// The model's truth: the wall clock was stepped, or found behind the last record, and no
+    /// person has confirmed it since.
+    clock_doubtful: bool,
+    next: Next,
     released: Vec<Release>,
-    /// The latest durable record holding both clocks (a dose record or a clock event).
-    anchor: Option<super::engine::ElapsedAnchor>,
+    /// What the core recorded, as the store keeps it: (wall time written, event).
+    log: Vec<(DateTime<Utc>, Event)>,
+    /// The schedule text in force (the last one installed by command or found in the file).
+    in_force: String,
     /// The guarded medications of the last confirmed schedule (the loader's reference).
     confirmed: Vec<replace::Guarded>,
-    /// Medications locked until a second person confirms (nobody does here).
-    locked: Vec<String>,
+    /// When the schedule in force was installed.
+    installed_at: Option<DateTime<Utc>>,
+    /// A crash happened while carrying out effects: the rest never ran.
+    crashed: bool,
+    tokens: u64,
+}
+
+/// The model's own view of a schedule text (parsed once per version: there are 96).
+fn parse(source: &str) -> Schedule {
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, Schedule>> =
+            Default::default();
+    }
+    PARSED.with(|p| {
+        p.borrow_mut()
+            .entry(source.to_string())
+            .or_insert_with(|| {
+                Schedule::parse(source, Path::new("model.toml")).unwrap_or_else(|e| panic!("{e:?}"))
+            })
+            .clone()
+    })
 }
 
 impl Appliance {
@@ -138,83 +192,115 @@ impl Appliance {
         let start = DateTime::parse_from_rfc3339(START)
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_default();
-        let schedule = Schedule::parse(
-            &source(Version {
-                name: 0,
-                shift: 0,
-                weekly: 0,
-            }),
-            Path::new("model.toml"),
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"));
-        Self {
-            history: DoseHistory::default(),
-            planner: Planner::new(start),
-            since: start,
+        let in_force = source(Version {
+            name: 0,
+            shift: 0,
+            weekly: 0,
+        });
+        let schedule = parse(&in_force);
+        let confirmed = replace::guarded(&schedule);
+        let restored = Restored {
+            schedules: vec![schedule],
+            since: Some(start),
+            ..Restored::default()
+        };
+        let boot = Instant {
+            wall: start,
+            mono: std::time::Duration::ZERO,
+        };
+        let mut a = Self {
+            core: Dispenser::on_restart(restored, GEOMETRY, boot),
             real: start,
             offset: Duration::zero(),
-            trusted: true,
-            elapsed_base: start,
-            mono_base: start,
-            jam_next: false,
+            boot: start,
+            clock_doubtful: false,
+            next: Next::Works,
             released: Vec::new(),
-            anchor: None,
-            confirmed: replace::guarded(&schedule),
-            locked: Vec::new(),
-            schedule,
-        }
+            log: Vec::new(),
+            in_force,
+            confirmed,
+            installed_at: None,
+            crashed: false,
+            tokens: 0,
+        };
+        let fx = a.core.start(boot);
+        a.carry_out(fx);
+        a
     }
 
-    fn now(&self) -> Now {
-        Now {
+    /// Both clocks as the controller reads them.
+    fn now(&self) -> Instant {
+        Instant {
             wall: self.real + self.offset,
-            elapsed: self.elapsed_base + (self.real - self.mono_base),
+            mono: (self.real - self.boot).to_std().unwrap_or_default(),
         }
     }
 
-    fn record(&mut self, mut r: DoseRecord) {
-        r.elapsed = Some(self.now().elapsed);
-        self.anchor = Some((r.at, self.now().elapsed));
-        self.history.push(PATIENT, r);
+    /// Carries out effects as the controller's task does, answering for the carousel.
+    fn carry_out(&mut self, fx: Vec<Effect>) {
+        let mut queue: std::collections::VecDeque<Effect> = fx.into();
+        while let Some(effect) = queue.pop_front() {
+            if self.crashed {
+                return;
+            }
+            match effect {
+                Effect::Emit(e) => {
+                    let wall = self.now().wall;
+                    if let Event::ScheduleReplaced { at, source, .. } = &e {
+                        self.in_force = source.clone();
+                        self.confirmed = replace::guarded(&parse(source));
+                        self.installed_at = Some(*at);
+                    }
+                    self.log.push((wall, e));
+                }
+                Effect::Lights { .. } | Effect::Reply { .. } => {}
+                Effect::Home => queue.extend(self.core.on_homed(Ok(7), self.now())),
+                Effect::Turn { slot, units, .. } => {
+                    self.release(slot, units);
+                    let report = |seen, home| {
+                        Turned::Done(Ok(DropReport {
+                            slot,
+                            requested: units,
+                            drops_seen: seen,
+                            stray_drops: 0,
+                            stray_from: None,
+                            returned_home: home,
+                        }))
+                    };
+                    match std::mem::replace(&mut self.next, Next::Works) {
+                        Next::Works => {
+                            queue.extend(self.core.on_drop(report(units, true), self.now()))
+                        }
+                        Next::Jams => queue.extend(self.core.on_drop(report(0, false), self.now())),
+                        Next::Crashes => {
+                            self.crashed = true;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 
-    /// A clock event is recorded, as the dispenser task records each change of trust.
-    fn clock_event(&mut self) {
-        let now = self.now();
-        self.anchor = Some((now.wall, now.elapsed));
-    }
-
-    /// Carries out a dispense as the dispenser task does: the durable intent, then the outcome.
-    fn dispense(
-        &mut self,
-        medication: String,
-        slot: u8,
-        occurrence: Option<DateTime<Utc>>,
-        units: u32,
-    ) {
-        assert!(self.trusted, "released while the clock is untrusted");
-        let at = self.now().wall;
-        let rec = |outcome, units| DoseRecord {
-            medication: medication.clone(),
-            occurrence,
-            at,
-            units,
-            outcome,
-            slot: Some(slot),
-            elapsed: None,
-        };
-        self.record(rec(Outcome::Dispensing, units));
-        let outcome = if std::mem::take(&mut self.jam_next) {
-            Outcome::Uncertain
-        } else {
-            Outcome::Dispensed
-        };
-        self.record(rec(outcome, units));
+    /// The model's carousel released `units` from `slot` (for the occurrence the last intent
+    /// names): checked against the model's clock truth at once.
+    fn release(&mut self, slot: u8, units: u32) {
+        assert!(
+            !self.clock_doubtful,
+            "released from slot {slot} while the clock is untrusted"
+        );
+        let occurrence = self.log.iter().rev().find_map(|(_, e)| match e {
+            Event::Dose { record, .. } if record.outcome == Outcome::Dispensing => {
+                Some(record.occurrence)
+            }
+            _ => None,
+        });
+        let occurrence = occurrence.unwrap_or_else(|| panic!("a turn without a recorded intent"));
+        let tz = chrono_tz::Europe::Berlin;
         let local = occurrence
-            .unwrap_or(at)
-            .with_timezone(&self.schedule.tz)
+            .unwrap_or(self.now().wall)
+            .with_timezone(&tz)
             .date_naive();
-        // An uncertain dispense may have released everything: the model assumes it did.
         self.released.push(Release {
             slot,
             occurrence,
@@ -224,27 +310,97 @@ impl Appliance {
         });
     }
 
-    fn plan(&mut self) {
-        let actions = self.planner.plan(
-            std::slice::from_ref(&self.schedule),
-            self.now(),
-            &self.history,
-            &[],
-            self.trusted,
-        );
-        for a in actions {
-            match a {
-                Action::Dispense {
-                    medication,
-                    slot,
-                    occurrence,
-                    units,
+    fn command(&mut self, cmd: Command) {
+        self.tokens += 1;
+        let fx = self.core.on_command(cmd, Some(self.tokens), self.now());
+        self.carry_out(fx);
+        if self.crashed {
+            self.restart();
+        }
+    }
+
+    fn tick(&mut self) {
+        let fx = self.core.on_tick(self.now());
+        self.carry_out(fx);
+        if self.crashed {
+            self.restart();
+        }
+    }
+
+    /// What the store gives a restart, from the log.
+    fn restored(&self) -> Restored {
+        let mut history = DoseHistory::default();
+        let mut anchor: Option<ElapsedAnchor> = None;
+        let mut locked = false;
+        for (_, e) in &self.log {
+            match e {
+                Event::Dose {
+                    patient, record, ..
+                } => {
+                    history.push(patient, record.clone());
+                    anchor = Some((record.at, record.elapsed.unwrap_or(record.at)));
+                }
+                Event::ClockTrust {
+                    at,
+                    trusted,
+                    elapsed,
                     ..
-                } => self.dispense(medication, slot, Some(occurrence), units),
-                Action::Record { record, .. } => self.record(record),
-                Action::Alert { .. } => {}
+                } => {
+                    locked = !trusted;
+                    anchor = Some((*at, elapsed.unwrap_or(*at)));
+                }
+                _ => {}
             }
         }
+        let schedule = parse(&self.in_force);
+        // The loader: what removes a guard of the last confirmed version stays locked.
+        let weak = replace::weakened(&self.confirmed, &schedule);
+        let unconfirmed = if weak.is_empty() {
+            Vec::new()
+        } else {
+            vec![replace::Unconfirmed {
+                patient: PATIENT.into(),
+                version: replace::version(&schedule),
+                medications: weak.iter().map(|(m, _)| m.clone()).collect(),
+                reasons: weak.into_iter().map(|(_, r)| r).collect(),
+                confirmed: self.confirmed.clone(),
+            }]
+        };
+        Restored {
+            schedules: vec![schedule],
+            history,
+            since: DateTime::parse_from_rfc3339(START)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            clock_floor: self.log.last().map(|(wall, _)| *wall),
+            clock_locked: locked,
+            elapsed_anchor: anchor,
+            unconfirmed,
+            installed_at: self
+                .installed_at
+                .map(|t| [(PATIENT.to_string(), t)].into_iter().collect())
+                .unwrap_or_default(),
+            ..Restored::default()
+        }
+    }
+
+    /// A restart: only what was recorded survives; the monotonic clock starts again.
+    fn restart(&mut self) {
+        self.crashed = false;
+        self.next = Next::Works;
+        self.boot = self.real;
+        let restored = self.restored();
+        let wall = self.now().wall;
+        let behind = restored
+            .clock_floor
+            .is_some_and(|f| (f - wall).num_seconds() > TOLERANCE_S);
+        // A step the appliance recorded stays a doubt; one it never saw (the clock moved ahead
+        // while it was down) cannot be told from time passing, after a reboot whose monotonic
+        // clock starts again. A clock behind the last record always can.
+        self.clock_doubtful = behind || (self.clock_doubtful && restored.clock_locked);
+        self.core = Dispenser::on_restart(restored, GEOMETRY, self.now());
+        let fx = self.core.start(self.now());
+        self.carry_out(fx);
     }
 
     fn apply(&mut self, op: &Op) {
@@ -252,117 +408,99 @@ impl Appliance {
             Op::Tick(n) => {
                 for _ in 0..*n {
                     self.real += Duration::minutes(30);
-                    self.plan();
+                    self.tick();
                 }
             }
-            Op::Replace(v) => {
-                let Ok(new) = Schedule::parse(&source(*v), Path::new("model.toml")) else {
-                    return;
-                };
-                // Only what the checks let through is installed; a change a second person must
-                // confirm is not (here, nobody confirms). While a loaded file waits for
-                // confirmation, the last confirmed version is the reference, as in the task.
-                let ok = replace::check(Some(&self.schedule), &new, &[], self.now().wall).is_ok()
-                    && replace::weakened(&self.confirmed, &new).is_empty();
-                if ok {
-                    self.confirmed = replace::guarded(&new);
-                    self.schedule = new;
-                    self.locked.clear();
-                    self.planner.unlock(PATIENT);
-                }
-            }
+            Op::Replace(v) => self.command(Command::ReplaceSchedule {
+                patient: PATIENT.into(),
+                source: source(*v),
+                actor: "nurse-1".into(),
+                confirm: None,
+            }),
             Op::ClockStep(m) => {
                 self.offset += Duration::minutes(*m);
-                if m.abs() * 60 > TOLERANCE_S && self.trusted {
-                    self.trusted = false;
-                    self.clock_event();
+                if m.abs() * 60 > TOLERANCE_S {
+                    self.clock_doubtful = true;
                 }
+                // A running appliance polls within seconds: the next input sees the step.
+                self.tick();
             }
             Op::Trust { correct } => {
-                let before = self.offset;
                 if *correct || self.offset > Duration::zero() {
                     // Nobody confirms a clock that shows the future: they set it right.
                     self.offset = Duration::zero();
                 }
-                // Setting the clock is itself a step the running task sees (and records) before
-                // the person's confirmation is recorded.
-                if !self.trusted || self.offset != before {
-                    self.trusted = true;
-                    self.clock_event();
-                }
+                self.clock_doubtful = false;
+                self.command(Command::TrustClock {
+                    actor: "nurse-1".into(),
+                    comment: "checked".into(),
+                });
             }
-            Op::Restart => {
-                // Only the history survives; the task's start-up rules rebuild the rest.
-                let wall = self.now().wall;
-                let floor = self.history.iter().map(|(_, r)| r.at).max();
-                let locked = !self.trusted;
-                self.planner = Planner::new(self.since);
-                for m in &self.locked {
-                    self.planner.lock(PATIENT, m);
+            Op::Restart => self.restart(),
+            Op::CrashDuringDispense => self.next = Next::Crashes,
+            Op::EditFileAndRestart(v) => {
+                let text = source(*v);
+                let new = parse(&text);
+                // The loader records the file's version: unless it removes a guard, it becomes
+                // the confirmed reference.
+                if replace::weakened(&self.confirmed, &new).is_empty() {
+                    self.confirmed = replace::guarded(&new);
                 }
-                self.elapsed_base = super::engine::resume_elapsed(wall, self.anchor, !locked);
-                self.mono_base = self.real;
-                self.trusted = super::engine::untrusted_at_start(wall, floor, locked).is_none();
-                if !self.trusted {
-                    self.clock_event();
-                }
-                self.jam_next = false;
+                self.in_force = text;
+                self.installed_at = Some(self.now().wall);
+                self.restart();
             }
-            Op::Prn => {
-                let Some((m, _)) = self.schedule.medication("Paracetamol").cloned() else {
-                    return;
-                };
-                if self.planner.is_locked(PATIENT, &m.name) {
-                    return;
-                }
-                let request = PrnRequest {
+            Op::Prn => self.command(Command::Prn {
+                patient: PATIENT.into(),
+                medication: "paracetamol".into(),
+                request: PrnRequest {
                     actor: PATIENT.into(),
                     role: Role::Patient,
                     override_reason: None,
-                };
-                let d = decide_prn(
-                    &m,
-                    self.schedule.tz,
-                    self.now(),
-                    self.history.of(PATIENT),
-                    &[],
-                    self.trusted,
-                    &request,
-                );
-                if let Decision::Dispense { units, .. } = d {
-                    self.dispense(m.name.clone(), *m.slot.get_ref(), None, units);
-                }
-            }
-            Op::EditFileAndRestart(v) => {
-                let Ok(new) = Schedule::parse(&source(*v), Path::new("model.toml")) else {
+                },
+            }),
+            Op::Jam => self.next = Next::Jams,
+            Op::Reconcile { given } => {
+                let open = super::engine::effective(self.core.history().of(PATIENT))
+                    .into_iter()
+                    .rfind(|r| matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing))
+                    .cloned();
+                let Some(DoseRecord {
+                    medication,
+                    occurrence,
+                    slot,
+                    ..
+                }) = open
+                else {
                     return;
                 };
-                // The loader: used, but what removes a guard stays locked (store::schedules).
-                let weak = replace::weakened(&self.confirmed, &new);
-                if weak.is_empty() {
-                    self.confirmed = replace::guarded(&new);
+                let before = self.core.history().of(PATIENT).len();
+                self.command(Command::Reconcile {
+                    patient: PATIENT.into(),
+                    medication,
+                    occurrence,
+                    given: *given,
+                    units: None,
+                    actor: "nurse-1".into(),
+                    note: "checked the cup".into(),
+                });
+                // The person found it did not reach the patient: it is not in the patient.
+                let settled = self.core.history().of(PATIENT).len() > before;
+                if !*given && settled {
+                    if let Some(i) = self
+                        .released
+                        .iter()
+                        .rposition(|r| Some(r.slot) == slot && r.occurrence == occurrence)
+                    {
+                        self.released.remove(i);
+                    }
                 }
-                self.locked = weak.into_iter().map(|(m, _)| m).collect();
-                self.schedule = new;
-                self.apply(&Op::Restart);
             }
-            Op::Jam => self.jam_next = true,
             Op::Pickup => {
-                let waiting: Vec<DoseRecord> = self
-                    .history
-                    .of(PATIENT)
-                    .iter()
-                    .filter(|r| r.outcome == Outcome::Dispensed)
-                    .cloned()
-                    .collect();
-                let at = self.now().wall;
-                for r in waiting.into_iter().rev().take(1) {
-                    self.record(DoseRecord {
-                        at,
-                        outcome: Outcome::Taken,
-                        ..r
-                    });
-                }
+                let now = self.now();
+                let mut fx = self.core.on_tray(true, now);
+                fx.extend(self.core.on_tray(false, now));
+                self.carry_out(fx);
             }
         }
     }
