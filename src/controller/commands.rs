@@ -581,3 +581,101 @@ impl Router {
             .unwrap_or_else(|_| refuse(RefusalCode::Unavailable, "no answer"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(role: Role, args: serde_json::Value) -> Envelope {
+        Envelope {
+            id: "c-1".into(),
+            actor: "someone".into(),
+            role,
+            args,
+        }
+    }
+
+    fn code(name: &str, e: &Envelope) -> Option<RefusalCode> {
+        parse(name, e, chrono::Utc::now()).err().map(|r| r.code)
+    }
+
+    const ROLES: [Role; 6] = [
+        Role::Patient,
+        Role::Caregiver,
+        Role::Nurse,
+        Role::Clinician,
+        Role::Pharmacist,
+        Role::Device,
+    ];
+
+    #[test]
+    fn every_command_is_refused_to_a_role_that_may_not_send_it_before_its_arguments_are_read() {
+        for name in COMMANDS {
+            let allowed = roles(name).unwrap_or_else(|| panic!("{name} has no roles"));
+            for role in ROLES {
+                let got = code(name, &env(role, serde_json::json!({})));
+                if allowed.contains(&role) {
+                    assert_ne!(got, Some(RefusalCode::RoleNotAllowed), "{name} {role:?}");
+                } else {
+                    assert_eq!(got, Some(RefusalCode::RoleNotAllowed), "{name} {role:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_device_may_only_record_vital_readings() {
+        let allowed: Vec<&str> = COMMANDS
+            .iter()
+            .copied()
+            .filter(|n| roles(n).is_some_and(|r| r.contains(&Role::Device)))
+            .collect();
+        assert_eq!(allowed, vec!["record_vital"]);
+    }
+
+    #[test]
+    fn unknown_commands_and_malformed_arguments_are_refused_with_their_code() {
+        let nurse = |args| env(Role::Nurse, args);
+        assert_eq!(
+            code("open_pod_bay", &nurse(serde_json::json!({}))),
+            Some(RefusalCode::UnknownCommand)
+        );
+        let refill = nurse(serde_json::json!({"slot": 1, "units": "many"}));
+        let r = parse("refill", &refill, chrono::Utc::now()).err();
+        assert!(
+            r.as_ref().is_some_and(
+                |r| r.code == RefusalCode::Malformed && r.detail.contains("invalid type")
+            ),
+            "{r:?}"
+        );
+        let empty_note = nurse(serde_json::json!({
+            "patient": "p-1", "medication": "M", "given": true, "note": "  "
+        }));
+        assert_eq!(
+            code("reconcile_dose", &empty_note),
+            Some(RefusalCode::Malformed)
+        );
+        let mut anonymous = nurse(serde_json::json!({"comment": "x"}));
+        anonymous.actor = " ".into();
+        assert_eq!(
+            code("trust_clock", &anonymous),
+            Some(RefusalCode::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_prn_request_carries_its_sender_role_and_override_reason() {
+        let e = env(
+            Role::Nurse,
+            serde_json::json!({"patient": "p-1", "medication": "P", "override_reason": "pain 8/10"}),
+        );
+        match parse("request_prn", &e, chrono::Utc::now()) {
+            Ok(Routed::Dispenser(Command::Prn { request, .. })) => {
+                assert_eq!(request.role, Role::Nurse);
+                assert_eq!(request.actor, "someone");
+                assert_eq!(request.override_reason.as_deref(), Some("pain 8/10"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
