@@ -270,12 +270,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         elapsed: Option<DateTime<Utc>>,
     },
-    /// The answer to a command from outside (published on `cmd/<name>/result`).
+    /// The answer to a command from outside (published on `cmd/<role>/<name>/result`).
     CommandResult {
         /// When.
         at: DateTime<Utc>,
         /// The command's name.
         command: String,
+        /// The role of the topic it came on (`cmd/<role>/<name>`), as received: its answer goes
+        /// to `cmd/<role>/<name>/result`. None for a local source.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
         /// The command's id (None when it could not be read).
         id: Option<String>,
         /// Who sent it, as they said.

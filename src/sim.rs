@@ -620,6 +620,8 @@ async fn play(s: Scenario, stage: Stage) {
                 let _ = commands
                     .send(crate::controller::commands::Inbound {
                         name,
+                        // A scenario is a local source: its payload names the role.
+                        role: None,
                         payload: payload.into_bytes(),
                     })
                     .await;

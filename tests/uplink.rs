@@ -365,7 +365,8 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         .await
         .unwrap();
     let mut child = appliance(&dev, dir.path());
-    let topic = |name: &str| format!("medbox/{dev}/cmd/{name}");
+    // Role-scoped topics: the role is the topic's, as the broker grants it per identity.
+    let topic = |role: &str, name: &str| format!("medbox/{dev}/cmd/{role}/{name}");
     let mut results: Vec<serde_json::Value> = Vec::new();
     let mut sent = false;
     let prn = |id: &str, role: &str| {
@@ -374,7 +375,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         .to_string()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while results.len() < 14 && tokio::time::Instant::now() < deadline {
+    while results.len() < 16 && tokio::time::Instant::now() < deadline {
         let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
             break;
         };
@@ -384,22 +385,25 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
         if p.topic.ends_with("/status") && p.payload.as_ref() == b"online" && !sent {
             sent = true;
             let cmds: Vec<(String, Vec<u8>)> = vec![
-                (topic("acknowledge_alarm"), b"not json".to_vec()),
-                (topic("explode"), br#"{"id":"c2","actor":"n-1","role":"nurse"}"#.to_vec()),
-                (topic("request_prn"), vec![b' '; 20_000]),
-                (topic("acknowledge_alarm"), br#"{"id":"c4","actor":"p-0311","role":"patient","args":{"alarm":"EXCURSION","comment":"x"}}"#.to_vec()),
-                (topic("request_prn"), prn("c5", "patient").into_bytes()),
-                (topic("request_prn"), prn("c5", "patient").into_bytes()),
-                (topic("request_prn"), prn("c7", "patient").into_bytes()),
-                (topic("refill"), br#"{"id":"c8","actor":"ph-7","role":"pharmacist","args":{"slot":3,"units":30,"expiry":"2027-12-31","note":"lot A12"}}"#.to_vec()),
-                (topic("refill"), br#"{"id":"c9","actor":"ph-7","role":"pharmacist","args":{"slot":12,"units":30}}"#.to_vec()),
-                (topic("refill"), br#"{"id":"c10","actor":"p-0311","role":"patient","args":{"slot":3,"units":30}}"#.to_vec()),
-                (topic("acknowledge_alarm"), br#"{"id":"c11","actor":"n-1","role":"nurse","args":{"alarm":"LOW_STOCK","slot":3,"comment":"order placed"}}"#.to_vec()),
+                (topic("nurse", "acknowledge_alarm"), b"not json".to_vec()),
+                (topic("nurse", "explode"), br#"{"id":"c2","actor":"n-1"}"#.to_vec()),
+                (topic("patient", "request_prn"), vec![b' '; 20_000]),
+                (topic("patient", "acknowledge_alarm"), br#"{"id":"c4","actor":"p-0311","args":{"alarm":"EXCURSION","comment":"x"}}"#.to_vec()),
+                (topic("patient", "request_prn"), prn("c5", "patient").into_bytes()),
+                (topic("patient", "request_prn"), prn("c5", "patient").into_bytes()),
+                (topic("patient", "request_prn"), prn("c7", "patient").into_bytes()),
+                (topic("pharmacist", "refill"), br#"{"id":"c8","actor":"ph-7","args":{"slot":3,"units":30,"expiry":"2027-12-31","note":"lot A12"}}"#.to_vec()),
+                (topic("pharmacist", "refill"), br#"{"id":"c9","actor":"ph-7","role":"pharmacist","args":{"slot":12,"units":30}}"#.to_vec()),
+                (topic("patient", "refill"), br#"{"id":"c10","actor":"p-0311","args":{"slot":3,"units":30}}"#.to_vec()),
+                (topic("nurse", "acknowledge_alarm"), br#"{"id":"c11","actor":"n-1","args":{"alarm":"LOW_STOCK","slot":3,"comment":"order placed"}}"#.to_vec()),
                 // A paired oximeter on the inbound vitals topic: a BLE "not a number", then a value.
                 (format!("medbox/{dev}/vitals/in"), br#"{"id":"v1","source":"oxi-1","vital":"spo2","sfloat":2047}"#.to_vec()),
                 (format!("medbox/{dev}/vitals/in"), br#"{"id":"v2","source":"oxi-1","vital":"spo2","value":97,"patient":"p-0042"}"#.to_vec()),
                 // This cabinet doses several patients: a reading must say whose it is.
                 (format!("medbox/{dev}/vitals/in"), br#"{"id":"v3","source":"oxi-1","vital":"spo2","value":97}"#.to_vec()),
+                // A payload cannot claim another role than its topic's, nor a topic invent one.
+                (topic("caregiver", "refill"), br#"{"id":"c12","actor":"cg-1","role":"pharmacist","args":{"slot":3,"units":1}}"#.to_vec()),
+                (topic("wizard", "refill"), br#"{"id":"c13","actor":"cg-1","args":{"slot":3,"units":1}}"#.to_vec()),
             ];
             for (t, payload) in cmds {
                 client
@@ -421,7 +425,7 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     let _ = child.kill();
     let _ = child.wait();
     let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_string();
-    assert_eq!(results.len(), 14, "{results:#?}");
+    assert_eq!(results.len(), 16, "{results:#?}");
     assert!(detail(0).starts_with("MALFORMED"), "{}", detail(0));
     assert!(detail(1).starts_with("UNKNOWN_COMMAND"), "{}", detail(1));
     assert!(detail(2).starts_with("PAYLOAD_TOO_LARGE"), "{}", detail(2));
@@ -464,6 +468,12 @@ async fn commands_are_validated_authorised_deduplicated_and_answered() {
     assert_eq!(results[12]["command"], "record_vital");
     assert!(detail(12).ends_with("for p-0042"), "{}", detail(12));
     assert!(detail(13).starts_with("PATIENT_REQUIRED"), "{}", detail(13));
+    assert!(
+        detail(14).starts_with("MALFORMED: the payload says Pharmacist"),
+        "{}",
+        detail(14)
+    );
+    assert!(detail(15).starts_with("ROLE_NOT_ALLOWED"), "{}", detail(15));
     assert!(results.iter().all(|r| r["kind"] == "command_result"));
 }
 
@@ -511,7 +521,7 @@ fn acl_broker_with_tls(users: &[(&str, &str)], tls_port: Option<u16>) -> AclBrok
     std::fs::write(
         &conf,
         format!(
-            "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlistener {port} 127.0.0.1\n{}",
+            "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlistener {port} 127.0.0.1\nuse_username_as_clientid true\n{}",
             passwd.display(),
             acl.display(),
             tls_port.map_or(String::new(), |p| {
@@ -523,7 +533,7 @@ fn acl_broker_with_tls(users: &[(&str, &str)], tls_port: Option<u16>) -> AclBrok
                         .to_string()
                 };
                 format!(
-                    "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+                    "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n",
                     f("ca.crt"),
                     f("broker.crt"),
                     f("broker.key")
@@ -593,7 +603,12 @@ async fn the_sample_acl_keeps_each_device_to_its_own_topics_and_credentials_work
     opts.set_credentials("dev-a", "pw-a-0123456789");
     let (rogue, mut rev) = AsyncClient::new(opts, 10);
     rogue
-        .publish("medbox/dev-b/cmd/skip_dose", QoS::AtLeastOnce, false, "x")
+        .publish(
+            "medbox/dev-b/cmd/nurse/skip_dose",
+            QoS::AtLeastOnce,
+            false,
+            "x",
+        )
         .await
         .unwrap();
     rogue
@@ -824,7 +839,7 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
     let dir = tempfile::tempdir().unwrap();
     let (client, mut ev) = controller(&dev, 2 * 1024 * 1024, 1000);
     // Not `#`: this client must not receive its own 1 MB command back.
-    for t in ["status", "cmd/+/result"] {
+    for t in ["status", "cmd/+/+/result"] {
         client
             .subscribe(format!("medbox/{dev}/{t}"), QoS::AtLeastOnce)
             .await
@@ -832,7 +847,7 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
     }
     let mut child = appliance(&dev, dir.path());
     const BURST: usize = 500;
-    let topic = format!("medbox/{dev}/cmd/acknowledge_alarm");
+    let topic = format!("medbox/{dev}/cmd/nurse/acknowledge_alarm");
     let mut answers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let mut too_large = 0;
     let mut offline = false;
@@ -896,4 +911,239 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
         );
     }
     assert!(!offline, "the connection survived (no Last Will)");
+}
+
+/// A client of the ACL broker logged in as `user` (password `pw-<user>`), asking for `client_id`.
+fn acl_client(port: u16, user: &str, client_id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_credentials(user, format!("pw-{user}"));
+    opts.set_keep_alive(Duration::from_secs(5));
+    AsyncClient::new(opts, 100)
+}
+
+/// Polls a client for `for_` and returns the topics and payloads it received.
+async fn received(ev: &mut rumqttc::EventLoop, for_: Duration) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let end = tokio::time::Instant::now() + for_;
+    while let Ok(Ok(e)) = tokio::time::timeout_at(end, ev.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            got.push((p.topic.clone(), String::from_utf8_lossy(&p.payload).into()));
+        }
+    }
+    got
+}
+
+/// The shipped ACL on a private Mosquitto, with the appliance running as `mb-0001`: identities
+/// come from the broker and roles from the topics it grants them. A client id proves nothing,
+/// a caregiver cannot act as a pharmacist, a gateway reaches only its paired appliance, and the
+/// appliance's events, checkpoints and answers all get through. (Mosquitto acknowledges a
+/// denied QoS 1 publish, so every claim is checked on a subscriber.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_come_from_the_broker_and_roles_from_the_topics_it_grants() {
+    let users = [
+        "mb-0001",
+        "mb-0002",
+        "care-backend",
+        "carer-3",
+        "gateway-0001",
+    ];
+    let passwords: Vec<(String, String)> = users
+        .iter()
+        .map(|u| (u.to_string(), format!("pw-{u}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = passwords
+        .iter()
+        .map(|(u, p)| (u.as_str(), p.as_str()))
+        .collect();
+    let broker = acl_broker(&pairs);
+    let port = broker.port;
+    let (backend, mut bev) = acl_client(port, "care-backend", "care-backend");
+    backend
+        .subscribe("medbox/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_for_suback(&mut bev).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw-mb-0001\n").unwrap();
+    let mut child = medbox()
+        .args([
+            "sim",
+            "--days",
+            "1",
+            "--speed",
+            "3600",
+            "--device-id",
+            "mb-0001",
+        ])
+        .args(["--mqtt", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--mqtt-username", "mb-0001", "--mqtt-password-file"])
+        .arg(&pw)
+        .arg("--db")
+        .arg(dir.path().join("m.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the appliance to come online.
+    let mut seen = Vec::new();
+    let online = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|(t, p): &(String, String)| t == "medbox/mb-0001/status" && p == "online")
+    {
+        assert!(
+            tokio::time::Instant::now() < online,
+            "never online: {seen:?}"
+        );
+        seen.extend(received(&mut bev, Duration::from_millis(500)).await);
+    }
+    // Another device's identity asking for mb-0001's client id: it neither takes over the
+    // session nor writes or reads anything of mb-0001's.
+    let (rogue, mut rev) = acl_client(port, "mb-0002", "mb-0001");
+    rogue
+        .subscribe("medbox/mb-0001/cmd/+/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let fake = r#"{"kind":"coldchain.alarm","fake":true}"#;
+    rogue
+        .publish("medbox/mb-0001/events/alarm", QoS::AtLeastOnce, false, fake)
+        .await
+        .unwrap();
+    // A caregiver may not send a pharmacist's command, whatever the payload says; in the
+    // caregiver role the same identity is heard (and answered on the caregiver's topic).
+    let (carer, mut cev) = acl_client(port, "carer-3", "carer-3");
+    carer
+        .subscribe("medbox/mb-0001/cmd/caregiver/+/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let refill =
+        r#"{"id":"r-1","actor":"carer-3","role":"pharmacist","args":{"slot":0,"units":5}}"#;
+    carer
+        .publish(
+            "medbox/mb-0001/cmd/pharmacist/refill",
+            QoS::AtLeastOnce,
+            false,
+            refill,
+        )
+        .await
+        .unwrap();
+    let ack = r#"{"id":"a-1","actor":"carer-3","args":{"alarm":"LOW_STOCK","slot":0,"comment":"ordered"}}"#;
+    carer
+        .publish(
+            "medbox/mb-0001/cmd/caregiver/acknowledge_alarm",
+            QoS::AtLeastOnce,
+            false,
+            ack,
+        )
+        .await
+        .unwrap();
+    // The back end's command to mb-0001 reaches mb-0001 only.
+    let report = r#"{"id":"b-1","actor":"ph-7","args":{"days":1}}"#;
+    backend
+        .publish(
+            "medbox/mb-0001/cmd/pharmacist/request_report",
+            QoS::AtLeastOnce,
+            false,
+            report,
+        )
+        .await
+        .unwrap();
+    // The gateway paired with mb-0001 cannot reach mb-0002.
+    let (gateway, mut gev) = acl_client(port, "gateway-0001", "gateway-0001");
+    gateway
+        .subscribe(
+            "medbox/mb-0001/cmd/device/record_vital/result",
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let reading =
+        r#"{"id":"g-1","source":"cuff-1","vital":"heart_rate","value":64,"patient":"p-0042"}"#;
+    for dev in ["mb-0002", "mb-0001"] {
+        gateway
+            .publish(
+                format!("medbox/{dev}/vitals/in"),
+                QoS::AtLeastOnce,
+                false,
+                reading,
+            )
+            .await
+            .unwrap();
+    }
+    let (at_backend, at_rogue, at_carer, at_gateway) = tokio::join!(
+        received(&mut bev, Duration::from_secs(8)),
+        received(&mut rev, Duration::from_secs(8)),
+        received(&mut cev, Duration::from_secs(8)),
+        received(&mut gev, Duration::from_secs(8)),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let topics: Vec<&str> = at_backend.iter().map(|(t, _)| t.as_str()).collect();
+    let result = |topic: &str| {
+        at_backend
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).unwrap())
+    };
+    // Nothing forged arrived, and mb-0001 was never kicked off.
+    assert!(
+        !at_backend.iter().any(|(_, p)| p.contains("\"fake\"")),
+        "a forged alarm got through"
+    );
+    assert!(
+        !topics.contains(&"medbox/mb-0001/cmd/pharmacist/refill"),
+        "the caregiver's pharmacist command got through"
+    );
+    assert!(
+        result("medbox/mb-0001/cmd/pharmacist/refill/result").is_none(),
+        "the appliance answered a command it must never have seen"
+    );
+    assert!(!topics.contains(&"medbox/mb-0002/vitals/in"), "{topics:?}");
+    assert!(
+        !at_backend
+            .iter()
+            .any(|(t, p)| t == "medbox/mb-0001/status" && p == "offline"),
+        "the appliance was kicked off"
+    );
+    assert!(
+        at_rogue.is_empty(),
+        "another device read mb-0001's commands: {at_rogue:?}"
+    );
+    // What is allowed gets through and is answered on its role's topic.
+    let ack = result("medbox/mb-0001/cmd/caregiver/acknowledge_alarm/result")
+        .unwrap_or_else(|| panic!("no answer to the caregiver: {topics:?}"));
+    assert_eq!(ack["body"]["id"], "a-1");
+    assert!(
+        at_carer
+            .iter()
+            .any(|(t, _)| t == "medbox/mb-0001/cmd/caregiver/acknowledge_alarm/result"),
+        "the caregiver cannot read its own answer: {at_carer:?}"
+    );
+    let report = result("medbox/mb-0001/cmd/pharmacist/request_report/result")
+        .unwrap_or_else(|| panic!("no answer to the back end: {topics:?}"));
+    assert_eq!(report["body"]["ok"], true, "{report}");
+    let vital = result("medbox/mb-0001/cmd/device/record_vital/result")
+        .unwrap_or_else(|| panic!("no answer to the gateway: {topics:?}"));
+    assert_eq!(vital["body"]["ok"], true, "{vital}");
+    assert!(
+        !at_gateway.is_empty(),
+        "the gateway cannot read its answers"
+    );
+    // The appliance's own publications pass the shipped ACL: events, telemetry, checkpoints.
+    let everything: Vec<&str> = seen
+        .iter()
+        .chain(&at_backend)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    for prefix in [
+        "medbox/mb-0001/telemetry/",
+        "medbox/mb-0001/events/",
+        "medbox/mb-0001/audit/checkpoint",
+    ] {
+        assert!(
+            everything.iter().any(|t| t.starts_with(prefix)),
+            "nothing on {prefix}*: {everything:?}"
+        );
+    }
 }

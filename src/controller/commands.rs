@@ -1,8 +1,12 @@
-//! Commands from outside (MQTT `cmd/<name>`): validated, authorised by role, de-duplicated by id,
-//! dispatched to the task that owns the affected device, and always answered with a result
-//! event (published on `cmd/<name>/result`). A bad command changes nothing.
+//! Commands from outside (MQTT `cmd/<role>/<name>`): validated, authorised by role, de-duplicated
+//! by id, dispatched to the task that owns the affected device, and always answered with a result
+//! event (published on `cmd/<role>/<name>/result`). A bad command changes nothing.
 //!
-//! Payload: `{"id": "...", "actor": "...", "role": "nurse", "args": {...}}`.
+//! The role is the topic's: the broker's ACL grants each identity the command topics of its own
+//! role, so a sender cannot claim another by writing it into the payload.
+//!
+//! Payload: `{"id": "...", "actor": "...", "args": {...}}` (an optional `"role"` must agree with
+//! the topic's).
 
 use super::{DispenserCommand, FridgeCommand};
 use crate::clock::Clock;
@@ -22,8 +26,11 @@ pub const MAX_PAYLOAD: usize = 16 * 1024;
 /// A command as it arrived.
 #[derive(Debug)]
 pub struct Inbound {
-    /// `<name>` from `cmd/<name>`.
+    /// `<name>` from `cmd/<role>/<name>` (or [`VITALS_IN`]).
     pub name: String,
+    /// `<role>` from `cmd/<role>/<name>`, as received; None for a local source (a scenario),
+    /// whose payload names the role.
+    pub role: Option<String>,
     /// Raw payload.
     pub payload: Vec<u8>,
 }
@@ -33,9 +40,32 @@ pub struct Inbound {
 struct Envelope {
     id: String,
     actor: String,
-    role: Role,
+    #[serde(default)]
+    role: Option<Role>,
     #[serde(default)]
     args: serde_json::Value,
+}
+
+/// The role a command is sent in: the topic's, which the broker grants per identity. A role in
+/// the payload must agree with it; only a local source (no topic) names its role in the payload.
+fn sent_as(topic: Option<&str>, claimed: Option<Role>) -> Result<Role, Refusal> {
+    let Some(topic) = topic else {
+        return claimed.ok_or_else(|| Refusal::new(RefusalCode::Malformed, "`role` is missing"));
+    };
+    let role: Role = serde_json::from_value(serde_json::Value::String(topic.to_string()))
+        .map_err(|_| {
+            Refusal::new(
+                RefusalCode::RoleNotAllowed,
+                format!("{topic:?} is not a role (patient, caregiver, nurse, clinician, pharmacist, device)"),
+            )
+        })?;
+    match claimed {
+        Some(c) if c != role => refuse(
+            RefusalCode::Malformed,
+            format!("the payload says {c:?} but the command came on the {topic} topic"),
+        ),
+        _ => Ok(role),
+    }
 }
 
 #[derive(Deserialize)]
@@ -150,7 +180,7 @@ fn device_envelope(payload: &[u8]) -> Vec<u8> {
     };
     let id = m.remove("id").unwrap_or_default();
     let actor = m.get("source").cloned().unwrap_or_default();
-    serde_json::json!({"id": id, "actor": actor, "role": "device", "args": m})
+    serde_json::json!({"id": id, "actor": actor, "args": m})
         .to_string()
         .into_bytes()
 }
@@ -199,6 +229,7 @@ enum Routed {
 /// so every refusal before anything runs is tested without a task.
 fn parse(
     name: &str,
+    role: Role,
     env: &Envelope,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Routed, Refusal> {
@@ -211,10 +242,10 @@ fn parse(
     if env.actor.trim().is_empty() || env.id.trim().is_empty() {
         return refuse(RefusalCode::Malformed, "`id` and `actor` must not be empty");
     }
-    if !allowed.contains(&env.role) {
+    if !allowed.contains(&role) {
         return refuse(
             RefusalCode::RoleNotAllowed,
-            format!("a {:?} may not {name}", env.role),
+            format!("a {role:?} may not {name}"),
         );
     }
     let actor = env.actor.clone();
@@ -322,7 +353,7 @@ fn parse(
                 medication: a.medication,
                 request: PrnRequest {
                     actor,
-                    role: env.role,
+                    role,
                     override_reason: a.override_reason,
                 },
             }
@@ -351,16 +382,22 @@ pub const REMEMBERED: usize = 50_000;
 
 /// SHA-256 (hex) of what a command asks: its name, actor, role and arguments, in canonical JSON
 /// (object keys sorted), so a redelivery of the same command matches and a reused id does not.
-fn digest(name: &str, env: &Envelope) -> String {
+fn digest(name: &str, role: Role, env: &Envelope) -> String {
     let canonical = serde_json::json!({
         "name": name,
         "actor": env.actor,
-        "role": env.role,
+        "role": role,
         "args": env.args,
     })
     .to_string();
     let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a command came in, and so where its answer goes (`cmd/<role>/<name>/result`).
+struct Topic {
+    name: String,
+    role: Option<String>,
 }
 
 /// The command router's state.
@@ -425,14 +462,14 @@ impl Router {
 
     async fn answer(
         &self,
-        command: &str,
+        to: &Topic,
         id: Option<String>,
         actor: Option<String>,
         result: Answer,
         (duplicate, digest): (bool, Option<String>),
     ) {
         self.publish(
-            command,
+            to,
             id,
             actor,
             result.map_err(|r| r.to_string()),
@@ -444,7 +481,7 @@ impl Router {
     /// Publishes an answer as it goes on the wire: the detail, or `CODE: detail`.
     async fn publish(
         &self,
-        command: &str,
+        to: &Topic,
         id: Option<String>,
         actor: Option<String>,
         result: Result<String, String>,
@@ -458,7 +495,8 @@ impl Router {
             &self.events,
             Event::CommandResult {
                 at: self.clock.now(),
-                command: command.to_string(),
+                command: to.name.clone(),
+                role: to.role.clone(),
                 id,
                 actor,
                 ok,
@@ -471,41 +509,46 @@ impl Router {
     }
 
     async fn handle(&mut self, c: Inbound) {
-        let name = c.name.clone();
-        if c.payload.len() > MAX_PAYLOAD {
-            return self
-                .answer(
-                    &name,
-                    None,
-                    None,
-                    refuse(
-                        RefusalCode::PayloadTooLarge,
-                        format!("{} bytes (at most {MAX_PAYLOAD})", c.payload.len()),
-                    ),
-                    (false, None),
-                )
-                .await;
-        }
-        let (name, payload) = if name == VITALS_IN {
-            ("record_vital".to_string(), device_envelope(&c.payload))
+        // Readings from a gateway come as the `device` role, answered under it.
+        let to = if c.name == VITALS_IN {
+            Topic {
+                name: "record_vital".into(),
+                role: Some("device".into()),
+            }
         } else {
-            (name, c.payload)
+            Topic {
+                name: c.name.clone(),
+                role: c.role.clone(),
+            }
+        };
+        if c.payload.len() > MAX_PAYLOAD {
+            let too_large = refuse(
+                RefusalCode::PayloadTooLarge,
+                format!("{} bytes (at most {MAX_PAYLOAD})", c.payload.len()),
+            );
+            return self.answer(&to, None, None, too_large, (false, None)).await;
+        }
+        let payload = if c.name == VITALS_IN {
+            device_envelope(&c.payload)
+        } else {
+            c.payload
         };
         let env: Envelope = match serde_json::from_slice(&payload) {
             Ok(e) => e,
             Err(e) => {
-                return self
-                    .answer(
-                        &name,
-                        None,
-                        None,
-                        refuse(RefusalCode::Malformed, e.to_string()),
-                        (false, None),
-                    )
-                    .await
+                let malformed = refuse(RefusalCode::Malformed, e.to_string());
+                return self.answer(&to, None, None, malformed, (false, None)).await;
             }
         };
-        let digest = digest(&name, &env);
+        let role = match sent_as(to.role.as_deref(), env.role) {
+            Ok(r) => r,
+            Err(r) => {
+                let (id, actor) = (Some(env.id), Some(env.actor));
+                return self.answer(&to, id, actor, Err(r), (false, None)).await;
+            }
+        };
+        let name = to.name.clone();
+        let digest = digest(&name, role, &env);
         if let Some(seen) = self.answered.get(&env.id).cloned() {
             // Answered on the topic of the command that carried the id, whatever it was.
             let result = match &seen.digest {
@@ -522,17 +565,12 @@ impl Router {
                 // Replayed word for word as it was first answered (its code included).
                 _ => Err(seen.detail),
             };
+            let (id, actor) = (Some(env.id), Some(env.actor));
             return self
-                .publish(
-                    &name,
-                    Some(env.id),
-                    Some(env.actor),
-                    result,
-                    (true, Some(digest)),
-                )
+                .publish(&to, id, actor, result, (true, Some(digest)))
                 .await;
         }
-        let result = self.execute(&name, &env).await;
+        let result = self.execute(&name, role, &env).await;
         let (ok, detail) = match &result {
             Ok(d) => (true, d.clone()),
             Err(r) => (false, r.to_string()),
@@ -544,19 +582,14 @@ impl Router {
             ok,
             detail,
         });
-        self.answer(
-            &name,
-            Some(env.id),
-            Some(env.actor),
-            result,
-            (false, Some(digest)),
-        )
-        .await;
+        let (id, actor) = (Some(env.id), Some(env.actor));
+        self.answer(&to, id, actor, result, (false, Some(digest)))
+            .await;
     }
 
-    async fn execute(&self, name: &str, env: &Envelope) -> Answer {
+    async fn execute(&self, name: &str, role: Role, env: &Envelope) -> Answer {
         let (tx, rx) = oneshot::channel();
-        match parse(name, env, self.clock.now())? {
+        match parse(name, role, env, self.clock.now())? {
             Routed::Fridge { alarm, comment } => self
                 .fridge
                 .send(FridgeCommand::AcknowledgeAlarm {
@@ -586,17 +619,20 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn env(role: Role, args: serde_json::Value) -> Envelope {
-        Envelope {
+    fn env(role: Role, args: serde_json::Value) -> (Role, Envelope) {
+        let e = Envelope {
             id: "c-1".into(),
             actor: "someone".into(),
-            role,
+            role: None,
             args,
-        }
+        };
+        (role, e)
     }
 
-    fn code(name: &str, e: &Envelope) -> Option<RefusalCode> {
-        parse(name, e, chrono::Utc::now()).err().map(|r| r.code)
+    fn code(name: &str, (role, e): &(Role, Envelope)) -> Option<RefusalCode> {
+        parse(name, *role, e, chrono::Utc::now())
+            .err()
+            .map(|r| r.code)
     }
 
     const ROLES: [Role; 6] = [
@@ -624,6 +660,25 @@ mod tests {
     }
 
     #[test]
+    fn the_role_is_the_topics_and_a_payload_cannot_claim_another() {
+        assert_eq!(sent_as(Some("nurse"), None), Ok(Role::Nurse));
+        assert_eq!(sent_as(Some("nurse"), Some(Role::Nurse)), Ok(Role::Nurse));
+        let claimed = sent_as(Some("caregiver"), Some(Role::Pharmacist));
+        assert_eq!(claimed.map_err(|r| r.code), Err(RefusalCode::Malformed));
+        let unknown = sent_as(Some("wizard"), Some(Role::Nurse));
+        assert_eq!(
+            unknown.map_err(|r| r.code),
+            Err(RefusalCode::RoleNotAllowed)
+        );
+        // Only a local source without a topic names its role in the payload.
+        assert_eq!(sent_as(None, Some(Role::Nurse)), Ok(Role::Nurse));
+        assert_eq!(
+            sent_as(None, None).map_err(|r| r.code),
+            Err(RefusalCode::Malformed)
+        );
+    }
+
+    #[test]
     fn a_device_may_only_record_vital_readings() {
         let allowed: Vec<&str> = COMMANDS
             .iter()
@@ -641,7 +696,7 @@ mod tests {
             Some(RefusalCode::UnknownCommand)
         );
         let refill = nurse(serde_json::json!({"slot": 1, "units": "many"}));
-        let r = parse("refill", &refill, chrono::Utc::now()).err();
+        let r = parse("refill", refill.0, &refill.1, chrono::Utc::now()).err();
         assert!(
             r.as_ref().is_some_and(
                 |r| r.code == RefusalCode::Malformed && r.detail.contains("invalid type")
@@ -656,7 +711,7 @@ mod tests {
             Some(RefusalCode::Malformed)
         );
         let mut anonymous = nurse(serde_json::json!({"comment": "x"}));
-        anonymous.actor = " ".into();
+        anonymous.1.actor = " ".into();
         assert_eq!(
             code("trust_clock", &anonymous),
             Some(RefusalCode::Malformed)
@@ -665,11 +720,11 @@ mod tests {
 
     #[test]
     fn a_prn_request_carries_its_sender_role_and_override_reason() {
-        let e = env(
+        let (role, e) = env(
             Role::Nurse,
             serde_json::json!({"patient": "p-1", "medication": "P", "override_reason": "pain 8/10"}),
         );
-        match parse("request_prn", &e, chrono::Utc::now()) {
+        match parse("request_prn", role, &e, chrono::Utc::now()) {
             Ok(Routed::Dispenser(Command::Prn { request, .. })) => {
                 assert_eq!(request.role, Role::Nurse);
                 assert_eq!(request.actor, "someone");

@@ -141,7 +141,7 @@ pub struct Running {
     pub dispenser: mpsc::Sender<DispenserCommand>,
     /// Commands to the fridge.
     pub fridge: mpsc::Sender<FridgeCommand>,
-    /// Commands from outside (MQTT `cmd/<name>`), validated and authorised by the router.
+    /// Commands from outside (MQTT `cmd/<role>/<name>`), validated and authorised by the router.
     pub commands: mpsc::Sender<commands::Inbound>,
     /// Set to true to stop; every task then applies its safe states and ends.
     pub shutdown: watch::Sender<bool>,

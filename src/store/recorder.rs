@@ -583,9 +583,15 @@ impl Recorder {
                 },
             )?;
             seq = Some(row.seq);
-            let (priority, topic) = match row.subject.strip_prefix("command:") {
-                Some(cmd) if row.kind == "command.result" => {
-                    (Priority::Alarm, format!("cmd/{cmd}/result"))
+            let (priority, topic) = match e {
+                // On the topic the command came on, so only who may send it reads the answer.
+                Event::CommandResult {
+                    command,
+                    role: Some(role),
+                    ..
+                } => (Priority::Alarm, format!("cmd/{role}/{command}/result")),
+                Event::CommandResult { command, .. } => {
+                    (Priority::Alarm, format!("cmd/{command}/result"))
                 }
                 _ => route(&row.kind),
             };

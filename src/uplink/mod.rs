@@ -62,7 +62,7 @@ pub struct UplinkConfig {
     pub max_inflight: usize,
     /// Keep-alive (the Last Will fires about 1.5× this after the link dies).
     pub keep_alive: Duration,
-    /// Where inbound commands (`cmd/<name>`) go; None: not subscribed.
+    /// Where inbound commands (`cmd/<role>/<name>`) go; None: not subscribed.
     pub commands: Option<tokio::sync::mpsc::Sender<crate::controller::commands::Inbound>>,
     /// TLS material (required by `mqtts://`).
     pub tls: Option<tls::TlsFiles>,
@@ -316,7 +316,7 @@ pub async fn run(
                         awaiting.push_back(None);
                     }
                     if cfg.commands.is_some() {
-                        let _ = client.try_subscribe(format!("{cmd_prefix}+"), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(format!("{cmd_prefix}+/+"), QoS::AtLeastOnce);
                         let _ = client.try_subscribe(vitals_in.clone(), QoS::AtLeastOnce);
                     }
                 }
@@ -326,21 +326,16 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let name = if p.topic == vitals_in {
-                        Some(crate::controller::commands::VITALS_IN)
-                    } else {
-                        p.topic.strip_prefix(&cmd_prefix)
-                    };
-                    if let (Some(name), Some(tx)) = (name, &cfg.commands) {
-                        if !name.is_empty() && (!name.contains('/') || name == crate::controller::commands::VITALS_IN) {
-                            let inbound = crate::controller::commands::Inbound { name: name.to_string(), payload: p.payload.to_vec() };
-                            if tx.try_send(inbound).is_err() && name != crate::controller::commands::VITALS_IN {
-                                // Every command is answered, even one the appliance cannot take in
-                                // (published before the next outbox top-up; bounded).
+                    if let (Some(inbound), Some(tx)) = (inbound(&p.topic, &p.payload, &cmd_prefix, &vitals_in), &cfg.commands) {
+                        let (name, role) = (inbound.name.clone(), inbound.role.clone());
+                        if tx.try_send(inbound).is_err() {
+                            // Every command is answered, even one the appliance cannot take in
+                            // (published before the next outbox top-up; bounded).
+                            if let Some(role) = role {
                                 if busy_answers.len() < MAX_BUSY_ANSWERS {
-                                    busy_answers.push_back(busy(&cmd_prefix, name, &p.payload));
+                                    busy_answers.push_back(busy(&cmd_prefix, &role, &name, &p.payload));
                                 }
-                                tracing::warn!("command {name} answered BUSY: the appliance's command queue is full");
+                                tracing::warn!("command {role}/{name} answered BUSY: the appliance's command queue is full");
                             }
                         }
                     }
@@ -476,10 +471,37 @@ pub const MAX_INCOMING: usize = 8 * 1024 * 1024;
 /// Most BUSY answers held for publishing at once (each a few hundred bytes).
 const MAX_BUSY_ANSWERS: usize = 10_000;
 
+/// A message on a subscribed topic as a command: `cmd/<role>/<name>` (the role is the topic's,
+/// granted by the broker per identity), or a reading on `vitals/in`. Anything else is not one.
+fn inbound(
+    topic: &str,
+    payload: &[u8],
+    cmd_prefix: &str,
+    vitals_in: &str,
+) -> Option<crate::controller::commands::Inbound> {
+    use crate::controller::commands::{Inbound, VITALS_IN};
+    if topic == vitals_in {
+        return Some(Inbound {
+            name: VITALS_IN.into(),
+            role: None,
+            payload: payload.to_vec(),
+        });
+    }
+    let (role, name) = topic.strip_prefix(cmd_prefix)?.split_once('/')?;
+    if role.is_empty() || name.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some(Inbound {
+        name: name.into(),
+        role: Some(role.into()),
+        payload: payload.to_vec(),
+    })
+}
+
 /// The answer to a command the appliance could not take in because its queue was full: on the
 /// command's own result topic, in the shape of a recorded result but with no sequence number
 /// (nothing was recorded: the appliance never held the command).
-fn busy(cmd_prefix: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
+fn busy(cmd_prefix: &str, role: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
     let sent: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let detail = "BUSY: the appliance's command queue is full; nothing done, send it again";
     let answer = serde_json::json!({
@@ -491,6 +513,7 @@ fn busy(cmd_prefix: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
         "body": {
             "kind": "command_result",
             "command": name,
+            "role": role,
             "id": sent.get("id"),
             "ok": false,
             "detail": detail,
@@ -498,7 +521,7 @@ fn busy(cmd_prefix: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
         },
     });
     (
-        format!("{cmd_prefix}{name}/result"),
+        format!("{cmd_prefix}{role}/{name}/result"),
         answer.to_string().into_bytes(),
     )
 }
@@ -506,6 +529,31 @@ fn busy(cmd_prefix: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_is_taken_only_from_cmd_role_name_and_keeps_the_topics_role() {
+        let prefix = "medbox/mb-1/cmd/";
+        let vitals = "medbox/mb-1/vitals/in";
+        let got = inbound("medbox/mb-1/cmd/nurse/refill", b"{}", prefix, vitals)
+            .map(|i| (i.name, i.role));
+        assert_eq!(got, Some(("refill".into(), Some("nurse".into()))));
+        for not_a_command in [
+            "medbox/mb-1/cmd/refill",
+            "medbox/mb-1/cmd/nurse/refill/result",
+            "medbox/mb-1/cmd//refill",
+            "medbox/mb-2/cmd/nurse/refill",
+        ] {
+            assert!(
+                inbound(not_a_command, b"{}", prefix, vitals).is_none(),
+                "{not_a_command}"
+            );
+        }
+        let reading = inbound(vitals, b"{}", prefix, vitals).map(|i| (i.name, i.role));
+        assert_eq!(
+            reading,
+            Some((crate::controller::commands::VITALS_IN.into(), None))
+        );
+    }
 
     #[test]
     fn broker_urls_are_checked() {
