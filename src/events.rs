@@ -363,6 +363,24 @@ pub enum Event {
         /// The schedule text, so it is used again after a restart and auditable as written.
         source: String,
     },
+    /// The audit chain was found broken at start-up (`acknowledged` false), or a pharmacist
+    /// acknowledged that break (true). Dispensing waits for the acknowledgement; the fridge runs.
+    Integrity {
+        /// When.
+        at: DateTime<Utc>,
+        /// The first row that does not verify.
+        seq: i64,
+        /// What kind of break, for the pharmacist.
+        detail: String,
+        /// Whether a pharmacist has acknowledged it.
+        acknowledged: bool,
+        /// Who acknowledged it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+        /// What they said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
     /// The controller stopped with every actuator in its safe state.
     Stopped {
         /// When.

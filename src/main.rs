@@ -1547,10 +1547,25 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     recorder.set_device_id(&cfg.appliance.device_id);
     recorder.set_fhir(cfg.mqtt.as_ref().is_some_and(|m| m.fhir));
     medbox::store::schedules::apply_installed(recorder.connection(), &mut schedules)?;
+    // The chain is checked before anything is rebuilt from it.
+    let integrity = recorder.integrity()?.map(|b| {
+        tracing::error!(
+            "the audit chain is broken at {}: nothing is dispensed until a pharmacist acknowledges",
+            b.detail
+        );
+        medbox::dosing::dispenser::IntegrityBreak {
+            seq: b.seq,
+            detail: b.detail,
+        }
+    });
     // The time floor, read before this start writes anything.
     let clock_floor = medbox::store::doses::clock_floor(recorder.connection())?;
     let clock_locked = medbox::store::doses::clock_locked(recorder.connection())?;
     let elapsed_anchor = medbox::store::doses::elapsed_anchor(recorder.connection())?;
+    // After the time floor is read: this row must not lower it.
+    if recorder.note_unclean_stop(chrono::Utc::now(), std::time::Duration::ZERO)? {
+        tracing::warn!("the last run ended without stopping cleanly (recorded)");
+    }
     let (unconfirmed, extra) =
         medbox::store::schedules::check_loaded(recorder.connection(), &schedules)?;
     recorder.record_versions(
@@ -1561,6 +1576,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         std::time::Duration::ZERO,
     )?;
     let dosing = medbox::controller::Dosing {
+        integrity,
         clock_floor,
         clock_locked,
         elapsed_anchor,

@@ -61,6 +61,8 @@ pub enum RefusalCode {
     Expired,
     /// Storage fails: nothing is done that could not be recorded.
     StorageFailed,
+    /// The audit chain was found broken: nothing is dispensed until a pharmacist acknowledges.
+    IntegrityBroken,
     /// A dispense is under way; the command is answered once it ends.
     Dispensing,
     /// The dispense failed before anything moved (it may be tried again).
@@ -75,7 +77,7 @@ pub enum RefusalCode {
 impl RefusalCode {
     /// Every code of the command layer (the dose engine's own are [`Reason::ALL`]), for
     /// documentation checks.
-    pub const ALL: [RefusalCode; 28] = [
+    pub const ALL: [RefusalCode; 29] = [
         RefusalCode::Malformed,
         RefusalCode::UnknownCommand,
         RefusalCode::PayloadTooLarge,
@@ -101,6 +103,7 @@ impl RefusalCode {
         RefusalCode::NothingToReconcile,
         RefusalCode::Expired,
         RefusalCode::StorageFailed,
+        RefusalCode::IntegrityBroken,
         RefusalCode::Dispensing,
         RefusalCode::Failed,
         RefusalCode::Uncertain,

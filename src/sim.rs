@@ -266,6 +266,20 @@ pub async fn run(
     if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
         rec.limit_pages(pages)?;
     }
+    // The chain is checked before anything is rebuilt from it.
+    let integrity = match &recorder {
+        Some(r) => r.integrity()?.map(|b| {
+            tracing::error!(
+                "the audit chain is broken at {}: nothing is dispensed until a pharmacist acknowledges",
+                b.detail
+            );
+            crate::dosing::dispenser::IntegrityBreak {
+                seq: b.seq,
+                detail: b.detail,
+            }
+        }),
+        None => None,
+    };
     // The time floor, read before this run writes anything: the appliance's last record.
     let (clock_floor, clock_locked, elapsed_anchor) = match &recorder {
         Some(r) => (
@@ -281,6 +295,13 @@ pub async fn run(
     if opts.scenario.as_ref().is_none_or(|s| s.start.is_none()) {
         if let Some(floor) = clock_floor {
             model.start = model.start.max(floor);
+        }
+    }
+    // After the time floor is read: this row must not lower it.
+    if let Some(rec) = recorder.as_mut() {
+        rec.set_device_id(&opts.device_id);
+        if rec.note_unclean_stop(model.start, Duration::ZERO)? {
+            tracing::warn!("the last run ended without stopping cleanly (recorded)");
         }
     }
     let mut schedules = opts.schedules.clone();
@@ -324,6 +345,7 @@ pub async fn run(
     let clock: Arc<dyn Clock> = sim_clock.clone();
     let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
     let dosing = controller::Dosing {
+        integrity,
         schedules,
         history: match &recorder {
             Some(r) => crate::store::doses::history(r.connection())?,
@@ -890,6 +912,7 @@ impl Accumulator {
             | Event::VitalAlert { .. }
             | Event::Adherence { .. }
             | Event::ReadingsSealed { .. }
+            | Event::Integrity { .. }
             | Event::Barrier { .. } => {}
             Event::CommandResult {
                 command,

@@ -809,3 +809,167 @@ fn the_live_monitor_the_report_and_coldchain_stats_agree_on_a_month_with_faults(
         }
     }
 }
+
+/// A database changed behind the appliance's back: at the next start the chain does not verify,
+/// so the dose history rebuilt from it cannot be trusted. The appliance raises the integrity
+/// alarm, keeps the fridge running and dispenses nothing until a pharmacist acknowledges; after
+/// that a restart follows the chain past the acknowledged row, and any new change locks again.
+#[test]
+fn a_tampered_database_locks_dispensing_until_a_pharmacist_acknowledges_the_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let run = |days: &str, scenario: &str| {
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, scenario).unwrap();
+        let out = medbox()
+            .args(["sim", "--days", days, "--scenario"])
+            .arg(&file)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let count = |sql: &str| -> i64 {
+        schema::open_read_only(&db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let dispensed = "SELECT count(*) FROM audit WHERE kind = 'dose.dispensed'";
+    let broken = "SELECT count(*) FROM audit WHERE kind = 'audit.integrity' AND reason = 'BROKEN'";
+    let readings = "SELECT count(*) FROM readings";
+    run("1", "name = \"first day\"\n");
+    let first = count(dispensed);
+    assert!(first >= 2, "{first}");
+    // Someone rewrites a dose row.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER IF EXISTS audit_no_update; \
+             UPDATE audit SET reason = 'never happened' \
+             WHERE seq = (SELECT min(seq) FROM audit WHERE kind = 'dose.dispensed');",
+        )
+        .unwrap();
+    let before = count(readings);
+    run("1", "name = \"tampered\"\n");
+    assert_eq!(
+        count(dispensed),
+        first,
+        "dispensed on an unverified history"
+    );
+    assert_eq!(count(broken), 1);
+    assert!(count(readings) > before + 1000, "the fridge kept running");
+    assert!(
+        count(
+            "SELECT count(*) FROM audit WHERE kind = 'dose.alert' AND reason = 'INTEGRITY_BROKEN'"
+        ) >= 2
+    );
+    // A nurse may not decide it; a pharmacist does.
+    run(
+        "1",
+        r#"name = "acknowledged"
+[[event]]
+at = "1m"
+action = "command"
+command = "acknowledge_alarm"
+payload = '{"id": "i0", "actor": "n-1", "role": "nurse", "args": {"alarm": "INTEGRITY", "comment": "looks fine"}}'
+[[event]]
+at = "2m"
+action = "command"
+command = "acknowledge_alarm"
+payload = '{"id": "i1", "actor": "ph-7", "role": "pharmacist", "args": {"alarm": "INTEGRITY", "comment": "compared with the pharmacy copy"}}'
+"#,
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM audit WHERE kind = 'audit.integrity' \
+             AND reason = 'ACKNOWLEDGED' AND actor = 'ph-7'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM audit WHERE kind = 'command.result' \
+             AND actor = 'n-1' AND reason LIKE 'ROLE_NOT_ALLOWED%'"
+        ),
+        1,
+        "the nurse's acknowledgement was refused"
+    );
+    let resumed = count(dispensed);
+    assert!(resumed > first, "dosing resumed");
+    // That run started on the broken chain too, before the pharmacist came.
+    assert_eq!(count(broken), 2);
+    // The acknowledged break does not lock the next start; a new change does.
+    run("0.5", "name = \"restart\"\n");
+    assert_eq!(count(broken), 2, "the acknowledged break locked again");
+    let after = count(dispensed);
+    assert!(after > resumed, "the acknowledged break is followed past");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER IF EXISTS audit_no_update; \
+             UPDATE audit SET reason = 'edited again' \
+             WHERE seq = (SELECT max(seq) FROM audit WHERE kind = 'dose.dispensed');",
+        )
+        .unwrap();
+    run("0.5", "name = \"tampered again\"\n");
+    assert_eq!(count(broken), 3);
+    assert_eq!(count(dispensed), after);
+}
+
+/// A run that dies (here: the process aborts) leaves no stop row; the next start records an
+/// unclean stop naming the last row written. A clean stop ends with a checkpoint of the head it
+/// stopped at, and the loader's configuration rows go upstream like every other audit row.
+#[test]
+fn an_unclean_stop_is_recorded_at_the_next_start_and_a_clean_stop_ends_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let run = |scenario: &str| {
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, scenario).unwrap();
+        medbox()
+            .args(["sim", "--days", "0.2", "--scenario"])
+            .arg(&file)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap()
+    };
+    let count = |sql: &str| -> i64 {
+        schema::open_read_only(&db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let crashed = run("name = \"dies\"\n[[event]]\nat = \"2h\"\naction = \"crash\"\n");
+    assert!(!crashed.status.success(), "the scenario's crash aborts");
+    let unclean = "SELECT count(*) FROM audit WHERE kind = 'system.unclean_stop'";
+    assert_eq!(count(unclean), 0);
+    let last_before = count("SELECT max(seq) FROM audit");
+    assert!(run("name = \"clean\"\n").status.success());
+    assert_eq!(count(unclean), 1, "the crash is on record");
+    assert_eq!(
+        count(
+            "SELECT json_extract(body, '$.last_seq') FROM audit WHERE kind = 'system.unclean_stop'"
+        ),
+        last_before,
+        "it names the last row the dead run wrote"
+    );
+    // A clean stop: its stop row is the last row, and it is checkpointed.
+    let stop = count("SELECT max(seq) FROM audit WHERE kind = 'system.stop'");
+    assert_eq!(stop, count("SELECT max(seq) FROM audit"));
+    assert_eq!(count("SELECT max(seq) FROM checkpoints"), stop);
+    assert!(run("name = \"again\"\n").status.success());
+    assert_eq!(count(unclean), 1, "a clean stop is not an unclean one");
+    // The loader's rows are in the outbox too (no broker here, so they wait there).
+    assert!(
+        count("SELECT count(*) FROM outbox WHERE topic LIKE '%/events/config'") >= 1,
+        "config.change rows never reach the outbox"
+    );
+    assert!(matches!(verify_db(&db), Verification::Intact { .. }));
+}

@@ -129,6 +129,9 @@ const COMMANDS: &[&str] = &[
 /// readings: `{"id": …, "source": …, "vital": …, "value" | "sfloat": …, "at"?, "quality"?}`.
 pub const VITALS_IN: &str = "vitals/in";
 
+/// The alarm of a broken audit chain, acknowledged by a pharmacist at the dispenser.
+const INTEGRITY: &str = "INTEGRITY";
+
 /// Stock alarm codes, acknowledged per slot at the dispenser.
 const STOCK_ALARMS: &[&str] = &["LOW_STOCK", "EXPIRES_SOON", "EXPIRED"];
 
@@ -257,6 +260,22 @@ fn parse(
             })?;
             Command::AcknowledgeStock {
                 slot,
+                actor,
+                comment: a.comment,
+            }
+        }
+        "acknowledge_alarm"
+            if env.args.get("alarm").and_then(|a| a.as_str()) == Some(INTEGRITY) =>
+        {
+            // Whether the dose history may still be trusted is a pharmacist's call.
+            if role != Role::Pharmacist {
+                return refuse(
+                    RefusalCode::RoleNotAllowed,
+                    format!("only a pharmacist may acknowledge {INTEGRITY}"),
+                );
+            }
+            let a: AckArgs = parse_args(&env.args)?;
+            Command::AcknowledgeIntegrity {
                 actor,
                 comment: a.comment,
             }
@@ -676,6 +695,28 @@ mod tests {
             sent_as(None, None).map_err(|r| r.code),
             Err(RefusalCode::Malformed)
         );
+    }
+
+    #[test]
+    fn only_a_pharmacist_may_acknowledge_a_broken_audit_chain() {
+        let ack = |role| {
+            env(
+                role,
+                serde_json::json!({"alarm": "INTEGRITY", "comment": "checked"}),
+            )
+        };
+        for role in [Role::Caregiver, Role::Nurse, Role::Clinician] {
+            assert_eq!(
+                code("acknowledge_alarm", &ack(role)),
+                Some(RefusalCode::RoleNotAllowed),
+                "{role:?}"
+            );
+        }
+        let (role, e) = ack(Role::Pharmacist);
+        assert!(matches!(
+            parse("acknowledge_alarm", role, &e, chrono::Utc::now()),
+            Ok(Routed::Dispenser(Command::AcknowledgeIntegrity { .. }))
+        ));
     }
 
     #[test]

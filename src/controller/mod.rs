@@ -112,6 +112,8 @@ pub struct Dosing {
     pub installed_at: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Commands already answered (from the store): never executed again after a restart.
     pub answered: Vec<commands::Answered>,
+    /// Where the audit chain failed to verify at start-up (None: intact).
+    pub integrity: Option<crate::dosing::dispenser::IntegrityBreak>,
 }
 
 impl Dosing {
@@ -129,6 +131,7 @@ impl Dosing {
             elapsed_anchor: self.elapsed_anchor,
             unconfirmed: self.unconfirmed,
             installed_at: self.installed_at,
+            integrity: self.integrity,
         }
     }
 }

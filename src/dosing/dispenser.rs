@@ -153,6 +153,13 @@ pub enum Command {
         /// The version a second person confirms.
         confirm: Option<String>,
     },
+    /// A pharmacist acknowledges a broken audit chain: dispensing may resume.
+    AcknowledgeIntegrity {
+        /// Who.
+        actor: String,
+        /// What they checked.
+        comment: String,
+    },
     /// Someone acknowledges a slot's stock alerts.
     AcknowledgeStock {
         /// Slot.
@@ -233,6 +240,17 @@ pub struct Restored {
     pub unconfirmed: Vec<super::replace::Unconfirmed>,
     /// When each patient's schedule in force was installed.
     pub installed_at: BTreeMap<String, DateTime<Utc>>,
+    /// Where the audit chain, and so the history above, failed to verify (None: intact).
+    pub integrity: Option<IntegrityBreak>,
+}
+
+/// Where the audit chain failed to verify at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegrityBreak {
+    /// The first row that does not verify.
+    pub seq: i64,
+    /// What kind of break, for the pharmacist.
+    pub detail: String,
 }
 
 /// The carousel's shape, which bounds what a command may ask.
@@ -325,6 +343,11 @@ pub struct Dispenser {
     storage_locked: bool,
     /// A cold-chain alarm is raised and not acknowledged.
     fridge_alarm: bool,
+    /// The audit chain is broken and no pharmacist has acknowledged it: the history may have
+    /// been changed, so nothing is dispensed.
+    integrity: Option<IntegrityBreak>,
+    /// Doses already told to wait for that acknowledgement.
+    integrity_alerted: std::collections::BTreeSet<DoseKey>,
     /// What the buzzer and the LED were last asked to show.
     shown: (bool, bool),
     /// The last tray and button states (None: not read yet), so only a change is an edge.
@@ -363,6 +386,13 @@ fn reply(fx: &mut Vec<Effect>, token: Option<Token>, answer: Answer) {
             }
         }
     }
+}
+
+fn integrity_detail(b: &IntegrityBreak) -> String {
+    format!(
+        "the audit chain is broken at {}: nothing is dispensed until a pharmacist acknowledges the INTEGRITY alarm",
+        b.detail
+    )
 }
 
 fn fault(at: DateTime<Utc>, detail: String) -> Event {
@@ -419,6 +449,8 @@ impl Dispenser {
             next_summary: now.mono + SUMMARY_EVERY,
             storage_locked: false,
             fridge_alarm: false,
+            integrity: r.integrity,
+            integrity_alerted: Default::default(),
             shown: (false, false),
             cup: None,
             button: None,
@@ -452,6 +484,20 @@ impl Dispenser {
                     }),
                 },
             );
+        }
+        if let Some(b) = &self.integrity {
+            emit(
+                &mut fx,
+                Event::Integrity {
+                    at: now.wall,
+                    seq: b.seq,
+                    detail: b.detail.clone(),
+                    acknowledged: false,
+                    actor: None,
+                    comment: None,
+                },
+            );
+            self.refresh_lights(now, true, &mut fx);
         }
         if self.flight.is_none() {
             self.flight = Some(Flight::Homing(None));
@@ -707,6 +753,9 @@ impl Dispenser {
                 actor,
                 confirm,
             } => self.replace_schedule(patient, source, actor, confirm, now, &mut fx),
+            Command::AcknowledgeIntegrity { actor, comment } => {
+                self.acknowledge_integrity(actor, comment, now, &mut fx)
+            }
             Command::AcknowledgeStock {
                 slot,
                 actor,
@@ -812,7 +861,10 @@ impl Dispenser {
     /// quiet hours. Outputs change only when the wish does, or with `resound` (a new dose, a
     /// late notice), so the buzzer's own time limit is not undone every minute.
     fn refresh_lights(&mut self, now: Instant, resound: bool, fx: &mut Vec<Effect>) {
-        let critical = self.fridge_alarm || self.storage_locked || self.awaiting_reconciliation();
+        let critical = self.fridge_alarm
+            || self.storage_locked
+            || self.integrity.is_some()
+            || self.awaiting_reconciliation();
         let led = critical || !self.pending.is_empty();
         let buzzer = critical || self.pending.iter().any(|p| self.sounds(p, now.wall));
         let wanted = (buzzer, led);
@@ -923,6 +975,36 @@ impl Dispenser {
         // A new reading may release a held dose at once.
         self.plan(now, fx);
         Ok(done)
+    }
+
+    /// A pharmacist has looked at the broken chain and says dosing may go on: recorded with who
+    /// and why (the next start follows the chain past this break).
+    fn acknowledge_integrity(
+        &mut self,
+        actor: String,
+        comment: String,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Answer {
+        let Some(b) = self.integrity.take() else {
+            return refuse(RefusalCode::NotRaised, "the audit chain verified at start");
+        };
+        emit(
+            fx,
+            Event::Integrity {
+                at: now.wall,
+                seq: b.seq,
+                detail: b.detail,
+                acknowledged: true,
+                actor: Some(actor.clone()),
+                comment: Some(comment),
+            },
+        );
+        self.refresh_lights(now, false, fx);
+        self.plan(now, fx);
+        Ok(format!(
+            "integrity alarm acknowledged by {actor}; the dispenser is unlocked"
+        ))
     }
 
     fn trust_clock(
@@ -1399,6 +1481,9 @@ impl Dispenser {
             return refuse(RefusalCode::UnknownMedication, format!("{medication:?}"));
         };
         self.storage_works()?;
+        if let Some(b) = &self.integrity {
+            return refuse(RefusalCode::IntegrityBroken, integrity_detail(b));
+        }
         if self.busy() {
             return refuse(
                 RefusalCode::Dispensing,
@@ -1559,6 +1644,24 @@ impl Dispenser {
                     units,
                 } => {
                     let key = (patient.clone(), medication.clone(), Some(occurrence));
+                    if let Some(b) = &self.integrity {
+                        // Told once per dose; its window's close records it as any other.
+                        if self.integrity_alerted.insert(key) {
+                            let detail = integrity_detail(b);
+                            emit(
+                                fx,
+                                Event::DoseAlert {
+                                    at: now.wall,
+                                    patient,
+                                    medication,
+                                    occurrence,
+                                    reason: RefusalCode::IntegrityBroken.code(),
+                                    detail,
+                                },
+                            );
+                        }
+                        continue;
+                    }
                     let waiting = match self.retry_after.get(&key) {
                         None => false,
                         Some(None) => true,

@@ -625,3 +625,83 @@ fn a_reconciled_dose_keeps_the_release_place_on_both_timelines() {
     assert_eq!(given.at, at("08:00"));
     assert_eq!(given.elapsed, Some(at("08:00")));
 }
+
+#[test]
+fn a_broken_audit_chain_dispenses_nothing_until_a_pharmacist_acknowledges_it() {
+    let schedule =
+        Schedule::parse(SCHEDULE, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+    let restored = Restored {
+        schedules: vec![schedule],
+        since: Some(at("07:00")),
+        integrity: Some(IntegrityBreak {
+            seq: 41,
+            detail: "row 41: changed".into(),
+        }),
+        ..Restored::default()
+    };
+    let geometry = Geometry {
+        slots: 8,
+        capacity: 250,
+    };
+    let t0 = now(at("07:00"), 0);
+    let mut d = Dispenser::on_restart(restored, geometry, t0);
+    let fx = d.start(t0);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Integrity {
+            acknowledged: false,
+            seq: 41,
+            ..
+        })
+    )));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Lights { buzzer: true, .. })));
+    d.on_homed(Ok(1), t0);
+    let fx = run(&mut d, at("08:00"), 3600, 20, || {
+        Turned::Done(report(1, true))
+    });
+    assert!(turns(&fx).is_empty(), "{fx:?}");
+    let alerts = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Emit(Event::DoseAlert { reason, .. }) if reason == "INTEGRITY_BROKEN"))
+        .count();
+    assert_eq!(alerts, 1, "told once per dose: {fx:?}");
+    let fx = d.on_command(prn(), Some(1), now(at("08:21"), 4860));
+    assert!(matches!(
+        replies(&fx).as_slice(),
+        [Err(Refusal {
+            code: RefusalCode::IntegrityBroken,
+            ..
+        })]
+    ));
+    let ack = Command::AcknowledgeIntegrity {
+        actor: "ph-7".into(),
+        comment: "compared with the pharmacy's copy".into(),
+    };
+    let fx = d.on_command(ack, Some(2), now(at("08:22"), 4920));
+    assert!(matches!(replies(&fx).as_slice(), [Ok(_)]), "{fx:?}");
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Integrity {
+            acknowledged: true,
+            actor: Some(a),
+            ..
+        }) if a == "ph-7"
+    )));
+    // The waiting dose goes at once; a second acknowledgement has nothing to acknowledge.
+    assert_eq!(turns(&fx).len(), 1, "{fx:?}");
+    d.on_drop(Turned::Done(report(1, true)), now(at("08:22"), 4920));
+    let again = Command::AcknowledgeIntegrity {
+        actor: "ph-7".into(),
+        comment: "again".into(),
+    };
+    let fx = d.on_command(again, Some(3), now(at("08:23"), 4980));
+    assert!(matches!(
+        replies(&fx).as_slice(),
+        [Err(Refusal {
+            code: RefusalCode::NotRaised,
+            ..
+        })]
+    ));
+}

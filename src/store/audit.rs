@@ -341,6 +341,18 @@ pub fn verify(
     key: &ChainKey,
     checkpoints: &[CheckpointRef],
 ) -> Verification {
+    verify_accepting(rows, key, checkpoints, &Default::default())
+}
+
+/// As [`verify`], but a break at one of `accepted` (breaks a pharmacist has acknowledged) does
+/// not end the check: the chain is followed on from the row as stored, so any other break is
+/// still found.
+pub fn verify_accepting(
+    rows: impl IntoIterator<Item = Row>,
+    key: &ChainKey,
+    checkpoints: &[CheckpointRef],
+    accepted: &std::collections::BTreeSet<i64>,
+) -> Verification {
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
     let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
@@ -350,6 +362,13 @@ pub fn verify(
     let wanted: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
     let last_good = |s: i64| (s > 1).then_some(s - 1);
     for row in rows {
+        if row.seq != expected_seq && accepted.contains(&expected_seq) {
+            expected_seq = row.seq;
+            prev = row.prev_hash.clone();
+        }
+        if row.prev_hash != prev && accepted.contains(&row.seq) {
+            prev = row.prev_hash.clone();
+        }
         if row.seq != expected_seq {
             let kind = if row.seq > expected_seq {
                 BreakKind::Missing
@@ -376,7 +395,7 @@ pub fn verify(
             };
         }
         let h = key.link(&row.prev_hash, &row.canonical());
-        if h != row.hash {
+        if h != row.hash && !accepted.contains(&row.seq) {
             return Verification::Broken {
                 seq: row.seq,
                 kind: BreakKind::Changed,
@@ -396,9 +415,12 @@ pub fn verify(
         expected_seq += 1;
     }
     let count = expected_seq - 1;
-    for c in checkpoints {
+    for c in checkpoints.iter().filter(|c| !accepted.contains(&c.seq)) {
         match hashes_at.get(&c.seq) {
             None if c.seq > count => {
+                if accepted.contains(&(count + 1)) {
+                    continue;
+                }
                 return Verification::Broken {
                     seq: count + 1,
                     kind: BreakKind::Truncated,
@@ -466,9 +488,38 @@ mod tests {
         rows(conn, &Filter::default()).unwrap()
     }
 
+    #[test]
+    fn an_acknowledged_break_is_followed_past_and_any_other_is_still_found() {
+        let (_d, conn) = db(10);
+        tamper(&conn, "UPDATE audit SET reason = 'edited' WHERE seq = 3;");
+        let accepted: std::collections::BTreeSet<i64> = [3].into();
+        assert!(matches!(
+            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &accepted),
+            Verification::Intact { count: 10, .. }
+        ));
+        tamper(
+            &conn,
+            "UPDATE audit SET reason = 'edited too' WHERE seq = 7;",
+        );
+        assert!(matches!(
+            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &accepted),
+            Verification::Broken { seq: 7, .. }
+        ));
+        tamper(&conn, "DELETE FROM audit WHERE seq = 8;");
+        let more: std::collections::BTreeSet<i64> = [3, 7].into();
+        assert!(matches!(
+            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &more),
+            Verification::Broken {
+                seq: 8,
+                kind: BreakKind::Missing,
+                ..
+            }
+        ));
+    }
+
     fn tamper(conn: &Connection, sql: &str) {
         conn.execute_batch(&format!(
-            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; {sql}"
+            "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete; {sql}"
         ))
         .unwrap();
     }

@@ -146,7 +146,9 @@ pub fn last(conn: &Connection) -> Result<Option<(i64, DateTime<Utc>)>, StoreErro
 pub fn due(last: Option<(i64, DateTime<Utc>)>, seq: i64, now: DateTime<Utc>) -> bool {
     match last {
         None => seq >= 1,
-        Some((s, t)) => seq > s && (seq - s >= EVERY_ROWS || now - t >= EVERY),
+        // A clock stepped back behind the last checkpoint must not silence them for the time
+        // it went back: one is due at once, and the interval counts from it.
+        Some((s, t)) => seq > s && (seq - s >= EVERY_ROWS || now - t >= EVERY || now < t),
     }
 }
 
@@ -171,6 +173,18 @@ pub fn all(conn: &Connection) -> Result<Vec<Checkpoint>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_stepped_back_does_not_silence_checkpoints() {
+        let t = Utc::now();
+        // Ten rows after the last, an hour behind it: due now, not in an hour.
+        assert!(due(Some((10, t)), 20, t - chrono::Duration::hours(1)));
+        // Otherwise every 100 rows or 15 minutes.
+        assert!(!due(Some((10, t)), 20, t + chrono::Duration::minutes(5)));
+        assert!(due(Some((10, t)), 20, t + EVERY));
+        assert!(due(Some((10, t)), 110, t));
+        assert!(!due(Some((10, t)), 10, t - chrono::Duration::hours(1)));
+    }
 
     #[test]
     fn checkpoints_are_signed_and_tampering_breaks_the_signature() {

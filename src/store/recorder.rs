@@ -50,6 +50,7 @@ pub enum Priority {
 fn route(kind: &str) -> (Priority, String) {
     let k = match kind {
         k if k.starts_with("coldchain.alarm") => return (Priority::Alarm, "events/alarm".into()),
+        "audit.integrity" => return (Priority::Alarm, "events/alarm".into()),
         k if k.starts_with("coldchain.excursion") => "excursion",
         "coldchain.probe_fault"
         | "coldchain.probe_doubt"
@@ -62,6 +63,22 @@ fn route(kind: &str) -> (Priority, String) {
         k => k.split('.').next().unwrap_or("system"),
     };
     (Priority::Event, format!("events/{k}"))
+}
+
+/// An audit row as it goes upstream (`medbox.event.v1`).
+fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::json!({
+        "schema": "medbox.event.v1",
+        "id": format!("{dev}:{}", row.seq),
+        "seq": row.seq,
+        "utc": row.utc,
+        "kind": row.kind,
+        "subject": row.subject,
+        "actor": row.actor,
+        "reason": row.reason,
+        "clock_trusted": row.clock_trusted,
+        "body": serde_json::from_str::<serde_json::Value>(&row.body)?,
+    }))
 }
 
 fn outbox(
@@ -289,6 +306,21 @@ fn classify(e: &Event) -> (String, String, String, String) {
             format!("vital:{}", name(&reading.vital)),
             band.clone(),
         ),
+        Event::Integrity {
+            seq,
+            acknowledged,
+            actor,
+            ..
+        } => (
+            "audit.integrity".into(),
+            actor.clone().unwrap_or_else(|| sys("controller")),
+            format!("audit:row:{seq}"),
+            if *acknowledged {
+                "ACKNOWLEDGED".into()
+            } else {
+                "BROKEN".into()
+            },
+        ),
         Event::ClockTrust { trusted, actor, .. } => (
             "system.clock".into(),
             actor.clone().unwrap_or_else(|| sys("controller")),
@@ -415,6 +447,67 @@ impl Recorder {
         &self.boot_id
     }
 
+    /// Records, at start, that the last run ended without its stop row (a crash, a power cut, a
+    /// SIGKILL), with the last row it wrote: when it was last known alive. Returns whether it
+    /// did.
+    pub fn note_unclean_stop(
+        &mut self,
+        now: DateTime<Utc>,
+        mono: Duration,
+    ) -> Result<bool, StoreError> {
+        let last_kind: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT kind FROM audit WHERE kind IN ('system.start', 'system.stop') \
+                 ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if last_kind.as_deref() != Some("system.start") {
+            return Ok(false);
+        }
+        let (last_seq, last_utc): (i64, String) = self.conn.query_row(
+            "SELECT seq, utc FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = audit::append(
+            &tx,
+            &self.key,
+            &Entry {
+                utc: now,
+                mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
+                boot_id: self.boot_id.clone(),
+                clock_trusted: true,
+                actor: "system:controller".into(),
+                kind: "system.unclean_stop".into(),
+                subject: "system".into(),
+                body: serde_json::json!({ "last_seq": last_seq, "last_utc": last_utc }),
+                reason: "UNCLEAN_STOP".into(),
+            },
+        )?;
+        let (priority, topic) = route(&row.kind);
+        let dev = self.device_id.clone();
+        outbox(
+            &tx,
+            priority,
+            &format!("medbox/{dev}/{topic}"),
+            &event_payload(&dev, &row)?,
+            &row.utc,
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Verifies the chain before anything is rebuilt from it ([`super::integrity`]).
+    pub fn integrity(&self) -> Result<Option<super::integrity::Break>, StoreError> {
+        super::integrity::at_start(&self.conn, &self.key)
+    }
+
     /// The connection, for queries.
     pub fn connection(&self) -> &Connection {
         &self.conn
@@ -461,7 +554,7 @@ impl Recorder {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            audit::append(
+            let row = audit::append(
                 &tx,
                 &self.key,
                 &Entry {
@@ -487,6 +580,16 @@ impl Recorder {
                         "FIRST_SEEN".into()
                     },
                 },
+            )?;
+            // Upstream like every other audit row.
+            let (priority, topic) = route(&row.kind);
+            let dev = self.device_id.clone();
+            outbox(
+                &tx,
+                priority,
+                &format!("medbox/{dev}/{topic}"),
+                &event_payload(&dev, &row)?,
+                &row.utc,
             )?;
             tx.commit()?;
             written += 1;
@@ -595,18 +698,7 @@ impl Recorder {
                 }
                 _ => route(&row.kind),
             };
-            let payload = serde_json::json!({
-                "schema": "medbox.event.v1",
-                "id": format!("{dev}:{}", row.seq),
-                "seq": row.seq,
-                "utc": row.utc,
-                "kind": row.kind,
-                "subject": row.subject,
-                "actor": row.actor,
-                "reason": row.reason,
-                "clock_trusted": row.clock_trusted,
-                "body": serde_json::from_str::<serde_json::Value>(&row.body)?,
-            });
+            let payload = event_payload(&dev, &row)?;
             outbox(
                 &tx,
                 priority,
@@ -625,7 +717,10 @@ impl Recorder {
                     )?;
                 }
             }
-            if checkpoint::due(self.last_checkpoint, row.seq, at) {
+            // A clean stop ends with a checkpoint: the head the appliance stopped at is signed.
+            if checkpoint::due(self.last_checkpoint, row.seq, at)
+                || matches!(e, Event::Stopped { .. })
+            {
                 let c = self.device.checkpoint(&tx, row.seq, &row.hash, at)?;
                 let payload = serde_json::json!({
                     "schema": "medbox.checkpoint.v1",

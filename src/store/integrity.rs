@@ -1,0 +1,74 @@
+//! The audit chain checked when the appliance starts, before it rebuilds dose history from it.
+//!
+//! A chain that no longer verifies means the records the dispenser would trust (what was given,
+//! when) may have been changed: the appliance then raises an integrity alarm, keeps the fridge
+//! running, and dispenses nothing until a pharmacist acknowledges the break. An acknowledged
+//! break is remembered (its own audit row), so the next start follows the chain past it and
+//! still finds any other.
+
+use super::audit::{self, BreakKind, ChainKey, CheckpointRef, Verification};
+use super::checkpoint;
+use super::StoreError;
+use rusqlite::Connection;
+use std::collections::BTreeSet;
+
+/// Where the chain first fails to verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Break {
+    /// The first row that does not verify.
+    pub seq: i64,
+    /// What kind of break, for the pharmacist.
+    pub detail: String,
+}
+
+/// Rows whose breaks a pharmacist has acknowledged.
+pub fn acknowledged(conn: &Connection) -> Result<BTreeSet<i64>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT json_extract(body, '$.seq') FROM audit \
+         WHERE kind = 'audit.integrity' AND reason = 'ACKNOWLEDGED'",
+    )?;
+    let seqs = stmt
+        .query_map([], |r| r.get::<_, Option<i64>>(0))?
+        .filter_map(|r| r.ok().flatten())
+        .collect();
+    Ok(seqs)
+}
+
+/// Verifies the whole chain against its stored checkpoints, past acknowledged breaks; None when
+/// it is intact.
+pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, StoreError> {
+    let accepted = acknowledged(conn)?;
+    let mut refs = Vec::new();
+    for c in checkpoint::all(conn)? {
+        if !c.signature_valid() && !accepted.contains(&c.seq) {
+            return Ok(Some(Break {
+                seq: c.seq,
+                detail: format!("the checkpoint of row {} has an invalid signature", c.seq),
+            }));
+        }
+        refs.push(CheckpointRef {
+            seq: c.seq,
+            head: c.head,
+        });
+    }
+    let rows = audit::rows(conn, &audit::Filter::default())?;
+    Ok(match audit::verify_accepting(rows, key, &refs, &accepted) {
+        Verification::Intact { .. } => None,
+        Verification::Broken {
+            seq, kind, detail, ..
+        } => Some(Break {
+            seq,
+            detail: format!("row {seq}: {} ({detail})", describe(kind)),
+        }),
+    })
+}
+
+fn describe(kind: BreakKind) -> &'static str {
+    match kind {
+        BreakKind::Changed => "changed",
+        BreakKind::Missing => "missing",
+        BreakKind::Reordered => "out of order",
+        BreakKind::Truncated => "rows at the end are gone",
+        BreakKind::CheckpointMismatch => "differs from a signed checkpoint",
+    }
+}
