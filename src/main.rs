@@ -296,8 +296,12 @@ enum AuditCommand {
         #[arg(long)]
         export: Option<PathBuf>,
         /// Checkpoints held off the device (one JSON object per line).
-        #[arg(long)]
+        #[arg(long, requires = "pubkey")]
         against: Option<PathBuf>,
+        /// The device's checkpoint public key (hex) as recorded at commissioning (`audit
+        /// pubkey`): checkpoints signed by any other key are refused.
+        #[arg(long)]
+        pubkey: Option<String>,
         /// File holding the HMAC secret the chain was keyed with.
         #[arg(long)]
         secret_file: Option<PathBuf>,
@@ -323,6 +327,15 @@ enum AuditCommand {
         out: Option<PathBuf>,
         #[command(flatten)]
         filter: AuditFilter,
+    },
+    /// Print the device's checkpoint public key (hex), to record at commissioning.
+    Pubkey {
+        /// The database (the key is beside it unless `--signing-key` says where).
+        #[arg(long)]
+        db: PathBuf,
+        /// The signing key file.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
     },
     /// Print the stored signed checkpoints (one JSON object per line).
     Checkpoints {
@@ -1078,7 +1091,7 @@ fn chain_key(file: Option<&std::path::Path>) -> Result<medbox::store::audit::Cha
 fn audit_verify(
     db: Option<PathBuf>,
     export: Option<PathBuf>,
-    against: Option<PathBuf>,
+    against: Option<(PathBuf, String)>,
     secret_file: Option<PathBuf>,
 ) -> Result<ExitCode> {
     use medbox::store::audit::{self, CheckpointRef, Verification};
@@ -1089,14 +1102,53 @@ fn audit_verify(
         ),
         None => None,
     };
+    // What the database says about its own chain decides what can be verified at all.
+    match (
+        conn.as_ref()
+            .map(audit::recorded_keyed)
+            .transpose()?
+            .flatten(),
+        key.is_keyed(),
+    ) {
+        (Some(true), false) => {
+            println!("cannot verify: the chain is keyed (HMAC-SHA-256); give --secret-file");
+            return Ok(ExitCode::from(2));
+        }
+        (Some(false), true) => {
+            println!(
+                "broken: the database says its chain is not keyed, but it is verified with a \
+                 secret: a keyed chain rewritten as a plain one (a downgrade), or the wrong database"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        _ => {}
+    }
     let rows = match (&conn, &export) {
         (Some(conn), _) => audit::rows(conn, &audit::Filter::default())?,
         (None, Some(e)) => read_export(e)?,
         (None, None) => bail!("give --db or --export"),
     };
+    if let Some(first) = rows.first().filter(|r| r.seq != 1) {
+        println!(
+            "cannot verify: the rows start at row {}: a filtered or partial export holds no chain \
+             to check; export without filters",
+            first.seq
+        );
+        return Ok(ExitCode::from(2));
+    }
     let mut refs = Vec::new();
-    if let Some(path) = &against {
+    if let Some((path, pinned)) = &against {
         for c in read_checkpoints(path)? {
+            if !c.public_key.eq_ignore_ascii_case(pinned.trim()) {
+                println!(
+                    "cannot verify: the checkpoint for row {} is signed by another key ({}) than \
+                     the device's ({}): not this device's checkpoints",
+                    c.seq,
+                    c.public_key,
+                    pinned.trim()
+                );
+                return Ok(ExitCode::from(2));
+            }
             if !c.signature_valid() {
                 println!(
                     "broken: checkpoint for row {} has an invalid signature (forged or altered copy)",
@@ -1171,9 +1223,10 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
             db,
             export,
             against,
+            pubkey,
             secret_file,
         } => {
-            return match audit_verify(db, export, against, secret_file) {
+            return match audit_verify(db, export, against.zip(pubkey), secret_file) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("medbox: cannot verify: {e:#}");
@@ -1188,6 +1241,19 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
             out,
             filter,
         } => audit_export(&db, format, out.as_deref(), &filter),
+        AuditCommand::Pubkey { db, signing_key } => (|| {
+            let path =
+                signing_key.unwrap_or_else(|| medbox::store::checkpoint::default_key_path(&db));
+            if !path.exists() {
+                bail!(
+                    "no signing key at {} (it is created at the first start)",
+                    path.display()
+                );
+            }
+            let key = medbox::store::checkpoint::DeviceKey::load_file(&path)?;
+            println!("{}", key.public_hex());
+            Ok(())
+        })(),
         AuditCommand::Checkpoints { db } => (|| {
             let conn = medbox::store::schema::open_read_only(&db)
                 .with_context(|| db.display().to_string())?;
@@ -1537,10 +1603,16 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         }
         None => medbox::store::audit::ChainKey::unkeyed(),
     };
-    let mut recorder = medbox::store::recorder::Recorder::open(
+    let signing_key = cfg
+        .audit
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| medbox::store::checkpoint::default_key_path(&cfg.appliance.db));
+    let mut recorder = medbox::store::recorder::Recorder::open_signing_with(
         &cfg.appliance.db,
         key,
         format!("{:x}", std::process::id()),
+        &signing_key,
     )
     .with_context(|| cfg.appliance.db.display().to_string())?;
     let mut schedules: Vec<_> = schedules.into_iter().map(|(_, s)| s).collect();

@@ -206,6 +206,9 @@ fn an_export_reverifies_offline_and_checkpoints_catch_a_truncation() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The device's public key, as recorded at commissioning: checkpoints are pinned to it.
+    let key = pubkey(&db);
+    assert_eq!(key.len(), 64, "{key}");
     for fmt in ["json", "csv"] {
         let file = dir.path().join(format!("export.{fmt}"));
         let e = medbox()
@@ -221,6 +224,7 @@ fn an_export_reverifies_offline_and_checkpoints_catch_a_truncation() {
             .arg(&file)
             .arg("--against")
             .arg(&cps)
+            .args(["--pubkey", &key])
             .output()
             .unwrap();
         assert_eq!(
@@ -230,6 +234,68 @@ fn an_export_reverifies_offline_and_checkpoints_catch_a_truncation() {
             String::from_utf8_lossy(&v.stdout)
         );
     }
+    // A filtered export holds no chain to check: "cannot verify", never "broken".
+    let filtered = dir.path().join("doses.json");
+    let e = medbox()
+        .args([
+            "audit",
+            "export",
+            "--format",
+            "json",
+            "--kind",
+            "coldchain.",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--out")
+        .arg(&filtered)
+        .output()
+        .unwrap();
+    assert!(e.status.success());
+    let v = medbox()
+        .args(["audit", "verify", "--export"])
+        .arg(&filtered)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(2), "{text}");
+    assert!(text.contains("cannot verify"), "{text}");
+    // Checkpoints signed by another key (another device, or a re-signed rewrite) are refused.
+    let other = dir.path().join("other.db");
+    let other_cps = dir.path().join("other.jsonl");
+    let out = medbox()
+        .args(["sim", "--days", "0.1", "--db"])
+        .arg(&other)
+        .arg("--checkpoints-out")
+        .arg(&other_cps)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v = medbox()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .arg("--against")
+        .arg(&other_cps)
+        .args(["--pubkey", &key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(2), "{text}");
+    assert!(text.contains("signed by another key"), "{text}");
+    // The signing key is its own file, readable by its owner only, and not in the database.
+    let key_file = dir.path().join("m.db.signing-key");
+    assert!(key_file.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let in_db: i64 = schema::open_read_only(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM device_identity", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(in_db, 0);
     // Cut the tail off the database: the chain alone still links, the checkpoints do not.
     let conn = rusqlite::Connection::open(&db).unwrap();
     let max: i64 = conn
@@ -246,11 +312,27 @@ fn an_export_reverifies_offline_and_checkpoints_catch_a_truncation() {
         .arg(&db)
         .arg("--against")
         .arg(&cps)
+        .args(["--pubkey", &key])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&v.stdout);
     assert_eq!(v.status.code(), Some(1), "{text}");
     assert!(text.contains("(truncated)"), "{text}");
+}
+
+/// The device's checkpoint public key, as `audit pubkey` prints it.
+fn pubkey(db: &Path) -> String {
+    let out = medbox()
+        .args(["audit", "pubkey", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -536,16 +618,37 @@ fn a_keyed_chain_verifies_only_with_its_secret() {
         c.output().unwrap()
     };
     assert_eq!(verify(Some(&secret)).status.code(), Some(0));
-    // Someone who rewrites the chain without the secret cannot make it verify; and neither
-    // does the plain SHA-256 check.
+    // Without the secret a keyed chain cannot be verified at all (exit 2), never "broken".
     let plain = verify(None);
-    assert_eq!(plain.status.code(), Some(1));
     let text = String::from_utf8_lossy(&plain.stdout).to_string()
         + &String::from_utf8_lossy(&plain.stderr);
-    assert!(text.contains("row 1"), "{text}");
+    assert_eq!(plain.status.code(), Some(2), "{text}");
+    assert!(text.contains("keyed"), "{text}");
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "not the secret at all, sorry").unwrap();
     assert_eq!(verify(Some(&wrong)).status.code(), Some(1));
+    // The appliance will not append to it without its secret (nor add one to a plain chain).
+    let out = medbox()
+        .args(["sim", "--days", "0.05", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the chain is keyed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A keyed chain passed off as a plain one (the mode rewritten): the holder of the secret
+    // sees the downgrade.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TRIGGER chain_no_update; UPDATE chain SET keyed = 0;")
+        .unwrap();
+    let downgraded = verify(Some(&secret));
+    let text = String::from_utf8_lossy(&downgraded.stdout);
+    assert_eq!(downgraded.status.code(), Some(1), "{text}");
+    assert!(text.contains("downgrade"), "{text}");
     // A secret too short to protect anything is refused up front.
     std::fs::write(&wrong, "short").unwrap();
     let out = medbox()

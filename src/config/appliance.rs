@@ -75,6 +75,14 @@ pub struct AuditSection {
     /// absent: plain SHA-256 chaining.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// The Ed25519 key that signs checkpoints (created there on first start, mode 0600);
+    /// absent: beside the database (`<db>.signing-key`). Never inside the database.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// The device's checkpoint public key (hex) as recorded at commissioning:
+    /// `audit verify --against` refuses checkpoints signed by any other.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// The whole appliance config.

@@ -89,6 +89,11 @@ impl ChainKey {
         Self(None)
     }
 
+    /// Whether rows are linked with a secret.
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// HMAC-SHA-256 chaining with `secret` (verification then needs the same secret).
     pub fn keyed(secret: &[u8]) -> Self {
         Self(Some(hmac::Key::new(hmac::HMAC_SHA256, secret)))
@@ -294,6 +299,44 @@ pub enum BreakKind {
     /// The chain differs from a signed checkpoint (consistently rewritten), or the checkpoint's
     /// signature is wrong.
     CheckpointMismatch,
+}
+
+/// Whether the database says its chain is keyed (None: it does not say: written before it
+/// recorded that, or opened read-only before any run noted it).
+pub fn recorded_keyed(conn: &Connection) -> Result<Option<bool>, StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'chain'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row("SELECT keyed FROM chain WHERE id = 1", [], |r| r.get(0))
+        .optional()?)
+}
+
+/// Makes sure rows appended with `key` link the way the chain already does: notes the mode the
+/// first time, and refuses a key that differs (a keyed chain without its secret would become
+/// unverifiable; a secret added to a plain chain would not protect what came before).
+pub fn check_mode(conn: &Connection, key: &ChainKey) -> Result<(), StoreError> {
+    match recorded_keyed(conn)? {
+        None => {
+            conn.execute(
+                "INSERT INTO chain (id, keyed, noted_utc) VALUES (1, ?1, ?2)",
+                rusqlite::params![key.is_keyed(), Utc::now().to_rfc3339()],
+            )?;
+            Ok(())
+        }
+        Some(true) if !key.is_keyed() => Err(StoreError::Chain(
+            "the chain is keyed (HMAC-SHA-256): give its secret ([audit] secret_file, --audit-secret-file)".into(),
+        )),
+        Some(false) if key.is_keyed() => Err(StoreError::Chain(
+            "the chain is not keyed: a secret cannot be added to an existing chain".into(),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The result of a verification.

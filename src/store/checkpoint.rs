@@ -62,13 +62,66 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The device's signing key, created on first use and kept in the database.
+/// The device's signing key: its own file (mode 0600), outside the database it vouches for, so
+/// a copy of the database alone cannot be re-signed.
 pub struct DeviceKey {
     pair: Ed25519KeyPair,
 }
 
+/// Where the signing key lives when the configuration does not say: beside the database.
+pub fn default_key_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".signing-key");
+    db.with_file_name(name)
+}
+
 impl DeviceKey {
-    /// Loads the key, creating it if the database has none.
+    /// Loads the key from `path`, creating it on first use (commissioning). A key that older
+    /// versions kept in the database moves to the file and leaves the database.
+    pub fn load_or_create_file(
+        path: &std::path::Path,
+        conn: &Connection,
+    ) -> Result<Self, StoreError> {
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Key(format!("{what} {}: {e}", path.display()))
+        };
+        let pkcs8 = if path.exists() {
+            std::fs::read(path).map_err(|e| io("cannot read", e))?
+        } else {
+            let legacy: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT ed25519_pkcs8 FROM device_identity WHERE id = 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let pkcs8 = match legacy {
+                Some(p) => p,
+                None => Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                    .map_err(|_| StoreError::Key("cannot generate a key".into()))?
+                    .as_ref()
+                    .to_vec(),
+            };
+            write_private(path, &pkcs8).map_err(|e| io("cannot write", e))?;
+            pkcs8
+        };
+        conn.execute("DELETE FROM device_identity", [])?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| StoreError::Key(e.to_string()))?;
+        Ok(Self { pair })
+    }
+
+    /// Loads an existing key file (for tools: nothing is created or moved).
+    pub fn load_file(path: &std::path::Path) -> Result<Self, StoreError> {
+        let pkcs8 = std::fs::read(path)
+            .map_err(|e| StoreError::Key(format!("cannot read {}: {e}", path.display())))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| StoreError::Key(e.to_string()))?;
+        Ok(Self { pair })
+    }
+
+    /// Loads the key, creating it if the database has none (the layout before the key moved to
+    /// its own file; kept for tools reading old databases).
     pub fn load_or_create(conn: &Connection) -> Result<Self, StoreError> {
         let existing: Option<Vec<u8>> = conn
             .query_row(
@@ -150,6 +203,24 @@ pub fn due(last: Option<(i64, DateTime<Utc>)>, seq: i64, now: DateTime<Utc>) -> 
         // it went back: one is due at once, and the interval counts from it.
         Some((s, t)) => seq > s && (seq - s >= EVERY_ROWS || now - t >= EVERY || now < t),
     }
+}
+
+/// Writes a secret readable by its owner only, never leaving a half-written file behind.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Every checkpoint stored, oldest first.

@@ -52,8 +52,20 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
         });
     }
     let rows = audit::rows(conn, &audit::Filter::default())?;
+    // A dose row the history cannot read would be left out of it without a word: a break too.
+    let unreadable = rows
+        .iter()
+        .filter(|r| r.kind.starts_with("dose.") && r.kind != "dose.alert")
+        .find(|r| !accepted.contains(&r.seq) && !readable_dose(&r.body));
+    let unreadable = unreadable.map(|r| Break {
+        seq: r.seq,
+        detail: format!(
+            "row {}: a {} row the dose history cannot read",
+            r.seq, r.kind
+        ),
+    });
     Ok(match audit::verify_accepting(rows, key, &refs, &accepted) {
-        Verification::Intact { .. } => None,
+        Verification::Intact { .. } => unreadable,
         Verification::Broken {
             seq, kind, detail, ..
         } => Some(Break {
@@ -63,6 +75,18 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
     })
 }
 
+/// Whether a dose row's body holds what the history rebuild needs (its patient and record).
+fn readable_dose(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|b| {
+            b.get("patient").and_then(|p| p.as_str()).is_some()
+                && b.get("record").is_some_and(|r| {
+                    serde_json::from_value::<crate::dosing::engine::DoseRecord>(r.clone()).is_ok()
+                })
+        })
+}
+
 fn describe(kind: BreakKind) -> &'static str {
     match kind {
         BreakKind::Changed => "changed",
@@ -70,5 +94,22 @@ fn describe(kind: BreakKind) -> &'static str {
         BreakKind::Reordered => "out of order",
         BreakKind::Truncated => "rows at the end are gone",
         BreakKind::CheckpointMismatch => "differs from a signed checkpoint",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dose_row_the_history_cannot_read_is_a_break_not_a_silent_gap() {
+        assert!(readable_dose(
+            r#"{"patient":"p-1","record":{"medication":"M","occurrence":null,"at":"2026-03-02T08:00:00Z","units":1,"outcome":"dispensed"}}"#
+        ));
+        assert!(!readable_dose(
+            r#"{"patient":"p-1","record":{"medication":"M"}}"#
+        ));
+        assert!(!readable_dose(r#"{"record":{}}"#));
+        assert!(!readable_dose("not json"));
     }
 }

@@ -59,4 +59,7 @@ pub enum StoreError {
     /// The device key is unusable.
     #[error("device key: {0}")]
     Key(String),
+    /// The chain is linked another way than this run would append to it.
+    #[error("audit chain: {0}")]
+    Chain(String),
 }

@@ -421,8 +421,20 @@ fn event_time(e: &Event) -> Option<DateTime<Utc>> {
 impl Recorder {
     /// Opens (or creates) the database and the device key. `boot_id` names this run.
     pub fn open(path: &Path, key: ChainKey, boot_id: String) -> Result<Self, StoreError> {
+        Self::open_signing_with(path, key, boot_id, &checkpoint::default_key_path(path))
+    }
+
+    /// As [`Recorder::open`], with the checkpoint signing key at `signing_key` (created there on
+    /// first use).
+    pub fn open_signing_with(
+        path: &Path,
+        key: ChainKey,
+        boot_id: String,
+        signing_key: &Path,
+    ) -> Result<Self, StoreError> {
         let conn = schema::open(path)?;
-        let device = DeviceKey::load_or_create(&conn)?;
+        audit::check_mode(&conn, &key)?;
+        let device = DeviceKey::load_or_create_file(signing_key, &conn)?;
         let last_checkpoint = checkpoint::last(&conn)?;
         let sealer = readings::Sealer::resume(&conn)?;
         Ok(Self {

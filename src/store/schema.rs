@@ -79,6 +79,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE readings ADD COLUMN control REAL;
     ALTER TABLE readings ADD COLUMN doubt TEXT;
     "#,
+    // 5: how the chain is linked, written once, so a keyed chain cannot be passed off as a
+    // plain one (a downgrade) without editing this too.
+    r#"
+    CREATE TABLE chain (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        keyed      INTEGER NOT NULL,
+        noted_utc  TEXT    NOT NULL
+    );
+    CREATE TRIGGER chain_no_update BEFORE UPDATE ON chain
+        BEGIN SELECT RAISE(ABORT, 'the chain mode is written once'); END;
+    CREATE TRIGGER chain_no_delete BEFORE DELETE ON chain
+        BEGIN SELECT RAISE(ABORT, 'the chain mode is written once'); END;
+    "#,
 ];
 
 /// The newest schema version this build knows.
