@@ -40,3 +40,4 @@ pub mod sim;
 pub mod store;
 pub mod units;
 pub mod uplink;
+pub mod wire;

@@ -1056,7 +1056,7 @@ fn vitals_add(
         let mut rec = medbox::store::recorder::Recorder::open(
             db,
             chain_key(secret)?,
-            format!("cli-{:x}", std::process::id()),
+            format!("cli-{}", medbox::store::recorder::new_boot_id()),
         )
         .with_context(|| db.display().to_string())?;
         let r = rec.record(
@@ -1597,6 +1597,8 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     if !errs.is_empty() {
         return Err(config_errors(errs));
     }
+    // Every time comes from one clock, the one the controller runs on.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let key = match &cfg.audit.secret_file {
         Some(f) => {
             medbox::store::audit::ChainKey::from_file(f).with_context(|| f.display().to_string())?
@@ -1611,7 +1613,8 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     let mut recorder = medbox::store::recorder::Recorder::open_signing_with(
         &cfg.appliance.db,
         key,
-        format!("{:x}", std::process::id()),
+        // Random, so rows of different boots never share an id (a process id repeats).
+        medbox::store::recorder::new_boot_id(),
         &signing_key,
     )
     .with_context(|| cfg.appliance.db.display().to_string())?;
@@ -1635,7 +1638,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
     let clock_locked = medbox::store::doses::clock_locked(recorder.connection())?;
     let elapsed_anchor = medbox::store::doses::elapsed_anchor(recorder.connection())?;
     // After the time floor is read: this row must not lower it.
-    if recorder.note_unclean_stop(chrono::Utc::now(), std::time::Duration::ZERO)? {
+    if recorder.note_unclean_stop(clock.now(), clock.monotonic())? {
         tracing::warn!("the last run ended without stopping cleanly (recorded)");
     }
     let (unconfirmed, extra) =
@@ -1644,8 +1647,8 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         &medbox::store::recorder::config_versions(&profile, &cfg.coldchain, &schedules),
         &extra,
         "system:loader",
-        chrono::Utc::now(),
-        std::time::Duration::ZERO,
+        clock.now(),
+        clock.monotonic(),
     )?;
     let dosing = medbox::controller::Dosing {
         integrity,
@@ -1654,7 +1657,7 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         elapsed_anchor,
         unconfirmed,
         installed_at: medbox::store::schedules::installed_at(recorder.connection())?,
-        answered: medbox::store::commands::answered(recorder.connection(), chrono::Utc::now())?,
+        answered: medbox::store::commands::answered(recorder.connection(), clock.now())?,
         schedules,
         history: medbox::store::doses::history(recorder.connection())?,
         since: medbox::store::doses::first_start(recorder.connection())?,
@@ -1662,11 +1665,10 @@ fn run_rpi(cfg: config::ApplianceConfig, profile: BoardProfile) -> Result<()> {
         refill_days: Some(cfg.dosing.refill_days),
         vitals: medbox::store::vitals::recent(
             recorder.connection(),
-            chrono::Utc::now() - chrono::Duration::days(1),
+            clock.now() - chrono::Duration::days(1),
         )?,
     };
     runtime.block_on(async {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let (fridge, dispenser) = medbox::board::rpi::build(&profile, clock.monotonic())
             .context("cannot open the Raspberry Pi's GPIO and buses")?;
         let running = medbox::controller::start(

@@ -259,7 +259,7 @@ pub async fn run(
             opts.audit_key
                 .clone()
                 .unwrap_or_else(crate::store::audit::ChainKey::unkeyed),
-            boot_id(),
+            crate::store::recorder::new_boot_id(),
         )?),
         None => None,
     };
@@ -546,16 +546,6 @@ pub async fn run(
     summary.outbox_before_uplink = outbox;
     summary.uplink = uplink;
     Ok(summary)
-}
-
-/// A fresh identifier for this run of the process.
-fn boot_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    match ring::rand::SystemRandom::new().fill(&mut b) {
-        Ok(()) => crate::store::audit::hex(&b),
-        Err(_) => format!("{:x}", std::process::id()),
-    }
 }
 
 fn status_line(r: &crate::events::FridgeRecord, handle: &SimHandle) -> String {

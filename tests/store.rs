@@ -1075,4 +1075,23 @@ fn an_unclean_stop_is_recorded_at_the_next_start_and_a_clean_stop_ends_with_a_ch
         "config.change rows never reach the outbox"
     );
     assert!(matches!(verify_db(&db), Verification::Intact { .. }));
+    // A clean stop sealed every reading: one added by hand afterwards (back-dated, so it would
+    // have looked genuine once the next run sealed it) locks dispensing at the next start.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode) \
+             VALUES ('2026-03-02T03:00:00.000Z', 5.0, 5.0, 0, 0, 1, 'normal');",
+        )
+        .unwrap();
+    assert!(run("name = \"forged\"\n").status.success());
+    let detail: String = schema::open_read_only(&db)
+        .unwrap()
+        .query_row(
+            "SELECT json_extract(body, '$.detail') FROM audit WHERE kind = 'audit.integrity'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("not written by the appliance"), "{detail}");
 }

@@ -127,7 +127,7 @@ const COMMANDS: &[&str] = &[
 
 /// The inbound topic (under `medbox/<device-id>/`) where monitors and gateways publish
 /// readings: `{"id": …, "source": …, "vital": …, "value" | "sfloat": …, "at"?, "quality"?}`.
-pub const VITALS_IN: &str = "vitals/in";
+pub const VITALS_IN: &str = crate::wire::VITALS_IN;
 
 /// The alarm of a broken audit chain, acknowledged by a pharmacist at the dispenser.
 const INTEGRITY: &str = "INTEGRITY";

@@ -9,13 +9,13 @@
 use super::audit::{self, BreakKind, ChainKey, CheckpointRef, Verification};
 use super::checkpoint;
 use super::StoreError;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::BTreeSet;
 
 /// Where the chain first fails to verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Break {
-    /// The first row that does not verify.
+    /// The first row that does not verify (0: readings added from outside, not a row).
     pub seq: i64,
     /// What kind of break, for the pharmacist.
     pub detail: String,
@@ -65,7 +65,10 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
         ),
     });
     Ok(match audit::verify_accepting(rows, key, &refs, &accepted) {
-        Verification::Intact { .. } => unreadable,
+        Verification::Intact { .. } => match unreadable {
+            Some(b) => Some(b),
+            None => foreign_readings(conn)?,
+        },
         Verification::Broken {
             seq, kind, detail, ..
         } => Some(Break {
@@ -73,6 +76,39 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
             detail: format!("row {seq}: {} ({detail})", describe(kind)),
         }),
     })
+}
+
+/// Readings the appliance did not write: after a clean stop (which seals every reading) none
+/// may be unsealed, so any that are were added to the database from outside (a back-dated
+/// reading would otherwise be sealed as genuine by the next run). After an unclean stop the
+/// unsealed tail is the dead run's own and is sealed by this one.
+fn foreign_readings(conn: &Connection) -> Result<Option<Break>, StoreError> {
+    let last_kind: Option<String> = conn
+        .query_row(
+            "SELECT kind FROM audit WHERE kind IN ('system.start', 'system.stop') \
+             ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if last_kind.as_deref() != Some("system.stop") {
+        return Ok(None);
+    }
+    let sealed_to = super::readings::Sealer::resume(conn)?.sealed_to();
+    let (count, first): (i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), min(id) FROM readings WHERE id > ?1",
+        [sealed_to],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(first.map(|first| Break {
+        // Not an audit row: the break names the readings (acknowledging it never excuses a
+        // change to the chain itself).
+        seq: 0,
+        detail: format!(
+            "{count} reading(s) from id {first} appeared after the last clean stop, which sealed \
+             every reading: they were not written by the appliance"
+        ),
+    }))
 }
 
 /// Whether a dose row's body holds what the history rebuild needs (its patient and record).

@@ -112,6 +112,11 @@ impl Sealer {
         (at - since >= SEAL_EVERY).then_some((self.sealed_to + 1, id))
     }
 
+    /// The last reading id already sealed (0: none).
+    pub fn sealed_to(&self) -> i64 {
+        self.sealed_to
+    }
+
     /// The seal for `to_id` is committed.
     pub fn sealed(&mut self, to_id: i64) {
         self.sealed_to = to_id;

@@ -35,50 +35,35 @@ pub fn config_versions(
     out
 }
 
-/// Outbox priority: lower drains first, so a new alarm overtakes a backlog of telemetry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Priority {
-    /// Alarms.
-    Alarm = 0,
-    /// Dose outcomes, faults, other events.
-    Event = 1,
-    /// Periodic readings.
-    Telemetry = 2,
+pub use crate::wire::Priority;
+use crate::wire::{self, route};
+
+/// A fresh identifier for this run of the process: random, so two boots never share one (a
+/// process id repeats across reboots).
+pub fn new_boot_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => audit::hex(&b),
+        Err(_) => format!("{:x}", std::process::id()),
+    }
 }
 
-/// The topic suffix and priority of an audit kind (DESIGN.md §6: `events/<kind>`, `vitals`).
-fn route(kind: &str) -> (Priority, String) {
-    let k = match kind {
-        k if k.starts_with("coldchain.alarm") => return (Priority::Alarm, "events/alarm".into()),
-        "audit.integrity" => return (Priority::Alarm, "events/alarm".into()),
-        k if k.starts_with("coldchain.excursion") => "excursion",
-        "coldchain.probe_fault"
-        | "coldchain.probe_doubt"
-        | "device.fault"
-        | "dispenser.stray_drop" => "fault",
-        "coldchain.day" => "coldchain_day",
-        k if k.starts_with("dose.") => "dose",
-        k if k.starts_with("vitals.") => return (Priority::Event, "vitals".into()),
-        k if k.starts_with("adherence.") => return (Priority::Event, "adherence".into()),
-        k => k.split('.').next().unwrap_or("system"),
-    };
-    (Priority::Event, format!("events/{k}"))
-}
-
-/// An audit row as it goes upstream (`medbox.event.v1`).
+/// An audit row as the wire protocol sends it.
 fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, StoreError> {
-    Ok(serde_json::json!({
-        "schema": "medbox.event.v1",
-        "id": format!("{dev}:{}", row.seq),
-        "seq": row.seq,
-        "utc": row.utc,
-        "kind": row.kind,
-        "subject": row.subject,
-        "actor": row.actor,
-        "reason": row.reason,
-        "clock_trusted": row.clock_trusted,
-        "body": serde_json::from_str::<serde_json::Value>(&row.body)?,
-    }))
+    Ok(wire::event_message(
+        dev,
+        &wire::EventRow {
+            seq: row.seq,
+            utc: &row.utc,
+            kind: &row.kind,
+            subject: &row.subject,
+            actor: &row.actor,
+            reason: &row.reason,
+            clock_trusted: row.clock_trusted,
+            body: &row.body,
+        },
+    )?)
 }
 
 fn outbox(
@@ -389,26 +374,6 @@ fn classify(e: &Event) -> (String, String, String, String) {
     }
 }
 
-/// The FHIR rendering of an event, if it has one: (resource type, resource).
-fn fhir(e: &Event, id: &str) -> Option<(&'static str, serde_json::Value)> {
-    use crate::uplink::fhir;
-    match e {
-        Event::Dose {
-            patient,
-            record,
-            reason,
-            detail,
-            ..
-        } => fhir::medication_administration(id, patient, record, reason.as_deref(), detail)
-            .map(|r| ("MedicationAdministration", r)),
-        Event::Vital { reading, .. } => Some((
-            "Observation",
-            fhir::observation(id, reading.patient.as_deref(), reading),
-        )),
-        _ => None,
-    }
-}
-
 fn event_time(e: &Event) -> Option<DateTime<Utc>> {
     serde_json::to_value(e)
         .ok()?
@@ -507,7 +472,7 @@ impl Recorder {
         outbox(
             &tx,
             priority,
-            &format!("medbox/{dev}/{topic}"),
+            &wire::topic(&dev, &topic),
             &event_payload(&dev, &row)?,
             &row.utc,
         )?;
@@ -599,7 +564,7 @@ impl Recorder {
             outbox(
                 &tx,
                 priority,
-                &format!("medbox/{dev}/{topic}"),
+                &wire::topic(&dev, &topic),
                 &event_payload(&dev, &row)?,
                 &row.utc,
             )?;
@@ -631,6 +596,24 @@ impl Recorder {
                 checkpoint: None,
             });
         }
+        if let Event::Stopped { at } = e {
+            // A clean stop leaves no reading unsealed: any the next start finds unsealed were
+            // not written by the appliance (`integrity::at_start`).
+            let last: Option<i64> =
+                self.conn
+                    .query_row("SELECT max(id) FROM readings", [], |r| r.get(0))?;
+            let from = self.sealer.sealed_to() + 1;
+            if let Some(to) = last.filter(|to| *to >= from) {
+                let seal = readings::seal(&self.conn, from, to)?;
+                self.record(
+                    &Event::ReadingsSealed { at: *at, seal },
+                    mono,
+                    clock_trusted,
+                    now,
+                )?;
+                self.sealer.sealed(to);
+            }
+        }
         // IMMEDIATE: take the write lock at BEGIN (waiting up to the busy timeout), so a
         // concurrent writer (the uplink deleting acknowledged messages) cannot invalidate the
         // read snapshot between the head lookup and the insert.
@@ -660,24 +643,11 @@ impl Recorder {
             )?;
             let rowid = tx.last_insert_rowid();
             seal_due = self.sealer.stored(rowid, r.at).map(|range| (range, r.at));
-            let payload = serde_json::json!({
-                "schema": "medbox.telemetry.v1",
-                "id": format!("{dev}:r{rowid}"),
-                "utc": utc,
-                "vial_c": r.vial,
-                "air_c": r.air,
-                "product_c": r.control,
-                "doubt": r.doubt.map(|d| d.code()),
-                "compressor_on": r.compressor_on,
-                "door_open": r.door_open,
-                "mains": r.mains,
-                "mode": name(&r.mode),
-            });
             outbox(
                 &tx,
                 Priority::Telemetry,
-                &format!("medbox/{dev}/telemetry/fridge"),
-                &payload,
+                &wire::topic(&dev, wire::TELEMETRY),
+                &wire::telemetry_message(&dev, rowid, &utc, r),
                 &utc,
             )?;
         } else {
@@ -698,32 +668,23 @@ impl Recorder {
                 },
             )?;
             seq = Some(row.seq);
-            let (priority, topic) = match e {
-                // On the topic the command came on, so only who may send it reads the answer.
-                Event::CommandResult {
-                    command,
-                    role: Some(role),
-                    ..
-                } => (Priority::Alarm, format!("cmd/{role}/{command}/result")),
-                Event::CommandResult { command, .. } => {
-                    (Priority::Alarm, format!("cmd/{command}/result"))
-                }
-                _ => route(&row.kind),
-            };
+            let (priority, topic) = wire::route_event(e, &row.kind);
             let payload = event_payload(&dev, &row)?;
             outbox(
                 &tx,
                 priority,
-                &format!("medbox/{dev}/{topic}"),
+                &wire::topic(&dev, &topic),
                 &payload,
                 &row.utc,
             )?;
             if self.fhir {
-                if let Some((resource, body)) = fhir(e, &format!("{dev}:{}", row.seq)) {
+                if let Some((resource, body)) =
+                    wire::fhir_resource(e, &format!("{dev}:{}", row.seq))
+                {
                     outbox(
                         &tx,
                         Priority::Event,
-                        &format!("medbox/{dev}/fhir/{resource}"),
+                        &wire::topic(&dev, &format!("fhir/{resource}")),
                         &body,
                         &row.utc,
                     )?;
@@ -734,16 +695,11 @@ impl Recorder {
                 || matches!(e, Event::Stopped { .. })
             {
                 let c = self.device.checkpoint(&tx, row.seq, &row.hash, at)?;
-                let payload = serde_json::json!({
-                    "schema": "medbox.checkpoint.v1",
-                    "id": format!("{dev}:c{}", c.seq),
-                    "checkpoint": c,
-                });
                 outbox(
                     &tx,
                     Priority::Event,
-                    &format!("medbox/{dev}/audit/checkpoint"),
-                    &payload,
+                    &wire::topic(&dev, wire::CHECKPOINT),
+                    &wire::checkpoint_message(&dev, c.seq, &c),
                     &c.utc,
                 )?;
                 cp = Some(c);

@@ -15,7 +15,6 @@
 //! the recorder's owner task ([`OutboxSource::Owner`]), so one task owns the connection; only a
 //! process without a recorder lets it open the file itself ([`OutboxSource::File`]).
 
-pub mod fhir;
 pub mod tls;
 
 use crate::store::outbox::{OutboxError, OutboxHandle, OutboxRequest};
@@ -151,13 +150,7 @@ pub async fn run(
         OutboxSource::File(path) => OutboxHandle::open(path)?,
         OutboxSource::Owner(tx) => OutboxHandle::Served(tx.clone()),
     };
-    let status = format!("medbox/{}/status", cfg.device_id);
-    let cmd_prefix = format!("medbox/{}/cmd/", cfg.device_id);
-    let vitals_in = format!(
-        "medbox/{}/{}",
-        cfg.device_id,
-        crate::controller::commands::VITALS_IN
-    );
+    let status = crate::wire::topic(&cfg.device_id, crate::wire::STATUS);
     let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
@@ -316,8 +309,9 @@ pub async fn run(
                         awaiting.push_back(None);
                     }
                     if cfg.commands.is_some() {
-                        let _ = client.try_subscribe(format!("{cmd_prefix}+/+"), QoS::AtLeastOnce);
-                        let _ = client.try_subscribe(vitals_in.clone(), QoS::AtLeastOnce);
+                        for t in crate::wire::subscriptions(&cfg.device_id) {
+                            let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                        }
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -326,14 +320,14 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let (Some(inbound), Some(tx)) = (inbound(&p.topic, &p.payload, &cmd_prefix, &vitals_in), &cfg.commands) {
+                    if let (Some(inbound), Some(tx)) = (inbound(&cfg.device_id, &p.topic, &p.payload), &cfg.commands) {
                         let (name, role) = (inbound.name.clone(), inbound.role.clone());
                         if tx.try_send(inbound).is_err() {
                             // Every command is answered, even one the appliance cannot take in
                             // (published before the next outbox top-up; bounded).
                             if let Some(role) = role {
                                 if busy_answers.len() < MAX_BUSY_ANSWERS {
-                                    busy_answers.push_back(busy(&cmd_prefix, &role, &name, &p.payload));
+                                    busy_answers.push_back(crate::wire::busy_answer(&cfg.device_id, &role, &name, &p.payload));
                                 }
                                 tracing::warn!("command {role}/{name} answered BUSY: the appliance's command queue is full");
                             }
@@ -471,89 +465,24 @@ pub const MAX_INCOMING: usize = 8 * 1024 * 1024;
 /// Most BUSY answers held for publishing at once (each a few hundred bytes).
 const MAX_BUSY_ANSWERS: usize = 10_000;
 
-/// A message on a subscribed topic as a command: `cmd/<role>/<name>` (the role is the topic's,
-/// granted by the broker per identity), or a reading on `vitals/in`. Anything else is not one.
-fn inbound(
-    topic: &str,
-    payload: &[u8],
-    cmd_prefix: &str,
-    vitals_in: &str,
-) -> Option<crate::controller::commands::Inbound> {
+/// A message on a subscribed topic as the command router takes it (the wire protocol decides
+/// what is a command and under which role).
+fn inbound(dev: &str, topic: &str, payload: &[u8]) -> Option<crate::controller::commands::Inbound> {
     use crate::controller::commands::{Inbound, VITALS_IN};
-    if topic == vitals_in {
-        return Some(Inbound {
-            name: VITALS_IN.into(),
-            role: None,
-            payload: payload.to_vec(),
-        });
-    }
-    let (role, name) = topic.strip_prefix(cmd_prefix)?.split_once('/')?;
-    if role.is_empty() || name.is_empty() || name.contains('/') {
-        return None;
-    }
+    let (name, role) = match crate::wire::inbound(dev, topic)? {
+        crate::wire::Inbound::Reading => (VITALS_IN.to_string(), None),
+        crate::wire::Inbound::Command { role, name } => (name, Some(role)),
+    };
     Some(Inbound {
-        name: name.into(),
-        role: Some(role.into()),
+        name,
+        role,
         payload: payload.to_vec(),
     })
-}
-
-/// The answer to a command the appliance could not take in because its queue was full: on the
-/// command's own result topic, in the shape of a recorded result but with no sequence number
-/// (nothing was recorded: the appliance never held the command).
-fn busy(cmd_prefix: &str, role: &str, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
-    let sent: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let detail = "BUSY: the appliance's command queue is full; nothing done, send it again";
-    let answer = serde_json::json!({
-        "schema": "medbox.event.v1",
-        "kind": "command.result",
-        "subject": format!("command:{name}"),
-        "actor": sent.get("actor"),
-        "reason": detail,
-        "body": {
-            "kind": "command_result",
-            "command": name,
-            "role": role,
-            "id": sent.get("id"),
-            "ok": false,
-            "detail": detail,
-            "duplicate": false,
-        },
-    });
-    (
-        format!("{cmd_prefix}{role}/{name}/result"),
-        answer.to_string().into_bytes(),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_command_is_taken_only_from_cmd_role_name_and_keeps_the_topics_role() {
-        let prefix = "medbox/mb-1/cmd/";
-        let vitals = "medbox/mb-1/vitals/in";
-        let got = inbound("medbox/mb-1/cmd/nurse/refill", b"{}", prefix, vitals)
-            .map(|i| (i.name, i.role));
-        assert_eq!(got, Some(("refill".into(), Some("nurse".into()))));
-        for not_a_command in [
-            "medbox/mb-1/cmd/refill",
-            "medbox/mb-1/cmd/nurse/refill/result",
-            "medbox/mb-1/cmd//refill",
-            "medbox/mb-2/cmd/nurse/refill",
-        ] {
-            assert!(
-                inbound(not_a_command, b"{}", prefix, vitals).is_none(),
-                "{not_a_command}"
-            );
-        }
-        let reading = inbound(vitals, b"{}", prefix, vitals).map(|i| (i.name, i.role));
-        assert_eq!(
-            reading,
-            Some((crate::controller::commands::VITALS_IN.into(), None))
-        );
-    }
 
     #[test]
     fn broker_urls_are_checked() {
