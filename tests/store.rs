@@ -32,6 +32,36 @@ fn sim_into(db: &Path, days: f64, scenario: Option<&str>) -> medbox::sim::SimSum
     })
 }
 
+/// Runs `medbox sim` on `db` for `days` with the scenario `text` (written beside the database).
+fn sim_with(db: &Path, days: &str, text: &str) -> std::process::Output {
+    let file = db.with_extension("scenario.toml");
+    std::fs::write(&file, text).unwrap();
+    medbox()
+        .args(["sim", "--days", days, "--scenario"])
+        .arg(&file)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that a run succeeded, showing its standard error otherwise.
+fn ran(out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The number an SQL query over `db` gives.
+fn number(db: &Path, sql: &str) -> i64 {
+    schema::open_read_only(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
 fn verify_db(db: &Path) -> Verification {
     let conn = schema::open_read_only(db).unwrap();
     audit::verify(
@@ -762,22 +792,7 @@ payload = '{"id": "r1", "actor": "cg-1", "role": "caregiver", "args": {"patient"
 fn a_restart_on_a_clock_behind_the_last_record_locks_dispensing_until_a_person_trusts_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let run = |days: &str, scenario: &str| {
-        let file = dir.path().join("s.toml");
-        std::fs::write(&file, scenario).unwrap();
-        let out = medbox()
-            .args(["sim", "--days", days, "--scenario"])
-            .arg(&file)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |days: &str, scenario: &str| ran(sim_with(&db, days, scenario));
     let dispensed = |conn: &rusqlite::Connection| -> Vec<String> {
         conn.prepare(
             "SELECT json_extract(body, '$.record.occurrence') FROM audit \
@@ -921,28 +936,8 @@ fn the_live_monitor_the_report_and_coldchain_stats_agree_on_a_month_with_faults(
 fn a_tampered_database_locks_dispensing_until_a_pharmacist_acknowledges_the_break() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let run = |days: &str, scenario: &str| {
-        let file = dir.path().join("s.toml");
-        std::fs::write(&file, scenario).unwrap();
-        let out = medbox()
-            .args(["sim", "--days", days, "--scenario"])
-            .arg(&file)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let count = |sql: &str| -> i64 {
-        schema::open_read_only(&db)
-            .unwrap()
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap()
-    };
+    let run = |days: &str, scenario: &str| ran(sim_with(&db, days, scenario));
+    let count = |sql: &str| number(&db, sql);
     let dispensed = "SELECT count(*) FROM audit WHERE kind = 'dose.dispensed'";
     let broken = "SELECT count(*) FROM audit WHERE kind = 'audit.integrity' AND reason = 'BROKEN'";
     let readings = "SELECT count(*) FROM readings";
@@ -1032,23 +1027,8 @@ payload = '{"id": "i1", "actor": "ph-7", "role": "pharmacist", "args": {"alarm":
 fn an_unclean_stop_is_recorded_at_the_next_start_and_a_clean_stop_ends_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let run = |scenario: &str| {
-        let file = dir.path().join("s.toml");
-        std::fs::write(&file, scenario).unwrap();
-        medbox()
-            .args(["sim", "--days", "0.2", "--scenario"])
-            .arg(&file)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .unwrap()
-    };
-    let count = |sql: &str| -> i64 {
-        schema::open_read_only(&db)
-            .unwrap()
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap()
-    };
+    let run = |scenario: &str| sim_with(&db, "0.2", scenario);
+    let count = |sql: &str| number(&db, sql);
     let crashed = run("name = \"dies\"\n[[event]]\nat = \"2h\"\naction = \"crash\"\n");
     assert!(!crashed.status.success(), "the scenario's crash aborts");
     let unclean = "SELECT count(*) FROM audit WHERE kind = 'system.unclean_stop'";

@@ -78,11 +78,9 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
     })
 }
 
-/// Readings the appliance did not write: after a clean stop (which seals every reading) none
-/// may be unsealed, so any that are were added to the database from outside (a back-dated
-/// reading would otherwise be sealed as genuine by the next run). After an unclean stop the
-/// unsealed tail is the dead run's own and is sealed by this one.
-fn foreign_readings(conn: &Connection) -> Result<Option<Break>, StoreError> {
+/// Whether the last run wrote its stop row (None: no run yet). Read before this run writes its
+/// own start.
+pub fn last_run_stopped_cleanly(conn: &Connection) -> Result<Option<bool>, StoreError> {
     let last_kind: Option<String> = conn
         .query_row(
             "SELECT kind FROM audit WHERE kind IN ('system.start', 'system.stop') \
@@ -91,7 +89,15 @@ fn foreign_readings(conn: &Connection) -> Result<Option<Break>, StoreError> {
             |r| r.get(0),
         )
         .optional()?;
-    if last_kind.as_deref() != Some("system.stop") {
+    Ok(last_kind.map(|k| k == "system.stop"))
+}
+
+/// Readings the appliance did not write: after a clean stop (which seals every reading) none
+/// may be unsealed, so any that are were added to the database from outside (a back-dated
+/// reading would otherwise be sealed as genuine by the next run). After an unclean stop the
+/// unsealed tail is the dead run's own and is sealed by this one.
+fn foreign_readings(conn: &Connection) -> Result<Option<Break>, StoreError> {
+    if last_run_stopped_cleanly(conn)? != Some(true) {
         return Ok(None);
     }
     let sealed_to = super::readings::Sealer::resume(conn)?.sealed_to();

@@ -432,16 +432,7 @@ impl Recorder {
         now: DateTime<Utc>,
         mono: Duration,
     ) -> Result<bool, StoreError> {
-        let last_kind: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT kind FROM audit WHERE kind IN ('system.start', 'system.stop') \
-                 ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if last_kind.as_deref() != Some("system.start") {
+        if super::integrity::last_run_stopped_cleanly(&self.conn)? != Some(false) {
             return Ok(false);
         }
         let (last_seq, last_utc): (i64, String) = self.conn.query_row(
@@ -449,24 +440,27 @@ impl Recorder {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        self.append_and_send(&Entry {
+            utc: now,
+            mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
+            boot_id: self.boot_id.clone(),
+            clock_trusted: true,
+            actor: "system:controller".into(),
+            kind: "system.unclean_stop".into(),
+            subject: "system".into(),
+            body: serde_json::json!({ "last_seq": last_seq, "last_utc": last_utc }),
+            reason: "UNCLEAN_STOP".into(),
+        })?;
+        Ok(true)
+    }
+
+    /// Appends one audit row and its upstream message in one transaction (rows written outside
+    /// [`Recorder::record`], at start-up).
+    fn append_and_send(&mut self, entry: &Entry) -> Result<audit::Row, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = audit::append(
-            &tx,
-            &self.key,
-            &Entry {
-                utc: now,
-                mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
-                boot_id: self.boot_id.clone(),
-                clock_trusted: true,
-                actor: "system:controller".into(),
-                kind: "system.unclean_stop".into(),
-                subject: "system".into(),
-                body: serde_json::json!({ "last_seq": last_seq, "last_utc": last_utc }),
-                reason: "UNCLEAN_STOP".into(),
-            },
-        )?;
+        let row = audit::append(&tx, &self.key, entry)?;
         let (priority, topic) = route(&row.kind);
         let dev = self.device_id.clone();
         outbox(
@@ -477,7 +471,7 @@ impl Recorder {
             &row.utc,
         )?;
         tx.commit()?;
-        Ok(true)
+        Ok(row)
     }
 
     /// Verifies the chain before anything is rebuilt from it ([`super::integrity`]).
@@ -528,47 +522,30 @@ impl Recorder {
             if old.as_deref() == Some(version.as_str()) {
                 continue;
             }
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let row = audit::append(
-                &tx,
-                &self.key,
-                &Entry {
-                    utc: now,
-                    mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
-                    boot_id: self.boot_id.clone(),
-                    clock_trusted: true,
-                    actor: actor.to_string(),
-                    kind: kind.to_string(),
-                    subject: subject.clone(),
-                    body: {
-                        let mut body = serde_json::json!({ "old": old, "new": version });
-                        if let (Some(b), Some(serde_json::Value::Object(more))) =
-                            (body.as_object_mut(), extra.get(subject))
-                        {
-                            b.extend(more.clone());
-                        }
-                        body
-                    },
-                    reason: if old.is_some() {
-                        "CHANGED".into()
-                    } else {
-                        "FIRST_SEEN".into()
-                    },
-                },
-            )?;
             // Upstream like every other audit row.
-            let (priority, topic) = route(&row.kind);
-            let dev = self.device_id.clone();
-            outbox(
-                &tx,
-                priority,
-                &wire::topic(&dev, &topic),
-                &event_payload(&dev, &row)?,
-                &row.utc,
-            )?;
-            tx.commit()?;
+            self.append_and_send(&Entry {
+                utc: now,
+                mono_ms: i64::try_from(mono.as_millis()).unwrap_or(i64::MAX),
+                boot_id: self.boot_id.clone(),
+                clock_trusted: true,
+                actor: actor.to_string(),
+                kind: kind.to_string(),
+                subject: subject.clone(),
+                body: {
+                    let mut body = serde_json::json!({ "old": old, "new": version });
+                    if let (Some(b), Some(serde_json::Value::Object(more))) =
+                        (body.as_object_mut(), extra.get(subject))
+                    {
+                        b.extend(more.clone());
+                    }
+                    body
+                },
+                reason: if old.is_some() {
+                    "CHANGED".into()
+                } else {
+                    "FIRST_SEEN".into()
+                },
+            })?;
             written += 1;
         }
         Ok(written)

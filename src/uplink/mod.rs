@@ -305,13 +305,15 @@ pub async fn run(
                     awaiting.clear();
                     by_pkid.clear();
                     in_flight.clear();
-                    if client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
-                        awaiting.push_back(None);
-                    }
+                    // Subscribed before `online` goes out: the broker handles a connection's
+                    // packets in order, so whoever sees `online` can send commands at once.
                     if cfg.commands.is_some() {
                         for t in crate::wire::subscriptions(&cfg.device_id) {
                             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
+                    }
+                    if client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
+                        awaiting.push_back(None);
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
