@@ -542,21 +542,28 @@ fn acl_broker_with_tls(users: &[(&str, &str)], tls_port: Option<u16>) -> AclBrok
         ),
     )
     .unwrap();
-    let child = Command::new("mosquitto")
+    let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    for p in std::iter::once(port).chain(tls_port) {
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
-                break;
+    // Mosquitto says `running` once every listener is open: wait for that line instead of
+    // polling the ports, and keep draining its log so it never blocks on a full pipe.
+    let log = child.stderr.take().unwrap();
+    let (ready, running) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            if line.contains(" running") {
+                let _ = ready.send(());
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
-    }
+    });
+    running
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the private Mosquitto never said it was running");
     AclBroker {
         child,
         port,
