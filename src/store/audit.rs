@@ -154,7 +154,8 @@ impl Row {
         .unwrap_or_default()
     }
 
-    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    /// A row as [`COLUMNS`] selects it.
+    pub(crate) fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Row {
             seq: r.get(0)?,
             utc: r.get(1)?,
@@ -242,9 +243,7 @@ pub struct Filter {
 
 /// Reads rows in sequence order, filtered.
 pub fn rows(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
-    let mut sql = String::from(
-        "SELECT seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash FROM audit WHERE 1=1",
-    );
+    let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1=1");
     let mut args: Vec<String> = Vec::new();
     let fmt = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if let Some(t) = &f.from {
@@ -377,6 +376,10 @@ pub struct CheckpointRef {
     /// Head hash at that sequence number.
     pub head: String,
 }
+
+/// The columns [`Row::from_sql`] reads, in its order.
+pub(crate) const COLUMNS: &str =
+    "seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash";
 
 /// Verifies rows given in sequence order (from the database or an export).
 pub fn verify(

@@ -51,20 +51,36 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
             head: c.head,
         });
     }
-    let rows = audit::rows(conn, &audit::Filter::default())?;
-    // A dose row the history cannot read would be left out of it without a word: a break too.
-    let unreadable = rows
-        .iter()
-        .filter(|r| r.kind.starts_with("dose.") && r.kind != "dose.alert")
-        .find(|r| !accepted.contains(&r.seq) && !readable_dose(&r.body));
-    let unreadable = unreadable.map(|r| Break {
-        seq: r.seq,
-        detail: format!(
-            "row {}: a {} row the dose history cannot read",
-            r.seq, r.kind
-        ),
-    });
-    Ok(match audit::verify_accepting(rows, key, &refs, &accepted) {
+    // One pass over the rows as SQLite hands them over, never every row in memory at once.
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM audit ORDER BY seq",
+        audit::COLUMNS
+    ))?;
+    let mut failed = None;
+    let mut unreadable = None;
+    let rows = stmt
+        .query_map([], audit::Row::from_sql)?
+        .map_while(|r| r.map_err(|e| failed = Some(e)).ok())
+        .inspect(|r| {
+            // A dose row the history cannot read would be left out of it without a word: a
+            // break too.
+            let dose = r.kind.starts_with("dose.") && r.kind != "dose.alert";
+            if unreadable.is_none() && dose && !accepted.contains(&r.seq) && !readable_dose(&r.body)
+            {
+                unreadable = Some(Break {
+                    seq: r.seq,
+                    detail: format!(
+                        "row {}: a {} row the dose history cannot read",
+                        r.seq, r.kind
+                    ),
+                });
+            }
+        });
+    let verification = audit::verify_accepting(rows, key, &refs, &accepted);
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok(match verification {
         Verification::Intact { .. } => match unreadable {
             Some(b) => Some(b),
             None => foreign_readings(conn)?,
