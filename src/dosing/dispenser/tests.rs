@@ -37,21 +37,27 @@ fn now(wall: DateTime<Utc>, mono_s: u64) -> Instant {
     }
 }
 
-/// A dispenser started at 07:00 (mono 0), homed, with stock in its slots.
-fn started() -> Dispenser {
+/// The test schedule, responsible since `since`, as a restart finds it.
+fn restored(since: &str) -> Restored {
     let schedule =
         Schedule::parse(SCHEDULE, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e:?}"));
-    let restored = Restored {
+    Restored {
         schedules: vec![schedule],
-        since: Some(at("07:00")),
+        since: Some(at(since)),
         ..Restored::default()
-    };
-    let geometry = Geometry {
-        slots: 8,
-        capacity: 250,
-    };
+    }
+}
+
+/// A carousel of 8 slots of 250 units.
+const GEOMETRY: Geometry = Geometry {
+    slots: 8,
+    capacity: 250,
+};
+
+/// A dispenser started at 07:00 (mono 0), homed, with stock in its slots.
+fn started() -> Dispenser {
     let t0 = now(at("07:00"), 0);
-    let mut d = Dispenser::on_restart(restored, geometry, t0);
+    let mut d = Dispenser::on_restart(restored("07:00"), GEOMETRY, t0);
     let fx = d.start(t0);
     assert!(matches!(fx.as_slice(), [Effect::Home]), "{fx:?}");
     d.on_homed(Ok(12), t0);
@@ -165,14 +171,7 @@ fn run(
 #[test]
 fn a_restart_homes_the_carousel_without_dispensing() {
     let t0 = now(at("07:00"), 0);
-    let mut d = Dispenser::on_restart(
-        Restored::default(),
-        Geometry {
-            slots: 8,
-            capacity: 250,
-        },
-        t0,
-    );
+    let mut d = Dispenser::on_restart(Restored::default(), GEOMETRY, t0);
     let fx = d.start(t0);
     assert!(matches!(fx.as_slice(), [Effect::Home]), "{fx:?}");
     assert!(d.busy());
@@ -326,21 +325,13 @@ fn a_wall_clock_step_locks_dispensing_until_a_person_trusts_it() {
 
 #[test]
 fn a_restart_behind_the_time_floor_stays_locked_until_trusted() {
-    let schedule =
-        Schedule::parse(SCHEDULE, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e:?}"));
     let restored = Restored {
-        schedules: vec![schedule],
-        since: Some(at("00:00")),
         clock_floor: Some(at("12:00")),
-        ..Restored::default()
-    };
-    let geometry = Geometry {
-        slots: 8,
-        capacity: 250,
+        ..restored("00:00")
     };
     // A Pi without a real-time clock boots at 08:00 though the last record says 12:00.
     let t0 = now(at("08:00"), 0);
-    let mut d = Dispenser::on_restart(restored, geometry, t0);
+    let mut d = Dispenser::on_restart(restored, GEOMETRY, t0);
     assert!(!d.clock_trusted());
     let fx = d.start(t0);
     assert!(fx
@@ -628,23 +619,15 @@ fn a_reconciled_dose_keeps_the_release_place_on_both_timelines() {
 
 #[test]
 fn a_broken_audit_chain_dispenses_nothing_until_a_pharmacist_acknowledges_it() {
-    let schedule =
-        Schedule::parse(SCHEDULE, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e:?}"));
     let restored = Restored {
-        schedules: vec![schedule],
-        since: Some(at("07:00")),
         integrity: Some(IntegrityBreak {
             seq: 41,
             detail: "row 41: changed".into(),
         }),
-        ..Restored::default()
-    };
-    let geometry = Geometry {
-        slots: 8,
-        capacity: 250,
+        ..restored("07:00")
     };
     let t0 = now(at("07:00"), 0);
-    let mut d = Dispenser::on_restart(restored, geometry, t0);
+    let mut d = Dispenser::on_restart(restored, GEOMETRY, t0);
     let fx = d.start(t0);
     assert!(fx.iter().any(|e| matches!(
         e,
