@@ -3,6 +3,7 @@
 //!
 //! Layers (data flows down, commands flow up):
 //!
+//! - [`appliance`]: the one start-up, serving and shutdown path of `run` and `sim`.
 //! - [`bench`]: benchmark figures (`medbox bench`).
 //! - [`config`]: strict board profiles (`hw/*.toml`) and the appliance config.
 //! - [`board`]: builds devices from a profile: `sim` (a physical model below the drivers) or
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod appliance;
 pub mod bench;
 pub mod bench_uplink;
 pub mod board;

@@ -6,13 +6,14 @@
 //! through the real drivers; the model's own truth is reported beside it only so the two can be
 //! compared.
 
+use crate::appliance;
 use crate::board::sim::{self, SimHandle};
 use crate::clock::{self, Clock, SimClock};
 use crate::coldchain::analysis::{Analysis, AnalysisReport};
 use crate::coldchain::stats::FridgeStats;
 use crate::coldchain::ColdChainConfig;
 use crate::config::BoardProfile;
-use crate::controller::{self, DispenserCommand, FridgeCommand, Strategy};
+use crate::controller::{DispenserCommand, FridgeCommand, Strategy};
 use crate::dosing::dispenser::Command;
 use crate::events::Event;
 use crate::events::FridgeRecord;
@@ -89,16 +90,10 @@ pub enum SimError {
     /// The profile has no `[sim]` model.
     #[error("the profile has no [sim] model")]
     NoModel,
-    /// A schedule uses a slot the board's carousel does not have.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Schedules(Vec<crate::config::ConfigError>),
-    /// The uplink could not start or failed.
-    #[error("uplink: {0}")]
-    Uplink(String),
-    /// The database could not be opened, or a write failed. The appliance stopped with its
-    /// actuators safe; a supervisor restarts it.
-    #[error("storage failed, appliance stopped: {0}")]
-    Store(#[from] crate::store::StoreError),
+    /// The appliance could not start, or stopped on a failure (a storage failure: the
+    /// appliance stopped with its actuators safe, and a supervisor restarts it).
+    #[error(transparent)]
+    Appliance(#[from] crate::appliance::ApplianceError),
 }
 
 /// What the physical model itself went through (truth, for comparison with the records).
@@ -235,15 +230,6 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<SimSummary, SimError> {
     let mut model = opts.profile.sim.clone().ok_or(SimError::NoModel)?;
-    let slots = opts.profile.carousel.slots;
-    let misfits: Vec<_> = opts
-        .schedules
-        .iter()
-        .flat_map(|s| s.slot_problems(slots))
-        .collect();
-    if !misfits.is_empty() {
-        return Err(SimError::Schedules(misfits));
-    }
     if let Some(start) = opts.scenario.as_ref().and_then(|s| s.start) {
         model.start = start;
     }
@@ -253,83 +239,6 @@ pub async fn run(
     if let Some(seed) = opts.seed {
         model.seed = seed;
     }
-    let mut recorder = match &opts.db {
-        Some(path) => Some(crate::store::recorder::Recorder::open(
-            path,
-            opts.audit_key
-                .clone()
-                .unwrap_or_else(crate::store::audit::ChainKey::unkeyed),
-            crate::store::recorder::new_boot_id(),
-        )?),
-        None => None,
-    };
-    if let (Some(rec), Some(pages)) = (&recorder, opts.db_max_pages) {
-        rec.limit_pages(pages)?;
-    }
-    // The chain is checked before anything is rebuilt from it.
-    let integrity = match &recorder {
-        Some(r) => r.integrity()?.map(|b| {
-            tracing::error!(
-                "the audit chain is broken at {}: nothing is dispensed until a pharmacist acknowledges",
-                b.detail
-            );
-            crate::dosing::dispenser::IntegrityBreak {
-                seq: b.seq,
-                detail: b.detail,
-            }
-        }),
-        None => None,
-    };
-    // The time floor, read before this run writes anything: the appliance's last record.
-    let (clock_floor, clock_locked, elapsed_anchor) = match &recorder {
-        Some(r) => (
-            crate::store::doses::clock_floor(r.connection())?,
-            crate::store::doses::clock_locked(r.connection())?,
-            crate::store::doses::elapsed_anchor(r.connection())?,
-        ),
-        None => (None, false, None),
-    };
-    // A restart on a database resumes the simulated clock where the appliance stopped (a real
-    // clock does not go back); a scenario that names its `start` sets the clock itself, so a
-    // clock behind the last record (a Pi without a real-time clock) can be played.
-    if opts.scenario.as_ref().is_none_or(|s| s.start.is_none()) {
-        if let Some(floor) = clock_floor {
-            model.start = model.start.max(floor);
-        }
-    }
-    // After the time floor is read: this row must not lower it.
-    if let Some(rec) = recorder.as_mut() {
-        rec.set_device_id(&opts.device_id);
-        if rec.note_unclean_stop(model.start, Duration::ZERO)? {
-            tracing::warn!("the last run ended without stopping cleanly (recorded)");
-        }
-    }
-    let mut schedules = opts.schedules.clone();
-    let mut unconfirmed = Vec::new();
-    if let Some(rec) = recorder.as_mut() {
-        rec.set_device_id(&opts.device_id);
-        rec.set_fhir(opts.fhir);
-        for patient in crate::store::schedules::apply_installed(rec.connection(), &mut schedules)? {
-            tracing::info!(
-                "schedule of {patient}: the version installed by command, from the store"
-            );
-        }
-        let (waiting, extra) = crate::store::schedules::check_loaded(rec.connection(), &schedules)?;
-        unconfirmed = waiting;
-        rec.record_versions(
-            &crate::store::recorder::config_versions(&opts.profile, &opts.coldchain, &schedules),
-            &extra,
-            "system:loader",
-            model.start,
-            Duration::ZERO,
-        )?;
-    }
-    if opts.mqtt.is_some() && opts.db.is_none() {
-        return Err(SimError::Uplink(
-            "--mqtt needs --db (the outbox lives there)".into(),
-        ));
-    }
-    let print_durable = opts.print_durable;
     let mut profile = opts.profile.clone();
     profile.sim = Some(model.clone());
     if opts.strategy == Strategy::NaiveBaseline {
@@ -337,52 +246,54 @@ pub async fn run(
         profile.fridge.compressor.min_on = Duration::from_secs(1);
         profile.fridge.compressor.min_off = Duration::from_secs(1);
     }
+    // The simulated home network: scenario outages cut the uplink's path to the broker.
+    let (network, link) = tokio::sync::watch::channel(true);
+    let settings = appliance::Settings {
+        device_id: opts.device_id.clone(),
+        // The configuration version recorded is the profile as given, not the run's overrides.
+        profile: opts.profile.clone(),
+        coldchain: opts.coldchain.clone(),
+        schedules: opts.schedules.clone(),
+        refill_days: opts.refill_days,
+        strategy: opts.strategy,
+        fhir: opts.fhir,
+        store: opts.db.as_ref().map(|db| appliance::StoreSettings {
+            db: db.clone(),
+            key: opts
+                .audit_key
+                .clone()
+                .unwrap_or_else(crate::store::audit::ChainKey::unkeyed),
+            signing_key: None,
+            max_pages: opts.db_max_pages,
+        }),
+        uplink: opts.mqtt.as_ref().map(|url| appliance::UplinkSettings {
+            url: url.clone(),
+            tls: opts.mqtt_security.0.clone(),
+            credentials: opts.mqtt_security.1.clone(),
+            link: Some(link),
+        }),
+    };
+    let opened = appliance::open(settings, crate::store::recorder::new_boot_id())?;
+    // A restart on a database resumes the simulated clock where the appliance stopped (a real
+    // clock does not go back); a scenario that names its `start` sets the clock itself, so a
+    // clock behind the last record (a Pi without a real-time clock) can be played.
+    if opts.scenario.as_ref().is_none_or(|s| s.start.is_none()) {
+        if let Some(floor) = opened.clock_floor() {
+            model.start = model.start.max(floor);
+        }
+    }
+    let print_durable = opts.print_durable;
     let factor = match speed {
         Speed::Max => 1.0,
         Speed::Factor(f) => f,
     };
     let sim_clock = Arc::new(SimClock::new(model.start, factor));
     let clock: Arc<dyn Clock> = sim_clock.clone();
+    let restored = opened.restore(&*clock)?;
     let (fridge, dispenser, handle) = sim::build(&profile, sim_clock.clone())?;
-    let dosing = controller::Dosing {
-        integrity,
-        schedules,
-        history: match &recorder {
-            Some(r) => crate::store::doses::history(r.connection())?,
-            None => Default::default(),
-        },
-        since: match &recorder {
-            Some(r) => crate::store::doses::first_start(r.connection())?,
-            None => None,
-        },
-        inventory: match &recorder {
-            Some(r) => crate::store::inventory::rebuild(r.connection())?,
-            None => Default::default(),
-        },
-        refill_days: opts.refill_days,
-        clock_floor,
-        clock_locked,
-        elapsed_anchor,
-        unconfirmed,
-        installed_at: match &recorder {
-            Some(r) => crate::store::schedules::installed_at(r.connection())?,
-            None => Default::default(),
-        },
-        answered: match &recorder {
-            Some(r) => crate::store::commands::answered(r.connection(), model.start)?,
-            None => Vec::new(),
-        },
-        vitals: match &recorder {
-            Some(r) => crate::store::vitals::recent(
-                r.connection(),
-                model.start - chrono::Duration::days(1),
-            )?,
-            None => Vec::new(),
-        },
-    };
     // A carousel nobody ever recorded stock for is being commissioned: the simulated
     // pharmacist records what the model's slots were loaded with.
-    let commissioning: Vec<(u8, u32)> = if dosing.inventory.slots().is_empty() {
+    let commissioning: Vec<(u8, u32)> = if restored.dosing().inventory.slots().is_empty() {
         model
             .slot_stock
             .iter()
@@ -393,17 +304,11 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let running = controller::start(
-        clock.clone(),
-        opts.coldchain
-            .with_relay(crate::board::relay_limits(&opts.profile)),
-        opts.strategy,
-        fridge,
-        dispenser,
-        dosing,
-    );
+    let has_store = opts.db.is_some();
+    let started = restored.start(clock.clone(), fridge, dispenser)?;
+    let handles = started.handles().clone();
     for (slot, added) in commissioning {
-        let _ = running
+        let _ = handles
             .dispenser
             .send(DispenserCommand::tell(Command::Refill {
                 slot,
@@ -414,41 +319,19 @@ pub async fn run(
             }))
             .await;
     }
-    // The simulated home network: scenario outages cut the uplink's path to the broker.
-    let (network, link) = tokio::sync::watch::channel(true);
-    // The uplink asks the recorder's owner (below) for outbox rows: one owner of the connection.
-    let (owner, mut outbox_requests) = crate::store::outbox::channel();
-    let uplink = match (&opts.mqtt, &recorder) {
-        (Some(url), Some(_)) => {
-            let mut cfg = crate::uplink::UplinkConfig::with_outbox(
-                url,
-                &opts.device_id,
-                crate::uplink::OutboxSource::Owner(owner.clone()),
-            );
-            cfg.commands = Some(running.commands.clone());
-            cfg.link = Some(link);
-            (cfg.tls, cfg.credentials) = opts.mqtt_security.clone();
-            Some(
-                crate::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10))
-                    .map_err(|e| SimError::Uplink(e.to_string()))?,
-            )
-        }
-        _ => None,
-    };
     // A scenario's `crash during = "dispense"`: armed by the scenario, fired here once the next
     // dispense's intent is durable (the motor waits for exactly that).
     let crash_armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let crash_on_store = std::cell::Cell::new(false);
-    let has_store = recorder.is_some();
     let scenario_task = opts.scenario.clone().map(|s| {
         tokio::spawn(play(
             s,
             Stage {
                 handle: handle.clone(),
                 clock: sim_clock.clone(),
-                dispenser: running.dispenser.clone(),
-                fridge: running.fridge.clone(),
-                commands: running.commands.clone(),
+                dispenser: handles.dispenser.clone(),
+                fridge: handles.fridge.clone(),
+                commands: handles.commands.clone(),
                 network: network.clone(),
                 crash_armed: crash_armed.clone(),
             },
@@ -475,76 +358,48 @@ pub async fn run(
         }
         ended.set(Some((clock.now(), clock.monotonic())));
     };
-    let served = controller::serve::serve(
-        running,
-        &*clock,
-        recorder.as_mut(),
-        uplink.is_some().then_some(&mut outbox_requests),
-        until,
-        |ev| {
-            if crash_armed.load(std::sync::atomic::Ordering::SeqCst)
-                && matches!(ev, Event::Dose { record, .. } if record.outcome == crate::dosing::engine::Outcome::Dispensing)
-            {
-                if !has_store {
+    let stopped = started
+        .serve(
+            until,
+            |ev| {
+                if crash_armed.load(std::sync::atomic::Ordering::SeqCst)
+                    && matches!(ev, Event::Dose { record, .. } if record.outcome == crate::dosing::engine::Outcome::Dispensing)
+                {
+                    if !has_store {
+                        std::process::abort();
+                    }
+                    crash_on_store.set(true);
+                }
+                acc.borrow_mut().add(ev, &handle);
+                if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
+                    if let Event::Reading(r) = ev {
+                        last_status = std::time::Instant::now();
+                        eprintln!("{}", status_line(r, &handle));
+                    }
+                }
+            },
+            |r| {
+                acc.borrow_mut().stored(r, print_durable);
+                if crash_on_store.get() {
+                    tracing::warn!("scenario: crash after a dispense intent was stored");
                     std::process::abort();
                 }
-                crash_on_store.set(true);
-            }
-            acc.borrow_mut().add(ev, &handle);
-            if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
-                if let Event::Reading(r) = ev {
-                    last_status = std::time::Instant::now();
-                    eprintln!("{}", status_line(r, &handle));
-                }
-            }
-        },
-        |r| {
-            acc.borrow_mut().stored(r, print_durable);
-            if crash_on_store.get() {
-                tracing::warn!("scenario: crash after a dispense intent was stored");
-                std::process::abort();
-            }
-        },
-    )
-    .await;
+            },
+        )
+        .await;
     if let Some(t) = scenario_task {
         t.abort();
     }
+    let stopped = stopped?;
     let (end_at, elapsed) = ended
         .get()
         .unwrap_or_else(|| (clock.now(), clock.monotonic()));
-    if let Some((error, unrecorded)) = served.storage_failure {
-        // Not lost silently: whatever could not be stored goes to standard error, one JSON
-        // object a line, for the supervisor's journal.
-        for ev in &unrecorded {
-            eprintln!(
-                "unrecorded: {}",
-                serde_json::to_string(ev).unwrap_or_default()
-            );
-        }
-        return Err(SimError::Store(error));
-    }
-    let outbox = match &recorder {
-        Some(r) => Some(crate::store::recorder::outbox_len(r.connection())?),
-        None => None,
-    };
-    drop(owner);
-    // The run is over; an outage still going on ends so the drain below can deliver the record.
+    // The run is over; an outage still going on ends so the uplink can deliver the record.
     network.send_if_modified(|up| !std::mem::replace(up, true));
-    let uplink = match (uplink, &recorder) {
-        // Drain what the run produced (the recorder still owns the connection and answers);
-        // give up after a while without a broker.
-        (Some(u), Some(rec)) => Some(
-            u.drain_serving(rec.connection(), &mut outbox_requests)
-                .await
-                .map_err(|e| SimError::Uplink(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    drop(recorder);
+    let delivery = stopped.deliver().await?;
     let mut summary = acc.into_inner().finish(end_at, elapsed, &handle);
-    summary.outbox_before_uplink = outbox;
-    summary.uplink = uplink;
+    summary.outbox_before_uplink = delivery.outbox_before_uplink;
+    summary.uplink = delivery.uplink;
     Ok(summary)
 }
 

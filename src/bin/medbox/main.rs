@@ -1,0 +1,605 @@
+//! The `medbox` command line: argument parsing and dispatch. Library errors get their context
+//! in the command modules.
+
+mod audit_cmd;
+mod coldchain_cmd;
+mod config_cmd;
+mod run_cmd;
+mod schedule_cmd;
+mod sim_cmd;
+
+use anyhow::{bail, Context, Result};
+use audit_cmd::{audit_command, vitals_add};
+use clap::{Parser, Subcommand};
+use coldchain_cmd::coldchain_stats;
+use config_cmd::config_check;
+use run_cmd::run_appliance;
+use schedule_cmd::schedule_command;
+use sim_cmd::run_sim;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "medbox",
+    version,
+    about = "Medication dispenser and vaccine fridge controller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance on the simulated board, on simulated time.
+    Sim(Box<SimArgs>),
+    /// Run the appliance on the board its config names.
+    Run {
+        /// Appliance config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Cold-chain tools for pharmacists.
+    Coldchain {
+        #[command(subcommand)]
+        command: ColdchainCommand,
+    },
+    /// Dosing schedules: check them, list the next doses, explain a decision.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+    /// The MQTT uplink on its own.
+    Uplink {
+        #[command(subcommand)]
+        command: UplinkCommand,
+    },
+    /// Vital readings entered at the device.
+    Vitals {
+        #[command(subcommand)]
+        command: VitalsCommand,
+    },
+    /// Print benchmark figures (not assertions).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// The audit log: verify, read, export, report.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VitalsCommand {
+    /// Validate a reading and record it in the database; a running appliance uses it within a
+    /// minute (exit 1 with the reason when it is refused).
+    Add {
+        /// The appliance's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// heart_rate, systolic_bp, diastolic_bp, spo2, body_temperature, glucose.
+        #[arg(long)]
+        vital: String,
+        /// The value in the vital's unit (/min, mm[Hg], %, Cel, mg/dL).
+        #[arg(long, allow_hyphen_values = true)]
+        value: Option<f64>,
+        /// The value as a BLE IEEE 11073 SFLOAT (e.g. 0x0048).
+        #[arg(long)]
+        sfloat: Option<String>,
+        /// When it was measured (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// good or low.
+        #[arg(long, default_value = "good")]
+        quality: String,
+        /// Who or what measured it.
+        #[arg(long)]
+        source: String,
+        /// Whose reading (required by an appliance that doses more than one patient).
+        #[arg(long)]
+        patient: Option<String>,
+        /// The audit chain's HMAC secret, when the appliance keys it.
+        #[arg(long)]
+        audit_secret_file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct AuditFilter {
+    /// From this time (RFC 3339, inclusive).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// To this time (RFC 3339, exclusive).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Kind, or a prefix ending in "." (e.g. "coldchain.").
+    #[arg(long)]
+    kind: Option<String>,
+    /// Patient pseudonym.
+    #[arg(long)]
+    patient: Option<String>,
+    /// Medication name.
+    #[arg(long)]
+    medication: Option<String>,
+}
+
+impl AuditFilter {
+    fn to_filter(&self) -> medbox::store::audit::Filter {
+        medbox::store::audit::Filter {
+            from: self.from,
+            to: self.to,
+            kind: self.kind.clone(),
+            patient: self.patient.clone(),
+            medication: self.medication.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// One CSV row per audit row, with a header.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Validate schedule files or directories: exit 0 when valid, else 1 printing
+    /// `file:line: field: message` for every problem.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also check every slot against this board profile's carousel (the schedules are
+        /// always checked against the largest carousel, 8 slots).
+        #[arg(long)]
+        board: Option<PathBuf>,
+    },
+    /// The next dose occurrences of each medication, with their windows.
+    Next {
+        /// The schedule file.
+        file: PathBuf,
+        /// From this time (RFC 3339; default: now).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Occurrences per medication.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the engine would do at a moment for each medication, and why.
+    Explain {
+        /// The schedule file.
+        file: PathBuf,
+        /// The moment (RFC 3339).
+        #[arg(long)]
+        at: chrono::DateTime<chrono::FixedOffset>,
+        /// Take the recorded dose history from this database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How to authenticate to the broker (no defaults: anonymous unless given).
+#[derive(clap::Args, Clone, Default)]
+struct BrokerAuth {
+    /// CA certificate (PEM) that signed the broker's; needed by mqtts://.
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "mqtt_key")]
+    mqtt_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "mqtt_cert")]
+    mqtt_key: Option<PathBuf>,
+    /// Username.
+    #[arg(long, requires = "mqtt_password_file")]
+    mqtt_username: Option<String>,
+    /// File holding the password (never on the command line).
+    #[arg(long, requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+}
+
+/// TLS files and username/password, as the uplink takes them.
+type Security = (
+    Option<medbox::uplink::tls::TlsFiles>,
+    Option<(String, String)>,
+);
+
+impl BrokerAuth {
+    /// Reads the password file and gathers the TLS files.
+    fn resolve(&self) -> Result<Security> {
+        let tls = self
+            .mqtt_ca
+            .as_ref()
+            .map(|ca| medbox::uplink::tls::TlsFiles {
+                ca: ca.clone(),
+                client_cert: self.mqtt_cert.clone(),
+                client_key: self.mqtt_key.clone(),
+            });
+        let credentials = match (&self.mqtt_username, &self.mqtt_password_file) {
+            (Some(u), Some(f)) => {
+                let password = std::fs::read_to_string(f)
+                    .with_context(|| format!("MQTT password file {}", f.display()))?;
+                Some((
+                    u.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+            _ => None,
+        };
+        Ok((tls, credentials))
+    }
+}
+
+#[derive(Subcommand)]
+enum UplinkCommand {
+    /// Publish everything waiting in a database's outbox, then stop.
+    Drain {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The broker.
+        #[arg(long)]
+        mqtt: String,
+        /// Device id.
+        #[arg(long)]
+        device_id: String,
+        /// Give up after this many seconds without a connection.
+        #[arg(long, default_value_t = 30)]
+        give_up_s: u64,
+        #[command(flatten)]
+        auth: BrokerAuth,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable audit appends against plain inserts (same settings), and verify time.
+    Store {
+        /// Durable appends to time (each its own fsynced transaction).
+        #[arg(long, default_value_t = 2000)]
+        appends: u64,
+        /// Rows to verify.
+        #[arg(long, default_value_t = 1_000_000)]
+        verify_rows: u64,
+        /// Directory for the benchmark databases (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The outbox drain against a bare rumqttc QoS 1 loop over the same backlog, and the
+    /// latency of an alarm overtaking it (needs a broker).
+    Uplink {
+        /// The broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Days of simulated outage backlog (one reading a minute plus events).
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain (and signed checkpoints held elsewhere). Exit 0 intact, 1 broken,
+    /// 2 cannot verify.
+    Verify {
+        /// The database.
+        #[arg(long, conflicts_with = "export", required_unless_present = "export")]
+        db: Option<PathBuf>,
+        /// A complete export (`audit export`, .json or .csv) instead of a database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Checkpoints held off the device (one JSON object per line).
+        #[arg(long, requires = "pubkey")]
+        against: Option<PathBuf>,
+        /// The device's checkpoint public key (hex) as recorded at commissioning (`audit
+        /// pubkey`): checkpoints signed by any other key are refused.
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// File holding the HMAC secret the chain was keyed with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Print rows as a readable table.
+    Log {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Export complete rows, hashes included.
+    Export {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Print the device's checkpoint public key (hex), to record at commissioning.
+    Pubkey {
+        /// The database (the key is beside it unless `--signing-key` says where).
+        #[arg(long)]
+        db: PathBuf,
+        /// The signing key file.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Print the stored signed checkpoints (one JSON object per line).
+    Checkpoints {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Write the printable HTML report.
+    Report {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// From this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// To this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// File holding the HMAC secret the chain was keyed with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// The appliance config whose `[coldchain]` rules to apply (default: the built-in
+        /// defaults); the report says whether they match what the appliance recorded.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ColdchainCommand {
+    /// Min, max, mean, MKT, time in range, excursions and the alarms that would have fired, from a
+    /// readings CSV (`time,celsius`, ISO-8601 times with offset; or `medbox sim --export-readings`).
+    Stats {
+        /// The readings file.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Appliance config whose [coldchain] rules to apply (default: the built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ControllerArg {
+    /// The medbox controller.
+    Medbox,
+    /// Naive baseline for comparison: bang-bang on the raw air probe, no minimum times.
+    Naive,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate board profiles and appliance configs; exit 1 listing every error found.
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Board profile (default: the shipped hw/sim.toml, embedded in the binary).
+    #[arg(long)]
+    board: Option<PathBuf>,
+    /// Appliance config whose [coldchain] settings to use (default: the built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Scenario of events to play (TOML; see hw/scenarios/).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Dosing schedules: a file or a directory (default: the shipped examples, embedded).
+    #[arg(long)]
+    schedules: Option<PathBuf>,
+    /// Simulated days to run, then print a summary (default: run until interrupted).
+    #[arg(long)]
+    days: Option<f64>,
+    /// Simulated seconds per real second, or "max" (default: max with --days, else 60).
+    #[arg(long)]
+    speed: Option<String>,
+    /// Seed for the model's random draws (default: the profile's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Which controller decides the compressor.
+    #[arg(long, value_enum, default_value = "medbox")]
+    controller: ControllerArg,
+    /// Write every fridge record to this CSV file (readable by `medbox coldchain stats`).
+    #[arg(long)]
+    export_readings: Option<PathBuf>,
+    /// Make every event durable in this SQLite database (audit chain, readings, checkpoints).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Append the signed checkpoints of this run to this file (the copies held off the device).
+    #[arg(long)]
+    checkpoints_out: Option<PathBuf>,
+    /// Publish to this MQTT broker (mqtt://host:port). Without it everything stays in the outbox.
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// Device id (topic level and MQTT client id; never a patient's name).
+    #[arg(long, default_value = "medbox-sim")]
+    device_id: String,
+    #[command(flatten)]
+    auth: BrokerAuth,
+    /// Cap the database at this many pages, to rehearse a full disk.
+    #[arg(long, hide = true)]
+    db_max_pages: Option<u32>,
+    /// Also publish dose outcomes and vitals as FHIR R4 resources (`fhir/<resource>` topics).
+    #[arg(long)]
+    fhir: bool,
+    /// Key the audit chain with the HMAC secret in this file (verify with `--secret-file`).
+    #[arg(long)]
+    audit_secret_file: Option<PathBuf>,
+    /// Print `durable <seq>` after each audit row commits (crash-test harness).
+    #[arg(long, hide = true)]
+    print_durable: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Plain lines for the journal and for files; colour only for a person at a terminal
+        // who has not asked for none (https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => run_sim(*args),
+        Command::Run { config } => run_appliance(config),
+        Command::Config {
+            command: ConfigCommand::Check { files },
+        } => return config_check(&files),
+        Command::Coldchain {
+            command: ColdchainCommand::Stats { csv, config, json },
+        } => coldchain_stats(&csv, config.as_deref(), json),
+        Command::Audit { command } => return audit_command(command),
+        Command::Vitals {
+            command:
+                VitalsCommand::Add {
+                    db,
+                    vital,
+                    value,
+                    sfloat,
+                    at,
+                    quality,
+                    source,
+                    patient,
+                    audit_secret_file,
+                },
+        } => {
+            let raw = serde_json::json!({
+                "vital": vital, "value": value, "at": at, "quality": quality, "source": source,
+                "patient": patient,
+                "sfloat": match sfloat.as_deref().map(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16)) {
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(e)) => {
+                        eprintln!("medbox: --sfloat: {e}");
+                        return ExitCode::from(1);
+                    }
+                    None => None,
+                },
+            });
+            return vitals_add(&db, raw, audit_secret_file.as_deref());
+        }
+        Command::Schedule { command } => return schedule_command(command),
+        Command::Uplink {
+            command:
+                UplinkCommand::Drain {
+                    db,
+                    mqtt,
+                    device_id,
+                    give_up_s,
+                    auth,
+                },
+        } => (|| {
+            // Apply migrations (the outbox table) before draining.
+            drop(medbox::store::schema::open(&db).with_context(|| db.display().to_string())?);
+            let mut cfg = medbox::uplink::UplinkConfig::new(&mqtt, &device_id, &db);
+            (cfg.tls, cfg.credentials) = auth.resolve()?;
+            let u = medbox::uplink::UplinkThread::spawn(
+                cfg,
+                std::time::Duration::from_secs(give_up_s),
+            )?;
+            let stats = u.drain()?;
+            println!("{}", serde_json::to_string(&stats)?);
+            if stats.left > 0 {
+                bail!("{} messages could not be delivered", stats.left);
+            }
+            Ok(())
+        })(),
+        Command::Bench {
+            command: BenchCommand::Uplink { mqtt, days },
+        } => (|| {
+            let dir = tempfile::tempdir()?;
+            let db = dir.path().join("backlog.db");
+            let device = format!("bench-{}", std::process::id());
+            eprintln!("building a {days}-day backlog…");
+            let sim = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "sim",
+                    "--days",
+                    &days.to_string(),
+                    "--json",
+                    "--device-id",
+                    &device,
+                    "--db",
+                ])
+                .arg(&db)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(sim.success(), "the backlog simulation failed");
+            let r = medbox::bench_uplink::uplink(&mqtt, &db, &device)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        })(),
+        Command::Bench {
+            command:
+                BenchCommand::Store {
+                    appends,
+                    verify_rows,
+                    dir,
+                },
+        } => (|| {
+            let tmp;
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempfile::tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let r = medbox::bench::store(&dir, appends, verify_rows)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
