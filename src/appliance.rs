@@ -84,6 +84,9 @@ pub struct Settings {
     pub store: Option<StoreSettings>,
     /// The uplink (needs the store: the outbox lives there).
     pub uplink: Option<UplinkSettings>,
+    /// Where blocking device calls run: the blocking pool for real time, in place for the
+    /// simulated board on simulated time.
+    pub offload: controller::hardware::Offload,
 }
 
 /// The appliance could not start, or stopped on a failure.
@@ -279,6 +282,7 @@ impl Restored {
             fridge,
             dispenser,
             self.dosing,
+            s.offload,
         );
         // The uplink asks the recorder's owner (the serving loop) for outbox rows: one owner
         // of the connection.

@@ -18,6 +18,7 @@
 //! - [`report`]: the printable HTML report for pharmacists.
 //! - [`scenario`] and [`sim`]: the simulated appliance (`medbox sim`).
 //! - [`store`]: SQLite: migrations, the hash-chained audit log, signed checkpoints, readings.
+//! - [`supervise`]: what systemd is told (ready, an earned watchdog ping, status, stopping).
 //! - [`units`]: typed physical units.
 //! - [`uplink`]: MQTT store-and-forward from the outbox.
 #![deny(missing_docs)]
@@ -40,6 +41,7 @@ pub mod report;
 pub mod scenario;
 pub mod sim;
 pub mod store;
+pub mod supervise;
 pub mod units;
 pub mod uplink;
 pub mod wire;

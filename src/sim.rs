@@ -272,6 +272,8 @@ pub async fn run(
             credentials: opts.mqtt_security.1.clone(),
             link: Some(link),
         }),
+        // Simulated time: a blocking delay moves the clock for the whole appliance at once.
+        offload: crate::controller::hardware::Offload::Inline,
     };
     let opened = appliance::open(settings, crate::store::recorder::new_boot_id())?;
     // A restart on a database resumes the simulated clock where the appliance stopped (a real

@@ -19,12 +19,15 @@ fn repo(p: &str) -> PathBuf {
 
 /// A config beside its database: the shipped simulated board and schedules, the local broker.
 fn config(dir: &Path, dev: &str) -> PathBuf {
+    config_with(dir, dev, "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n")
+}
+
+fn config_with(dir: &Path, dev: &str, more: &str) -> PathBuf {
     let cfg = dir.join("medbox.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[appliance]\ndevice_id = \"{dev}\"\nboard = {:?}\ndb = \"medbox.db\"\nschedules = {:?}\n\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+            "[appliance]\ndevice_id = \"{dev}\"\nboard = {:?}\ndb = \"medbox.db\"\nschedules = {:?}\n\n{more}",
             repo("hw/sim.toml"),
             repo("schedules"),
         ),
@@ -35,15 +38,21 @@ fn config(dir: &Path, dev: &str) -> PathBuf {
 
 /// A running `medbox run`, its event lines arriving on a channel.
 struct Appliance {
-    child: Child,
+    /// None once waited for.
+    child: Option<Child>,
     events: mpsc::Receiver<serde_json::Value>,
 }
 
 impl Appliance {
     fn start(cfg: &Path) -> Self {
+        Self::start_with(cfg, &[])
+    }
+
+    fn start_with(cfg: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_medbox"))
             .args(["run", "--config"])
             .arg(cfg)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -57,12 +66,15 @@ impl Appliance {
                 }
             }
         });
-        Self { child, events }
+        Self {
+            child: Some(child),
+            events,
+        }
     }
 
     fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
+            .args([format!("-{name}"), self.pid().to_string()])
             .status()
             .unwrap()
             .success();
@@ -71,8 +83,12 @@ impl Appliance {
 
     /// Waits for the process to end (within [`PATIENCE`]) and returns its exit code and every
     /// event it printed.
-    fn wait(self) -> (Option<i32>, Vec<serde_json::Value>) {
-        let Self { mut child, events } = self;
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn wait(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+        let mut child = self.child.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait());
@@ -82,7 +98,17 @@ impl Appliance {
             .expect("medbox run ended in time")
             .unwrap();
         // The reader thread ends with the pipe; what it read is all there is.
-        (status.code(), events.iter().collect())
+        (status.code(), self.events.iter().collect())
+    }
+}
+
+/// A test that fails leaves no appliance running.
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -234,4 +260,97 @@ async fn run_serves_commands_stops_safely_on_sigterm_and_resumes_after_sigkill()
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Reads notification datagrams until one contains `what`; returns every one read.
+fn notes_until(sock: &std::os::unix::net::UnixDatagram, what: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what:?} within {PATIENCE:?} ({e}); got {got:#?}"));
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        if got.last().is_some_and(|g| g.lines().any(|l| l == what)) {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn under_systemd_run_says_ready_earns_its_watchdog_pings_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), &format!("t-{}-notify", std::process::id()), "");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    // WatchdogSec=2: pings every second while healthy.
+    let app = Appliance::start_with(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", "2000000".as_ref()),
+        ],
+    );
+    let before_ready = notes_until(&sock, "READY=1");
+    assert!(
+        before_ready[..before_ready.len() - 1]
+            .iter()
+            .all(|n| !n.contains("WATCHDOG=1")),
+        "no ping before ready: {before_ready:#?}"
+    );
+    let ready = before_ready.last().unwrap();
+    assert!(ready.contains("STATUS=fridge "), "{ready}");
+    // Two more pings, each with the fridge's state.
+    for _ in 0..2 {
+        let ping = notes_until(&sock, "WATCHDOG=1");
+        assert!(ping.last().unwrap().contains("STATUS=fridge "), "{ping:#?}");
+    }
+    app.signal("TERM");
+    let stopping = notes_until(&sock, "STOPPING=1");
+    assert!(
+        !stopping.last().unwrap().contains("WATCHDOG=1"),
+        "{stopping:#?}"
+    );
+    let (code, _) = app.wait();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn with_the_broker_down_the_control_loop_heartbeat_never_gaps_a_second() {
+    // A port nothing listens on: the uplink keeps failing to connect the whole time.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(
+        dir.path(),
+        &format!("t-{}-down", std::process::id()),
+        &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+    );
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    // WatchdogSec=0.5 s: a healthy loop pings every 250 ms.
+    let app = Appliance::start_with(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", "500000".as_ref()),
+        ],
+    );
+    notes_until(&sock, "READY=1");
+    let mut pings = vec![std::time::Instant::now()];
+    while pings.len() < 20 {
+        notes_until(&sock, "WATCHDOG=1");
+        pings.push(std::time::Instant::now());
+    }
+    let widest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest < Duration::from_secs(1),
+        "a heartbeat gap of {widest:?} with the broker down"
+    );
+    app.signal("TERM");
+    let (code, _) = app.wait();
+    assert_eq!(code, Some(0), "a clean stop without a broker too");
 }

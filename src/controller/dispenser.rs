@@ -3,9 +3,10 @@
 //! reads both clocks, turns the carousel when told to (after the dose's intent is durable) and
 //! reports back; it decides nothing about doses itself.
 
+use super::hardware::{Hardware, Offload};
 use super::{device_fault, DispenserCommand, Reply};
 use crate::clock::{self, Clock};
-use crate::devices::DispenserDevices;
+use crate::devices::{Annunciator, BinarySensor, Carousel, CarouselError, DispenserDevices};
 use crate::dosing::dispenser::{Dispenser, Effect, Instant, Token, Turned};
 use crate::events::Event;
 use std::collections::{HashMap, VecDeque};
@@ -17,9 +18,19 @@ use tokio::sync::{mpsc, watch};
 const DURABLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// The dispenser task's state: the devices, and the core that decides.
+/// The dispenser's lines that never wait: the cup and button inputs, buzzer and LED.
+struct Lines {
+    tray: Box<dyn BinarySensor>,
+    button: Box<dyn BinarySensor>,
+    buzzer: Box<dyn Annunciator>,
+    led: Box<dyn Annunciator>,
+}
+
 pub(super) struct DispenserTask {
     clock: Arc<dyn Clock>,
-    dev: DispenserDevices,
+    /// Homing and turning take seconds of stepper pacing: on the blocking pool.
+    carousel: Hardware<Box<dyn Carousel>>,
+    dev: Lines,
     events: mpsc::Sender<Event>,
     core: Dispenser,
     /// Who waits for which answer.
@@ -31,12 +42,26 @@ impl DispenserTask {
     pub(super) fn new(
         clock: Arc<dyn Clock>,
         dev: DispenserDevices,
+        offload: Offload,
         core: Dispenser,
         events: mpsc::Sender<Event>,
     ) -> Self {
+        let DispenserDevices {
+            carousel,
+            tray,
+            button,
+            buzzer,
+            led,
+        } = dev;
         Self {
             clock,
-            dev,
+            carousel: Hardware::new(carousel, offload),
+            dev: Lines {
+                tray,
+                button,
+                buzzer,
+                led,
+            },
             events,
             core,
             waiting: HashMap::new(),
@@ -104,7 +129,12 @@ impl DispenserTask {
             }
         }
         let now = self.now();
-        if let Err(e) = self.dev.carousel.release() {
+        let released = self
+            .carousel
+            .call(|c| c.release())
+            .await
+            .unwrap_or(Err(CarouselError::Lost));
+        if let Err(e) = released {
             super::emit(
                 &self.events,
                 device_fault(now.wall, "carousel", e.to_string()),
@@ -145,7 +175,11 @@ impl DispenserTask {
                     }
                 }
                 Effect::Home => {
-                    let result = self.dev.carousel.home();
+                    let result = self
+                        .carousel
+                        .call(|c| c.home())
+                        .await
+                        .unwrap_or(Err(CarouselError::Lost));
                     queue.extend(self.core.on_homed(result, self.now()));
                 }
                 Effect::Turn {
@@ -156,7 +190,12 @@ impl DispenserTask {
                     let turned = if durable_first && !durable(&self.events).await {
                         Turned::NotDurable
                     } else {
-                        Turned::Done(self.dev.carousel.dispense(slot, units))
+                        Turned::Done(
+                            self.carousel
+                                .call(move |c| c.dispense(slot, units))
+                                .await
+                                .unwrap_or(Err(CarouselError::Lost)),
+                        )
                     };
                     queue.extend(self.core.on_drop(turned, self.now()));
                 }

@@ -13,15 +13,19 @@ use crate::coldchain::validate::Mounting;
 use crate::coldchain::{
     ColdChainConfig, ControlInput, ControlMode, ProbeValidator, Thermostat, Verdict,
 };
-use crate::devices::{CompressorState, DispenserDevices, FridgeDevices, Probe};
+use crate::devices::{
+    BinarySensor, Compressor, CompressorState, DispenserDevices, FridgeDevices, Probe, Thermometer,
+};
 use crate::events::{Event, FridgeRecord};
 use crate::units::Celsius;
+use hardware::{Hardware, Offload};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub mod commands;
 mod dispenser;
+pub mod hardware;
 pub mod serve;
 
 /// How the compressor is decided.
@@ -181,12 +185,13 @@ pub fn start(
     fridge: FridgeDevices,
     dispenser: DispenserDevices,
     mut dosing: Dosing,
+    offload: Offload,
 ) -> Running {
     let (events_tx, events) = mpsc::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (fridge_tx, fridge_rx) = mpsc::channel(64);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, events_tx.clone());
+    let mut fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, offload, events_tx.clone());
     fridge_task.strategy = strategy;
     fridge_task.annunciator = Some(cmd_tx.clone());
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
@@ -210,8 +215,14 @@ pub fn start(
         tokio::spawn(router.run(inbound_rx, shutdown_rx.clone())),
         tokio::spawn(fridge_task.run(fridge_rx, shutdown_rx.clone())),
         tokio::spawn(
-            dispenser::DispenserTask::new(clock.clone(), dispenser, core, events_tx.clone())
-                .run(cmd_rx, shutdown_rx),
+            dispenser::DispenserTask::new(
+                clock.clone(),
+                dispenser,
+                offload,
+                core,
+                events_tx.clone(),
+            )
+            .run(cmd_rx, shutdown_rx),
         ),
     ];
     Running {
@@ -266,16 +277,34 @@ pub(crate) async fn emit(events: &mpsc::Sender<Event>, e: Event) {
     let _ = events.send(e).await;
 }
 
+/// Most commands the fridge answers between two control periods when the periods run back to
+/// back: enough for any person, few enough that a flood cannot delay control.
+const COMMANDS_PER_PERIOD: usize = 8;
+
 /// Latches a probe's fault so it is reported once per episode, not once per reading.
 #[derive(Default)]
 struct FaultLatch {
     current: Option<crate::coldchain::ProbeFaultKind>,
 }
 
+/// The two probes, read together on the blocking pool (their conversions wait).
+struct Probes {
+    vial: Box<dyn Thermometer>,
+    air: Box<dyn Thermometer>,
+}
+
+/// The fridge's lines that never wait: the relay and the door and mains inputs.
+struct FridgeLines {
+    compressor: Box<dyn Compressor>,
+    door: Box<dyn BinarySensor>,
+    mains: Box<dyn BinarySensor>,
+}
+
 struct FridgeTask {
     clock: Arc<dyn Clock>,
     cfg: ColdChainConfig,
-    dev: FridgeDevices,
+    probes: Hardware<Probes>,
+    dev: FridgeLines,
     events: mpsc::Sender<Event>,
     thermostat: Thermostat,
     vial: ProbeValidator,
@@ -302,10 +331,24 @@ impl FridgeTask {
         clock: Arc<dyn Clock>,
         cfg: ColdChainConfig,
         dev: FridgeDevices,
+        offload: Offload,
         events: mpsc::Sender<Event>,
     ) -> Self {
         let now = clock.monotonic();
+        let FridgeDevices {
+            vial,
+            air,
+            compressor,
+            door,
+            mains,
+        } = dev;
         Self {
+            probes: Hardware::new(Probes { vial, air }, offload),
+            dev: FridgeLines {
+                compressor,
+                door,
+                mains,
+            },
             thermostat: Thermostat::new(cfg.clone(), now),
             vial: ProbeValidator::new(cfg.clone(), Mounting::Buffered),
             air: ProbeValidator::new(cfg.clone(), Mounting::Air),
@@ -325,7 +368,6 @@ impl FridgeTask {
             sounding: 0,
             clock,
             cfg,
-            dev,
             events,
         }
     }
@@ -344,6 +386,15 @@ impl FridgeTask {
             if now >= next_record {
                 self.record(record).await;
                 next_record = now + self.cfg.record_period;
+            }
+            // Commands that arrived during the period are answered now, a bounded number per
+            // period: when the probes take as long as the period (a slow bus), the deadline is
+            // already due at the select below and would otherwise win it every time.
+            for _ in 0..COMMANDS_PER_PERIOD {
+                match commands.try_recv() {
+                    Ok(cmd) => self.command(cmd).await,
+                    Err(_) => break,
+                }
             }
             let mut wake_at = (now + self.cfg.control_period).min(next_record);
             if let Some(d) = deadline {
@@ -483,8 +534,16 @@ impl FridgeTask {
     /// One control period: read, validate, decide, actuate.
     async fn period(&mut self, now: Duration) -> (FridgeRecord, Option<Duration>) {
         let at = self.clock.now();
-        let vial_raw = self.dev.vial.read();
-        let air_raw = self.dev.air.read();
+        // A lost probe thread reads as both probes not responding: the validators record probe
+        // faults and control falls back to the fail-safe duty cycle.
+        let (vial_raw, air_raw) = self
+            .probes
+            .call(|p| (p.vial.read(), p.air.read()))
+            .await
+            .unwrap_or_else(|lost| {
+                let e = crate::devices::ProbeError::NotResponding(lost.to_string());
+                (Err(e.clone()), Err(e))
+            });
         let vial = self.vial.check(now, &vial_raw, self.starts);
         let air = self.air.check(now, &air_raw, self.starts);
         self.judge(Probe::Vial, &vial, at).await;

@@ -66,6 +66,10 @@ pub enum CarouselError {
         /// The HAL's explanation.
         reason: String,
     },
+    /// The call never came back (its driver panicked): whether it moved, and what it released,
+    /// is unknown.
+    #[error("the carousel's driver was lost during the call: what it released is unknown")]
+    Lost,
     /// The carousel has not been homed since start or since a lost position.
     #[error("carousel position unknown: home it first")]
     NotHomed,

@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod coldchain_cmd;
 mod config_cmd;
+mod generate;
 mod run_cmd;
 mod schedule_cmd;
 mod sim_cmd;
@@ -13,6 +14,7 @@ use audit_cmd::{audit_command, vitals_add};
 use clap::{Parser, Subcommand};
 use coldchain_cmd::coldchain_stats;
 use config_cmd::config_check;
+use generate::generate;
 use run_cmd::run_appliance;
 use schedule_cmd::schedule_command;
 use sim_cmd::run_sim;
@@ -30,11 +32,32 @@ struct Cli {
     command: Command,
 }
 
+/// What `medbox run --help` (and its man page) says beyond the options.
+const RUN_HELP: &str = "\
+The board profile named by [appliance] board decides the hardware: a Raspberry Pi profile \
+(kind = \"rpi\", needs a build with --features rpi) or the simulated board (kind = \"sim\"), \
+which runs the same start-up, serving and shutdown path over the physical model in real time.
+
+Signals: SIGTERM or SIGINT stops cleanly: compressor relay open, stepper de-energised, \
+buzzer and LED off, the stop recorded, then the uplink delivers what waits (up to 10 s \
+without a broker).
+
+Exit status: 0 stopped on a signal; 1 configuration or hardware error (nothing was \
+changed); 3 storage failed (the database could not be opened or written; what could not \
+be recorded is printed to standard error as `unrecorded: <json>` lines).
+
+Environment: RUST_LOG sets the log filter (default warn; e.g. RUST_LOG=info). NO_COLOR, or \
+standard error not being a terminal, gives plain log lines. Under systemd (Type=notify) \
+NOTIFY_SOCKET and WATCHDOG_USEC are read: READY=1 after the first valid fridge reading, \
+WATCHDOG=1 only while readings are current and recorded, STATUS= with the fridge's state, \
+STOPPING=1 on shutdown.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance on the simulated board, on simulated time.
     Sim(Box<SimArgs>),
     /// Run the appliance on the board its config names.
+    #[command(after_long_help = RUN_HELP)]
     Run {
         /// Appliance config (TOML).
         #[arg(long)]
@@ -74,6 +97,13 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Where to write `man/` and `completions/`.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -488,6 +518,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => run_sim(*args),
         Command::Run { config } => run_appliance(config),
+        Command::Generate { out } => generate(&out),
         Command::Config {
             command: ConfigCommand::Check { files },
         } => return config_check(&files),

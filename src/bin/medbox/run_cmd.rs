@@ -9,8 +9,9 @@ use medbox::appliance::{self, ApplianceError, Settings, StoreSettings, UplinkSet
 use medbox::clock::Clock;
 use medbox::config::{self, BoardKind, BoardProfile};
 use medbox::devices::{DispenserDevices, FridgeDevices};
+use medbox::supervise::{supervise, Liveness, Note, Notify, Systemd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
@@ -123,6 +124,8 @@ fn settings(config_path: &Path) -> Result<(Settings, BoardKind)> {
                 max_pages: None,
             }),
             uplink,
+            // Real time on either board: blocking device calls go to the blocking pool.
+            offload: medbox::controller::hardware::Offload::Blocking,
         },
         kind,
     ))
@@ -158,6 +161,12 @@ fn open_rpi(_profile: &BoardProfile) -> Result<Board> {
     anyhow::bail!(NO_RPI)
 }
 
+/// The liveness record, even if a thread panicked while holding it (it holds no invariant a
+/// panic could break half-way).
+fn lock(l: &Mutex<Liveness>) -> MutexGuard<'_, Liveness> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `medbox run --config FILE`: runs until SIGTERM or SIGINT, then puts the actuators in their
 /// safe states, records the stop, lets the uplink deliver what waits, and exits 0.
 pub(crate) fn run_appliance(config_path: PathBuf) -> Result<()> {
@@ -171,15 +180,38 @@ pub(crate) fn run_appliance(config_path: PathBuf) -> Result<()> {
         // Random, so rows of different boots never share an id (a process id repeats).
         let opened = appliance::open(settings, medbox::store::recorder::new_boot_id())?;
         let (clock, fridge, dispenser) = open_board(&profile, kind)?;
-        let started = opened.restore(&*clock)?.start(clock, fridge, dispenser)?;
+        let liveness = Arc::new(Mutex::new(Liveness::new(clock.monotonic(), true)));
+        let notify: Arc<dyn Notify> = Arc::new(Systemd);
+        let supervisor = tokio::spawn(supervise(
+            liveness.clone(),
+            clock.clone(),
+            notify.clone(),
+            Systemd::watchdog(),
+        ));
+        let started = opened
+            .restore(&*clock)?
+            .start(clock.clone(), fridge, dispenser)?;
         tracing::info!("medbox is running");
+        let until = async {
+            shutdown_signal().await;
+            lock(&liveness).stopping();
+            notify.notify(&[
+                Note::Stopping,
+                Note::Status("stopping: compressor and carousel to their safe states".into()),
+            ]);
+        };
         let stopped = started
             .serve(
-                shutdown_signal(),
-                |ev| println!("{}", serde_json::to_string(ev).unwrap_or_default()),
-                |_| {},
+                until,
+                |ev| {
+                    lock(&liveness).seen(ev, clock.monotonic());
+                    println!("{}", serde_json::to_string(ev).unwrap_or_default());
+                },
+                |_| lock(&liveness).stored(clock.monotonic()),
             )
             .await?;
+        supervisor.abort();
+        notify.notify(&[Note::Status("stopped: delivering the outbox".into())]);
         stopped.deliver().await?;
         anyhow::Ok(())
     });
