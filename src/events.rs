@@ -211,6 +211,10 @@ pub enum Event {
         reason: String,
         /// Details.
         detail: String,
+        /// For a dose released and waiting in the cup: its record as released, so what is
+        /// said about it upstream (a FHIR status) names the same dose.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        released: Option<crate::dosing::engine::DoseRecord>,
     },
     /// A vital reading arrived.
     Vital {

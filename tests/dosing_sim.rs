@@ -645,8 +645,34 @@ fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
     assert_eq!(obs.len(), 1);
     assert_eq!(obs[0]["code"]["coding"][0]["code"], "8867-4");
     assert_eq!(obs[0]["subject"]["identifier"]["value"], "p-0042");
+    assert_eq!(
+        obs[0]["meta"]["profile"][0],
+        "http://hl7.org/fhir/StructureDefinition/vitalsigns"
+    );
     let admin = resources("MedicationAdministration");
     assert!(admin.iter().any(|a| a["status"] == "in-progress"));
+    // FHIR ids, and one resource per dose: every later version reuses the id its release had.
+    let fhir_id = |id: &str| {
+        (1..=64).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    assert!(
+        admin
+            .iter()
+            .chain(&obs)
+            .all(|r| fhir_id(r["id"].as_str().unwrap())),
+        "{admin:#?}"
+    );
+    let mut latest = std::collections::BTreeMap::new();
+    for a in &admin {
+        latest.insert(a["id"].as_str().unwrap().to_string(), a["status"].clone());
+    }
+    assert!(latest.len() < admin.len(), "doses are updated in place");
+    // Nobody picks a dose up in this run: once its window has passed, a released dose is
+    // `unknown`, not in progress for ever.
+    assert!(latest.values().any(|s| s == "unknown"), "{latest:#?}");
     // The beta blocker held on the low pulse: not done, with the reading's reason (HELD_VITALS
     // stays its reason after the reading ages out and the engine asks for another).
     assert!(
@@ -1042,9 +1068,9 @@ fn a_file_edit_that_removes_a_weekly_guard_locks_the_medication_until_a_second_p
     );
 }
 
-/// A command executes at most once per id, across restarts (DESIGN.md §8): a `refill` re-sent
-/// after a restart is answered again and adds nothing; the same id carrying another command is
-/// refused as such, on that command's own topic.
+/// A command executes at most once per id, across restarts (docs/dose-safety.md): a `refill`
+/// re-sent after a restart is answered again and adds nothing; the same id carrying another command
+/// is refused as such, on that command's own topic.
 #[test]
 fn a_command_id_executes_once_across_restarts_a_reused_id_and_an_impossible_refill_are_refused() {
     use medbox::scenario::Op;

@@ -259,11 +259,11 @@ fn a_raised_cold_chain_alarm_sounds_the_buzzer() {
     }
 }
 
-/// Two probes that disagree (DESIGN.md §8): for every way one probe can go wrong that the model
-/// can inject, started cold, the arbiter blames the right probe (never the honest one), the
+/// Two probes that disagree (docs/dose-safety.md): for every way one probe can go wrong that the
+/// model can inject, started cold, the arbiter blames the right probe (never the honest one), the
 /// PROBE_DISAGREEMENT alarm comes within 30 min of the disagreement becoming visible (the offset
-/// reaching `max_disagreement`: at once for a jump, after 3 h for a 0.5 °C/h creep), every
-/// reading in doubt is counted uncertain, and the stock itself stays within 2–8 °C.
+/// reaching `max_disagreement`: at once for a jump, after 3 h for a 0.5 °C/h creep), every reading
+/// in doubt is counted uncertain, and the stock itself stays within 2–8 °C.
 #[test]
 fn two_probes_that_disagree_are_an_alarm_and_the_stock_stays_in_range() {
     use medbox::coldchain::arbiter::Doubt;

@@ -1075,3 +1075,28 @@ fn an_unclean_stop_is_recorded_at_the_next_start_and_a_clean_stop_ends_with_a_ch
         .unwrap();
     assert!(detail.contains("not written by the appliance"), "{detail}");
 }
+
+#[test]
+fn audit_log_into_a_reader_that_stops_early_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    // Enough rows to overflow a pipe's buffer, so the writer meets the closed pipe.
+    sim_into(&db, 10.0, None);
+    // `medbox audit log | head -n 1`: the reader goes away after one line.
+    let mut child = medbox()
+        .args(["audit", "log", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.contains("seq"), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{:?}: {stderr}", done.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

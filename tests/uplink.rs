@@ -837,8 +837,8 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
     assert_eq!(ns, (0..20).collect::<Vec<_>>(), "every message, in order");
 }
 
-/// Every command gets an answer (DESIGN.md §8): a burst larger than the command queue is answered
-/// command by command (done, refused, or BUSY), and a 1 MB payload is refused with
+/// Every command gets an answer (docs/dose-safety.md): a burst larger than the command queue is
+/// answered command by command (done, refused, or BUSY), and a 1 MB payload is refused with
 /// PAYLOAD_TOO_LARGE without costing the appliance its connection (no Last Will).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_stays() {

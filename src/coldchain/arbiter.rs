@@ -1,4 +1,4 @@
-//! Which probe to believe when the two disagree (DESIGN.md §3, §8).
+//! Which probe to believe when the two disagree (docs/cold-chain.md).
 //!
 //! The glycol vial lags and smooths the air, so its probe must follow a first-order lag of the
 //! air probe. When it does not, by more than `max_disagreement`, one probe is wrong, and two

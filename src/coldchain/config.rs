@@ -1,4 +1,4 @@
-//! Cold-chain settings, with the defaults of DESIGN.md §3.
+//! Cold-chain settings, with the defaults the README's "The cold chain" lists.
 
 use crate::units::Celsius;
 use serde::Deserialize;
@@ -236,7 +236,7 @@ impl ColdChainConfig {
     }
 
     /// Relay limits looser than these settings, as (board key, message): such a relay would
-    /// not back the controller up (DESIGN.md §3: defence in depth).
+    /// not back the controller up (defence in depth).
     pub fn relay_problems(&self, relay: RelayLimits) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
         let show = |d: Duration| humantime::format_duration(d).to_string();

@@ -2,11 +2,11 @@
 //!
 //! Hysteresis between `cut_out` and `cut_in`, on top of which sit the compressor's protections:
 //! minimum on and off times, a maximum on-time, and a restart delay after mains returns. With no
-//! valid probe it runs a fixed duty cycle (DESIGN.md §3: 4 min on / 6 min off), which keeps most
-//! loads cold without any risk of freezing them solid the way "compressor always on" would. When
-//! the two probes disagree and neither can be blamed ([`super::arbiter`]), it holds the duty
-//! cycle learned while they agreed, stops whenever the colder reading reaches `guard_cold`, and
-//! cools whenever even the colder reading is at `cut_in`.
+//! valid probe it runs a fixed duty cycle (4 min on / 6 min off, see the README's "The cold
+//! chain"), which keeps most loads cold without any risk of freezing them solid the way "compressor
+//! always on" would. When the two probes disagree and neither can be blamed ([`super::arbiter`]),
+//! it holds the duty cycle learned while they agreed, stops whenever the colder reading reaches
+//! `guard_cold`, and cools whenever even the colder reading is at `cut_in`.
 //!
 //! The relay driver enforces min/max times again below this: defence in depth.
 

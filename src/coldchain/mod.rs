@@ -1,7 +1,7 @@
 //! The cold chain: pure, I/O-free cores that keep vaccines at 2–8 °C and prove it.
 //!
-//! - [`config`]: every threshold, with the defaults of DESIGN.md §3 (CDC/WHO ranges, WHO PQS alarm
-//!   delays), overridable per appliance.
+//! - [`config`]: every threshold, with the defaults the README's "The cold chain" lists
+//!   (CDC/WHO ranges, WHO PQS alarm delays), overridable per appliance.
 //! - [`validate`]: probe validation; a rejected reading becomes a probe fault, never an excursion.
 //! - [`arbiter`]: which probe to believe when the two disagree, from physical evidence.
 //! - [`response`]: whether the cabinet answers the compressor (a dead or welded relay).

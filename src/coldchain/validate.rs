@@ -1,10 +1,11 @@
-//! Probe validation: no reading is used before it passes these checks (DESIGN.md §3).
+//! Probe validation: no reading is used before it passes these checks (see the README's "The cold
+//! chain").
 //!
 //! Signatures rejected here: the driver's own (bus error, CRC, 85.000 power-on, 127.937 failed
 //! conversion, unreadable), a value outside the physically plausible range, a buffered probe moving
 //! faster than glycol can, and a value frozen while the compressor cycles. Staleness (no valid
-//! reading for `stale_after`) and disagreement between the two probes are the
-//! [`super::arbiter`]'s. Every rejection is a probe fault, to be recorded as such and never as a temperature excursion.
+//! reading for `stale_after`) and disagreement between the two probes are the [`super::arbiter`]'s.
+//! Every rejection is a probe fault, to be recorded as such and never as a temperature excursion.
 
 use super::config::ColdChainConfig;
 use crate::devices::ProbeError;

@@ -1,7 +1,8 @@
-//! The controller's edge to the store: every event is made durable before anything else hears
-//! of it, durability barriers are answered, and a storage failure is handled as DESIGN.md §5
-//! asks (dispenser locked, fridge running, retried for a grace period, then a stop with the
-//! events still unrecorded handed back). Shared by `medbox sim` and `medbox run`.
+//! The controller's edge to the store: every event is made durable before anything else hears of
+//! it, durability barriers are answered, and a storage failure is handled as the README's "The
+//! store and the audit log" says (dispenser locked, fridge running, retried for a grace period,
+//! then a stop with the events still unrecorded handed back). Shared by `medbox sim` and `medbox
+//! run`.
 
 use super::{DispenserCommand, Running};
 use crate::clock::Clock;

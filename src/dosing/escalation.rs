@@ -1,6 +1,6 @@
-//! Reminders and escalation for a dose waiting in the cup (DESIGN.md §4): buzzer and LED at the
-//! due time, a late notice at +15 min, a caregiver alert at half the late window, and "not taken"
-//! when the window closes. Pure: the dispenser task sounds and reports each step once.
+//! Reminders and escalation for a dose waiting in the cup (see the README's "Dosing"): buzzer and
+//! LED at the due time, a late notice at +15 min, a caregiver alert at half the late window, and
+//! "not taken" when the window closes. Pure: the dispenser task sounds and reports each step once.
 //!
 //! A dispensed dose that is never picked up stays recorded as dispensed (its units count against
 //! the daily maximum: they are in the cup); escalation only tells people about it.

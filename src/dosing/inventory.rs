@@ -1,7 +1,7 @@
-//! Inventory per carousel slot (DESIGN.md §4): a count that only a confirmed drop decreases and
-//! only a recorded refill increases, the expiry date of what is loaded, and the refill alerts
-//! that follow from both. Pure: the dispenser task applies drops and refills and reports alerts;
-//! the store rebuilds the state from the audit log at start-up.
+//! Inventory per carousel slot (see the README's "Dosing"): a count that only a confirmed drop
+//! decreases and only a recorded refill increases, the expiry date of what is loaded, and the
+//! refill alerts that follow from both. Pure: the dispenser task applies drops and refills and
+//! reports alerts; the store rebuilds the state from the audit log at start-up.
 
 use super::engine::windows;
 use super::schedule::Schedule;

@@ -1,6 +1,6 @@
 //! Quiet hours: the patient's night, when a routine reminder lights the LED but keeps the buzzer
-//! silent. Critical alerts (a time-critical medication, an uncertain dispense, a cold-chain
-//! alarm, a storage failure) ignore them (DESIGN.md §4), and so do the events sent to the
+//! silent. Critical alerts (a time-critical medication, an uncertain dispense, a cold-chain alarm,
+//! a storage failure) ignore them (see the README's "Dosing"), and so do the events sent to the
 //! caregiver: quiet hours only ever soften the sound in the patient's room.
 
 use chrono::NaiveTime;

@@ -1,8 +1,8 @@
-//! Replacing a patient's schedule while the appliance runs (DESIGN.md §4, "Editing"): the new
-//! schedule has already parsed and validated on its own; here it is checked against the others
-//! (no slot shared between patients) and against the one it replaces (a weekly high-alert
-//! medication made more frequent, or stripped of its guard, needs a second person to confirm).
-//! Pure: the dispenser task applies the result and records it.
+//! Replacing a patient's schedule while the appliance runs (docs/dose-safety.md, "Once per dose,
+//! whatever is edited"): the new schedule has already parsed and validated on its own; here it is
+//! checked against the others (no slot shared between patients) and against the one it replaces (a
+//! weekly high-alert medication made more frequent, or stripped of its guard, needs a second person
+//! to confirm). Pure: the dispenser task applies the result and records it.
 
 use super::engine::windows;
 use super::schedule::{Medication, Schedule};

@@ -1,9 +1,9 @@
-//! What the appliance does while its storage fails (DESIGN.md §5: a storage error is never
-//! reported as success). Events that could not be made durable are held in order and retried;
-//! the dispenser is locked meanwhile (nothing may be dispensed that cannot be recorded) while the
-//! fridge keeps running. If storage does not come back within a grace period the appliance stops
-//! with a distinct exit status for its supervisor, and the events still held are handed back so
-//! they can be written out rather than silently lost.
+//! What the appliance does while its storage fails (README, "The store and the audit log": a
+//! storage error is never reported as success). Events that could not be made durable are held in
+//! order and retried; the dispenser is locked meanwhile (nothing may be dispensed that cannot be
+//! recorded) while the fridge keeps running. If storage does not come back within a grace period
+//! the appliance stops with a distinct exit status for its supervisor, and the events still held
+//! are handed back so they can be written out rather than silently lost.
 
 use super::recorder::{Recorded, Recorder};
 use super::StoreError;

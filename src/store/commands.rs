@@ -1,6 +1,6 @@
 //! Commands already answered, as the store holds them: replayed from the audit log at start-up
 //! so a command re-sent after a restart (an MQTT redelivery, an impatient user) is answered
-//! again and never executed twice (DESIGN.md §8). Bounded retention: the answers of the last
+//! again and never executed twice (docs/dose-safety.md). Bounded retention: the answers of the last
 //! [`RETENTION`].
 
 use super::StoreError;

@@ -1,10 +1,10 @@
 //! The outbox as the uplink sees it: batches of messages to publish, and deletes once the broker
 //! acknowledged them.
 //!
-//! While the appliance runs, the recorder's owner task is the only user of the database
-//! connection (DESIGN.md §5): the uplink, on its own thread, asks that task over a channel
-//! ([`OutboxHandle::Served`]) and the task answers between two records. Only a process with no
-//! recorder at all (`medbox uplink drain`, the uplink benchmark) opens the file itself
+//! While the appliance runs, the recorder's owner task is the only user of the database connection
+//! (README, "The store and the audit log"): the uplink, on its own thread, asks that task over a
+//! channel ([`OutboxHandle::Served`]) and the task answers between two records. Only a process with
+//! no recorder at all (`medbox uplink drain`, the uplink benchmark) opens the file itself
 //! ([`OutboxHandle::open`]).
 
 use rusqlite::{params, Connection};

@@ -655,9 +655,7 @@ impl Recorder {
                 &row.utc,
             )?;
             if self.fhir {
-                if let Some((resource, body)) =
-                    wire::fhir_resource(e, &format!("{dev}:{}", row.seq))
-                {
+                if let Some((resource, body)) = wire::fhir_resource(e, &dev, row.seq) {
                     outbox(
                         &tx,
                         Priority::Event,

@@ -139,9 +139,11 @@ pub fn checkpoint_message(dev: &str, seq: i64, checkpoint: &impl serde::Serializ
 /// Where checkpoints go.
 pub const CHECKPOINT: &str = "audit/checkpoint";
 
-/// The FHIR rendering of an event, if it has one: (resource type, resource), on
-/// `fhir/<resource type>`.
-pub fn fhir_resource(e: &Event, id: &str) -> Option<(&'static str, Value)> {
+/// The FHIR rendering of an event recorded as audit row `seq` of `device`, if it has one:
+/// (resource type, resource), on `fhir/<resource type>`. A dose's records all render the same
+/// resource id, so a receiver keeps one resource per dose at its latest status.
+pub fn fhir_resource(e: &Event, device: &str, seq: i64) -> Option<(&'static str, Value)> {
+    let event = format!("{device}:{seq}");
     match e {
         Event::Dose {
             patient,
@@ -149,11 +151,44 @@ pub fn fhir_resource(e: &Event, id: &str) -> Option<(&'static str, Value)> {
             reason,
             detail,
             ..
-        } => fhir::medication_administration(id, patient, record, reason.as_deref(), detail)
-            .map(|r| ("MedicationAdministration", r)),
+        } => fhir::medication_administration(
+            &fhir::dose_id(device, patient, record),
+            &event,
+            patient,
+            record,
+            reason.as_deref(),
+            detail,
+        )
+        .map(|r| ("MedicationAdministration", r)),
+        // Released and never picked up: the dose's resource becomes `unknown`.
+        Event::DoseAlert {
+            patient,
+            reason,
+            detail,
+            released: Some(record),
+            ..
+        } if reason == crate::dosing::escalation::Step::NotTaken.code() => {
+            fhir::medication_administration(
+                &fhir::dose_id(device, patient, record),
+                &event,
+                patient,
+                &crate::dosing::engine::DoseRecord {
+                    outcome: crate::dosing::engine::Outcome::Missed,
+                    ..record.clone()
+                },
+                Some(reason),
+                detail,
+            )
+            .map(|r| ("MedicationAdministration", r))
+        }
         Event::Vital { reading, .. } => Some((
             "Observation",
-            fhir::observation(id, reading.patient.as_deref(), reading),
+            fhir::observation(
+                &fhir::reading_id(device, seq),
+                &event,
+                reading.patient.as_deref(),
+                reading,
+            ),
         )),
         _ => None,
     }

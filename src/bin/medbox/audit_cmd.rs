@@ -5,6 +5,7 @@ use crate::{AuditCommand, AuditFilter, ExportFormat};
 use anyhow::{bail, Context, Result};
 use medbox::coldchain::ColdChainConfig;
 use medbox::config;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -319,18 +320,31 @@ pub(crate) fn audit_log(db: &std::path::Path, filter: &AuditFilter) -> Result<()
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
     let rows = medbox::store::audit::rows(&conn, &filter.to_filter())?;
-    println!(
-        "{:>7}  {:24}  {:30}  {:22}  {:18}  reason",
-        "seq", "utc", "kind", "subject", "actor"
-    );
-    for r in &rows {
-        println!(
-            "{:>7}  {:24}  {:30}  {:22}  {:18}  {}",
-            r.seq, r.utc, r.kind, r.subject, r.actor, r.reason
-        );
+    let mut out = std::io::stdout().lock();
+    let printed = (|| -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{:>7}  {:24}  {:30}  {:22}  {:18}  reason",
+            "seq", "utc", "kind", "subject", "actor"
+        )?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:>7}  {:24}  {:30}  {:22}  {:18}  {}",
+                r.seq, r.utc, r.kind, r.subject, r.actor, r.reason
+            )?;
+        }
+        out.flush()
+    })();
+    match printed {
+        // `audit log | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(()) => {
+            eprintln!("{} rows", rows.len());
+            Ok(())
+        }
     }
-    eprintln!("{} rows", rows.len());
-    Ok(())
 }
 
 pub(crate) fn audit_export(

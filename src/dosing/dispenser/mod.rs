@@ -822,6 +822,7 @@ impl Dispenser {
                         p.record.units,
                         p.record.at.to_rfc3339()
                     ),
+                    released: Some(p.record.clone()),
                 },
             );
         }
@@ -1018,6 +1019,7 @@ impl Dispenser {
                                     occurrence,
                                     reason: RefusalCode::IntegrityBroken.code(),
                                     detail,
+                                    released: None,
                                 },
                             );
                         }
@@ -1077,6 +1079,7 @@ impl Dispenser {
                         occurrence,
                         reason: reason.code(),
                         detail,
+                        released: None,
                     },
                 ),
             }
