@@ -262,6 +262,26 @@ async fn run_serves_commands_stops_safely_on_sigterm_and_resumes_after_sigkill()
     );
 }
 
+/// Starts `medbox run` as systemd would with `WatchdogSec` of `watchdog_usec` µs, and the
+/// socket its notifications arrive on.
+fn under_systemd(
+    dir: &Path,
+    cfg: &Path,
+    watchdog_usec: &str,
+) -> (Appliance, std::os::unix::net::UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let app = Appliance::start_with(
+        cfg,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", watchdog_usec.as_ref()),
+        ],
+    );
+    (app, sock)
+}
+
 /// Reads notification datagrams until one contains `what`; returns every one read.
 fn notes_until(sock: &std::os::unix::net::UnixDatagram, what: &str) -> Vec<String> {
     let mut got = Vec::new();
@@ -281,17 +301,8 @@ fn notes_until(sock: &std::os::unix::net::UnixDatagram, what: &str) -> Vec<Strin
 fn under_systemd_run_says_ready_earns_its_watchdog_pings_and_says_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(dir.path(), &format!("t-{}-notify", std::process::id()), "");
-    let path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(PATIENCE)).unwrap();
     // WatchdogSec=2: pings every second while healthy.
-    let app = Appliance::start_with(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", path.as_os_str()),
-            ("WATCHDOG_USEC", "2000000".as_ref()),
-        ],
-    );
+    let (app, sock) = under_systemd(dir.path(), &cfg, "2000000");
     let before_ready = notes_until(&sock, "READY=1");
     assert!(
         before_ready[..before_ready.len() - 1]
@@ -328,17 +339,8 @@ fn with_the_broker_down_the_control_loop_heartbeat_never_gaps_a_second() {
         &format!("t-{}-down", std::process::id()),
         &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
     );
-    let path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(PATIENCE)).unwrap();
     // WatchdogSec=0.5 s: a healthy loop pings every 250 ms.
-    let app = Appliance::start_with(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", path.as_os_str()),
-            ("WATCHDOG_USEC", "500000".as_ref()),
-        ],
-    );
+    let (app, sock) = under_systemd(dir.path(), &cfg, "500000");
     notes_until(&sock, "READY=1");
     let mut pings = vec![std::time::Instant::now()];
     while pings.len() < 20 {

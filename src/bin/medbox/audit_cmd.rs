@@ -307,13 +307,7 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
             Ok(())
         })(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("medbox: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code(result)
 }
 
 pub(crate) fn audit_log(db: &std::path::Path, filter: &AuditFilter) -> Result<()> {

@@ -626,6 +626,11 @@ fn main() -> ExitCode {
             Ok(())
         })(),
     };
+    exit_code(result)
+}
+
+/// Exit 0, or report the error with its context and exit 1.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -56,13 +56,7 @@ pub(crate) fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
             schedule_explain(&file, at, db.as_deref(), json)
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("medbox: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code(result)
 }
 
 pub(crate) fn load_schedule(file: &std::path::Path) -> Result<medbox::dosing::schedule::Schedule> {
