@@ -623,9 +623,18 @@ fn the_dst_weekend_scenario_gives_the_monday_dose_at_local_time_after_spring_for
 fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let sc = "name = \"pulse\"\n[[event]]\nat = \"6h 20m\"\naction = \"vital\"\npatient = \"p-0042\"\nvital = \"heart_rate\"\nvalue = 51\n";
+    let vital = |at: &str, vital: &str, value: u32| {
+        format!("[[event]]\nat = \"{at}\"\naction = \"vital\"\npatient = \"p-0042\"\nvital = \"{vital}\"\nvalue = {value}\n")
+    };
+    // A pulse, then one blood-pressure measurement reported as its two halves.
+    let sc = format!(
+        "name = \"pulse\"\n{}{}{}",
+        vital("6h 20m", "heart_rate", 51),
+        vital("7h", "systolic_bp", 124),
+        vital("7h", "diastolic_bp", 78)
+    );
     common::run(SimOptions {
-        scenario: Some(Scenario::parse(sc, Path::new("s.toml")).unwrap()),
+        scenario: Some(Scenario::parse(&sc, Path::new("s.toml")).unwrap()),
         keep_records: false,
         db: Some(db.clone()),
         schedules: schedules(),
@@ -642,8 +651,12 @@ fn with_fhir_on_dose_outcomes_and_vitals_are_queued_as_fhir_resources() {
             .collect()
     };
     let obs = resources("Observation");
-    assert_eq!(obs.len(), 1);
+    assert_eq!(obs.len(), 3, "{obs:#?}");
     assert_eq!(obs[0]["code"]["coding"][0]["code"], "8867-4");
+    // The blood pressure: one panel, sent again when its second half arrived.
+    assert_eq!(obs[1]["id"], obs[2]["id"]);
+    assert_eq!(obs[1]["component"].as_array().unwrap().len(), 1);
+    assert_eq!(obs[2]["component"].as_array().unwrap().len(), 2);
     assert_eq!(obs[0]["subject"]["identifier"]["value"], "p-0042");
     assert_eq!(
         obs[0]["meta"]["profile"][0],

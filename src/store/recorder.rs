@@ -655,7 +655,13 @@ impl Recorder {
                 &row.utc,
             )?;
             if self.fhir {
-                if let Some((resource, body)) = wire::fhir_resource(e, &dev, row.seq) {
+                let partner = match e {
+                    Event::Vital { reading, .. } => super::vitals::partner(&tx, reading)?,
+                    _ => None,
+                };
+                if let Some((resource, body)) =
+                    wire::fhir_resource(e, &dev, row.seq, partner.as_ref())
+                {
                     outbox(
                         &tx,
                         Priority::Event,

@@ -49,6 +49,31 @@ pub fn foreign(
     Ok(out)
 }
 
+/// The other half of a blood-pressure measurement: the latest recorded reading of the opposite
+/// pressure from the same source, for the same patient, taken at the same instant (a monitor
+/// reports systolic and diastolic of one measurement together). Looks at the last few readings
+/// only: a partner arrives right after its other half or not at all.
+pub fn partner(conn: &Connection, r: &VitalReading) -> Result<Option<VitalReading>, StoreError> {
+    use crate::dosing::schedule::Vital;
+    let other = match r.vital {
+        Vital::SystolicBp => Vital::DiastolicBp,
+        Vital::DiastolicBp => Vital::SystolicBp,
+        _ => return Ok(None),
+    };
+    let mut stmt = conn.prepare(
+        "SELECT body FROM audit WHERE kind = 'vitals.reading' ORDER BY seq DESC LIMIT 16",
+    )?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    for body in rows {
+        if let Some(p) = reading(&body?) {
+            if p.vital == other && p.at == r.at && p.source == r.source && p.patient == r.patient {
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The newest audit row, so polling for foreign readings starts after what is already known.
 pub fn head(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM audit", [], |r| r.get(0))?)

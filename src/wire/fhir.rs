@@ -58,9 +58,22 @@ pub fn dose_id(device: &str, patient: &str, record: &DoseRecord) -> String {
     )
 }
 
-/// The id of a reading's `Observation`: the audit row that recorded it.
-pub fn reading_id(device: &str, seq: i64) -> String {
-    resource_id("vital", &[device, &seq.to_string()])
+/// The id of a reading's `Observation`: the audit row that recorded it; for a blood pressure,
+/// the measurement (source, patient and instant), so its systolic and diastolic halves update
+/// one panel.
+pub fn reading_id(device: &str, seq: i64, r: &VitalReading) -> String {
+    match r.vital {
+        Vital::SystolicBp | Vital::DiastolicBp => resource_id(
+            "bp",
+            &[
+                device,
+                r.patient.as_deref().unwrap_or(""),
+                &r.source,
+                &r.at.to_rfc3339(),
+            ],
+        ),
+        _ => resource_id("vital", &[device, &seq.to_string()]),
+    }
 }
 
 fn patient_ref(patient: &str) -> Value {
@@ -166,8 +179,15 @@ fn profile(v: Vital) -> Option<&'static str> {
 }
 
 /// A vital reading as an `Observation` (`id` from [`reading_id`], `event` the audit row's id).
-/// Blood pressure goes in the 85354-9 panel, its value as the systolic or diastolic component.
-pub fn observation(id: &str, event: &str, patient: Option<&str>, r: &VitalReading) -> Value {
+/// Blood pressure goes in the 85354-9 panel: the systolic and diastolic components together
+/// once `partner` (the other half of the measurement) is known, the one received until then.
+pub fn observation(
+    id: &str,
+    event: &str,
+    patient: Option<&str>,
+    r: &VitalReading,
+    partner: Option<&VitalReading>,
+) -> Value {
     let unit = crate::dosing::vitals::unit(r.vital);
     let quantity = json!({"value": r.value, "unit": unit, "system": UCUM, "code": unit});
     let mut o = json!({
@@ -194,7 +214,17 @@ pub fn observation(id: &str, event: &str, patient: Option<&str>, r: &VitalReadin
     match r.vital {
         Vital::SystolicBp | Vital::DiastolicBp => {
             o["code"] = coding(&[("85354-9", "Blood pressure panel with all children optional")]);
-            o["component"] = json!([{"code": coding(&loinc(r.vital)), "valueQuantity": quantity}]);
+            let mut halves: Vec<&VitalReading> = std::iter::once(r).chain(partner).collect();
+            halves.sort_by_key(|h| h.vital != Vital::SystolicBp);
+            o["component"] = halves
+                .iter()
+                .map(|h| {
+                    json!({
+                        "code": coding(&loinc(h.vital)),
+                        "valueQuantity": {"value": h.value, "unit": unit, "system": UCUM, "code": unit},
+                    })
+                })
+                .collect();
         }
         v => {
             o["code"] = coding(&loinc(v));
@@ -239,12 +269,13 @@ mod tests {
             "d:1",
             Some("p-0042"),
             &reading(Vital::HeartRate, 52.0),
+            None,
         );
         assert_eq!(hr["code"]["coding"][0]["code"], "8867-4");
         assert_eq!(hr["valueQuantity"]["code"], "/min");
         assert_eq!(hr["valueQuantity"]["system"], UCUM);
         assert_eq!(hr["subject"]["identifier"]["value"], "p-0042");
-        let spo2 = observation("v-2", "d:2", None, &reading(Vital::Spo2, 97.0));
+        let spo2 = observation("v-2", "d:2", None, &reading(Vital::Spo2, 97.0), None);
         let codes: Vec<&str> = spo2["code"]["coding"]
             .as_array()
             .unwrap()
@@ -253,11 +284,17 @@ mod tests {
             .collect();
         assert_eq!(codes, ["2708-6", "59408-5"]);
         assert_eq!(spo2["valueQuantity"]["unit"], "%");
-        let bp = observation("v-3", "d:3", None, &reading(Vital::SystolicBp, 118.0));
+        let bp = observation("v-3", "d:3", None, &reading(Vital::SystolicBp, 118.0), None);
         assert_eq!(bp["code"]["coding"][0]["code"], "85354-9");
         assert_eq!(bp["component"][0]["code"]["coding"][0]["code"], "8480-6");
         assert_eq!(bp["component"][0]["valueQuantity"]["code"], "mm[Hg]");
-        let t = observation("v-4", "d:4", None, &reading(Vital::BodyTemperature, 37.1));
+        let t = observation(
+            "v-4",
+            "d:4",
+            None,
+            &reading(Vital::BodyTemperature, 37.1),
+            None,
+        );
         assert_eq!(
             (
                 t["code"]["coding"][0]["code"].as_str(),
@@ -265,7 +302,7 @@ mod tests {
             ),
             (Some("8310-5"), Some("Cel"))
         );
-        let g = observation("v-5", "d:5", None, &reading(Vital::Glucose, 110.0));
+        let g = observation("v-5", "d:5", None, &reading(Vital::Glucose, 110.0), None);
         assert_eq!(g["code"]["coding"][0]["code"], "41653-7");
         assert_eq!(g["valueQuantity"]["code"], "mg/dL");
     }
@@ -363,7 +400,11 @@ mod tests {
             dose_id("d", "p-0311", &prn),
             dose_id("d", "p-0311", &prn_taken)
         );
-        assert!(valid_fhir_id(&reading_id("medbox_0001", 42)));
+        assert!(valid_fhir_id(&reading_id(
+            "medbox_0001",
+            42,
+            &reading(Vital::HeartRate, 60.0)
+        )));
     }
 
     #[test]
@@ -384,15 +425,52 @@ mod tests {
 
     #[test]
     fn vital_signs_claim_their_profile_and_glucose_is_a_laboratory_result() {
-        let hr = observation("v-1", "d:1", None, &reading(Vital::HeartRate, 52.0));
+        let hr = observation("v-1", "d:1", None, &reading(Vital::HeartRate, 52.0), None);
         assert_eq!(hr["meta"]["profile"][0], VITAL_SIGNS);
         assert_eq!(
             hr["meta"]["profile"][1],
             "http://hl7.org/fhir/StructureDefinition/heartrate"
         );
         assert_eq!(hr["category"][0]["coding"][0]["code"], "vital-signs");
-        let g = observation("v-2", "d:2", None, &reading(Vital::Glucose, 110.0));
+        let g = observation("v-2", "d:2", None, &reading(Vital::Glucose, 110.0), None);
         assert_eq!(g["category"][0]["coding"][0]["code"], "laboratory");
         assert!(g.get("meta").is_none());
+    }
+
+    #[test]
+    fn blood_pressure_taken_together_is_one_panel_with_both_components() {
+        let sys = reading(Vital::SystolicBp, 124.0);
+        let dia = reading(Vital::DiastolicBp, 78.0);
+        let id = reading_id("d", 7, &dia);
+        assert_eq!(
+            id,
+            reading_id("d", 6, &sys),
+            "one measurement, one resource"
+        );
+        let alone = observation(&id, "d:6", None, &sys, None);
+        assert_eq!(alone["component"].as_array().unwrap().len(), 1);
+        let both = observation(&id, "d:7", None, &dia, Some(&sys));
+        let codes: Vec<&str> = both["component"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            codes,
+            ["8480-6", "8462-4"],
+            "systolic first, then diastolic"
+        );
+        assert_eq!(both["component"][1]["valueQuantity"]["value"], 78.0);
+        assert_eq!(
+            both["meta"]["profile"][1],
+            "http://hl7.org/fhir/StructureDefinition/bp"
+        );
+        // Another measurement is another panel.
+        let later = VitalReading {
+            at: at() + chrono::Duration::minutes(5),
+            ..reading(Vital::SystolicBp, 120.0)
+        };
+        assert_ne!(reading_id("d", 8, &later), id);
     }
 }

@@ -142,7 +142,14 @@ pub const CHECKPOINT: &str = "audit/checkpoint";
 /// The FHIR rendering of an event recorded as audit row `seq` of `device`, if it has one:
 /// (resource type, resource), on `fhir/<resource type>`. A dose's records all render the same
 /// resource id, so a receiver keeps one resource per dose at its latest status.
-pub fn fhir_resource(e: &Event, device: &str, seq: i64) -> Option<(&'static str, Value)> {
+///
+/// `partner` is the other half of a blood-pressure measurement, when the store has it.
+pub fn fhir_resource(
+    e: &Event,
+    device: &str,
+    seq: i64,
+    partner: Option<&crate::dosing::engine::VitalReading>,
+) -> Option<(&'static str, Value)> {
     let event = format!("{device}:{seq}");
     match e {
         Event::Dose {
@@ -184,10 +191,11 @@ pub fn fhir_resource(e: &Event, device: &str, seq: i64) -> Option<(&'static str,
         Event::Vital { reading, .. } => Some((
             "Observation",
             fhir::observation(
-                &fhir::reading_id(device, seq),
+                &fhir::reading_id(device, seq, reading),
                 &event,
                 reading.patient.as_deref(),
                 reading,
+                partner,
             ),
         )),
         _ => None,
