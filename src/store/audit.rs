@@ -255,13 +255,16 @@ pub fn rows(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
         sql += &format!(" AND utc < ?{}", args.len());
     }
     if let Some(k) = &f.kind {
-        if let Some(prefix) = k.strip_suffix('.') {
-            args.push(format!("{prefix}.%"));
-            sql += &format!(" AND kind LIKE ?{}", args.len());
-        } else {
-            args.push(k.clone());
-            sql += &format!(" AND kind = ?{}", args.len());
-        }
+        // A kind names itself and its family: `coldchain.excursion` (or `coldchain.excursion.`)
+        // takes `coldchain.excursion.opened` too, so a pharmacist's filter never silently
+        // matches nothing for want of a trailing dot. Compared as text, not with LIKE, whose
+        // `_` would match any character.
+        let name = k.trim_end_matches('.');
+        args.push(name.to_string());
+        let exact = args.len();
+        args.push(format!("{name}."));
+        let family = args.len();
+        sql += &format!(" AND (kind = ?{exact} OR substr(kind, 1, length(?{family})) = ?{family})");
     }
     if let Some(p) = &f.patient {
         args.push(p.clone());
@@ -272,8 +275,12 @@ pub fn rows(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
         );
     }
     if let Some(m) = &f.medication {
-        args.push(m.clone());
-        sql += &format!(" AND json_extract(body, '$.medication') = ?{}", args.len());
+        // Letter case and spacing do not make another medication (as for dose identity).
+        args.push(crate::dosing::identity::normalise(m));
+        sql += &format!(
+            " AND lower(trim(json_extract(body, '$.medication'))) = ?{}",
+            args.len()
+        );
     }
     sql += " ORDER BY seq";
     let mut stmt = conn.prepare(&sql)?;
@@ -751,5 +758,45 @@ mod tests {
             ..Default::default()
         };
         assert!(rows(&conn, &f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kind_filter_takes_its_family_with_or_without_the_dot_and_medication_ignores_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::schema::open(&dir.path().join("f.db")).unwrap();
+        let key = ChainKey::unkeyed();
+        for (i, (kind, medication)) in [
+            ("coldchain.excursion.opened", "Metformin"),
+            ("coldchain.excursion.closed", "x"),
+            ("coldchain.excursions", "x"),
+            ("dose.dispensed", "metformin "),
+            ("dose.taken", "METFORMIN"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let tx = conn.transaction().unwrap();
+            let e = Entry {
+                kind: kind.to_string(),
+                body: serde_json::json!({ "medication": medication }),
+                ..entry(i as i64)
+            };
+            append(&tx, &key, &e).unwrap();
+            tx.commit().unwrap();
+        }
+        let count = |kind: Option<&str>, medication: Option<&str>| {
+            let f = Filter {
+                kind: kind.map(Into::into),
+                medication: medication.map(Into::into),
+                ..Default::default()
+            };
+            rows(&conn, &f).unwrap().len()
+        };
+        assert_eq!(count(Some("coldchain.excursion"), None), 2);
+        assert_eq!(count(Some("coldchain.excursion."), None), 2);
+        assert_eq!(count(Some("coldchain.excursion.opened"), None), 1);
+        assert_eq!(count(Some("coldchain"), None), 3);
+        assert_eq!(count(None, Some("Metformin")), 3);
+        assert_eq!(count(Some("dose"), Some("  metformin")), 2);
     }
 }

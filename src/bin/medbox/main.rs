@@ -150,13 +150,14 @@ struct AuditFilter {
     /// To this time (RFC 3339, exclusive).
     #[arg(long)]
     to: Option<chrono::DateTime<chrono::Utc>>,
-    /// Kind, or a prefix ending in "." (e.g. "coldchain.").
+    /// Kind and its family: "coldchain.excursion" also takes "coldchain.excursion.opened";
+    /// "coldchain" every cold-chain row (a trailing "." is optional).
     #[arg(long)]
     kind: Option<String>,
     /// Patient pseudonym.
     #[arg(long)]
     patient: Option<String>,
-    /// Medication name.
+    /// Medication name (letter case and spacing do not matter).
     #[arg(long)]
     medication: Option<String>,
 }
