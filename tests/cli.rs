@@ -212,6 +212,7 @@ fn config_check_refuses_a_relay_looser_than_the_cold_chain_settings() {
     let dir = tempfile::tempdir().unwrap();
     let board = dir.path().join("board.toml");
     std::fs::write(&board, include_str!("../hw/sim.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("s")).unwrap();
     let cfg = dir.path().join("appliance.toml");
     let write = |coldchain: &str| {
         std::fs::write(
@@ -242,4 +243,36 @@ fn config_check_refuses_a_relay_looser_than_the_cold_chain_settings() {
     write("max_on = \"60m\"");
     let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
+}
+
+/// `config check` of an appliance config checks the schedules it names, as `run` would at start.
+#[test]
+fn config_check_checks_the_schedules_directory_the_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("appliance.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[appliance]\ndevice_id = \"medbox-test\"\nboard = {:?}\ndb = \"x.db\"\nschedules = \"s\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/sim.toml")
+        ),
+    )
+    .unwrap();
+    let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "a missing directory: {text}");
+    assert!(text.contains("s: cannot read"), "{text}");
+    let s = dir.path().join("s");
+    std::fs::create_dir(&s).unwrap();
+    let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "no patients yet is valid: {text}");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schedules/p-0311-prn-painkiller.toml"),
+        s.join("p-0311.toml"),
+    )
+    .unwrap();
+    std::fs::write(s.join("broken.toml"), "patient = 3\n").unwrap();
+    let (code, text) = medbox(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("broken.toml"), "names the file: {text}");
 }

@@ -204,6 +204,21 @@ pub fn check_file(file: &Path) -> Result<CheckedFile, Vec<ConfigError>> {
                 })
                 .collect());
         }
+        // And the schedules it names: each valid, no slot shared, every slot on this carousel
+        // (what `medbox run` would refuse at start is refused here, before a visit).
+        let dir = file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&config.appliance.schedules);
+        let (schedules, mut errors) = crate::dosing::schedule::Schedule::load_dir(&dir);
+        errors.extend(
+            schedules
+                .iter()
+                .flat_map(|(_, s)| s.slot_problems(profile.carousel.slots)),
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(CheckedFile::Appliance(Box::new(config)))
     }
 }
