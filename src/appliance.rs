@@ -127,7 +127,7 @@ pub struct Opened {
 }
 
 /// Opens the store (if any), verifies the audit chain and reads the time floor, writing nothing.
-/// `slots` is the carousel's slot count: a schedule that names another slot is refused here.
+/// A schedule that names a slot the profile's carousel lacks is refused here.
 pub fn open(settings: Settings, boot_id: String) -> Result<Opened, ApplianceError> {
     let misfits: Vec<_> = settings
         .schedules
