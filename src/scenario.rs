@@ -14,6 +14,19 @@
 //! test dispense), `rehome`, `tray_pickup` (optional for: how long the cup is away), `button_press`,
 //! `clock_jump` (by: a signed duration such as "-3h"), `ack_alarm` (alarm code, actor, comment).
 //! Any event repeats with `every` (a duration) and `times` (how many in all).
+//!
+//! A `[household]` table brings simulated people, one per schedule, who collect their doses and
+//! take blood-pressure readings by a seeded habit (see [`crate::sim::household`]):
+//!
+//! ```toml
+//! [household]
+//! on_time = 0.8        # weights: collected within 15 min, later in the window, never
+//! late = 0.15
+//! forget = 0.05
+//! skip_reading = 0.05  # share of monitor readings not taken
+//! [household.patient.p-0311]
+//! forget = 0.2         # one person's own habit (the rest of theirs keeps the defaults)
+//! ```
 //! Parsing is as strict as the board profiles': unknown keys and missing fields name the line.
 
 use crate::board::sim::ProbeFault;
@@ -163,6 +176,10 @@ struct ScenarioFile {
     /// Cabinet temperature at switch-on (°C), instead of the board model's: "started cold".
     #[serde(default)]
     initial: Option<Spanned<f64>>,
+    /// The simulated people who collect doses and take readings; without it the scenario's
+    /// own events are all that happens.
+    #[serde(default)]
+    household: Option<Spanned<crate::sim::household::HouseholdConfig>>,
     #[serde(default, rename = "event")]
     events: Vec<Spanned<RawEvent>>,
 }
@@ -228,6 +245,8 @@ pub struct Scenario {
     pub start: Option<chrono::DateTime<chrono::Utc>>,
     /// Cabinet (air and vial) temperature at switch-on, instead of the model's.
     pub initial: Option<f64>,
+    /// The simulated household (None: nobody but the scenario acts).
+    pub household: Option<crate::sim::household::HouseholdConfig>,
     /// Operations sorted by their offset from the start.
     pub ops: Vec<(Duration, Op)>,
 }
@@ -471,6 +490,11 @@ impl Validate for ScenarioFile {
                 );
             }
         }
+        if let Some(h) = &self.household {
+            if let Some(problem) = h.get_ref().problem() {
+                out.at(line_of(src, h.span().start), "household", problem);
+            }
+        }
         for (i, e) in self.events.iter().enumerate() {
             if let Err((field, msg)) = expand(e.get_ref()) {
                 out.at(
@@ -499,6 +523,7 @@ impl Scenario {
             description: f.description,
             start: f.start,
             initial: f.initial.map(|t| *t.get_ref()),
+            household: f.household.map(Spanned::into_inner),
             ops,
         })
     }

@@ -301,6 +301,7 @@ fn scenario(ops: Vec<(f64, medbox::scenario::Op)>) -> Scenario {
         description: String::new(),
         start: None,
         initial: None,
+        household: None,
         ops: ops
             .into_iter()
             .enumerate()
@@ -1103,6 +1104,7 @@ fn a_command_id_executes_once_across_restarts_a_reused_id_and_an_impossible_refi
                 description: String::new(),
                 start: None,
                 initial: None,
+                household: None,
                 ops,
             }),
             keep_records: false,
@@ -1158,4 +1160,119 @@ fn a_command_id_executes_once_across_restarts_a_reused_id_and_an_impossible_refi
         "{}",
         rejected[2]
     );
+}
+
+/// Runs the shipped schedules with a simulated household.
+fn run_household(days: f64, household: medbox::sim::household::HouseholdConfig) -> SimSummary {
+    common::run(SimOptions {
+        keep_records: false,
+        schedules: schedules(),
+        household: Some(household),
+        ..common::options(days)
+    })
+}
+
+#[test]
+fn a_simulated_household_collects_its_doses_and_takes_its_readings() {
+    let s = run_household(4.0, Default::default());
+    let taken: u32 = s.adherence.iter().map(|t| t.taken).sum();
+    let meant: u32 = s
+        .adherence
+        .iter()
+        .map(|t| t.taken + t.not_taken + t.missed + t.uncertain)
+        .sum();
+    assert!(meant > 20, "{:?}", s.adherence);
+    // The default habit: most doses on time, a few late, now and then one forgotten.
+    assert!(
+        f64::from(taken) / f64::from(meant) > 0.85,
+        "{taken} of {meant}: {:?}",
+        s.adherence
+    );
+    assert!(s.dispenser.tray_pickups > 0);
+    // The monitor's readings release the beta blocker on most mornings.
+    let metoprolol = s
+        .adherence
+        .iter()
+        .find(|t| t.medication == "Metoprolol")
+        .expect("the beta blocker is scheduled");
+    assert!(metoprolol.taken >= 2, "{metoprolol:?}");
+    assert!(
+        s.events.get("vital").copied().unwrap_or(0) >= 9,
+        "{:?}",
+        s.events
+    );
+    // Seeded: the same household again gives the same story.
+    let again = run_household(4.0, Default::default());
+    assert_eq!(s.adherence, again.adherence);
+}
+
+#[test]
+fn a_forgetful_household_leaves_doses_in_the_cup_and_the_caregiver_hears_of_it() {
+    let forgetful = medbox::sim::household::HouseholdConfig {
+        habit: medbox::sim::household::Habit {
+            on_time: 0.0,
+            late: 0.0,
+            forget: 1.0,
+            skip_reading: 1.0,
+        },
+        patient: Default::default(),
+    };
+    let s = run_household(2.0, forgetful);
+    assert_eq!(s.dispenser.tray_pickups, 0);
+    assert!(
+        s.dispenser
+            .dose_alerts
+            .get("NOT_TAKEN")
+            .copied()
+            .unwrap_or(0)
+            >= 3
+    );
+    let metoprolol = s
+        .adherence
+        .iter()
+        .find(|t| t.medication == "Metoprolol")
+        .expect("scheduled");
+    assert_eq!(metoprolol.held, metoprolol.scheduled, "no reading, no dose");
+}
+
+#[test]
+fn the_summary_for_people_tells_each_patients_doses_in_local_time_and_names_the_commissioning() {
+    let s = run_household(2.0, Default::default());
+    let text = medbox::sim::story::render(&s);
+    for patient in ["p-0042", "p-0107", "p-0311", "p-0520"] {
+        assert!(text.contains(&format!("  {patient}  ")), "{text}");
+    }
+    assert!(text.contains("Europe/Berlin"), "{text}");
+    // The shipped board is switched on warm: its pull-down is commissioning, not an excursion.
+    assert!(text.contains("commissioning: switched on warm"), "{text}");
+    assert!(
+        text.contains("(during the commissioning pull-down)"),
+        "{text}"
+    );
+    // Written for people: no serialised maps, no RFC 3339 stamps, numbers agree with nouns.
+    assert!(!text.contains('{') && !text.contains("+00:00"), "{text}");
+    assert!(
+        !text.contains(" 1 homings") && text.contains("homed once"),
+        "{text}"
+    );
+}
+
+#[test]
+fn repeated_device_faults_are_told_once_with_how_often() {
+    let s = common::run(SimOptions {
+        keep_records: false,
+        schedules: schedules(),
+        scenario: Some(
+            Scenario::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios/dosing-week.toml"),
+            )
+            .unwrap(),
+        ),
+        ..common::options(7.0)
+    });
+    assert!(s.device_faults.len() > 1, "{:?}", s.device_faults);
+    let text = medbox::sim::story::render(&s);
+    let first = &s.device_faults[0];
+    assert_eq!(text.matches(first.as_str()).count(), 1, "{text}");
+    assert!(text.contains("times, "), "{text}");
 }

@@ -128,3 +128,113 @@ fn explain_gives_reason_codes() {
     assert_eq!(v["medications"][0]["result"]["reason"], "TOO_EARLY");
     assert_eq!(v["medications"][1]["result"]["reason"], "TOO_EARLY");
 }
+
+#[test]
+fn schedule_check_finds_a_slot_clash_between_files_named_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, patient: &str, med: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("[patient]\nid = \"{patient}\"\ntimezone = \"Europe/Berlin\"\n[[medication]]\nname = \"{med}\"\nslot = 3\nunits = 1\ntimes = [\"08:00\"]\n"),
+        )
+        .unwrap();
+        path.to_string_lossy().to_string()
+    };
+    let a = write("a.toml", "p-1", "Aspirin");
+    let b = write("b.toml", "p-2", "Ramipril");
+    let dir_text = dir.path().to_string_lossy().to_string();
+    for args in [
+        vec!["schedule", "check", a.as_str(), b.as_str()],
+        vec!["schedule", "check", dir_text.as_str()],
+        vec!["schedule", "check", dir_text.as_str(), a.as_str()],
+    ] {
+        let (code, out) = medbox(&args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert_eq!(
+            out.matches("slot 3 is also used by \"Aspirin\"").count(),
+            1,
+            "{args:?}: one clash, told once: {out}"
+        );
+        assert!(
+            out.contains("b.toml:6: medication \"Ramipril\".slot"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn days_may_be_written_as_full_names_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        "[patient]\nid = \"p-1\"\ntimezone = \"Europe/Berlin\"\n[[medication]]\nname = \"A\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\ndays = [\"Sunday\", \"WED\"]\n",
+    )
+    .unwrap();
+    let (code, out) = medbox(&[
+        "schedule",
+        "next",
+        file.to_str().unwrap(),
+        "--from",
+        "2026-03-02",
+        "--count",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let days: Vec<&str> = v["medications"][0]["occurrences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["local"].as_str().unwrap()[..10])
+        .collect();
+    assert_eq!(days, ["2026-03-04", "2026-03-08", "2026-03-11"]);
+}
+
+#[test]
+fn moments_on_the_command_line_are_local_to_the_schedule_and_so_are_the_answers() {
+    let file = "schedules/p-0042-twice-daily-and-beta-blocker.toml";
+    // A date alone is the start of that local day.
+    let (code, out) = medbox(&[
+        "schedule",
+        "next",
+        file,
+        "--from",
+        "2026-03-28",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Sat 2026-03-28 08:00 CET"), "{out}");
+    // 06:10 in Berlin on the first summer-time morning: too early, told in local time.
+    let (code, out) = medbox(&["schedule", "explain", file, "--at", "2026-03-29T06:10"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("at Sun 2026-03-29 06:10 CEST"), "{out}");
+    assert!(
+        out.contains("TOO_EARLY: the next dose (Sun 2026-03-29 08:00 CEST) opens at Sun 2026-03-29 07:30 CEST"),
+        "{out}"
+    );
+    assert!(!out.contains("+00:00") && !out.contains('Z'), "{out}");
+    // A local time the clocks skip is refused, not guessed.
+    let (code, out) = medbox(&["schedule", "explain", file, "--at", "2026-03-29T02:30"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not exist in Europe/Berlin"), "{out}");
+}
+
+#[test]
+fn explain_names_a_missing_reading_in_words() {
+    let (code, out) = medbox(&[
+        "schedule",
+        "explain",
+        "schedules/p-0042-twice-daily-and-beta-blocker.toml",
+        "--at",
+        "2026-03-02T08:05",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Metoprolol: NEEDS_READING: a pulse reading from the last 2h is needed"),
+        "{out}"
+    );
+}

@@ -104,11 +104,16 @@ where
     T: DeserializeOwned + Validate,
 {
     let value: T = toml::from_str(src).map_err(|e| {
-        let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(1);
+        let start = e.span().map(|s| s.start);
+        let line = start.map(|s| line_of(src, s)).unwrap_or(1);
+        let message = plain_type_error(e.message().trim());
         vec![ConfigError::Syntax {
             file: file.to_path_buf(),
             line,
-            message: e.message().trim().to_string(),
+            message: match start.and_then(|s| key_at(src, s)) {
+                Some(key) => format!("{key}: {message}"),
+                None => message,
+            },
         }]
     })?;
     let mut findings = Findings::default();
@@ -118,6 +123,27 @@ where
     } else {
         Err(findings.into_errors(file))
     }
+}
+
+/// The key whose value starts at byte `offset` (`times` in `times = "08:00"`), so a type error
+/// names the field and not only the line.
+fn key_at(src: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(src.len());
+    let line_start = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let before = src.get(line_start..offset)?;
+    let (key, _) = before.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.contains(['[', ']', '#'])).then(|| key.to_string())
+}
+
+/// The parser's words for a type mismatch, in the file's words ("a list" rather than "a
+/// sequence", "a whole number" rather than "u32").
+fn plain_type_error(message: &str) -> String {
+    let mut m = message.replace("expected a sequence", "expected a list in square brackets");
+    for int in ["u8", "u16", "u32", "u64", "i32", "i64", "usize"] {
+        m = m.replace(&format!("expected {int}"), "expected a whole number");
+    }
+    m.replace("expected f64", "expected a number")
 }
 
 /// Reads a config-like file, with the error naming it.

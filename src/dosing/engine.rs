@@ -436,6 +436,14 @@ pub fn windows(
     out
 }
 
+/// A time in a refusal's detail: in the patient's zone with its abbreviation, as the caregiver
+/// reading it (the record itself keeps UTC instants).
+fn local(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz)
+        .format("%a %Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
 fn day_of(tz: Tz, t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&tz).date_naive()
 }
@@ -451,6 +459,17 @@ fn units_on_day(med: &Medication, tz: Tz, day: NaiveDate, history: &[&DoseRecord
         .sum()
 }
 
+/// The hold's limits in words: "below 55 bpm", "below 90 or above 160 mmHg".
+fn hold_limits(h: &super::schedule::Hold) -> String {
+    let unit = super::vitals::unit_for_people(h.vital);
+    match (h.below, h.above) {
+        (Some(b), Some(a)) => format!("outside the hold's {b}–{a} {unit}"),
+        (Some(b), None) => format!("below the hold's {b} {unit}"),
+        (None, Some(a)) => format!("above the hold's {a} {unit}"),
+        (None, None) => "within a hold that names no limit".into(),
+    }
+}
+
 fn check_holds(med: &Medication, now: DateTime<Utc>, vitals: &[VitalReading]) -> Option<Decision> {
     for h in &med.holds {
         let latest = vitals
@@ -462,8 +481,8 @@ fn check_holds(med: &Medication, now: DateTime<Utc>, vitals: &[VitalReading]) ->
             return Some(refuse(
                 Reason::NeedsReading,
                 format!(
-                    "a {:?} reading from the last {} is needed",
-                    h.vital,
+                    "a {} reading from the last {} is needed",
+                    super::vitals::label(h.vital),
                     humantime::format_duration(h.max_age)
                 ),
             ));
@@ -472,8 +491,10 @@ fn check_holds(med: &Medication, now: DateTime<Utc>, vitals: &[VitalReading]) ->
             return Some(refuse(
                 Reason::LowQualityReading,
                 format!(
-                    "the latest {:?} reading ({}) is flagged low quality; take another",
-                    h.vital, r.value
+                    "the latest {} reading ({} {}) is flagged low quality; take another",
+                    super::vitals::label(h.vital),
+                    r.value,
+                    super::vitals::unit_for_people(h.vital)
                 ),
             ));
         }
@@ -481,12 +502,15 @@ fn check_holds(med: &Medication, now: DateTime<Utc>, vitals: &[VitalReading]) ->
             return Some(refuse(
                 Reason::HeldVitals,
                 format!(
-                    "{:?} {} at {} meets the hold (below {:?}, above {:?})",
-                    h.vital,
+                    "{} {} {} ({}) is {}",
+                    super::vitals::label(h.vital),
                     r.value,
-                    r.at.to_rfc3339(),
-                    h.below,
-                    h.above
+                    super::vitals::unit_for_people(h.vital),
+                    match (now - r.at).num_minutes() {
+                        0 => "just measured".to_string(),
+                        m => format!("measured {m} min earlier"),
+                    },
+                    hold_limits(h)
                 ),
             ));
         }
@@ -517,7 +541,7 @@ fn check_limits(
                 Reason::WeeklyGuard,
                 format!(
                     "weekly high-alert medication last dispensed {}",
-                    last.at.to_rfc3339()
+                    local(last.at, tz)
                 ),
             ));
         }
@@ -542,6 +566,7 @@ fn check_limits(
 /// medication from giving a second dose: the occurrence is new, the pills are not.
 fn check_spacing(
     med: &Medication,
+    tz: Tz,
     w: &Window,
     now: Now,
     history: &[&DoseRecord],
@@ -571,7 +596,7 @@ fn check_spacing(
         format!(
             "{what} of {} was given at {}, within this dose's window or less than {} before: it counts for this dose",
             med.name,
-            last.at.to_rfc3339(),
+            local(last.at, tz),
             humantime::format_duration(spacing.to_std().unwrap_or_default())
         ),
     ))
@@ -616,8 +641,8 @@ pub fn decide(
                     Reason::MissedLocked,
                     format!(
                         "the dose of {} closed at {}: missed, not merged into the next",
-                        l.occurrence.to_rfc3339(),
-                        l.closes.to_rfc3339()
+                        local(l.occurrence, tz),
+                        local(l.closes, tz)
                     ),
                 )
             }
@@ -625,8 +650,8 @@ pub fn decide(
                 Reason::TooEarly,
                 format!(
                     "the next dose ({}) opens at {}",
-                    n.occurrence.to_rfc3339(),
-                    n.opens.to_rfc3339()
+                    local(n.occurrence, tz),
+                    local(n.opens, tz)
                 ),
             ),
             _ => refuse(
@@ -656,8 +681,8 @@ pub fn decide(
             Reason::AlreadyDispensed,
             format!(
                 "the dose of {} was dispensed at {}",
-                w.occurrence.to_rfc3339(),
-                r.at.to_rfc3339()
+                local(w.occurrence, tz),
+                local(r.at, tz)
             ),
         );
     }
@@ -686,7 +711,7 @@ pub fn decide(
     if let Some(d) = check_limits(med, tz, clocks, day, units, &history) {
         return d;
     }
-    if let Some(d) = check_spacing(med, w, clocks, &history) {
+    if let Some(d) = check_spacing(med, tz, w, clocks, &history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {
@@ -795,8 +820,8 @@ pub fn decide_prn(
                     Reason::PrnTooSoon,
                     format!(
                         "last dose at {}; the next may be given from {}",
-                        last.at.to_rfc3339(),
-                        (clocks.wall + (min - since)).to_rfc3339()
+                        local(last.at, tz),
+                        local(clocks.wall + (min - since), tz)
                     ),
                 );
             }

@@ -223,10 +223,10 @@ pub const DEFAULT_EARLY: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_LATE: Duration = Duration::from_secs(2 * 3600);
 /// Window of a time-critical medication, each side.
 pub const CRITICAL_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// The words of a slot clash between two files.
+pub const SLOT_CLASH: &str = "is also used by";
 /// Shortest time between two doses of a weekly high-alert medication.
 pub const WEEKLY_GUARD: Duration = Duration::from_secs(6 * 86_400);
-
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl Medication {
     /// Compiles the friendly forms into one recurrence, or None for PRN. `Err(field, message)`.
@@ -281,21 +281,14 @@ impl Medication {
                     }
                     let mut names = Vec::new();
                     for d in days {
-                        let d = d.to_ascii_lowercase();
-                        if !DAYS.contains(&d.as_str()) {
+                        // "sun", "Sun", "Sunday", "SUNDAY": however a caregiver writes it.
+                        let Ok(day) = d.trim().parse::<chrono::Weekday>() else {
                             return Err((
                                 "days",
-                                format!("{d:?} is not a day (mon, tue, wed, thu, fri, sat, sun)"),
+                                format!("{d:?} is not a day (mon, tue, wed, thu, fri, sat, sun, or the full names)"),
                             ));
-                        }
-                        let mut c = d.chars();
-                        let cap: String = c
-                            .next()
-                            .map(|f| f.to_ascii_uppercase())
-                            .into_iter()
-                            .chain(c)
-                            .collect();
-                        names.push(cap);
+                        };
+                        names.push(day.to_string());
                     }
                     names.join(",")
                 }
@@ -906,9 +899,17 @@ impl Schedule {
                 Err(e) => errors.extend(e),
             }
         }
+        errors.extend(Self::slot_clashes(&ok));
+        (ok, errors)
+    }
+
+    /// Slots used by two files: one carousel serves every schedule, so each slot holds one
+    /// medication of one file.
+    pub fn slot_clashes(loaded: &[(std::path::PathBuf, Schedule)]) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         let mut used: std::collections::BTreeMap<u8, (String, std::path::PathBuf)> =
             Default::default();
-        for (path, s) in &ok {
+        for (path, s) in loaded {
             for ((m, _), line) in s.medications.iter().zip(&s.slot_lines) {
                 let slot = *m.slot.get_ref();
                 match used.get(&slot) {
@@ -917,7 +918,7 @@ impl Schedule {
                         line: *line,
                         key: format!("medication {:?}.slot", m.name),
                         message: format!(
-                            "slot {slot} is also used by {other:?} in {} (one carousel serves every schedule)",
+                            "slot {slot} {SLOT_CLASH} {other:?} in {} (one carousel serves every schedule)",
                             other_file.display()
                         ),
                     }),
@@ -928,7 +929,7 @@ impl Schedule {
                 }
             }
         }
-        (ok, errors)
+        errors
     }
 
     /// Medications on slots the board's carousel does not have (a schedule is parsed against

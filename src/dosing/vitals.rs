@@ -45,6 +45,29 @@ pub fn unit(v: Vital) -> &'static str {
     }
 }
 
+/// What people call the vital, for messages.
+pub fn label(v: Vital) -> &'static str {
+    match v {
+        Vital::HeartRate => "pulse",
+        Vital::SystolicBp => "systolic blood pressure",
+        Vital::DiastolicBp => "diastolic blood pressure",
+        Vital::Spo2 => "oxygen saturation",
+        Vital::BodyTemperature => "body temperature",
+        Vital::Glucose => "blood glucose",
+    }
+}
+
+/// The unit as people write it, for messages.
+pub fn unit_for_people(v: Vital) -> &'static str {
+    match v {
+        Vital::HeartRate => "bpm",
+        Vital::SystolicBp | Vital::DiastolicBp => "mmHg",
+        Vital::Spo2 => "%",
+        Vital::BodyTemperature => "°C",
+        Vital::Glucose => "mg/dL",
+    }
+}
+
 /// The range a living patient's reading can have; outside it the reading is a device error.
 fn physiological(v: Vital) -> (f64, f64) {
     match v {

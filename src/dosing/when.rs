@@ -50,6 +50,36 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     }
 }
 
+/// A moment a caregiver types: RFC 3339 with an offset, or a local date and time in the
+/// schedule's zone (`2026-03-29T08:10`, `2026-03-29 08:10`), or a local date alone (its start).
+/// A local time the clocks skip (spring forward) is refused rather than guessed.
+pub fn parse_moment(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let local = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .map(|d| d.and_time(chrono::NaiveTime::MIN))
+        })
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a moment: write 2026-03-29, 2026-03-29T08:10 (local time in {tz}) or 2026-03-29T08:10:00+02:00"
+            )
+        })?;
+    match tz.from_local_datetime(&local) {
+        chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        chrono::LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
+        chrono::LocalResult::None => Err(format!(
+            "{local} does not exist in {tz} (the clocks skip it); give a time outside the change or an offset"
+        )),
+    }
+}
+
 use chrono::Offset;
 
 impl Recurrence {
@@ -251,6 +281,33 @@ impl Recurrence {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_moment_is_read_in_the_schedules_zone_unless_it_names_an_offset() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let utc = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            parse_moment("2026-03-28", tz),
+            Ok(utc("2026-03-27T23:00:00Z"))
+        );
+        assert_eq!(
+            parse_moment("2026-03-29T08:10", tz),
+            Ok(utc("2026-03-29T06:10:00Z"))
+        );
+        assert_eq!(
+            parse_moment("2026-03-29 08:10", tz),
+            Ok(utc("2026-03-29T06:10:00Z"))
+        );
+        assert_eq!(
+            parse_moment("2026-03-29T08:10:00+00:00", tz),
+            Ok(utc("2026-03-29T08:10:00Z"))
+        );
+        // 02:30 does not happen in Berlin on the spring-forward night.
+        let gap = parse_moment("2026-03-29T02:30", tz).unwrap_err();
+        assert!(gap.contains("does not exist"), "{gap}");
+        let junk = parse_moment("next tuesday", tz).unwrap_err();
+        assert!(junk.contains("2026-03-29T08:10"), "{junk}");
+    }
+
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {

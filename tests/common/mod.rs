@@ -60,6 +60,7 @@ pub fn options(days: f64) -> SimOptions {
         device_id: "medbox-test".into(),
         schedules: Vec::new(),
         print_durable: false,
+        household: None,
     }
 }
 

@@ -199,9 +199,10 @@ enum ScheduleCommand {
     Next {
         /// The schedule file.
         file: PathBuf,
-        /// From this time (RFC 3339; default: now).
+        /// From this moment: a date or a date and time in the schedule's zone
+        /// (2026-03-28, 2026-03-28T08:00), or RFC 3339 with an offset (default: now).
         #[arg(long)]
-        from: Option<chrono::DateTime<chrono::FixedOffset>>,
+        from: Option<String>,
         /// Occurrences per medication.
         #[arg(long, default_value_t = 5)]
         count: usize,
@@ -213,9 +214,10 @@ enum ScheduleCommand {
     Explain {
         /// The schedule file.
         file: PathBuf,
-        /// The moment (RFC 3339).
+        /// The moment: a date and time in the schedule's zone (2026-03-29T08:10), or RFC 3339
+        /// with an offset.
         #[arg(long)]
-        at: chrono::DateTime<chrono::FixedOffset>,
+        at: String,
         /// Take the recorded dose history from this database.
         #[arg(long)]
         db: Option<PathBuf>,
@@ -500,6 +502,10 @@ struct SimArgs {
     /// Print `durable <seq>` after each audit row commits (crash-test harness).
     #[arg(long, hide = true)]
     print_durable: bool,
+    /// Leave out the simulated people who collect doses and take readings (a run without a
+    /// scenario has one per schedule; a scenario brings its own with a `[household]` table).
+    #[arg(long)]
+    no_household: bool,
 }
 
 fn main() -> ExitCode {

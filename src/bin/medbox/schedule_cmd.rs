@@ -17,26 +17,28 @@ pub(crate) fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
                     None
                 }
             };
-            let mut checked = 0;
+            // Every file given shares one carousel: a slot clash between two of them counts
+            // whether they came from one directory or were named one by one.
+            let mut loaded = Vec::new();
             for p in &paths {
-                let loaded = if p.is_dir() {
+                if p.is_dir() {
                     let (ok, errs) = medbox::dosing::schedule::Schedule::load_dir(p);
-                    errors.extend(errs);
-                    ok.into_iter().map(|(_, s)| s).collect()
+                    errors.extend(errs.into_iter().filter(|e| !is_clash(e)));
+                    loaded.extend(ok);
                 } else {
                     match medbox::dosing::schedule::Schedule::load(p) {
-                        Ok(s) => vec![s],
-                        Err(e) => {
-                            errors.extend(e);
-                            Vec::new()
-                        }
+                        Ok(s) => loaded.push((p.clone(), s)),
+                        Err(e) => errors.extend(e),
                     }
-                };
-                checked += loaded.len();
-                if let Some(slots) = slots {
-                    errors.extend(loaded.iter().flat_map(|s| s.slot_problems(slots)));
                 }
             }
+            loaded.sort_by(|a, b| a.0.cmp(&b.0));
+            loaded.dedup_by(|a, b| a.0 == b.0);
+            errors.extend(medbox::dosing::schedule::Schedule::slot_clashes(&loaded));
+            if let Some(slots) = slots {
+                errors.extend(loaded.iter().flat_map(|(_, s)| s.slot_problems(slots)));
+            }
+            let checked = loaded.len();
             for e in &errors {
                 println!("{e}");
             }
@@ -59,19 +61,43 @@ pub(crate) fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
     crate::exit_code(result)
 }
 
+/// A moment typed on the command line, read in the schedule's zone.
+fn moment(
+    text: &str,
+    s: &medbox::dosing::schedule::Schedule,
+    flag: &str,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    medbox::dosing::when::parse_moment(text, s.tz).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+/// A time as the caregiver reads it: local, with the zone's abbreviation.
+fn local(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz)
+        .format("%a %Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
+/// Whether an error is a slot clash between files (re-checked across every path given).
+fn is_clash(e: &medbox::config::ConfigError) -> bool {
+    matches!(e, medbox::config::ConfigError::Invalid { message, .. } if message.contains(medbox::dosing::schedule::SLOT_CLASH))
+}
+
 pub(crate) fn load_schedule(file: &std::path::Path) -> Result<medbox::dosing::schedule::Schedule> {
     medbox::dosing::schedule::Schedule::load(file).map_err(config_errors)
 }
 
 pub(crate) fn schedule_next(
     file: &std::path::Path,
-    from: Option<chrono::DateTime<chrono::FixedOffset>>,
+    from: Option<String>,
     count: usize,
     json: bool,
 ) -> Result<()> {
     use medbox::dosing::engine::windows;
     let s = load_schedule(file)?;
-    let from = from.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+    let from = match from {
+        Some(text) => moment(&text, &s, "--from")?,
+        None => chrono::Utc::now(),
+    };
     let mut out = Vec::new();
     for (m, rec) in &s.medications {
         let Some(rec) = rec else {
@@ -105,20 +131,35 @@ pub(crate) fn schedule_next(
         println!("{doc}");
         return Ok(());
     }
-    println!("patient {} ({})", s.patient, s.tz.name());
+    println!("patient {}; times in {}", s.patient, s.tz.name());
     for m in out {
         println!("{}", m["medication"].as_str().unwrap_or(""));
         if m["prn"].as_bool() == Some(true) {
             println!("  as needed");
         }
         for o in m["occurrences"].as_array().into_iter().flatten() {
+            let at = |key: &str| {
+                o[key]
+                    .as_str()
+                    .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            };
+            let (Some(due), Some(opens), Some(closes)) =
+                (at("local"), at("opens_local"), at("closes_local"))
+            else {
+                continue;
+            };
+            let units = o["units"].as_u64().unwrap_or(0);
             println!(
-                "  {}  (UTC {})  {} unit(s)  window {} – {}",
-                o["local"].as_str().unwrap_or(""),
-                o["utc"].as_str().unwrap_or(""),
-                o["units"],
-                o["opens_local"].as_str().unwrap_or(""),
-                o["closes_local"].as_str().unwrap_or("")
+                "  {}  {units} unit{}  window {}–{}",
+                local(due, s.tz),
+                if units == 1 { "" } else { "s" },
+                opens.with_timezone(&s.tz).format("%H:%M"),
+                if closes.with_timezone(&s.tz).date_naive() == due.with_timezone(&s.tz).date_naive()
+                {
+                    closes.with_timezone(&s.tz).format("%H:%M").to_string()
+                } else {
+                    local(closes, s.tz)
+                }
             );
         }
     }
@@ -149,13 +190,13 @@ pub(crate) fn dose_history(
 
 pub(crate) fn schedule_explain(
     file: &std::path::Path,
-    at: chrono::DateTime<chrono::FixedOffset>,
+    at: String,
     db: Option<&std::path::Path>,
     json: bool,
 ) -> Result<()> {
     use medbox::dosing::engine::{decide, decide_prn, Decision, PrnRequest, Role};
     let s = load_schedule(file)?;
-    let now = at.with_timezone(&chrono::Utc);
+    let now = moment(&at, &s, "--at")?;
     let (history, vitals) = match db {
         Some(db) => dose_history(db, &s.patient, now)?,
         None => Default::default(),
@@ -194,7 +235,7 @@ pub(crate) fn schedule_explain(
     println!(
         "patient {} at {} ({})",
         s.patient,
-        now.with_timezone(&s.tz).to_rfc3339(),
+        local(now, s.tz),
         s.tz.name()
     );
     for (name, d) in out {
@@ -203,7 +244,7 @@ pub(crate) fn schedule_explain(
                 "  {name}: DISPENSE {units} unit(s){}",
                 occurrence.map_or(" (as needed)".to_string(), |o| format!(
                     " for the dose of {}",
-                    o.with_timezone(&s.tz).to_rfc3339()
+                    local(o, s.tz)
                 ))
             ),
             Decision::Refuse { reason, detail } => {

@@ -1,7 +1,6 @@
 //! `medbox sim`: the appliance on the simulated board, and its printed summary.
 
 use crate::audit_cmd::chain_key;
-use crate::coldchain_cmd::print_coldchain;
 use crate::config_cmd::config_errors;
 use crate::run_cmd::{shutdown_signal, stops_on_storage, storage_stop};
 use crate::ControllerArg;
@@ -86,6 +85,12 @@ pub(crate) fn run_sim(args: SimArgs) -> Result<()> {
         }
         (None, None) => None,
     };
+    // Nobody is home unless asked for: a scenario names its household, a plain run has one.
+    let household = match &scenario {
+        _ if args.no_household => None,
+        Some(sc) => sc.household.clone(),
+        None => Some(Default::default()),
+    };
     let opts = SimOptions {
         mqtt: args.mqtt.clone(),
         mqtt_security: args.auth.resolve()?,
@@ -111,6 +116,7 @@ pub(crate) fn run_sim(args: SimArgs) -> Result<()> {
             None => None,
         },
         print_durable: args.print_durable,
+        household,
     };
     let runtime = match speed {
         // Paused time on one thread: tokio jumps to the next timer whenever every task is idle.
@@ -154,107 +160,11 @@ pub(crate) fn run_sim(args: SimArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        print_summary(&summary);
+        print!("{}", sim::story::render(&summary));
     }
     Ok(())
 }
 
 pub(crate) fn opt(v: Option<f64>) -> String {
     v.map_or("--".into(), |v| format!("{v:.2}"))
-}
-
-pub(crate) fn print_summary(s: &sim::SimSummary) {
-    let f = &s.fridge;
-    println!(
-        "medbox simulation: {} ({:.2} days from {})",
-        s.board, s.days, s.start
-    );
-    if let Some(sc) = &s.scenario {
-        println!("scenario: {sc}");
-    }
-    println!("seed: {}", s.seed);
-    println!();
-    println!("fridge (from the controller's records, through the drivers)");
-    for (name, p) in [
-        ("vial (TMP117, buffered)", &f.vial),
-        ("air (DS18B20)", &f.air),
-    ] {
-        println!(
-            "  {name:24} min {:>6} °C  max {:>6} °C  mean {:>6} °C  ({} readings, {} rejected)",
-            opt(p.min),
-            opt(p.max),
-            opt(p.mean),
-            p.readings,
-            p.rejected
-        );
-    }
-    println!(
-        "  in 2–8 °C: {:.0} min   out of range: {:.0} min   unknown: {:.0} min   uncertain (probes disagree): {:.0} min",
-        f.minutes_in_range, f.minutes_out_of_range, f.minutes_unknown, f.minutes_uncertain
-    );
-    println!(
-        "  compressor: {} starts ({:.2}/h), on {:.0} min   door open {:.0} min   mains off {:.0} min   fail-safe {:.0} min",
-        f.compressor_starts, f.compressor_starts_per_hour, f.compressor_on_minutes, f.door_open_minutes, f.mains_off_minutes, f.failsafe_minutes
-    );
-    if !s.probe_faults.is_empty() {
-        println!("  probe faults: {:?}", s.probe_faults);
-    }
-    for d in &s.probe_doubts {
-        let what = match (d.doubt, d.evidence) {
-            (Some(doubt), Some(e)) => format!("{} ({e:?}): {}", doubt.code(), doubt.control()),
-            (Some(doubt), None) => format!("{}: {}", doubt.code(), doubt.control()),
-            (None, _) => "the probes agree again".into(),
-        };
-        println!("  probes {}: {what}", d.at.to_rfc3339());
-    }
-    print_coldchain(&s.coldchain);
-    for a in &s.acknowledgements {
-        println!("  acknowledged: {a}");
-    }
-    for c in &s.commands_rejected {
-        println!("  command rejected: {c}");
-    }
-    let d = &s.dispenser;
-    println!();
-    println!(
-        "dispenser: {} homings, {} test dispenses, {} units seen, {} lost positions, {} cup pickups, {} button presses",
-        d.homings, d.dispenses, d.units_seen, d.lost_position, d.tray_pickups, d.button_presses
-    );
-    println!("  doses: {:?}", d.doses);
-    if let Some(n) = s.outbox_before_uplink {
-        match &s.uplink {
-            None => println!("  outbox: {n} messages kept for the uplink (no broker configured; --mqtt mqtt://127.0.0.1:1883 to send)"),
-            Some(u) => println!(
-                "  uplink: {} messages acknowledged by the broker, {} left in the outbox, {} connects, {} failed attempts, {} broker outages",
-                u.acked, u.left, u.connects, u.failures, u.outages
-            ),
-        }
-    }
-    if !d.dose_alerts.is_empty() {
-        println!("  dose alerts: {:?}", d.dose_alerts);
-    }
-    if !d.stock.is_empty() {
-        println!(
-            "  inventory: {} refills recorded; units per slot {:?}; stock alerts {:?}",
-            d.refills, d.stock, d.stock_alerts
-        );
-    }
-    for (slot, units) in &d.stray_drops {
-        println!("  STRAY_DROP: {units} unit(s) fell from slot {slot} while the carousel was positioning: check the cup");
-    }
-    for fault in &s.device_faults {
-        println!("  device fault: {fault}");
-    }
-    println!();
-    println!(
-        "model truth: air (the stock) {:.2}–{:.2} °C ({:.0} min below, {:.0} min above the range), vial {:.2}–{:.2} °C, {} units released, stock {:?}",
-        s.truth.air_min,
-        s.truth.air_max,
-        s.truth.product_minutes_below,
-        s.truth.product_minutes_above,
-        s.truth.vial_min,
-        s.truth.vial_max,
-        s.truth.units_released,
-        s.truth.stock
-    );
 }

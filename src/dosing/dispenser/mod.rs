@@ -382,7 +382,8 @@ fn reply(fx: &mut Vec<Effect>, token: Option<Token>, answer: Answer) {
         Some(token) => fx.push(Effect::Reply { token, answer }),
         None => {
             if let Err(r) = answer {
-                tracing::warn!("command refused, nobody waits for the answer: {r}");
+                // The refusal is in the record (the dose event); the log needs it only when asked.
+                tracing::debug!("command refused, nobody waits for the answer: {r}");
             }
         }
     }

@@ -6,6 +6,9 @@
 //! through the real drivers; the model's own truth is reported beside it only so the two can be
 //! compared.
 
+pub mod household;
+pub mod story;
+
 use crate::appliance;
 use crate::board::sim::{self, SimHandle};
 use crate::clock::{self, Clock, SimClock};
@@ -79,6 +82,9 @@ pub struct SimOptions {
     /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
     /// the crash harness: a printed record is an acknowledged one).
     pub print_durable: bool,
+    /// The simulated people who collect doses and take readings (None: nobody; the scenario
+    /// alone acts).
+    pub household: Option<household::HouseholdConfig>,
 }
 
 /// The simulation could not run.
@@ -142,8 +148,12 @@ pub struct DispenserSummary {
     pub homings: u32,
     /// Dispenses run.
     pub dispenses: u32,
-    /// Units the break-beam saw.
+    /// Units the break-beam saw in test dispenses.
     pub units_seen: u32,
+    /// Doses released into the cup.
+    pub doses_released: u32,
+    /// Units those doses held.
+    pub dose_units_released: u32,
     /// Dispenses after which home was not found (jam).
     pub lost_position: u32,
     /// Cup pickups.
@@ -216,10 +226,40 @@ pub struct SimSummary {
     /// Every dose outcome of the run.
     #[serde(skip)]
     pub dose_records: Vec<crate::dosing::engine::DoseRecord>,
+    /// Every dose outcome with whose it was and why (for the summary people read).
+    #[serde(skip)]
+    pub dose_notes: Vec<DoseNote>,
+    /// What became of each patient's doses, per medication.
+    pub adherence: Vec<crate::dosing::adherence::Tally>,
+    /// Every patient the schedules name (some may have had nothing due).
+    pub patients: Vec<String>,
+    /// The zone people read times in: the schedules' (the first one's, when they differ).
+    pub zone: chrono_tz::Tz,
+    /// Whether the run commissioned the appliance (a fresh store, the cabinet switched on): its
+    /// first pull-down into range is the commissioning, not a storage excursion.
+    pub commissioned: bool,
+    /// The cold-chain range (°C).
+    pub range: (f64, f64),
+    /// Each device fault with when it was reported.
+    #[serde(skip)]
+    pub device_fault_log: Vec<(DateTime<Utc>, String)>,
     /// The physical model's truth.
     pub truth: ModelTruth,
     /// Each change of what was known about a disagreement between the probes.
     pub probe_doubts: Vec<DoubtChange>,
+}
+
+/// A dose outcome as the summary tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoseNote {
+    /// Patient pseudonym.
+    pub patient: String,
+    /// The record.
+    pub record: crate::dosing::engine::DoseRecord,
+    /// Reason code (held, missed, refused).
+    pub reason: Option<String>,
+    /// What the appliance said about it.
+    pub detail: String,
 }
 
 /// Runs the simulation until `duration` passes or `stop` resolves. Call inside a runtime whose
@@ -307,6 +347,7 @@ pub async fn run(
         Vec::new()
     };
     let has_store = opts.db.is_some();
+    let commissioned = !commissioning.is_empty();
     let started = restored.start(clock.clone(), fridge, dispenser)?;
     let handles = started.handles().clone();
     for (slot, added) in commissioning {
@@ -340,6 +381,36 @@ pub async fn run(
         ))
     });
 
+    let (dropped, dropped_rx) = tokio::sync::mpsc::unbounded_channel();
+    let household_task = opts.household.as_ref().map(|cfg| {
+        let people = opts
+            .schedules
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let habit = cfg.patient.get(&s.patient).copied().unwrap_or(cfg.habit);
+                household::Person::new(s, i, habit, model.seed)
+            })
+            .collect();
+        tokio::spawn(household::live(
+            people,
+            opts.schedules.clone(),
+            household::Stage {
+                handle: handle.clone(),
+                clock: sim_clock.clone(),
+                dispenser: handles.dispenser.clone(),
+                dropped: dropped_rx,
+            },
+        ))
+    });
+    let late_window = |patient: &str, medication: &str| {
+        opts.schedules
+            .iter()
+            .filter(|s| s.patient == patient)
+            .find_map(|s| s.medication(medication))
+            .map(|(m, _)| m.window().1)
+    };
+
     let acc = std::cell::RefCell::new(Accumulator::new(&opts, &profile, model.seed));
     let end = opts.duration.map(|d| clock.monotonic() + d);
     let mut last_status = std::time::Instant::now();
@@ -355,7 +426,7 @@ pub async fn run(
             _ = until_end => {}
             _ = stop => {}
         }
-        if let Some(t) = &scenario_task {
+        for t in scenario_task.iter().chain(&household_task) {
             t.abort();
         }
         ended.set(Some((clock.now(), clock.monotonic())));
@@ -371,6 +442,16 @@ pub async fn run(
                         std::process::abort();
                     }
                     crash_on_store.set(true);
+                }
+                if let Event::Dose { patient, medication, record, .. } = ev {
+                    if record.outcome == crate::dosing::engine::Outcome::Dispensed {
+                        let _ = dropped.send(household::Dropped {
+                            patient: patient.clone(),
+                            late_window: record
+                                .occurrence
+                                .and_then(|_| late_window(patient, medication)),
+                        });
+                    }
                 }
                 acc.borrow_mut().add(ev, &handle);
                 if opts.live && last_status.elapsed() >= Duration::from_secs(1) {
@@ -389,7 +470,7 @@ pub async fn run(
             },
         )
         .await;
-    if let Some(t) = scenario_task {
+    for t in scenario_task.into_iter().chain(household_task) {
         t.abort();
     }
     let stopped = stopped?;
@@ -400,6 +481,7 @@ pub async fn run(
     network.send_if_modified(|up| !std::mem::replace(up, true));
     let delivery = stopped.deliver().await?;
     let mut summary = acc.into_inner().finish(end_at, elapsed, &handle);
+    summary.commissioned = commissioned;
     summary.outbox_before_uplink = delivery.outbox_before_uplink;
     summary.uplink = delivery.uplink;
     Ok(summary)
@@ -578,6 +660,13 @@ struct Accumulator {
     checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     durable_records: u64,
     dose_records: Vec<crate::dosing::engine::DoseRecord>,
+    dose_notes: Vec<DoseNote>,
+    patients: Vec<String>,
+    zone: chrono_tz::Tz,
+    device_fault_log: Vec<(DateTime<Utc>, String)>,
+    /// The last alert about each waiting dose (patient, medication, occurrence): why a dose
+    /// closed held or missed, which its closing record does not repeat.
+    last_alert: BTreeMap<(String, String, DateTime<Utc>), String>,
     /// The appliance's counts, mirrored from its events.
     inventory: crate::dosing::inventory::Inventory,
 }
@@ -606,6 +695,11 @@ impl Accumulator {
             checkpoints: Vec::new(),
             durable_records: 0,
             dose_records: Vec::new(),
+            dose_notes: Vec::new(),
+            patients: opts.schedules.iter().map(|s| s.patient.clone()).collect(),
+            zone: opts.schedules.first().map_or(chrono_tz::UTC, |s| s.tz),
+            device_fault_log: Vec::new(),
+            last_alert: BTreeMap::new(),
             inventory: Default::default(),
         }
     }
@@ -701,8 +795,10 @@ impl Accumulator {
             }
             Event::TrayPickup { .. } => self.dispenser.tray_pickups += 1,
             Event::ButtonPressed { .. } => self.dispenser.button_presses += 1,
-            Event::DeviceFault { device, detail, .. } => {
-                self.device_faults.push(format!("{device}: {detail}"))
+            Event::DeviceFault { at, device, detail } => {
+                let fault = format!("{device}: {detail}");
+                self.device_fault_log.push((*at, fault.clone()));
+                self.device_faults.push(fault);
             }
             Event::ColdChain(e) => self.analysis.add_event(e),
             Event::AlarmAcknowledged {
@@ -716,9 +812,34 @@ impl Accumulator {
             Event::CommandRejected {
                 command, reason, ..
             } => self.commands_rejected.push(format!("{command}: {reason}")),
-            Event::Dose { record, slot, .. } => {
+            Event::Dose {
+                record,
+                slot,
+                patient,
+                reason,
+                detail,
+                ..
+            } => {
                 self.inventory
                     .dose(*slot, record.occurrence, record.outcome, record.units);
+                if record.outcome == crate::dosing::engine::Outcome::Dispensed {
+                    self.dispenser.doses_released += 1;
+                    self.dispenser.dose_units_released += record.units;
+                }
+                let why = record.occurrence.and_then(|o| {
+                    self.last_alert
+                        .get(&(patient.clone(), record.medication.clone(), o))
+                });
+                let detail = match (detail.is_empty(), why) {
+                    (true, Some(why)) => why.clone(),
+                    _ => detail.clone(),
+                };
+                self.dose_notes.push(DoseNote {
+                    patient: patient.clone(),
+                    record: record.clone(),
+                    reason: reason.clone(),
+                    detail,
+                });
                 let k = serde_json::to_value(record.outcome)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -726,7 +847,18 @@ impl Accumulator {
                 *self.dispenser.doses.entry(k).or_default() += 1;
                 self.dose_records.push(record.clone());
             }
-            Event::DoseAlert { reason, .. } => {
+            Event::DoseAlert {
+                reason,
+                patient,
+                medication,
+                occurrence,
+                detail,
+                ..
+            } => {
+                self.last_alert.insert(
+                    (patient.clone(), medication.clone(), *occurrence),
+                    format!("{reason}: {detail}"),
+                );
                 *self
                     .dispenser
                     .dose_alerts
@@ -819,6 +951,17 @@ impl Accumulator {
             checkpoints: self.checkpoints,
             durable_records: self.durable_records,
             dose_records: self.dose_records,
+            adherence: crate::dosing::adherence::tally(
+                self.dose_notes
+                    .iter()
+                    .map(|n| (n.patient.clone(), n.record.clone())),
+            ),
+            dose_notes: self.dose_notes,
+            patients: self.patients,
+            zone: self.zone,
+            commissioned: false,
+            range: self.range,
+            device_fault_log: self.device_fault_log,
             outbox_before_uplink: None,
             uplink: None,
         }
