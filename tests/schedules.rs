@@ -238,3 +238,50 @@ fn explain_names_a_missing_reading_in_words() {
         "{out}"
     );
 }
+
+#[test]
+fn schedule_week_lists_every_dose_by_local_day_and_exports_a_calendar() {
+    let file = "schedules/p-0520-prednisolone-taper.toml";
+    let (code, out) = medbox(&[
+        "schedule",
+        "week",
+        file,
+        "--from",
+        "2026-03-02",
+        "--days",
+        "7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("local time in Australia/Sydney"), "{out}");
+    assert!(out.contains("Monday 2 March"), "{out}");
+    assert_eq!(out.matches("Prednisolone 5 mg").count(), 7, "{out}");
+    let (code, ics) = medbox(&[
+        "schedule",
+        "week",
+        file,
+        "--from",
+        "2026-03-02",
+        "--days",
+        "7",
+        "--ics",
+    ]);
+    assert_eq!(code, 0, "{ics}");
+    assert_eq!(ics.matches("BEGIN:VEVENT").count(), 7, "{ics}");
+    // 08:00 in Sydney (AEDT, UTC+11) is 21:00 UTC the evening before.
+    assert!(ics.contains("DTSTART:20260301T210000Z"), "{ics}");
+    // The whole cabinet: every schedule in a directory, as-needed medications listed apart.
+    let (code, out) = medbox(&[
+        "schedule",
+        "week",
+        "schedules",
+        "--from",
+        "2026-03-02",
+        "--days",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    for patient in ["p-0042", "p-0107", "p-0311", "p-0520"] {
+        assert!(out.contains(patient), "{out}");
+    }
+    assert!(out.contains("as needed\n  p-0311  Paracetamol"), "{out}");
+}

@@ -30,4 +30,5 @@ pub mod replace;
 mod safety_model;
 pub mod schedule;
 pub mod vitals;
+pub mod week;
 pub mod when;

@@ -233,8 +233,10 @@ pub struct SimSummary {
     pub adherence: Vec<crate::dosing::adherence::Tally>,
     /// Every patient the schedules name (some may have had nothing due).
     pub patients: Vec<String>,
-    /// The zone people read times in: the schedules' (the first one's, when they differ).
+    /// The zone people read the appliance's times in: the first schedule's (UTC without one).
     pub zone: chrono_tz::Tz,
+    /// Each patient's own zone, in which their dose times are told.
+    pub patient_zones: BTreeMap<String, chrono_tz::Tz>,
     /// Whether the run commissioned the appliance (a fresh store, the cabinet switched on): its
     /// first pull-down into range is the commissioning, not a storage excursion.
     pub commissioned: bool,
@@ -663,6 +665,7 @@ struct Accumulator {
     dose_notes: Vec<DoseNote>,
     patients: Vec<String>,
     zone: chrono_tz::Tz,
+    patient_zones: BTreeMap<String, chrono_tz::Tz>,
     device_fault_log: Vec<(DateTime<Utc>, String)>,
     /// The last alert about each waiting dose (patient, medication, occurrence): why a dose
     /// closed held or missed, which its closing record does not repeat.
@@ -698,6 +701,11 @@ impl Accumulator {
             dose_notes: Vec::new(),
             patients: opts.schedules.iter().map(|s| s.patient.clone()).collect(),
             zone: opts.schedules.first().map_or(chrono_tz::UTC, |s| s.tz),
+            patient_zones: opts
+                .schedules
+                .iter()
+                .map(|s| (s.patient.clone(), s.tz))
+                .collect(),
             device_fault_log: Vec::new(),
             last_alert: BTreeMap::new(),
             inventory: Default::default(),
@@ -959,6 +967,7 @@ impl Accumulator {
             dose_notes: self.dose_notes,
             patients: self.patients,
             zone: self.zone,
+            patient_zones: self.patient_zones,
             commissioned: false,
             range: self.range,
             device_fault_log: self.device_fault_log,

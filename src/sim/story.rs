@@ -104,10 +104,16 @@ pub fn render(s: &SimSummary) -> String {
         dated(s.start, tz),
         dated(s.end, tz)
     );
+    let others = s.patient_zones.values().any(|z| *z != tz);
     let _ = writeln!(
         o,
-        "times are local to {} (the schedules' zone); seed {}: the same seed plays the same run",
+        "times are local to {}{}; seed {}: the same seed plays the same run",
         tz.name(),
+        if others {
+            " (a patient in another zone has their dose times in their own)"
+        } else {
+            ""
+        },
         s.seed
     );
     if let Some(sc) = &s.scenario {
@@ -164,7 +170,13 @@ fn patients(o: &mut String, s: &SimSummary) {
             ),
             None => "no dose was due".into(),
         };
-        let _ = writeln!(o, "  {patient}  {head}");
+        let zone = s.patient_zones.get(patient).copied().unwrap_or(s.zone);
+        let zone_note = if zone == s.zone {
+            String::new()
+        } else {
+            format!("  (times in {})", zone.name())
+        };
+        let _ = writeln!(o, "  {patient}  {head}{zone_note}");
         for t in tallies {
             let due = if t.scheduled > 0 {
                 format!("{} due", t.scheduled)
@@ -187,7 +199,7 @@ fn patients(o: &mut String, s: &SimSummary) {
                     (true, Some(code)) => code.clone(),
                     (true, None) => "no reason recorded".into(),
                 };
-                let _ = writeln!(o, "      {what} {}: {why}", local(when, s.zone));
+                let _ = writeln!(o, "      {what} {}: {why}", local(when, zone));
             }
         }
     }

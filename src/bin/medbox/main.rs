@@ -210,6 +210,21 @@ enum ScheduleCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every dose of a week, day by day in local time (or an iCalendar file to import into a
+    /// calendar).
+    Week {
+        /// A schedule file, or a directory of them (the whole cabinet).
+        path: PathBuf,
+        /// The first day (local date, default today in the schedules' zone).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// How many days.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=62))]
+        days: u32,
+        /// Print an iCalendar (RFC 5545) file instead of the table.
+        #[arg(long)]
+        ics: bool,
+    },
     /// What the engine would do at a moment for each medication, and why.
     Explain {
         /// The schedule file.

@@ -54,6 +54,12 @@ pub(crate) fn schedule_command(cmd: ScheduleCommand) -> ExitCode {
             count,
             json,
         } => schedule_next(&file, from, count, json),
+        ScheduleCommand::Week {
+            path,
+            from,
+            days,
+            ics,
+        } => schedule_week(&path, from, days, ics),
         ScheduleCommand::Explain { file, at, db, json } => {
             schedule_explain(&file, at, db.as_deref(), json)
         }
@@ -75,6 +81,97 @@ fn local(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
     t.with_timezone(&tz)
         .format("%a %Y-%m-%d %H:%M %Z")
         .to_string()
+}
+
+fn schedule_week(
+    path: &std::path::Path,
+    from: Option<chrono::NaiveDate>,
+    days: u32,
+    ics: bool,
+) -> Result<()> {
+    use medbox::dosing::week;
+    let schedules: Vec<medbox::dosing::schedule::Schedule> = if path.is_dir() {
+        let (ok, errs) = medbox::dosing::schedule::Schedule::load_dir(path);
+        if !errs.is_empty() {
+            return Err(config_errors(errs));
+        }
+        ok.into_iter().map(|(_, s)| s).collect()
+    } else {
+        vec![load_schedule(path)?]
+    };
+    let zone = schedules.first().map_or(chrono_tz::UTC, |s| s.tz);
+    let from = from.unwrap_or_else(|| chrono::Utc::now().with_timezone(&zone).date_naive());
+    let (doses, prn) = week::plan(&schedules, from, days);
+    if ics {
+        print!("{}", week::to_ics(&doses, &prn));
+        return Ok(());
+    }
+    let one_zone = schedules.iter().all(|s| s.tz == zone);
+    let last = from + chrono::Duration::days(i64::from(days) - 1);
+    println!(
+        "doses from {} to {}{}",
+        from.format("%a %-d %b %Y"),
+        last.format("%a %-d %b %Y"),
+        if one_zone {
+            format!(", local time in {}", zone.name())
+        } else {
+            ", each patient's local time".to_string()
+        }
+    );
+    let name_width = doses
+        .iter()
+        .map(|d| d.medication.chars().count() + 1 + d.strength.chars().count())
+        .max()
+        .unwrap_or(0);
+    let patient_width = doses.iter().map(|d| d.patient.len()).max().unwrap_or(0);
+    let mut day = None;
+    for d in &doses {
+        if day != Some(d.day()) {
+            day = Some(d.day());
+            println!();
+            println!("{}", d.day().format("%A %-d %B"));
+        }
+        let local =
+            |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&d.tz).format("%H:%M").to_string();
+        let zone = if one_zone {
+            String::new()
+        } else {
+            format!(
+                " {:<5}",
+                d.occurrence.with_timezone(&d.tz).format("%Z").to_string()
+            )
+        };
+        println!(
+            "  {}{zone}  {:<patient_width$}  {:<name_width$}  {} unit{}  slot {}  window {}–{}",
+            local(d.occurrence),
+            d.patient,
+            format!("{} {}", d.medication, d.strength),
+            d.units,
+            if d.units == 1 { " " } else { "s" },
+            d.slot,
+            local(d.opens),
+            local(d.closes),
+        );
+    }
+    if doses.is_empty() {
+        println!();
+        println!("no scheduled dose in these days");
+    }
+    if !prn.is_empty() {
+        println!();
+        println!("as needed");
+        for p in &prn {
+            println!(
+                "  {}  {} {}: at least {} apart, at most {} in 24 h",
+                p.patient,
+                p.medication,
+                p.strength,
+                humantime::format_duration(p.min_interval),
+                p.max_per_24h
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether an error is a slot clash between files (re-checked across every path given).
