@@ -104,6 +104,27 @@ fn vitals_add_refuses_bad_readings_with_a_reason_and_records_good_ones() {
     assert!(text.contains("physiological range"), "{text}");
     let (code, text) = add(&["--vital", "pulse", "--value", "60", "--source", "n-4"]);
     assert_eq!(code, 1, "{text}");
+    // The appliance records its schedules when it runs: only their patients may be named.
+    let (code, text) = medbox(&["sim", "--days", "0.01", "--db", db, "--no-household"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = add(&[
+        "--vital",
+        "heart_rate",
+        "--value",
+        "52",
+        "--source",
+        "n-4",
+        "--patient",
+        "Marie",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("UNKNOWN_PATIENT") && text.contains("never a name"),
+        "{text}"
+    );
+    let (code, text) = add(&["--vital", "heart_rate", "--value", "52", "--source", "n-4"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("PATIENT_REQUIRED"), "{text}");
     // Nothing refused was recorded; the good one is, with its source as the actor.
     let (code, text) = add(&[
         "--vital",
@@ -128,6 +149,11 @@ fn vitals_add_refuses_bad_readings_with_a_reason_and_records_good_ones() {
     ]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(text.matches("vitals.reading").count(), 1, "{text}");
+    let (_, all) = medbox(&["audit", "log", "--db", db, "--kind", "vitals"]);
+    assert!(
+        !all.contains("Marie"),
+        "a refused name is never recorded: {all}"
+    );
     assert!(text.contains("n-4"), "{text}");
 }
 

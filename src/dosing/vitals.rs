@@ -6,6 +6,7 @@
 
 use super::engine::{Quality, VitalReading};
 use super::schedule::Vital;
+use crate::refusal::{refuse, Refusal, RefusalCode};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
@@ -42,6 +43,34 @@ pub fn unit(v: Vital) -> &'static str {
         Vital::Spo2 => "%",
         Vital::BodyTemperature => "Cel",
         Vital::Glucose => "mg/dL",
+    }
+}
+
+/// Whose a reading is: the patient it names if the cabinet doses them, or the cabinet's only
+/// patient. A name that is not one of the cabinet's pseudonyms is refused, so a person's real
+/// name typed by mistake never reaches the audit log, which cannot be erased.
+pub fn whose(named: Option<&str>, patients: &[&str]) -> Result<String, Refusal> {
+    match (named, patients) {
+        (Some(p), known) if known.contains(&p) => Ok(p.to_string()),
+        (Some(p), []) => refuse(
+            RefusalCode::UnknownPatient,
+            format!("{p:?}: no schedule is recorded yet, so no patient is known; give the reading once the appliance runs its schedules"),
+        ),
+        (Some(p), known) => refuse(
+            RefusalCode::UnknownPatient,
+            format!(
+                "{p:?} has no schedule in this cabinet (its patients: {}); give the pseudonym, never a name",
+                known.join(", ")
+            ),
+        ),
+        (None, [only]) => Ok(only.to_string()),
+        (None, known) => refuse(
+            RefusalCode::PatientRequired,
+            format!(
+                "this cabinet doses {} patients; say whose reading it is (`patient`)",
+                known.len()
+            ),
+        ),
     }
 }
 
@@ -179,6 +208,25 @@ pub fn out_of_band(r: &VitalReading) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reading_may_only_name_a_patient_of_the_cabinet() {
+        let code = |r: Result<String, Refusal>| r.map_err(|e| e.code);
+        assert_eq!(code(whose(Some("p-1"), &["p-1", "p-2"])), Ok("p-1".into()));
+        assert_eq!(code(whose(None, &["p-1"])), Ok("p-1".into()));
+        assert_eq!(
+            code(whose(Some("Marie"), &["p-1", "p-2"])),
+            Err(RefusalCode::UnknownPatient)
+        );
+        assert_eq!(
+            code(whose(Some("p-1"), &[])),
+            Err(RefusalCode::UnknownPatient)
+        );
+        assert_eq!(
+            code(whose(None, &["p-1", "p-2"])),
+            Err(RefusalCode::PatientRequired)
+        );
+    }
+
     use super::*;
 
     fn raw(vital: Vital, value: Option<f64>, sfloat: Option<u16>) -> RawVital {

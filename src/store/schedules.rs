@@ -8,6 +8,21 @@ use crate::dosing::schedule::Schedule;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
+/// Every patient whose schedule the appliance ever recorded (by file or by command): the
+/// pseudonyms a reading or command given at the device may name.
+pub fn known_patients(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let subjects: Vec<String> = conn
+        .prepare(
+            "SELECT DISTINCT subject FROM audit WHERE kind = 'schedule.change' ORDER BY subject",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(subjects
+        .iter()
+        .filter_map(|s| s.strip_prefix("schedule:").map(str::to_string))
+        .collect())
+}
+
 /// Replaces, in `schedules`, every patient's file schedule by the schedule installed by command
 /// since the loader last saw that file. Returns the patients whose schedule came from the store.
 pub fn apply_installed(

@@ -64,13 +64,32 @@ pub(crate) fn vitals_add(
     let reading = serde_json::from_value::<medbox::dosing::vitals::RawVital>(raw)
         .map_err(|e| e.to_string())
         .and_then(|r| medbox::dosing::vitals::validate(&r, now));
-    let reading = match reading {
+    let mut reading = match reading {
         Ok(r) => r,
         Err(e) => {
             eprintln!("medbox: reading refused: {e}");
             return ExitCode::from(1);
         }
     };
+    // Only a patient this appliance doses: a name typed by mistake must not reach the log.
+    let known = medbox::store::schema::open_read_only(db)
+        .map_err(anyhow::Error::from)
+        .and_then(|conn| Ok(medbox::store::schedules::known_patients(&conn)?));
+    let known = match known {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("medbox: {}: {e:#}", db.display());
+            return ExitCode::from(2);
+        }
+    };
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    match medbox::dosing::vitals::whose(reading.patient.as_deref(), &known) {
+        Ok(p) => reading.patient = Some(p),
+        Err(refusal) => {
+            eprintln!("medbox: reading refused: {refusal}");
+            return ExitCode::from(1);
+        }
+    }
     let result = (|| -> Result<i64> {
         let mut rec = medbox::store::recorder::Recorder::open(
             db,

@@ -16,21 +16,7 @@ impl Dispenser {
     /// Whose a reading is: the one it names, or the cabinet's only patient.
     pub(super) fn whose(&self, reading: &VitalReading) -> Result<String, Refusal> {
         let patients: Vec<&str> = self.schedules.iter().map(|s| s.patient.as_str()).collect();
-        match (reading.patient.as_deref(), patients.as_slice()) {
-            (Some(p), known) if known.contains(&p) => Ok(p.to_string()),
-            (Some(p), _) => refuse(
-                RefusalCode::UnknownPatient,
-                format!("{p:?} has no schedule in this cabinet"),
-            ),
-            (None, [only]) => Ok(only.to_string()),
-            (None, known) => refuse(
-                RefusalCode::PatientRequired,
-                format!(
-                    "this cabinet doses {} patients; say whose reading it is (`patient`)",
-                    known.len()
-                ),
-            ),
-        }
+        crate::dosing::vitals::whose(reading.patient.as_deref(), &patients)
     }
 
     /// Takes a reading for its patient's holds: recorded (unless it already was), alerted when
