@@ -37,6 +37,7 @@ pub mod dosing;
 pub mod drivers;
 pub mod events;
 pub mod refusal;
+pub mod remote;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -1154,3 +1154,149 @@ async fn identities_come_from_the_broker_and_roles_from_the_topics_it_grants() {
         );
     }
 }
+
+/// Waits until `dev` says it is online (its retained status), so a command finds it listening.
+async fn until_online(dev: &str) {
+    let mut opts = MqttOptions::new(format!("{dev}-watch"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut ev) = AsyncClient::new(opts, 10);
+    client
+        .subscribe(format!("medbox/{dev}/status"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(5), ev.poll()).await
+        {
+            if p.payload.as_ref() == b"online" {
+                return;
+            }
+        }
+    }
+    panic!("{dev} never came online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn medbox_cmd_sends_what_a_person_means_and_prints_the_appliances_answer() {
+    let dev = device("cli-cmd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = appliance(&dev, dir.path());
+    until_online(&dev).await;
+    let cmd = |args: &[&str]| {
+        let out = medbox()
+            .arg("cmd")
+            .args(args)
+            .args(["--device", &dev, "--timeout", "20s"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let id = format!("{dev}-refill-1");
+    let refill = [
+        "refill",
+        "--actor",
+        "ph-7",
+        "--slot",
+        "3",
+        "--units",
+        "30",
+        "--expiry",
+        "2027-12-31",
+        "--note",
+        "lot A12",
+        "--id",
+        &id,
+    ];
+    let (code, out) = cmd(&refill);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("refill") && out.contains("done: slot 3: 30 added"),
+        "{out}"
+    );
+    // The same id again is answered, not done again.
+    let (code, out) = cmd(&refill);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing was done again"), "{out}");
+    // Refusals come back with their code; the exit status says so.
+    let (code, out) = cmd(&["refill", "--actor", "ph-7", "--slot", "12", "--units", "1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused: UNKNOWN_SLOT"), "{out}");
+    let (code, out) = cmd(&[
+        "refill", "--actor", "p-0311", "--role", "patient", "--slot", "3", "--units", "1",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ROLE_NOT_ALLOWED"), "{out}");
+    // A local dose time with its zone; the medication's letter case does not matter.
+    let (code, out) = cmd(&[
+        "skip",
+        "--actor",
+        "cg-1",
+        "--patient",
+        "p-0042",
+        "--medication",
+        "METFORMIN",
+        "--occurrence",
+        "2026-03-02T19:00",
+        "--tz",
+        "Europe/Berlin",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("skip_dose") && out.contains("done"), "{out}");
+    // A schedule file, not TOML inside JSON.
+    let (code, out) = cmd(&[
+        "install-schedule",
+        "schedules/p-0042-twice-daily-and-beta-blocker.toml",
+        "--actor",
+        "cg-1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("replace_schedule"), "{out}");
+    // A file the appliance's parser would refuse is refused here, by line, and never sent.
+    let (code, out) = cmd(&[
+        "install-schedule",
+        "schedules/invalid/times-not-a-list.toml",
+        "--actor",
+        "cg-1",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("times-not-a-list.toml:11: times"), "{out}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // What was done is in the appliance's record, with the person.
+    let db = dir.path().join("m.db");
+    let out = medbox()
+        .args(["audit", "log", "--db"])
+        .arg(&db)
+        .args(["--kind", "inventory.refill"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("ph-7"), "{log}");
+}
+
+#[test]
+fn medbox_cmd_says_when_no_appliance_answers() {
+    let out = medbox()
+        .args([
+            "cmd",
+            "report",
+            "--device",
+            "nobody-here",
+            "--actor",
+            "cg-1",
+            "--timeout",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer within 1s"));
+}

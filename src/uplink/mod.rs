@@ -128,38 +128,17 @@ fn parse_url(url: &str) -> Result<(String, u16, bool), UplinkError> {
     Ok((host.to_string(), port, tls))
 }
 
-/// How the uplink should end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopMode {
-    /// Keep running.
-    Run,
-    /// Stop once the outbox is empty (or `give_up` passed without a connection).
-    Drain,
-    /// Stop now.
-    Now,
-}
-
-/// Runs the uplink until `stop` says so.
-pub async fn run(
-    mut cfg: UplinkConfig,
-    mut stop: watch::Receiver<StopMode>,
-    give_up: Duration,
-) -> Result<UplinkStats, UplinkError> {
-    let (host, port, wants_tls) = parse_url(&cfg.url)?;
-    let outbox = match &cfg.outbox {
-        OutboxSource::File(path) => OutboxHandle::open(path)?,
-        OutboxSource::Owner(tx) => OutboxHandle::Served(tx.clone()),
-    };
-    let status = crate::wire::topic(&cfg.device_id, crate::wire::STATUS);
-    let mut opts = MqttOptions::new(cfg.device_id.clone(), host, port);
-    opts.set_keep_alive(cfg.keep_alive);
-    opts.set_clean_session(true);
-    // Accept packets far past the command limit, so an oversized command gets a reasoned
-    // refusal (PAYLOAD_TOO_LARGE) instead of tearing the connection down; the shipped broker
-    // config caps packets well below this.
-    opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
-    opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
-    match (wants_tls, &cfg.tls) {
+/// Connection options for `url` (`mqtt://` or `mqtts://` with `tls`), as `client_id`, with
+/// optional username and password: the same for the appliance and for a tool that talks to it.
+pub fn broker_options(
+    url: &str,
+    client_id: &str,
+    tls: Option<&tls::TlsFiles>,
+    credentials: Option<&(String, String)>,
+) -> Result<MqttOptions, UplinkError> {
+    let (host, port, wants_tls) = parse_url(url)?;
+    let mut opts = MqttOptions::new(client_id, host, port);
+    match (wants_tls, tls) {
         (true, Some(files)) => {
             let config = tls::client_config(files).map_err(UplinkError::Tls)?;
             opts.set_transport(rumqttc::Transport::tls_with_config(
@@ -178,9 +157,47 @@ pub async fn run(
         }
         (false, None) => {}
     }
-    if let Some((user, password)) = &cfg.credentials {
+    if let Some((user, password)) = credentials {
         opts.set_credentials(user.clone(), password.clone());
     }
+    Ok(opts)
+}
+
+/// How the uplink should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Keep running.
+    Run,
+    /// Stop once the outbox is empty (or `give_up` passed without a connection).
+    Drain,
+    /// Stop now.
+    Now,
+}
+
+/// Runs the uplink until `stop` says so.
+pub async fn run(
+    mut cfg: UplinkConfig,
+    mut stop: watch::Receiver<StopMode>,
+    give_up: Duration,
+) -> Result<UplinkStats, UplinkError> {
+    let outbox = match &cfg.outbox {
+        OutboxSource::File(path) => OutboxHandle::open(path)?,
+        OutboxSource::Owner(tx) => OutboxHandle::Served(tx.clone()),
+    };
+    let status = crate::wire::topic(&cfg.device_id, crate::wire::STATUS);
+    let mut opts = broker_options(
+        &cfg.url,
+        &cfg.device_id,
+        cfg.tls.as_ref(),
+        cfg.credentials.as_ref(),
+    )?;
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    // Accept packets far past the command limit, so an oversized command gets a reasoned
+    // refusal (PAYLOAD_TOO_LARGE) instead of tearing the connection down; the shipped broker
+    // config caps packets well below this.
+    opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
+    opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
     // We batch on our own; Nagle would hold a lone alarm, and each top-up's last publishes,
     // until the broker's delayed ACK (tens of milliseconds).

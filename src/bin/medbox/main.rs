@@ -5,6 +5,7 @@ mod audit_cmd;
 mod coldchain_cmd;
 mod config_cmd;
 mod generate;
+mod remote_cmd;
 mod run_cmd;
 mod schedule_cmd;
 mod sim_cmd;
@@ -82,6 +83,12 @@ enum Command {
     Uplink {
         #[command(subcommand)]
         command: UplinkCommand,
+    },
+    /// Send a command to an appliance over MQTT and print its answer (refill, acknowledge,
+    /// reconcile, skip, an as-needed dose, a report, trust the clock, install a schedule).
+    Cmd {
+        #[command(subcommand)]
+        command: remote_cmd::RemoteCommand,
     },
     /// Vital readings entered at the device.
     Vitals {
@@ -244,7 +251,7 @@ enum ScheduleCommand {
 
 /// How to authenticate to the broker (no defaults: anonymous unless given).
 #[derive(clap::Args, Clone, Default)]
-struct BrokerAuth {
+pub(crate) struct BrokerAuth {
     /// CA certificate (PEM) that signed the broker's; needed by mqtts://.
     #[arg(long)]
     mqtt_ca: Option<PathBuf>,
@@ -263,14 +270,14 @@ struct BrokerAuth {
 }
 
 /// TLS files and username/password, as the uplink takes them.
-type Security = (
+pub(crate) type Security = (
     Option<medbox::uplink::tls::TlsFiles>,
     Option<(String, String)>,
 );
 
 impl BrokerAuth {
     /// Reads the password file and gathers the TLS files.
-    fn resolve(&self) -> Result<Security> {
+    pub(crate) fn resolve(&self) -> Result<Security> {
         let tls = self
             .mqtt_ca
             .as_ref()
@@ -577,6 +584,7 @@ fn main() -> ExitCode {
             return vitals_add(&db, raw, audit_secret_file.as_deref());
         }
         Command::Schedule { command } => return schedule_command(command),
+        Command::Cmd { command } => return remote_cmd::remote_command(command),
         Command::Uplink {
             command:
                 UplinkCommand::Drain {
