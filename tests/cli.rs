@@ -302,3 +302,125 @@ fn config_check_checks_the_schedules_directory_the_config_names() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("broken.toml"), "names the file: {text}");
 }
+
+/// A day of the appliance with its household, recorded in a fresh database.
+fn recorded_day(dir: &std::path::Path) -> String {
+    let db = dir.join("m.db").to_string_lossy().to_string();
+    let (code, text) = medbox(&["sim", "--days", "1", "--db", &db]);
+    assert_eq!(code, 0, "{text}");
+    db
+}
+
+#[test]
+fn a_pharmacist_reads_the_log_in_local_time_with_a_detail_column_and_local_day_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_day(dir.path());
+    let (code, text) = medbox(&[
+        "audit",
+        "log",
+        "--db",
+        &db,
+        "--tz",
+        "Europe/Berlin",
+        "--from",
+        "2026-03-02T07:30",
+        "--to",
+        "2026-03-02T08:00",
+        "--kind",
+        "dose",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("time (Europe/Berlin)") && header.contains("detail"),
+        "{text}"
+    );
+    let dispensed = text
+        .lines()
+        .find(|l| l.contains("dose.dispensed") && l.contains("Metformin"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(dispensed.contains("2026-03-02 07:30"), "{dispensed}");
+    assert!(
+        dispensed.contains("dose of 2026-03-02 08:00 CET"),
+        "{dispensed}"
+    );
+    // Columns line up: every row's kind starts where the header's does.
+    let kind_at = header.find("kind").unwrap();
+    for line in text.lines().skip(1).filter(|l| l.contains("dose.")) {
+        assert_eq!(line.find("dose."), Some(kind_at), "{text}");
+    }
+    // A date alone is that local day.
+    let (code, day) = medbox(&[
+        "audit",
+        "log",
+        "--db",
+        &db,
+        "--tz",
+        "Europe/Berlin",
+        "--from",
+        "2026-03-03",
+        "--kind",
+        "system.stop",
+    ]);
+    assert_eq!(code, 0, "{day}");
+    assert!(
+        day.contains("system.stop") && day.contains("2026-03-03 01:00:00 CET"),
+        "{day}"
+    );
+}
+
+#[test]
+fn the_json_export_carries_bodies_as_objects_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_day(dir.path());
+    let export = dir.path().join("audit.jsonl");
+    let export = export.to_str().unwrap();
+    let (code, text) = medbox(&[
+        "audit", "export", "--db", &db, "--format", "json", "--out", export,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let lines = std::fs::read_to_string(export).unwrap();
+    let dose = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "dose.dispensed")
+        .expect("a dispensed dose");
+    assert_eq!(dose["body"]["medication"], "Metformin", "{dose}");
+    let (code, text) = medbox(&["audit", "verify", "--export", export]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("intact"), "{text}");
+}
+
+#[test]
+fn readings_export_gives_a_local_day_as_csv_that_coldchain_stats_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_day(dir.path());
+    let csv = dir.path().join("day.csv");
+    let csv = csv.to_str().unwrap();
+    let (code, text) = medbox(&[
+        "readings",
+        "export",
+        "--db",
+        &db,
+        "--tz",
+        "Europe/Berlin",
+        "--from",
+        "2026-03-02T12:00",
+        "--to",
+        "2026-03-02T13:00",
+        "--csv",
+        "--out",
+        csv,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("60 readings"), "{text}");
+    let rows = std::fs::read_to_string(csv).unwrap();
+    assert!(
+        rows.lines().nth(1).unwrap().starts_with("2026-03-02T12:00"),
+        "{rows}"
+    );
+    assert!(rows.lines().nth(1).unwrap().contains("+01:00"), "{rows}");
+    let (code, text) = medbox(&["coldchain", "stats", "--csv", csv]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("60 valid readings"), "{text}");
+}

@@ -1,6 +1,8 @@
 //! The printable report for pharmacists: one self-contained HTML page (inline CSS and SVG, no
 //! scripts, no external resources) built from the database.
 
+pub mod detail;
+
 use crate::coldchain::analysis::{analyse, AnalysisReport};
 use crate::coldchain::arbiter::Doubt;
 use crate::coldchain::monitor::Observation;

@@ -22,6 +22,7 @@ pub mod integrity;
 pub mod inventory;
 pub mod outbox;
 pub mod readings;
+pub mod readings_export;
 pub mod recorder;
 pub mod schedules;
 pub mod schema;

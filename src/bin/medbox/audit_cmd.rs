@@ -31,7 +31,7 @@ pub(crate) fn read_export(path: &std::path::Path) -> Result<Vec<medbox::store::a
                 continue;
             }
             rows.push(
-                serde_json::from_str(&line)
+                medbox::store::audit::from_json_line(&line)
                     .with_context(|| format!("{}:{}: not an audit row", path.display(), i + 1))?,
             );
         }
@@ -332,20 +332,46 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
 pub(crate) fn audit_log(db: &std::path::Path, filter: &AuditFilter) -> Result<()> {
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
-    let rows = medbox::store::audit::rows(&conn, &filter.to_filter())?;
+    let rows = medbox::store::audit::rows(&conn, &filter.to_filter()?)?;
+    let tz = filter.tz;
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "seq".to_string(),
+            format!("time ({tz})"),
+            "kind".into(),
+            "subject".into(),
+            "actor".into(),
+            "reason".into(),
+            "detail".into(),
+        ]);
+    if let Some(seq) = table.column_mut(0) {
+        seq.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    for r in &rows {
+        let time = chrono::DateTime::parse_from_rfc3339(&r.utc).map_or_else(
+            |_| r.utc.clone(),
+            |t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            },
+        );
+        table.add_row([
+            r.seq.to_string(),
+            time,
+            r.kind.clone(),
+            r.subject.clone(),
+            r.actor.clone(),
+            r.reason.clone(),
+            medbox::report::detail::row_detail(&r.body, tz),
+        ]);
+    }
     let mut out = std::io::stdout().lock();
     let printed = (|| -> std::io::Result<()> {
-        writeln!(
-            out,
-            "{:>7}  {:24}  {:30}  {:22}  {:18}  reason",
-            "seq", "utc", "kind", "subject", "actor"
-        )?;
-        for r in &rows {
-            writeln!(
-                out,
-                "{:>7}  {:24}  {:30}  {:22}  {:18}  {}",
-                r.seq, r.utc, r.kind, r.subject, r.actor, r.reason
-            )?;
+        for line in table.lines() {
+            writeln!(out, "{}", line.trim_end())?;
         }
         out.flush()
     })();
@@ -369,7 +395,7 @@ pub(crate) fn audit_export(
     use std::io::Write as _;
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
-    let rows = medbox::store::audit::rows(&conn, &filter.to_filter())?;
+    let rows = medbox::store::audit::rows(&conn, &filter.to_filter()?)?;
     let sink: Box<dyn std::io::Write> = match out {
         Some(p) => Box::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -380,7 +406,7 @@ pub(crate) fn audit_export(
     match format {
         ExportFormat::Json => {
             for r in &rows {
-                writeln!(sink, "{}", serde_json::to_string(r)?)?;
+                writeln!(sink, "{}", medbox::store::audit::to_json_line(r)?)?;
             }
         }
         ExportFormat::Csv => {
@@ -394,4 +420,43 @@ pub(crate) fn audit_export(
     }
     sink.flush()?;
     Ok(())
+}
+
+pub(crate) fn readings_export(
+    db: &std::path::Path,
+    from: Option<String>,
+    to: Option<String>,
+    tz: chrono_tz::Tz,
+    json: bool,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    use medbox::store::readings_export::{export, ExportError, Format};
+    let moment = |flag: &str, text: Option<String>| {
+        text.map(|t| {
+            medbox::dosing::when::parse_moment(&t, tz).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        })
+        .transpose()
+    };
+    let (from, to) = (moment("--from", from)?, moment("--to", to)?);
+    let conn =
+        medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
+    let format = if json { Format::Json } else { Format::Csv };
+    let sink: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match export(&conn, from, to, tz, format, sink) {
+        Ok(n) => {
+            eprintln!("{n} readings");
+            Ok(())
+        }
+        // `readings export | head`: the reader has what it wanted.
+        Err(ExportError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(ExportError::Csv(e)) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

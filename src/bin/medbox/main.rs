@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: remote_cmd::RemoteCommand,
     },
+    /// The fridge readings in the database, for a pharmacist.
+    Readings {
+        #[command(subcommand)]
+        command: ReadingsCommand,
+    },
     /// Vital readings entered at the device.
     Vitals {
         #[command(subcommand)]
@@ -111,6 +116,35 @@ enum Command {
         /// Where to write `man/` and `completions/`.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReadingsCommand {
+    /// Write the recorded readings between two moments as CSV (the columns `coldchain stats`
+    /// reads) or JSON lines, times in the zone given.
+    Export {
+        /// The appliance's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// From this moment (inclusive): a date (its start), a date and time in --tz, or RFC 3339.
+        #[arg(long)]
+        from: Option<String>,
+        /// To this moment (exclusive), written as --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// The zone of --from/--to and of the times written (default UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: chrono_tz::Tz,
+        /// CSV with a header (the default).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -151,12 +185,16 @@ enum VitalsCommand {
 
 #[derive(clap::Args, Clone)]
 struct AuditFilter {
-    /// From this time (RFC 3339, inclusive).
+    /// From this moment (inclusive): a date (2026-03-03: its start), a date and time, both in
+    /// --tz, or RFC 3339 with an offset.
     #[arg(long)]
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    /// To this time (RFC 3339, exclusive).
+    from: Option<String>,
+    /// To this moment (exclusive), written as --from.
     #[arg(long)]
-    to: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<String>,
+    /// The zone of dates and times given and shown (e.g. Europe/Berlin; default UTC).
+    #[arg(long, default_value = "UTC")]
+    tz: chrono_tz::Tz,
     /// Kind and its family: "coldchain.excursion" also takes "coldchain.excursion.opened";
     /// "coldchain" every cold-chain row (a trailing "." is optional).
     #[arg(long)]
@@ -170,14 +208,22 @@ struct AuditFilter {
 }
 
 impl AuditFilter {
-    fn to_filter(&self) -> medbox::store::audit::Filter {
-        medbox::store::audit::Filter {
-            from: self.from,
-            to: self.to,
+    fn to_filter(&self) -> Result<medbox::store::audit::Filter> {
+        let moment = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| {
+                    medbox::dosing::when::parse_moment(t, self.tz)
+                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+                })
+                .transpose()
+        };
+        Ok(medbox::store::audit::Filter {
+            from: moment("--from", &self.from)?,
+            to: moment("--to", &self.to)?,
             kind: self.kind.clone(),
             patient: self.patient.clone(),
             medication: self.medication.clone(),
-        }
+        })
     }
 }
 
@@ -585,6 +631,18 @@ fn main() -> ExitCode {
         }
         Command::Schedule { command } => return schedule_command(command),
         Command::Cmd { command } => return remote_cmd::remote_command(command),
+        Command::Readings {
+            command:
+                ReadingsCommand::Export {
+                    db,
+                    from,
+                    to,
+                    tz,
+                    csv: _,
+                    json,
+                    out,
+                },
+        } => audit_cmd::readings_export(&db, from, to, tz, json, out.as_deref()),
         Command::Uplink {
             command:
                 UplinkCommand::Drain {
