@@ -142,7 +142,16 @@ pub fn analyse(
     cfg: &ColdChainConfig,
     observations: impl IntoIterator<Item = Observation>,
 ) -> AnalysisReport {
-    let mut monitor = Monitor::new(cfg.clone());
+    analyse_in(cfg, observations, chrono_tz::UTC)
+}
+
+/// [`analyse`], with the daily records cut at `tz`'s midnights (a pharmacist's local days).
+pub fn analyse_in(
+    cfg: &ColdChainConfig,
+    observations: impl IntoIterator<Item = Observation>,
+    tz: chrono_tz::Tz,
+) -> AnalysisReport {
+    let mut monitor = Monitor::new(cfg.clone()).with_day_zone(tz);
     let mut a = Analysis::default();
     for o in observations {
         a.add_reading(o.buffered);

@@ -311,6 +311,9 @@ pub struct Monitor {
     next_id: u64,
     last_at: Option<DateTime<Utc>>,
     day: Option<Day>,
+    /// The zone whose midnights end a day (UTC on the appliance; a report may ask for the
+    /// pharmacist's local days).
+    day_zone: chrono_tz::Tz,
     last_24h: VecDeque<(DateTime<Utc>, f64)>,
 }
 
@@ -328,8 +331,15 @@ impl Monitor {
             next_id: 1,
             last_at: None,
             day: None,
+            day_zone: chrono_tz::UTC,
             last_24h: VecDeque::new(),
         }
+    }
+
+    /// The same monitor with its daily records cut at `tz`'s midnights.
+    pub fn with_day_zone(mut self, tz: chrono_tz::Tz) -> Self {
+        self.day_zone = tz;
+        self
     }
 
     /// Alarms raised now, with whether each is acknowledged.
@@ -445,7 +455,7 @@ impl Monitor {
     }
 
     fn roll_day(&mut self, at: DateTime<Utc>, out: &mut Vec<MonitorEvent>) {
-        let date = at.date_naive();
+        let date = at.with_timezone(&self.day_zone).date_naive();
         match &self.day {
             Some(d) if d.date == date => {}
             Some(d) => {
@@ -670,6 +680,29 @@ mod tests {
             doubt: Some(Doubt::Undecided),
             ..obs(i, 5.0)
         }
+    }
+
+    #[test]
+    fn daily_records_may_follow_the_pharmacists_local_midnight() {
+        let days = |m: &mut Monitor| {
+            let mut closed = Vec::new();
+            for i in 0..(3 * 1440) {
+                for e in m.observe(&obs(i, 5.0)) {
+                    if let MonitorEvent::DayClosed(d) = e {
+                        closed.push((d.date.to_string(), d.minutes_in_range.round() as i64));
+                    }
+                }
+            }
+            closed
+        };
+        let utc = days(&mut Monitor::new(ColdChainConfig::default()));
+        let berlin = days(
+            &mut Monitor::new(ColdChainConfig::default()).with_day_zone(chrono_tz::Europe::Berlin),
+        );
+        // UTC days are whole; Berlin's first day ends at 23:00 UTC, an hour before UTC's.
+        assert_eq!(utc[1].1, 1440, "{utc:?}");
+        assert_eq!(berlin[0].1 + 60, utc[0].1, "{berlin:?} {utc:?}");
+        assert_eq!(berlin[1].1, 1440, "{berlin:?}");
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! The printable report for pharmacists: one self-contained HTML page (inline CSS and SVG, no
 //! scripts, no external resources) built from the database.
 
+pub mod charts;
 pub mod detail;
 
-use crate::coldchain::analysis::{analyse, AnalysisReport};
+use crate::coldchain::analysis::AnalysisReport;
 use crate::coldchain::arbiter::Doubt;
 use crate::coldchain::monitor::Observation;
 use crate::coldchain::ColdChainConfig;
 use crate::store::audit::{self, Filter, Row, Verification};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use rusqlite::{Connection, OptionalExtension};
 use std::fmt::Write;
 
@@ -110,15 +112,11 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A row's UTC time to the second, unbreakable, as a pharmacist reads it (the exact value is in
-/// the export).
-fn when(utc: &str) -> String {
+/// A row's time to the second in the report's zone, unbreakable, as a pharmacist reads it (the
+/// exact UTC value is in the export).
+fn when(utc: &str, tz: Tz) -> String {
     let shown = DateTime::parse_from_rfc3339(utc)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|_| utc.to_string());
     format!("<span class=t>{}</span>", esc(&shown))
 }
@@ -127,143 +125,9 @@ fn f2(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.2}"))
 }
 
-/// An SVG chart of one probe's readings with the acceptable band and excursions marked.
-fn chart(
-    title: &str,
-    points: &[(DateTime<Utc>, f64)],
-    band: (f64, f64),
-    excursions: &[(DateTime<Utc>, DateTime<Utc>)],
-) -> String {
-    let (w, h, left, bottom, top) = (900.0, 270.0, 50.0, 40.0, 20.0);
-    if points.len() < 2 {
-        return format!("<p>{}: not enough readings for a chart.</p>", esc(title));
-    }
-    let t0 = points[0].0;
-    let t1 = points[points.len() - 1].0;
-    let span = (t1 - t0).num_seconds().max(1) as f64;
-    let (mut lo, mut hi) = (band.0 - 1.0, band.1 + 1.0);
-    for (_, v) in points {
-        lo = lo.min(*v);
-        hi = hi.max(*v);
-    }
-    let x = |t: DateTime<Utc>| left + (t - t0).num_seconds() as f64 / span * (w - left - 10.0);
-    let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{t}">"#,
-        t = esc(title)
-    );
-    let _ = write!(
-        svg,
-        r##"<rect x="{left}" y="{y1:.1}" width="{bw:.1}" height="{bh:.1}" fill="#dff3e4"/>"##,
-        y1 = y(band.1),
-        bw = w - left - 10.0,
-        bh = y(band.0) - y(band.1)
-    );
-    for (s, e) in excursions {
-        let (xs, xe) = (x((*s).max(t0)), x((*e).min(t1)));
-        let _ = write!(
-            svg,
-            r##"<rect x="{xs:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#f8d0d0" opacity="0.7"/>"##,
-            (xe - xs).max(1.5),
-            h - top - bottom
-        );
-    }
-    // Down-sample to at most ~1500 points, keeping each bucket's extremes.
-    let bucket = (points.len() / 750).max(1);
-    let mut path = String::new();
-    for chunk in points.chunks(bucket) {
-        let (mut mn, mut mx) = (chunk[0], chunk[0]);
-        for p in chunk {
-            if p.1 < mn.1 {
-                mn = *p;
-            }
-            if p.1 > mx.1 {
-                mx = *p;
-            }
-        }
-        let (a, b) = if mn.0 <= mx.0 { (mn, mx) } else { (mx, mn) };
-        for p in [a, b] {
-            let _ = write!(
-                path,
-                "{}{:.1},{:.1}",
-                if path.is_empty() { "M" } else { " L" },
-                x(p.0),
-                y(p.1)
-            );
-        }
-    }
-    let _ = write!(
-        svg,
-        r##"<path d="{path}" fill="none" stroke="#1f4e9c" stroke-width="1.2"/>"##
-    );
-    for v in [band.0, band.1] {
-        let _ = write!(
-            svg,
-            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#2e7d32" stroke-dasharray="4 3"/><text x="4" y="{ty:.1}" font-size="11">{v:.0} °C</text>"##,
-            x2 = w - 10.0,
-            yy = y(v),
-            ty = y(v) + 4.0
-        );
-    }
-    // A grid line at each UTC midnight, labelled often enough to find a day without crowding.
-    let days = (t1 - t0).num_days();
-    if days <= 400 {
-        let every = (days / 10 + 1).max(1);
-        let mut day = t0.date_naive().succ_opt();
-        let mut n = 0;
-        while let Some(d) = day {
-            let at = d.and_hms_opt(0, 0, 0).map(|m| m.and_utc());
-            match at {
-                Some(at) if at < t1 => {
-                    let _ = write!(
-                        svg,
-                        r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{yb:.1}" stroke="#bbb" stroke-width="0.5"/>"##,
-                        xx = x(at),
-                        yb = h - bottom
-                    );
-                    if n % every == 0 {
-                        let _ = write!(
-                            svg,
-                            r#"<text x="{xx:.1}" y="{ty:.1}" font-size="10" text-anchor="middle">{}</text>"#,
-                            at.format("%m-%d"),
-                            xx = x(at),
-                            ty = h - bottom + 12.0
-                        );
-                    }
-                    n += 1;
-                    day = d.succ_opt();
-                }
-                _ => break,
-            }
-        }
-    }
-    for v in [lo, hi] {
-        let _ = write!(
-            svg,
-            r#"<text x="4" y="{:.1}" font-size="11">{v:.1}</text>"#,
-            y(v) + 4.0
-        );
-    }
-    let _ = write!(
-        svg,
-        r#"<text x="{left}" y="{by}" font-size="11">{}</text><text x="{ex}" y="{by}" font-size="11" text-anchor="end">{}</text>"#,
-        t0.format("%Y-%m-%d %H:%M"),
-        t1.format("%Y-%m-%d %H:%M"),
-        by = h - 8.0,
-        ex = w - 10.0
-    );
-    svg.push_str("</svg>");
-    format!(
-        "<figure><figcaption>{}</figcaption>{svg}</figure>",
-        esc(title)
-    )
-}
-
-fn verification_html(v: &Verification, conn: &Connection) -> Result<String, StoreError> {
+fn verification_html(v: &Verification, conn: &Connection, tz: Tz) -> Result<String, StoreError> {
     use crate::store::readings::{self, SealCheck};
-    let chain = chain_html(v);
+    let chain = chain_html(v, tz);
     if !matches!(v, Verification::Intact { .. }) {
         return Ok(chain);
     }
@@ -284,7 +148,16 @@ fn verification_html(v: &Verification, conn: &Connection) -> Result<String, Stor
     Ok(chain + &seals)
 }
 
-fn chain_html(v: &Verification) -> String {
+fn chain_html(v: &Verification, tz: Tz) -> String {
+    let local = |t: Option<&str>| {
+        t.map_or("—".to_string(), |t| {
+            DateTime::parse_from_rfc3339(t).map_or(t.to_string(), |t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
+        })
+    };
     match v {
         Verification::Intact {
             count,
@@ -294,8 +167,8 @@ fn chain_html(v: &Verification) -> String {
             checkpoints,
         } => format!(
             r#"<p class="ok">Audit chain intact: {count} rows from {} to {}, head <code>{}</code>, {checkpoints} stored checkpoints match.</p>"#,
-            esc(first_utc.as_deref().unwrap_or("—")),
-            esc(last_utc.as_deref().unwrap_or("—")),
+            esc(&local(first_utc.as_deref())),
+            esc(&local(last_utc.as_deref())),
             esc(head)
         ),
         Verification::Broken {
@@ -389,6 +262,17 @@ pub fn analysis(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) -> Result<(Readings, AnalysisReport), StoreError> {
+    analysis_in(conn, cfg, from, to, chrono_tz::UTC)
+}
+
+/// [`analysis`] with the daily records on `tz`'s days.
+pub fn analysis_in(
+    conn: &Connection,
+    cfg: &ColdChainConfig,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    tz: Tz,
+) -> Result<(Readings, AnalysisReport), StoreError> {
     let all = readings(conn, from, to)?;
     let obs: Vec<Observation> = all
         .ordered
@@ -402,18 +286,18 @@ pub fn analysis(
             mains: Some(r.mains),
         })
         .collect();
-    let mut a = analyse(cfg, obs);
+    let mut a = crate::coldchain::analysis::analyse_in(cfg, obs, tz);
     a.readings_out_of_order = all.out_of_order.len() as u64;
     Ok((all, a))
 }
 
-/// Builds the report for `[from, to)`.
+/// Builds the report for `[from, to)`, its times and days in `tz`.
 pub fn render(
     conn: &Connection,
     key: &audit::ChainKey,
     cfg: &ColdChainConfig,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    (from, to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    tz: Tz,
     generated: DateTime<Utc>,
 ) -> Result<String, StoreError> {
     let all_rows = audit::rows(conn, &Filter::default())?;
@@ -425,7 +309,7 @@ pub fn render(
         })
         .collect();
     let verification = audit::verify(all_rows, key, &stored_checkpoints);
-    let (all, a) = analysis(conn, cfg, from, to)?;
+    let (all, a) = analysis_in(conn, cfg, from, to, tz)?;
     let rs = &all.ordered;
     let rows = audit::rows(
         conn,
@@ -435,29 +319,14 @@ pub fn render(
             ..Default::default()
         },
     )?;
-    let excursion_spans: Vec<_> = a
-        .excursions
-        .iter()
-        .map(|x| {
-            (
-                x.start,
-                x.end.unwrap_or_else(|| rs.last().map_or(x.start, |r| r.at)),
-            )
-        })
-        .collect();
     let band = (cfg.range_min.0, cfg.range_max.0);
-    let vial: Vec<_> = rs
-        .iter()
-        .filter_map(|r| r.vial.map(|v| (r.at, v)))
-        .collect();
-    let air: Vec<_> = rs.iter().filter_map(|r| r.air.map(|v| (r.at, v))).collect();
 
     let mut h = String::new();
     let period = match (rs.first(), rs.last()) {
         (Some(f), Some(l)) => format!(
             "{} – {}",
-            f.at.format("%Y-%m-%d %H:%M UTC"),
-            l.at.format("%Y-%m-%d %H:%M UTC")
+            f.at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+            l.at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
         ),
         _ => "no readings".into(),
     };
@@ -469,17 +338,22 @@ h1{{font-size:1.5em}} .t{{white-space:nowrap}} h2{{font-size:1.15em;border-botto
 table{{border-collapse:collapse;font-size:.9em;margin-bottom:.8em}} td,th{{border:1px solid #bbb;padding:.25em .5em;text-align:right}}
 th{{background:#f0f0f0}} td.l,th.l{{text-align:left}} .ok{{color:#1b5e20;font-weight:600}} .bad{{color:#b71c1c;font-weight:700}}
 figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{font-size:.8em;word-break:break-all}}
-@media print{{body{{margin:0}} h2{{break-after:avoid}} table,figure{{break-inside:avoid}}}}
+.legend{{font-size:.8em;margin:.2em 0 0}} .legend span{{margin-right:1em;white-space:nowrap}}
+.review{{margin-top:2em;break-inside:avoid}} .review td{{text-align:left;height:2.2em;min-width:14em}}
+@page{{size:A4;margin:14mm 12mm 16mm;@bottom-right{{content:"page " counter(page) " of " counter(pages);font:9pt system-ui,sans-serif}}@bottom-left{{content:"medbox report, {period_short}";font:9pt system-ui,sans-serif}}}}
+@media print{{body{{margin:0;max-width:none}} h2{{break-after:avoid}} table,figure{{break-inside:avoid}}}}
 </style></head><body>
 <h1>medbox cold-chain and dispensing report</h1>
-<p>Period: {period}. Generated {}. Range {:.1}–{:.1} °C; MKT with ΔH/R = 10 000 K.</p>
+<p>Period: {period}. Times and days are local to <b>{zone}</b>; the exported records keep UTC. Generated {}. Range {:.1}–{:.1} °C; MKT with ΔH/R = 10 000 K.</p>
 {}{}{}"#,
-        generated.format("%Y-%m-%d %H:%M UTC"),
+        generated.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
         band.0,
         band.1,
-        verification_html(&verification, conn)?,
+        verification_html(&verification, conn, tz)?,
         rules_html(conn, cfg)?,
-        out_of_order_html(&all)
+        out_of_order_html(&all),
+        period_short = esc(&period),
+        zone = esc(tz.name()),
     );
     let _ = write!(
         h,
@@ -489,19 +363,14 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         if a.minutes_uncertain > 0.0 { " class=bad" } else { "" }, a.minutes_uncertain, a.excursions.len(), a.alarms.len()
     );
     h.push_str("<h2>Temperature</h2>");
-    h.push_str(&chart(
-        "Buffered probe (TMP117 in glycol), °C",
-        &vial,
-        band,
-        &excursion_spans,
-    ));
-    h.push_str(&chart(
-        "Air probe (DS18B20), °C",
-        &air,
-        band,
-        &excursion_spans,
-    ));
-    h.push_str("<h2>Daily record</h2><table><tr><th class=l>day (UTC)</th><th>min °C</th><th>max °C</th><th>mean °C</th><th>MKT °C</th><th>in range min</th><th>below min</th><th>above min</th><th>unknown min</th><th>uncertain min</th></tr>");
+    h.push_str(&charts::envelope(&a.days, band, tz));
+    h.push_str(&notable_days(rs, &a, &rows, band, tz));
+    let _ = write!(
+        h,
+        "<h2>Daily record</h2><table><tr><th class=l>day ({})</th>",
+        esc(tz.name())
+    );
+    h.push_str("<th>min °C</th><th>max °C</th><th>mean °C</th><th>MKT °C</th><th>in range min</th><th>below min</th><th>above min</th><th>unknown min</th><th>uncertain min</th></tr>");
     for d in &a.days {
         let _ = write!(
             h,
@@ -513,15 +382,24 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     if a.excursions.is_empty() {
         h.push_str("<p>No excursion in this period.</p>");
     } else {
-        h.push_str("<table><tr><th class=l>#</th><th class=l>start</th><th class=l>end</th><th>minutes</th><th>min °C</th><th>peak °C</th><th>MKT °C</th><th>24 h MKT °C</th></tr>");
+        h.push_str("<table><tr><th class=l>#</th><th class=l>start</th><th class=l>end</th><th>minutes</th><th class=l>furthest out</th><th>MKT °C</th><th>24 h MKT °C</th></tr>");
         for x in &a.excursions {
+            // The reading furthest from the range, on the side it left by: a minimum inside
+            // the range says nothing about a warm excursion.
+            let furthest = if x.min < band.0 {
+                format!("lowest {:.2} °C", x.min)
+            } else {
+                format!("peak {:.2} °C", x.max)
+            };
+            let local =
+                |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
             let _ = write!(
                 h,
-                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{:.0}</td><td class=l>{furthest}</td><td>{:.2}</td><td>{:.2}</td></tr>",
                 x.id,
-                x.start.format("%Y-%m-%d %H:%M"),
-                x.end.map_or("still open".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
-                x.minutes, x.min, x.max, x.mkt, x.mkt_24h
+                local(x.start),
+                x.end.map_or("still open".into(), local),
+                x.minutes, x.mkt, x.mkt_24h
             );
         }
         h.push_str("</table>");
@@ -540,7 +418,7 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     if notable.is_empty() {
         h.push_str("<p>None in this period.</p>");
     } else {
-        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th><th class=l>actor</th><th class=l>reason / detail</th></tr>");
+        let _ = write!(h, "<table><tr><th class=l>row</th><th class=l>time ({})</th><th class=l>kind</th><th class=l>subject</th><th class=l>actor</th><th class=l>reason / detail</th></tr>", esc(tz.name()));
         for g in repeats(&notable) {
             let first = g.first;
             let (row, time) = if g.count > 1 {
@@ -548,13 +426,13 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
                     format!("{}–{}", first.seq, g.last.seq),
                     format!(
                         "{} – {}<br><small>{} times</small>",
-                        when(&first.utc),
-                        when(&g.last.utc),
+                        when(&first.utc, tz),
+                        when(&g.last.utc, tz),
                         g.count
                     ),
                 )
             } else {
-                (first.seq.to_string(), when(&first.utc))
+                (first.seq.to_string(), when(&first.utc, tz))
             };
             let _ = write!(
                 h,
@@ -565,7 +443,7 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
         h.push_str("</table>");
     }
     adherence(&mut h, &rows);
-    inventory(&mut h, conn, &rows)?;
+    inventory(&mut h, conn, &rows, tz)?;
     h.push_str("<h2>Dispenser mechanics</h2>");
     let mech: Vec<&Row> = rows
         .iter()
@@ -574,19 +452,105 @@ figure{{margin:0 0 1em}} figcaption{{font-weight:600;margin-bottom:.3em}} code{{
     if mech.is_empty() {
         h.push_str("<p>No dispenser activity recorded in this period.</p>");
     } else {
-        h.push_str("<table><tr><th class=l>row</th><th class=l>time (UTC)</th><th class=l>kind</th><th class=l>subject</th></tr>");
+        let _ = write!(h, "<table><tr><th class=l>row</th><th class=l>time ({})</th><th class=l>kind</th><th class=l>subject</th></tr>", esc(tz.name()));
         for r in mech {
             let _ = write!(
                 h,
                 "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
-                r.seq, when(&r.utc), esc(&r.kind), esc(&r.subject)
+                r.seq, when(&r.utc, tz), esc(&r.kind), esc(&r.subject)
             );
         }
         h.push_str("</table>");
     }
+    h.push_str(
+        "<section class=review><h2>Review</h2><p>I have reviewed this record of storage and dispensing.</p>\
+<table><tr><th class=l>reviewed by</th><td></td><th class=l>role</th><td></td></tr>\
+<tr><th class=l>signature</th><td></td><th class=l>date</th><td></td></tr>\
+<tr><th class=l>action taken</th><td colspan=3></td></tr></table></section>",
+    );
     h.push_str("</body></html>\n");
     Ok(h)
 }
+
+/// Days worth a chart of their own: any excursion, alarm, probe fault, power cut or a door left
+/// open for long; at most [`MAX_DAY_CHARTS`], the rest named.
+fn notable_days(
+    rs: &[StoredReading],
+    a: &AnalysisReport,
+    rows: &[Row],
+    band: (f64, f64),
+    tz: Tz,
+) -> String {
+    use charts::{DayEvents, Marker};
+    use std::collections::BTreeMap;
+    let day_of = |t: DateTime<Utc>| t.with_timezone(&tz).date_naive();
+    let mut events: BTreeMap<chrono::NaiveDate, DayEvents> = BTreeMap::new();
+    let last = rs.last().map(|r| r.at);
+    for x in &a.excursions {
+        let end = x.end.or(last).unwrap_or(x.start);
+        let mut d = day_of(x.start);
+        while d <= day_of(end) {
+            events.entry(d).or_default().excursions.push((x.start, end));
+            match d.succ_opt() {
+                Some(n) => d = n,
+                None => break,
+            }
+        }
+    }
+    for r in rows {
+        let marker = match r.kind.as_str() {
+            "coldchain.alarm_raised" => Marker::Alarm,
+            "coldchain.probe_fault" => Marker::ProbeFault,
+            _ => continue,
+        };
+        if let Ok(t) = DateTime::parse_from_rfc3339(&r.utc) {
+            let t = t.with_timezone(&Utc);
+            events
+                .entry(day_of(t))
+                .or_default()
+                .markers
+                .push((t, marker));
+        }
+    }
+    let mut by_day: BTreeMap<chrono::NaiveDate, Vec<&StoredReading>> = BTreeMap::new();
+    for r in rs {
+        by_day.entry(day_of(r.at)).or_default().push(r);
+    }
+    for (d, day) in &by_day {
+        let door = day.iter().filter(|r| r.door_open).count();
+        let mains_off = day.iter().any(|r| !r.mains);
+        if door >= 5 || mains_off {
+            events.entry(*d).or_default();
+        }
+    }
+    // A short report (two days or less) shows every day.
+    if by_day.len() <= 2 {
+        for d in by_day.keys() {
+            events.entry(*d).or_default();
+        }
+    }
+    let mut h = String::new();
+    let days: Vec<_> = events.into_iter().collect();
+    for (d, ev) in days.iter().take(MAX_DAY_CHARTS) {
+        let readings = by_day.get(d).map(Vec::as_slice).unwrap_or(&[]);
+        h.push_str(&charts::day(*d, readings, band, ev, tz));
+    }
+    if days.len() > MAX_DAY_CHARTS {
+        let more: Vec<String> = days[MAX_DAY_CHARTS..]
+            .iter()
+            .map(|(d, _)| d.format("%-d %b").to_string())
+            .collect();
+        let _ = write!(
+            h,
+            "<p>Also notable, without a chart here: {} (run the report for those days).</p>",
+            esc(&more.join(", "))
+        );
+    }
+    h
+}
+
+/// Most days charted one by one in a report.
+const MAX_DAY_CHARTS: usize = 12;
 
 /// Consecutive alarm-table rows that say the same thing, shown as one line.
 struct Repeat<'a> {
@@ -680,7 +644,7 @@ fn adherence(h: &mut String, rows: &[Row]) {
 }
 
 /// Units per slot now, the refills in the period (who, how many, expiry) and stock alerts.
-fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), StoreError> {
+fn inventory(h: &mut String, conn: &Connection, rows: &[Row], tz: Tz) -> Result<(), StoreError> {
     h.push_str("<h2>Inventory and refills</h2>");
     let inv = crate::store::inventory::rebuild(conn)?;
     if inv.slots().is_empty() {
@@ -745,7 +709,7 @@ fn inventory(h: &mut String, conn: &Connection, rows: &[Row]) -> Result<(), Stor
             h,
             "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
             r.seq,
-            when(&r.utc),
+            when(&r.utc, tz),
             esc(&r.kind),
             esc(&r.subject),
             esc(&r.actor),
@@ -807,7 +771,7 @@ mod tests {
     #[test]
     fn report_times_are_shown_to_the_second_and_do_not_wrap() {
         assert_eq!(
-            when("2026-03-03T17:41:06.344Z"),
+            when("2026-03-03T17:41:06.344Z", chrono_tz::UTC),
             "<span class=t>2026-03-03 17:41:06</span>"
         );
     }

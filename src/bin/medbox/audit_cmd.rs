@@ -304,6 +304,7 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
             db,
             from,
             to,
+            tz,
             out,
             secret_file,
             config,
@@ -311,15 +312,34 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
             let conn = medbox::store::schema::open_read_only(&db)
                 .with_context(|| db.display().to_string())?;
             let key = chain_key(secret_file.as_deref())?;
-            let rules = match &config {
-                Some(p) => {
-                    config::ApplianceConfig::load(p)
-                        .map_err(config_errors)?
-                        .coldchain
-                }
-                None => ColdChainConfig::default(),
+            let appliance = config
+                .as_deref()
+                .map(|p| config::ApplianceConfig::load(p).map_err(config_errors))
+                .transpose()?;
+            let rules = appliance
+                .as_ref()
+                .map_or_else(ColdChainConfig::default, |c| c.coldchain.clone());
+            // The appliance's zone is its schedules' (its household's); UTC without them.
+            let tz = tz.unwrap_or_else(|| {
+                appliance
+                    .as_ref()
+                    .zip(config.as_deref())
+                    .and_then(|(c, path)| {
+                        let dir = crate::run_cmd::beside(path, &c.appliance.schedules);
+                        let (loaded, _) = medbox::dosing::schedule::Schedule::load_dir(&dir);
+                        loaded.first().map(|(_, s)| s.tz)
+                    })
+                    .unwrap_or(chrono_tz::UTC)
+            });
+            let moment = |flag: &str, text: Option<String>| {
+                text.map(|t| {
+                    medbox::dosing::when::parse_moment(&t, tz)
+                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+                })
+                .transpose()
             };
-            let html = medbox::report::render(&conn, &key, &rules, from, to, chrono::Utc::now())?;
+            let period = (moment("--from", from)?, moment("--to", to)?);
+            let html = medbox::report::render(&conn, &key, &rules, period, tz, chrono::Utc::now())?;
             std::fs::write(&out, html)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!("wrote {}", out.display());

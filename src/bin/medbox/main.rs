@@ -458,13 +458,18 @@ enum AuditCommand {
         /// The database.
         #[arg(long)]
         db: PathBuf,
-        /// From this time (RFC 3339).
+        /// From this moment (inclusive): a date (its start), a date and time in the report's
+        /// zone, or RFC 3339 with an offset.
         #[arg(long)]
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        /// To this time (RFC 3339).
+        from: Option<String>,
+        /// To this moment (exclusive), written as --from.
         #[arg(long)]
-        to: Option<chrono::DateTime<chrono::Utc>>,
-        /// Output file.
+        to: Option<String>,
+        /// The zone of the report's times and days (default: the zone of the schedules the
+        /// --config names, else UTC).
+        #[arg(long)]
+        tz: Option<chrono_tz::Tz>,
+        /// Output file (HTML; print it, or open it in a browser and save as PDF).
         #[arg(long)]
         out: PathBuf,
         /// File holding the HMAC secret the chain was keyed with.

@@ -66,7 +66,7 @@ const NO_RPI: &str = "this medbox was built without Raspberry Pi support: rebuil
 
 /// A path from the config, relative to the config file's directory (so a config and what it
 /// names move together).
-fn beside(config_file: &Path, p: &Path) -> PathBuf {
+pub(crate) fn beside(config_file: &Path, p: &Path) -> PathBuf {
     config_file.parent().unwrap_or(Path::new(".")).join(p)
 }
 
