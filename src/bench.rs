@@ -1,7 +1,7 @@
 //! `medbox bench`: figures, not assertions (the machines are shared and noisy; tests never assert
 //! on wall-clock time).
 
-use crate::store::audit::{self, ChainKey, Entry, Filter};
+use crate::store::audit::{self, ChainKey, Entry};
 use crate::store::{schema, StoreError};
 use chrono::Utc;
 use serde::Serialize;
@@ -89,9 +89,12 @@ pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, S
         tx.commit()?;
     }
     let t = Instant::now();
-    let rows = audit::rows(&conn, &Filter::default())?;
-    let n = rows.len() as u64;
-    let v = audit::verify(rows, &key, &[]);
+    // The same streaming verification as `audit verify --db` and the report.
+    let v = audit::verify_store(&conn, &key, &[], &Default::default())?;
+    let n = match &v {
+        audit::Verification::Intact { count, .. } => *count as u64,
+        audit::Verification::Broken { .. } => 0,
+    };
     let verify_seconds = t.elapsed().as_secs_f64();
     if !matches!(v, audit::Verification::Intact { .. }) {
         return Err(StoreError::Key(format!(

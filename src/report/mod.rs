@@ -300,7 +300,6 @@ pub fn render(
     tz: Tz,
     generated: DateTime<Utc>,
 ) -> Result<String, StoreError> {
-    let all_rows = audit::rows(conn, &Filter::default())?;
     let stored_checkpoints: Vec<audit::CheckpointRef> = crate::store::checkpoint::all(conn)?
         .into_iter()
         .map(|c| audit::CheckpointRef {
@@ -308,7 +307,7 @@ pub fn render(
             head: c.head,
         })
         .collect();
-    let verification = audit::verify(all_rows, key, &stored_checkpoints);
+    let verification = audit::verify_store(conn, key, &stored_checkpoints, &Default::default())?;
     let (all, a) = analysis_in(conn, cfg, from, to, tz)?;
     let rs = &all.ordered;
     let rows = audit::rows(

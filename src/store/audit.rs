@@ -203,43 +203,61 @@ impl ChainKey {
 
     /// The link hash of a row given its predecessor's hash.
     pub fn link(&self, prev_hash: &str, canonical: &[u8]) -> String {
-        let mut msg = Vec::with_capacity(prev_hash.len() + canonical.len());
-        msg.extend_from_slice(prev_hash.as_bytes());
-        msg.extend_from_slice(canonical);
+        // Fed in two parts: the same digest as over the concatenation, without building it.
         match &self.0 {
-            Some(k) => hex(hmac::sign(k, &msg).as_ref()),
-            None => hex(digest::digest(&digest::SHA256, &msg).as_ref()),
+            Some(k) => {
+                let mut ctx = hmac::Context::with_key(k);
+                ctx.update(prev_hash.as_bytes());
+                ctx.update(canonical);
+                hex(ctx.sign().as_ref())
+            }
+            None => {
+                let mut ctx = digest::Context::new(&digest::SHA256);
+                ctx.update(prev_hash.as_bytes());
+                ctx.update(canonical);
+                hex(ctx.finish().as_ref())
+            }
         }
     }
 }
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 impl Row {
     /// The canonical bytes that are hashed.
     pub fn canonical(&self) -> Vec<u8> {
-        serde_json::to_vec(&(
-            self.seq,
-            &self.utc,
-            self.mono_ms,
-            &self.boot_id,
-            self.clock_trusted,
-            &self.actor,
-            &self.kind,
-            &self.subject,
-            &self.body,
-            &self.reason,
-        ))
-        .unwrap_or_default()
+        let mut out = Vec::new();
+        self.canonical_into(&mut out);
+        out
+    }
+
+    /// [`Row::canonical`] into a buffer the caller reuses (verification streams millions).
+    pub fn canonical_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let _ = serde_json::to_writer(
+            &mut *out,
+            &(
+                self.seq,
+                &self.utc,
+                self.mono_ms,
+                &self.boot_id,
+                self.clock_trusted,
+                &self.actor,
+                &self.kind,
+                &self.subject,
+                &self.body,
+                &self.reason,
+            ),
+        );
     }
 
     /// A row as [`COLUMNS`] selects it.
@@ -476,39 +494,83 @@ pub struct CheckpointRef {
 pub(crate) const COLUMNS: &str =
     "seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash";
 
-/// Verifies rows given in sequence order (from the database or an export).
-pub fn verify(
-    rows: impl IntoIterator<Item = Row>,
+/// Verifies rows given in sequence order (from an export held in memory; a database is
+/// verified with [`verify_store`], which streams).
+pub fn verify(rows: Vec<Row>, key: &ChainKey, checkpoints: &[CheckpointRef]) -> Verification {
+    let hashes: std::collections::HashMap<String, i64> =
+        rows.iter().map(|r| (r.hash.clone(), r.seq)).collect();
+    verify_accepting(
+        rows,
+        key,
+        checkpoints,
+        &Default::default(),
+        |hash, before| hashes.get(hash).is_some_and(|seq| *seq < before),
+    )
+}
+
+/// Verifies the database's whole chain, streaming its rows from the statement: memory stays
+/// the same whatever the chain's length. A break is classified (reordered or changed) by
+/// looking the row's `prev_hash` up only once one is found.
+pub fn verify_store(
+    conn: &Connection,
     key: &ChainKey,
     checkpoints: &[CheckpointRef],
-) -> Verification {
-    verify_accepting(rows, key, checkpoints, &Default::default())
+    accepted: &std::collections::BTreeSet<i64>,
+) -> Result<Verification, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+    let mut failed = None;
+    let rows = stmt
+        .query_map([], Row::from_sql)?
+        .map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+    let verification = verify_accepting(rows, key, checkpoints, accepted, |hash, before| {
+        earlier_hash(conn, hash, before)
+    });
+    match failed {
+        // A read error ends the rows early: never report what was read as the whole chain.
+        Some(e) => Err(e.into()),
+        None => Ok(verification),
+    }
+}
+
+/// Whether a row before `before` in the database has this hash (a reordered chain).
+pub(crate) fn earlier_hash(conn: &Connection, hash: &str, before: i64) -> bool {
+    conn.query_row(
+        "SELECT 1 FROM audit WHERE hash = ?1 AND seq < ?2 LIMIT 1",
+        params![hash, before],
+        |_| Ok(()),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .is_some()
 }
 
 /// As [`verify`], but a break at one of `accepted` (breaks a pharmacist has acknowledged) does
 /// not end the check: the chain is followed on from the row as stored, so any other break is
-/// still found.
+/// still found. `earlier(hash, seq)` says whether a row before `seq` had `hash`; it is asked
+/// only at a break, so the check keeps no map of every hash.
 pub fn verify_accepting(
     rows: impl IntoIterator<Item = Row>,
     key: &ChainKey,
     checkpoints: &[CheckpointRef],
     accepted: &std::collections::BTreeSet<i64>,
+    earlier: impl Fn(&str, i64) -> bool,
 ) -> Verification {
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
-    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut first_utc = None;
     let mut last_utc = None;
     let mut hashes_at: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
     let wanted: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
     let last_good = |s: i64| (s > 1).then_some(s - 1);
+    let mut canonical = Vec::with_capacity(512);
     for row in rows {
         if row.seq != expected_seq && accepted.contains(&expected_seq) {
             expected_seq = row.seq;
-            prev = row.prev_hash.clone();
+            prev.clone_from(&row.prev_hash);
         }
         if row.prev_hash != prev && accepted.contains(&row.seq) {
-            prev = row.prev_hash.clone();
+            prev.clone_from(&row.prev_hash);
         }
         if row.seq != expected_seq {
             let kind = if row.seq > expected_seq {
@@ -524,9 +586,10 @@ pub fn verify_accepting(
             };
         }
         if row.prev_hash != prev {
-            let kind = match seen.get(&row.prev_hash) {
-                Some(_) => BreakKind::Reordered,
-                None => BreakKind::Changed,
+            let kind = if earlier(&row.prev_hash, row.seq) {
+                BreakKind::Reordered
+            } else {
+                BreakKind::Changed
             };
             return Verification::Broken {
                 seq: row.seq,
@@ -535,7 +598,8 @@ pub fn verify_accepting(
                 detail: "prev_hash does not match the previous row's hash".into(),
             };
         }
-        let h = key.link(&row.prev_hash, &row.canonical());
+        row.canonical_into(&mut canonical);
+        let h = key.link(&row.prev_hash, &canonical);
         if h != row.hash && !accepted.contains(&row.seq) {
             return Verification::Broken {
                 seq: row.seq,
@@ -544,14 +608,13 @@ pub fn verify_accepting(
                 detail: "content does not match its hash (altered, or verified with the wrong HMAC secret)".into(),
             };
         }
-        if first_utc.is_none() {
-            first_utc = Some(row.utc.clone());
-        }
-        last_utc = Some(row.utc.clone());
         if wanted.contains(&row.seq) {
             hashes_at.insert(row.seq, row.hash.clone());
         }
-        seen.insert(row.hash.clone(), row.seq);
+        if first_utc.is_none() {
+            first_utc = Some(row.utc.clone());
+        }
+        last_utc = Some(row.utc);
         prev = row.hash;
         expected_seq += 1;
     }
@@ -663,7 +726,7 @@ mod tests {
         tamper(&conn, "UPDATE audit SET reason = 'edited' WHERE seq = 3;");
         let accepted: std::collections::BTreeSet<i64> = [3].into();
         assert!(matches!(
-            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &accepted),
+            verify_store(&conn, &ChainKey::unkeyed(), &[], &accepted).unwrap(),
             Verification::Intact { count: 10, .. }
         ));
         tamper(
@@ -671,13 +734,13 @@ mod tests {
             "UPDATE audit SET reason = 'edited too' WHERE seq = 7;",
         );
         assert!(matches!(
-            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &accepted),
+            verify_store(&conn, &ChainKey::unkeyed(), &[], &accepted).unwrap(),
             Verification::Broken { seq: 7, .. }
         ));
         tamper(&conn, "DELETE FROM audit WHERE seq = 8;");
         let more: std::collections::BTreeSet<i64> = [3, 7].into();
         assert!(matches!(
-            verify_accepting(all(&conn), &ChainKey::unkeyed(), &[], &more),
+            verify_store(&conn, &ChainKey::unkeyed(), &[], &more).unwrap(),
             Verification::Broken {
                 seq: 8,
                 kind: BreakKind::Missing,
@@ -773,6 +836,14 @@ mod tests {
         );
         assert!(matches!(
             verify(all(&conn2), &ChainKey::unkeyed(), &[]),
+            Verification::Broken {
+                seq: 12,
+                kind: BreakKind::Reordered,
+                ..
+            }
+        )); // Streaming from the database, with no map of hashes, classifies the break the same way.
+        assert!(matches!(
+            verify_store(&conn2, &ChainKey::unkeyed(), &[], &Default::default()).unwrap(),
             Verification::Broken {
                 seq: 12,
                 kind: BreakKind::Reordered,

@@ -76,7 +76,9 @@ pub fn at_start(conn: &Connection, key: &ChainKey) -> Result<Option<Break>, Stor
                 });
             }
         });
-    let verification = audit::verify_accepting(rows, key, &refs, &accepted);
+    let verification = audit::verify_accepting(rows, key, &refs, &accepted, |hash, before| {
+        audit::earlier_hash(conn, hash, before)
+    });
     if let Some(e) = failed {
         return Err(e.into());
     }
