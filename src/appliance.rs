@@ -287,6 +287,7 @@ impl Restored {
         // The uplink asks the recorder's owner (the serving loop) for outbox rows: one owner
         // of the connection.
         let (owner, outbox_requests) = crate::store::outbox::channel();
+        let wake = Arc::new(tokio::sync::Notify::new());
         let uplink = match &s.uplink {
             Some(u) => {
                 let mut cfg = crate::uplink::UplinkConfig::with_outbox(
@@ -296,6 +297,7 @@ impl Restored {
                 );
                 cfg.commands = Some(running.commands.clone());
                 cfg.link = u.link.clone();
+                cfg.wake = Some(wake.clone());
                 (cfg.tls, cfg.credentials) = (u.tls.clone(), u.credentials.clone());
                 Some(UplinkThread::spawn(cfg, DRAIN_GIVE_UP)?)
             }
@@ -313,6 +315,7 @@ impl Restored {
             uplink,
             owner,
             outbox_requests,
+            wake,
         })
     }
 }
@@ -337,6 +340,8 @@ pub struct Started {
     uplink: Option<UplinkThread>,
     owner: mpsc::Sender<OutboxRequest>,
     outbox_requests: OutboxRequests,
+    /// Told of every durable record, for the uplink.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Started {
@@ -352,8 +357,15 @@ impl Started {
         mut self,
         until: impl Future<Output = ()>,
         seen: impl FnMut(&Event),
-        stored: impl FnMut(Recorded),
+        mut stored: impl FnMut(Recorded),
     ) -> Result<Stopped, ApplianceError> {
+        // Every durable record put a row in the outbox: tell the uplink now, not at its next
+        // look (a stored permit means a commit while it was busy is not missed either).
+        let wake = self.wake.clone();
+        let stored = move |r: Recorded| {
+            wake.notify_one();
+            stored(r)
+        };
         let served = controller::serve::serve(
             self.running,
             &*self.clock,

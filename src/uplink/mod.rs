@@ -70,7 +70,16 @@ pub struct UplinkConfig {
     /// Whether the network path to the broker exists (a simulated outage sets it false); None:
     /// always.
     pub link: Option<watch::Receiver<bool>>,
+    /// Notified each time the recorder commits (an outbox row among what it wrote), so an
+    /// alarm leaves at once instead of at the next look; None: the outbox is looked at every
+    /// [`IDLE_LOOK`].
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
+
+/// How often an idle uplink looks at the outbox when nobody tells it of new rows.
+pub const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// How often it looks anyway when the recorder tells it of every commit (a safety net only).
+pub const IDLE_LOOK_WOKEN: Duration = Duration::from_secs(1);
 
 impl UplinkConfig {
     /// Defaults for a device and broker, with the outbox in the database file `db`.
@@ -90,6 +99,7 @@ impl UplinkConfig {
             tls: None,
             credentials: None,
             link: None,
+            wake: None,
         }
     }
 }
@@ -215,6 +225,12 @@ pub async fn run(
     // Acknowledged by the broker, not yet deleted (see `delete`).
     let mut acked: Vec<i64> = Vec::new();
     let started = tokio::time::Instant::now();
+    let wake = cfg.wake.clone();
+    let idle_look = if wake.is_some() {
+        IDLE_LOOK_WOKEN
+    } else {
+        IDLE_LOOK
+    };
     let mut outbox_retry_at = started;
     loop {
         let mode = *stop.borrow();
@@ -375,13 +391,14 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             },
-            _ = tokio::time::sleep(Duration::from_millis(100)), if in_flight.is_empty() => {}
+            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() => {}
+            _ = tokio::time::sleep(idle_look), if in_flight.is_empty() => {}
         }
     }
     if connected {
-        let _ = client.try_disconnect();
-        // Let the DISCONNECT go out; a clean disconnect does not fire the Last Will, so say it.
+        // A clean disconnect does not fire the Last Will, so say `offline` first, then leave.
         let _ = client.try_publish(status, QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_disconnect();
         for _ in 0..10 {
             if tokio::time::timeout(Duration::from_millis(100), eventloop.poll())
                 .await
