@@ -113,3 +113,85 @@ pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, S
         verify_rows_per_s: n as f64 / verify_seconds.max(1e-9),
     })
 }
+
+/// Simulation cost at one length.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimBench {
+    /// Simulated days.
+    pub days: f64,
+    /// CPU seconds of each run (this thread's time on a CPU, from `/proc/thread-self/schedstat`;
+    /// wall seconds where that is missing).
+    pub cpu_seconds: Vec<f64>,
+    /// Median CPU seconds per simulated day: flat across lengths means linear.
+    pub per_day_median: f64,
+}
+
+/// This thread's CPU time so far, or None off Linux.
+fn thread_cpu() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
+
+/// Runs the default simulation (shipped board, schedules and household, `seed`) for each length
+/// `runs` times on paused time, as `medbox sim --days N` does, and times each run.
+pub fn sim(lengths: &[f64], runs: usize, seed: Option<u64>) -> anyhow::Result<Vec<SimBench>> {
+    let profile = crate::config::BoardProfile::default_sim()
+        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
+    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
+        .iter()
+        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
+    let mut out = Vec::new();
+    for &days in lengths {
+        let mut cpu_seconds = Vec::new();
+        for _ in 0..runs.max(1) {
+            let opts = crate::sim::SimOptions {
+                profile: profile.clone(),
+                coldchain: crate::coldchain::ColdChainConfig::default(),
+                scenario: None,
+                duration: Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
+                seed,
+                live: false,
+                strategy: crate::controller::Strategy::Protected,
+                keep_records: false,
+                db: None,
+                db_max_pages: None,
+                refill_days: None,
+                audit_key: None,
+                fhir: false,
+                mqtt: None,
+                mqtt_security: (None, None),
+                device_id: "medbox-bench".into(),
+                schedules: schedules.clone(),
+                print_durable: false,
+                household: Some(Default::default()),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()?;
+            let (cpu0, wall0) = (thread_cpu(), Instant::now());
+            rt.block_on(crate::sim::run(
+                opts,
+                crate::sim::Speed::Max,
+                std::future::pending(),
+            ))?;
+            let spent = match (cpu0, thread_cpu()) {
+                (Some(a), Some(b)) => b - a,
+                _ => wall0.elapsed().as_secs_f64(),
+            };
+            cpu_seconds.push(spent);
+        }
+        let mut sorted = cpu_seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        out.push(SimBench {
+            days,
+            cpu_seconds,
+            per_day_median: median / days,
+        });
+    }
+    Ok(out)
+}

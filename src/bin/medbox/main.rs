@@ -370,6 +370,19 @@ enum UplinkCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// CPU seconds of the default simulation at several lengths (per simulated day, so
+    /// linearity shows).
+    Sim {
+        /// Simulated lengths in days.
+        #[arg(long, value_delimiter = ',', default_value = "1,7,30")]
+        days: Vec<f64>,
+        /// Runs per length.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seed for the model's and the household's draws.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Durable audit appends against plain inserts (same settings), and verify time.
     Store {
         /// Durable appends to time (each its own fsynced transaction).
@@ -696,6 +709,21 @@ fn main() -> ExitCode {
             anyhow::ensure!(sim.success(), "the backlog simulation failed");
             let r = medbox::bench_uplink::uplink(&mqtt, &db, &device)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        })(),
+        Command::Bench {
+            command: BenchCommand::Sim { days, runs, seed },
+        } => (|| {
+            let rows = medbox::bench::sim(&days, runs, seed)?;
+            for r in &rows {
+                let shown: Vec<String> = r.cpu_seconds.iter().map(|s| format!("{s:.2}")).collect();
+                println!(
+                    "{:>5} days: CPU s {}  → {:.3} s per simulated day (median)",
+                    r.days,
+                    shown.join(" / "),
+                    r.per_day_median
+                );
+            }
             Ok(())
         })(),
         Command::Bench {
