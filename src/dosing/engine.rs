@@ -612,6 +612,28 @@ pub fn decide(
     vitals: &[VitalReading],
     clock_trusted: bool,
 ) -> Decision {
+    decide_on(
+        med,
+        rec,
+        tz,
+        now,
+        &effective(history),
+        vitals,
+        clock_trusted,
+    )
+}
+
+/// [`decide`] on a history already reduced by [`effective`]: the planner reduces each
+/// patient's history once per round instead of once per medication.
+pub fn decide_on(
+    med: &Medication,
+    rec: &Recurrence,
+    tz: Tz,
+    now: impl Into<Now>,
+    history: &[&DoseRecord],
+    vitals: &[VitalReading],
+    clock_trusted: bool,
+) -> Decision {
     let clocks = now.into();
     let now = clocks.wall;
     if !clock_trusted {
@@ -620,7 +642,6 @@ pub fn decide(
             "the clock jumped and is not trusted yet; the dispenser stays locked",
         );
     }
-    let history = effective(history);
     let ws = windows(
         med,
         rec,
@@ -708,10 +729,10 @@ pub fn decide(
             format!("the taper gives 0 units on {day}"),
         );
     }
-    if let Some(d) = check_limits(med, tz, clocks, day, units, &history) {
+    if let Some(d) = check_limits(med, tz, clocks, day, units, history) {
         return d;
     }
-    if let Some(d) = check_spacing(med, tz, w, clocks, &history) {
+    if let Some(d) = check_spacing(med, tz, w, clocks, history) {
         return d;
     }
     if let Some(d) = check_holds(med, now, vitals) {

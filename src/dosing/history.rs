@@ -23,6 +23,17 @@ impl DoseHistory {
         self.0.entry(patient.to_string()).or_default().push(record);
     }
 
+    /// How many records in all. Records are only ever appended, so a count that has not
+    /// changed means nothing has.
+    pub fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+
+    /// Whether there is no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Patients with records.
     pub fn patients(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)

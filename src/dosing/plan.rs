@@ -3,7 +3,7 @@
 //! repeating itself. Pure: the dispenser task carries out its actions and feeds the outcomes back
 //! as history.
 
-use super::engine::{decide, Decision, DoseRecord, Now, Outcome, Reason, VitalReading};
+use super::engine::{decide_on, Decision, DoseRecord, Now, Outcome, Reason, VitalReading};
 use super::history::DoseHistory;
 use super::schedule::Schedule;
 use chrono::{DateTime, Duration, Utc};
@@ -130,6 +130,8 @@ impl Planner {
         let mut out = Vec::new();
         for s in schedules {
             let history = history.of(&s.patient);
+            // The records that stand, worked out once for all of this patient's medications.
+            let standing = super::engine::effective(history);
             let vitals = &super::vitals::of_patient(vitals, &s.patient);
             for (m, rec) in &s.medications {
                 let Some(rec) = rec else { continue };
@@ -152,7 +154,7 @@ impl Planner {
                     self.closed.insert(key_of(w.occurrence));
                     // An intent superseded by `failed`, or an uncertain dispense a caregiver
                     // found did not reach the patient, does not settle the dose.
-                    let settled = super::engine::effective(history).iter().any(|r| {
+                    let settled = standing.iter().any(|r| {
                         r.is_of(m)
                             && r.occurrence == Some(w.occurrence)
                             && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
@@ -193,7 +195,7 @@ impl Planner {
                         ),
                     }
                 } else {
-                    decide(m, rec, s.tz, clocks, history, vitals, clock_trusted)
+                    decide_on(m, rec, s.tz, clocks, &standing, vitals, clock_trusted)
                 };
                 match decision {
                     Decision::Dispense {

@@ -19,6 +19,9 @@ pub enum Recurrence {
         cron: Box<cron::Schedule>,
         /// Only every other day, counted from this date.
         every_other_day_from: Option<NaiveDate>,
+        /// Each local day's instants, computed once (the planner asks about the same few days
+        /// every minute). Belongs to this compiled recurrence: a new schedule starts empty.
+        days: DayCache,
     },
     /// The union of several recurrences (several daily times).
     Multi(Vec<Recurrence>),
@@ -82,6 +85,73 @@ pub fn parse_moment(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
 
 use chrono::Offset;
 
+/// The instants of one naive local `day` of a wall-clock recurrence: every cron match on that
+/// date, resolved with the RFC 5545 rule (see [`resolve_local`]).
+fn wall_day(
+    cron: &cron::Schedule,
+    every_other_day_from: Option<NaiveDate>,
+    tz: Tz,
+    day: NaiveDate,
+) -> Vec<DateTime<Utc>> {
+    if every_other_day_from.is_some_and(|from| (day - from).num_days().rem_euclid(2) != 0) {
+        return Vec::new();
+    }
+    let start = day.and_time(chrono::NaiveTime::MIN) - Duration::seconds(1);
+    let mut out = Vec::new();
+    for naive in cron.after(&Utc.from_utc_datetime(&start)) {
+        let naive = naive.naive_utc();
+        if naive.date() != day {
+            break;
+        }
+        if let Some(t) = resolve_local(tz, naive) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// A small cache of a wall-clock recurrence's days, shared by its clones (a schedule cloned for
+/// a task keeps what was computed). Cleared when it grows past [`DayCache::MAX_DAYS`].
+#[derive(Clone, Default)]
+pub struct DayCache(std::sync::Arc<std::sync::Mutex<Days>>);
+
+/// Each (zone, local day)'s instants.
+type Days = std::collections::HashMap<(Tz, NaiveDate), Vec<DateTime<Utc>>>;
+
+impl std::fmt::Debug for DayCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DayCache")
+    }
+}
+
+impl DayCache {
+    /// Most days kept before the cache starts again.
+    const MAX_DAYS: usize = 256;
+
+    /// Hands `use_` the instants of `day`, computing them with `compute` the first time.
+    fn with_day(
+        &self,
+        tz: Tz,
+        day: NaiveDate,
+        compute: impl FnOnce(NaiveDate) -> Vec<DateTime<Utc>>,
+        use_: impl FnOnce(&[DateTime<Utc>]),
+    ) {
+        // A poisoned lock only means another thread panicked mid-insert: start afresh.
+        let mut map = self.0.lock().unwrap_or_else(|p| {
+            let mut m = p.into_inner();
+            m.clear();
+            m
+        });
+        if map.len() > Self::MAX_DAYS {
+            map.clear();
+        }
+        let ts = map.entry((tz, day)).or_insert_with(|| compute(day));
+        use_(ts);
+    }
+}
+
 impl Recurrence {
     /// Builds a wall-clock recurrence from a caregiver's cron expression: exactly the standard
     /// five fields (minute hour day-of-month month day-of-week). The `cron` crate's own six- and
@@ -107,6 +177,7 @@ impl Recurrence {
         Ok(Recurrence::Wall {
             cron: Box::new(cron),
             every_other_day_from,
+            days: DayCache::default(),
         })
     }
 
@@ -203,28 +274,28 @@ impl Recurrence {
             Recurrence::Wall {
                 cron,
                 every_other_day_from,
+                days,
             } => {
-                // Walk naive local time, from a day before `after` (to catch shifted times).
-                let start_local = after.with_timezone(&tz).naive_local() - Duration::days(1);
-                let end_local = until.with_timezone(&tz).naive_local() + Duration::days(1);
+                // Whole local days from the one before `after` to the one after `until` (a
+                // time shifted by a daylight-saving change may land in the neighbour's range).
+                let first = after.with_timezone(&tz).date_naive() - Duration::days(1);
+                let last = until.with_timezone(&tz).date_naive() + Duration::days(1);
                 let mut out: Vec<DateTime<Utc>> = Vec::new();
-                for naive in cron.after(&Utc.from_utc_datetime(&start_local)) {
-                    let naive = naive.naive_utc();
-                    if naive > end_local {
-                        break;
-                    }
-                    if let Some(from) = every_other_day_from {
-                        if (naive.date() - *from).num_days().rem_euclid(2) != 0 {
-                            continue;
-                        }
-                    }
-                    if let Some(t) = resolve_local(tz, naive) {
-                        if t > after && t <= until && !out.contains(&t) {
-                            out.push(t);
-                        }
+                let mut day = first;
+                while day <= last {
+                    days.with_day(
+                        tz,
+                        day,
+                        |d| wall_day(cron, *every_other_day_from, tz, d),
+                        |ts| out.extend(ts.iter().filter(|t| **t > after && **t <= until)),
+                    );
+                    match day.succ_opt() {
+                        Some(next) => day = next,
+                        None => break,
                     }
                 }
                 out.sort();
+                out.dedup();
                 out
             }
         }
@@ -281,6 +352,71 @@ impl Recurrence {
 
 #[cfg(test)]
 mod tests {
+    /// The walk `between` made before days were cached: every cron match in the naive range a
+    /// day either side, resolved and filtered. The cached version must agree with it exactly.
+    fn between_uncached(
+        cron: &cron::Schedule,
+        every_other_day_from: Option<NaiveDate>,
+        tz: Tz,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let start_local = after.with_timezone(&tz).naive_local() - Duration::days(1);
+        let end_local = until.with_timezone(&tz).naive_local() + Duration::days(1);
+        let mut out: Vec<DateTime<Utc>> = Vec::new();
+        for naive in cron.after(&Utc.from_utc_datetime(&start_local)) {
+            let naive = naive.naive_utc();
+            if naive > end_local {
+                break;
+            }
+            if let Some(from) = every_other_day_from {
+                if (naive.date() - from).num_days().rem_euclid(2) != 0 {
+                    continue;
+                }
+            }
+            if let Some(t) = resolve_local(tz, naive) {
+                if t > after && t <= until && !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn cached_days_give_the_same_occurrences_as_the_walk_across_daylight_saving(
+            expr in proptest::sample::select(vec![
+                "0 8 * * *", "30 2 * * *", "0 1,13 * * *", "15 */4 * * *", "0 9 * * Mon,Thu",
+                "45 23 * * *", "0 0 1 * *", "30 1 * * Sun",
+            ]),
+            zone in proptest::sample::select(vec![
+                "Europe/Berlin", "America/New_York", "Australia/Sydney", "Australia/Lord_Howe",
+                "Europe/London", "UTC",
+            ]),
+            start_min in 0i64..(366 * 24 * 60),
+            span_min in 1i64..(6 * 24 * 60),
+            every_other in proptest::bool::ANY,
+            repeat in 1usize..3,
+        ) {
+            let tz: Tz = zone.parse().unwrap();
+            let from = every_other.then(|| NaiveDate::from_ymd_opt(2026, 1, 1).unwrap());
+            let rec = Recurrence::from_cron(expr, from).unwrap();
+            let Recurrence::Wall { cron, .. } = &rec else { panic!("a wall recurrence") };
+            let after = "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+                + Duration::minutes(start_min);
+            let until = after + Duration::minutes(span_min);
+            let expected = between_uncached(cron, from, tz, after, until);
+            // Asked again (from the cache), and after a neighbouring question, the same answer.
+            for _ in 0..repeat {
+                let _ = rec.between(tz, after - Duration::hours(13), after + Duration::hours(3));
+                proptest::prop_assert_eq!(rec.between(tz, after, until), expected.clone());
+            }
+        }
+    }
+
     #[test]
     fn a_moment_is_read_in_the_schedules_zone_unless_it_names_an_offset() {
         let tz: Tz = "Europe/Berlin".parse().unwrap();

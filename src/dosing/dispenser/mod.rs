@@ -325,6 +325,9 @@ pub struct Dispenser {
     geometry: Geometry,
     schedules: Vec<Schedule>,
     history: DoseHistory,
+    /// [`Dispenser::awaiting_reconciliation`] for a history of this many records (asked at
+    /// every input; the history only grows, so its count says when to ask again).
+    reconciliation: std::cell::Cell<Option<(usize, bool)>>,
     inventory: Inventory,
     refill_days: Option<f64>,
     planner: Planner,
@@ -437,6 +440,7 @@ impl Dispenser {
             geometry,
             schedules: r.schedules,
             history: r.history,
+            reconciliation: std::cell::Cell::new(None),
             inventory: r.inventory,
             refill_days: r.refill_days,
             planner,
@@ -900,11 +904,19 @@ impl Dispenser {
     /// caregiver. (Asked only while the carousel is idle, so an intent without its outcome here
     /// is an interrupted one.)
     fn awaiting_reconciliation(&self) -> bool {
-        self.history.patients().any(|p| {
+        let records = self.history.len();
+        if let Some((seen, answer)) = self.reconciliation.get() {
+            if seen == records {
+                return answer;
+            }
+        }
+        let answer = self.history.patients().any(|p| {
             engine::effective(self.history.of(p))
                 .iter()
                 .any(|r| matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing))
-        })
+        });
+        self.reconciliation.set(Some((records, answer)));
+        answer
     }
 
     fn test_dispense(&mut self, slot: u8, units: u32, now: Instant, fx: &mut Vec<Effect>) {
