@@ -13,7 +13,8 @@ use std::time::Instant;
 pub struct StoreBench {
     /// Durable appends measured.
     pub appends: u64,
-    /// Durable audit appends per second (one transaction each, hash chained, synchronous=FULL).
+    /// Durable appends per second as the recorder writes an event: the hash-chained audit row
+    /// and its outbox row in one transaction, synchronous=FULL.
     pub audit_appends_per_s: f64,
     /// Plain inserts of the same rows per second, same settings, one transaction each.
     pub plain_inserts_per_s: f64,
@@ -53,8 +54,16 @@ pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, S
     for i in 0..appends {
         let e = entry(i);
         let t = Instant::now();
+        // What the recorder writes per event: the audit row and its outbox row, one transaction.
         let tx = conn.transaction()?;
-        audit::append(&tx, &key, &e)?;
+        let row = audit::append(&tx, &key, &e)?;
+        crate::store::recorder::outbox(
+            &tx,
+            crate::wire::Priority::Event,
+            "medbox/bench/events/bench",
+            &serde_json::json!({ "schema": "medbox.event.v1", "id": format!("bench:{}", row.seq), "body": e.body }),
+            &row.utc,
+        )?;
         tx.commit()?;
         t_audit += t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -194,4 +203,80 @@ pub fn sim(lengths: &[f64], runs: usize, seed: Option<u64>) -> anyhow::Result<Ve
         });
     }
     Ok(out)
+}
+
+/// What a day of the appliance writes to its storage (SD-card wear).
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskBench {
+    /// Simulated days.
+    pub days: f64,
+    /// Bytes the process caused to be written to storage, per simulated day
+    /// (`/proc/self/io` `write_bytes`).
+    pub bytes_per_day: f64,
+    /// Durable records (audit rows and readings), each its own committed transaction ending
+    /// in an fsync of the write-ahead log, per simulated day.
+    pub commits_per_day: f64,
+    /// Bytes written per commit.
+    pub bytes_per_commit: f64,
+    /// Size of the database file at the end (data kept).
+    pub db_bytes: u64,
+}
+
+fn write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs the default simulation with a database in `dir` for `days` and reports what it wrote.
+pub fn disk(dir: &Path, days: f64) -> anyhow::Result<DiskBench> {
+    let profile = crate::config::BoardProfile::default_sim()
+        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
+    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
+        .iter()
+        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
+    let db = dir.join("bench-disk.db");
+    let opts = crate::sim::SimOptions {
+        profile,
+        coldchain: crate::coldchain::ColdChainConfig::default(),
+        scenario: None,
+        duration: Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
+        seed: None,
+        live: false,
+        strategy: crate::controller::Strategy::Protected,
+        keep_records: false,
+        db: Some(db.clone()),
+        db_max_pages: None,
+        refill_days: None,
+        audit_key: None,
+        fhir: false,
+        mqtt: None,
+        mqtt_security: (None, None),
+        device_id: "medbox-bench".into(),
+        schedules,
+        print_durable: false,
+        household: Some(Default::default()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?;
+    let before = write_bytes().ok_or_else(|| anyhow::anyhow!("no /proc/self/io here"))?;
+    let summary = rt.block_on(crate::sim::run(
+        opts,
+        crate::sim::Speed::Max,
+        std::future::pending(),
+    ))?;
+    let written = write_bytes().unwrap_or(before).saturating_sub(before) as f64;
+    let commits = summary.durable_records as f64;
+    Ok(DiskBench {
+        days,
+        bytes_per_day: written / days,
+        commits_per_day: commits / days,
+        bytes_per_commit: written / commits.max(1.0),
+        db_bytes: std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0),
+    })
 }

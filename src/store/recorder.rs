@@ -66,7 +66,9 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
     )?)
 }
 
-fn outbox(
+/// The outbox row written in the same transaction as an event's audit row (the bench writes
+/// it the same way).
+pub(crate) fn outbox(
     tx: &rusqlite::Transaction<'_>,
     p: Priority,
     topic: &str,

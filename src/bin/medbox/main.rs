@@ -370,6 +370,15 @@ enum UplinkCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// What the default simulation writes to storage per simulated day (bytes, commits).
+    Disk {
+        /// Simulated days.
+        #[arg(long, default_value_t = 2.0)]
+        days: f64,
+        /// Directory for the database (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// CPU seconds of the default simulation at several lengths (per simulated day, so
     /// linearity shows).
     Sim {
@@ -708,6 +717,21 @@ fn main() -> ExitCode {
                 .status()?;
             anyhow::ensure!(sim.success(), "the backlog simulation failed");
             let r = medbox::bench_uplink::uplink(&mqtt, &db, &device)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        })(),
+        Command::Bench {
+            command: BenchCommand::Disk { days, dir },
+        } => (|| {
+            let tmp;
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempfile::tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let r = medbox::bench::disk(&dir, days)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         })(),
