@@ -135,6 +135,21 @@ pub struct SimBench {
     pub per_day_median: f64,
 }
 
+/// The shipped simulated board and example schedules, as `medbox sim` runs them by default.
+fn shipped() -> anyhow::Result<(
+    crate::config::BoardProfile,
+    Vec<crate::dosing::schedule::Schedule>,
+)> {
+    let profile = crate::config::BoardProfile::default_sim()
+        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
+    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
+        .iter()
+        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
+    Ok((profile, schedules))
+}
+
 /// This thread's CPU time so far, or None off Linux.
 fn thread_cpu() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -145,37 +160,20 @@ fn thread_cpu() -> Option<f64> {
 /// Runs the default simulation (shipped board, schedules and household, `seed`) for each length
 /// `runs` times on paused time, as `medbox sim --days N` does, and times each run.
 pub fn sim(lengths: &[f64], runs: usize, seed: Option<u64>) -> anyhow::Result<Vec<SimBench>> {
-    let profile = crate::config::BoardProfile::default_sim()
-        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
-    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
-        .iter()
-        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
+    let (profile, schedules) = shipped()?;
     let mut out = Vec::new();
     for &days in lengths {
         let mut cpu_seconds = Vec::new();
         for _ in 0..runs.max(1) {
             let opts = crate::sim::SimOptions {
-                profile: profile.clone(),
-                coldchain: crate::coldchain::ColdChainConfig::default(),
-                scenario: None,
-                duration: Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
                 seed,
-                live: false,
-                strategy: crate::controller::Strategy::Protected,
-                keep_records: false,
-                db: None,
-                db_max_pages: None,
-                refill_days: None,
-                audit_key: None,
-                fhir: false,
-                mqtt: None,
-                mqtt_security: (None, None),
                 device_id: "medbox-bench".into(),
                 schedules: schedules.clone(),
-                print_durable: false,
                 household: Some(Default::default()),
+                ..crate::sim::SimOptions::plain(
+                    profile.clone(),
+                    Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
+                )
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -231,34 +229,17 @@ fn write_bytes() -> Option<u64> {
 
 /// Runs the default simulation with a database in `dir` for `days` and reports what it wrote.
 pub fn disk(dir: &Path, days: f64) -> anyhow::Result<DiskBench> {
-    let profile = crate::config::BoardProfile::default_sim()
-        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
-    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
-        .iter()
-        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
+    let (profile, schedules) = shipped()?;
     let db = dir.join("bench-disk.db");
     let opts = crate::sim::SimOptions {
-        profile,
-        coldchain: crate::coldchain::ColdChainConfig::default(),
-        scenario: None,
-        duration: Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
-        seed: None,
-        live: false,
-        strategy: crate::controller::Strategy::Protected,
-        keep_records: false,
         db: Some(db.clone()),
-        db_max_pages: None,
-        refill_days: None,
-        audit_key: None,
-        fhir: false,
-        mqtt: None,
-        mqtt_security: (None, None),
         device_id: "medbox-bench".into(),
         schedules,
-        print_durable: false,
         household: Some(Default::default()),
+        ..crate::sim::SimOptions::plain(
+            profile,
+            Some(std::time::Duration::from_secs_f64(days * 86_400.0)),
+        )
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -327,11 +327,17 @@ async fn the_last_will_says_offline_when_the_process_is_killed() {
 
 /// The appliance on the simulated board at 3600x, publishing to the machine's broker as `dev`.
 fn appliance(dev: &str, dir: &std::path::Path) -> std::process::Child {
+    appliance_for(dev, dir, "0.5")
+}
+
+/// The same for `days` simulated days (at 3600x, 0.5 days is 12 s of real time; a test that
+/// must not see the run end cleanly, which publishes `offline`, asks for longer and kills it).
+fn appliance_for(dev: &str, dir: &std::path::Path, days: &str) -> std::process::Child {
     medbox()
         .args([
             "sim",
             "--days",
-            "0.5",
+            days,
             "--speed",
             "3600",
             "--mqtt",
@@ -852,7 +858,8 @@ async fn a_burst_and_an_oversized_command_are_all_answered_and_the_connection_st
             .await
             .unwrap();
     }
-    let mut child = appliance(&dev, dir.path());
+    // Long enough to outlast the test: a clean end says `offline` too, which is not a Last Will.
+    let mut child = appliance_for(&dev, dir.path(), "3");
     const BURST: usize = 500;
     let topic = format!("medbox/{dev}/cmd/nurse/acknowledge_alarm");
     let mut answers: std::collections::BTreeMap<String, Vec<String>> = Default::default();

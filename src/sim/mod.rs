@@ -87,6 +87,34 @@ pub struct SimOptions {
     pub household: Option<household::HouseholdConfig>,
 }
 
+impl SimOptions {
+    /// `duration` on `profile` with nothing else: no scenario, schedules, household, store or
+    /// broker, the protected controller, default cold-chain rules. Callers set what they need.
+    pub fn plain(profile: BoardProfile, duration: Option<Duration>) -> Self {
+        Self {
+            profile,
+            coldchain: ColdChainConfig::default(),
+            scenario: None,
+            duration,
+            seed: None,
+            live: false,
+            strategy: Strategy::Protected,
+            keep_records: false,
+            db: None,
+            db_max_pages: None,
+            refill_days: None,
+            audit_key: None,
+            fhir: false,
+            mqtt: None,
+            mqtt_security: (None, None),
+            device_id: "medbox-sim".into(),
+            schedules: Vec::new(),
+            print_durable: false,
+            household: None,
+        }
+    }
+}
+
 /// The simulation could not run.
 #[derive(Debug, Error)]
 pub enum SimError {

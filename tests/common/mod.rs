@@ -4,7 +4,6 @@
 
 use medbox::board::sim::{self, SimHandle};
 use medbox::clock::SimClock;
-use medbox::coldchain::ColdChainConfig;
 use medbox::config::BoardProfile;
 use medbox::scenario::Scenario;
 use medbox::sim::{SimOptions, SimSummary, Speed};
@@ -42,25 +41,9 @@ pub fn run_days(days: f64, scenario: Option<&str>) -> SimSummary {
 /// Options for `days` on the shipped profile with nothing else: tests override what they need.
 pub fn options(days: f64) -> SimOptions {
     SimOptions {
-        profile: profile(),
-        coldchain: ColdChainConfig::default(),
-        scenario: None,
-        duration: Some(Duration::from_secs_f64(days * 86_400.0)),
-        seed: None,
-        live: false,
-        strategy: medbox::controller::Strategy::Protected,
         keep_records: true,
-        db: None,
-        db_max_pages: None,
-        refill_days: None,
-        audit_key: None,
-        fhir: false,
-        mqtt: None,
-        mqtt_security: (None, None),
         device_id: "medbox-test".into(),
-        schedules: Vec::new(),
-        print_durable: false,
-        household: None,
+        ..SimOptions::plain(profile(), Some(Duration::from_secs_f64(days * 86_400.0)))
     }
 }
 
