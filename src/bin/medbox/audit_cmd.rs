@@ -311,8 +311,7 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
         })(),
         AuditCommand::Report {
             db,
-            from,
-            to,
+            period,
             tz,
             out,
             secret_file,
@@ -340,14 +339,7 @@ pub(crate) fn audit_command(cmd: AuditCommand) -> ExitCode {
                     })
                     .unwrap_or(chrono_tz::UTC)
             });
-            let moment = |flag: &str, text: Option<String>| {
-                text.map(|t| {
-                    medbox::dosing::when::parse_moment(&t, tz)
-                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-                })
-                .transpose()
-            };
-            let period = (moment("--from", from)?, moment("--to", to)?);
+            let period = period.within(tz)?;
             let html = medbox::report::render(&conn, &key, &rules, period, tz, chrono::Utc::now())?;
             std::fs::write(&out, html)
                 .with_context(|| format!("cannot write {}", out.display()))?;
@@ -453,20 +445,12 @@ pub(crate) fn audit_export(
 
 pub(crate) fn readings_export(
     db: &std::path::Path,
-    from: Option<String>,
-    to: Option<String>,
+    (from, to): crate::Span,
     tz: chrono_tz::Tz,
     json: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
     use medbox::store::readings_export::{export, ExportError, Format};
-    let moment = |flag: &str, text: Option<String>| {
-        text.map(|t| {
-            medbox::dosing::when::parse_moment(&t, tz).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-        })
-        .transpose()
-    };
-    let (from, to) = (moment("--from", from)?, moment("--to", to)?);
     let conn =
         medbox::store::schema::open_read_only(db).with_context(|| db.display().to_string())?;
     let format = if json { Format::Json } else { Format::Csv };

@@ -127,12 +127,8 @@ enum ReadingsCommand {
         /// The appliance's database.
         #[arg(long)]
         db: PathBuf,
-        /// From this moment (inclusive): a date (its start), a date and time in --tz, or RFC 3339.
-        #[arg(long)]
-        from: Option<String>,
-        /// To this moment (exclusive), written as --from.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        period: Period,
         /// The zone of --from/--to and of the times written (default UTC).
         #[arg(long, default_value = "UTC")]
         tz: chrono_tz::Tz,
@@ -185,13 +181,8 @@ enum VitalsCommand {
 
 #[derive(clap::Args, Clone)]
 struct AuditFilter {
-    /// From this moment (inclusive): a date (2026-03-03: its start), a date and time, both in
-    /// --tz, or RFC 3339 with an offset.
-    #[arg(long)]
-    from: Option<String>,
-    /// To this moment (exclusive), written as --from.
-    #[arg(long)]
-    to: Option<String>,
+    #[command(flatten)]
+    period: Period,
     /// The zone of dates and times given and shown (e.g. Europe/Berlin; default UTC).
     #[arg(long, default_value = "UTC")]
     tz: chrono_tz::Tz,
@@ -209,21 +200,47 @@ struct AuditFilter {
 
 impl AuditFilter {
     fn to_filter(&self) -> Result<medbox::store::audit::Filter> {
-        let moment = |flag: &str, text: &Option<String>| {
-            text.as_deref()
-                .map(|t| {
-                    medbox::dosing::when::parse_moment(t, self.tz)
-                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-                })
-                .transpose()
-        };
+        let (from, to) = self.period.within(self.tz)?;
         Ok(medbox::store::audit::Filter {
-            from: moment("--from", &self.from)?,
-            to: moment("--to", &self.to)?,
+            from,
+            to,
             kind: self.kind.clone(),
             patient: self.patient.clone(),
             medication: self.medication.clone(),
         })
+    }
+}
+
+/// A span of time typed by a person: either end may be left open.
+#[derive(clap::Args, Clone)]
+struct Period {
+    /// From this moment (inclusive): a date (2026-03-03: its start), a date and time in the
+    /// zone given, or RFC 3339 with an offset.
+    #[arg(long)]
+    from: Option<String>,
+    /// To this moment (exclusive), written as --from.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+/// The instants of a span.
+type Span = (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+impl Period {
+    /// Its ends as instants, read in `tz`; a mistyped end names its flag.
+    fn within(&self, tz: chrono_tz::Tz) -> Result<Span> {
+        let moment = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| {
+                    medbox::dosing::when::parse_moment(t, tz)
+                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+                })
+                .transpose()
+        };
+        Ok((moment("--from", &self.from)?, moment("--to", &self.to)?))
     }
 }
 
@@ -480,13 +497,8 @@ enum AuditCommand {
         /// The database.
         #[arg(long)]
         db: PathBuf,
-        /// From this moment (inclusive): a date (its start), a date and time in the report's
-        /// zone, or RFC 3339 with an offset.
-        #[arg(long)]
-        from: Option<String>,
-        /// To this moment (exclusive), written as --from.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        period: Period,
         /// The zone of the report's times and days (default: the zone of the schedules the
         /// --config names, else UTC).
         #[arg(long)]
@@ -662,14 +674,15 @@ fn main() -> ExitCode {
             command:
                 ReadingsCommand::Export {
                     db,
-                    from,
-                    to,
+                    period,
                     tz,
                     csv: _,
                     json,
                     out,
                 },
-        } => audit_cmd::readings_export(&db, from, to, tz, json, out.as_deref()),
+        } => period
+            .within(tz)
+            .and_then(|span| audit_cmd::readings_export(&db, span, tz, json, out.as_deref())),
         Command::Uplink {
             command:
                 UplinkCommand::Drain {
