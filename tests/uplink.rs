@@ -6,8 +6,13 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A device id no earlier run used: the broker keeps each device's last `status` (retained),
+/// and a test must not mistake an earlier run's for its own.
 fn device(name: &str) -> String {
-    format!("t-{}-{name}", std::process::id())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("t-{}-{nanos}-{name}", std::process::id())
 }
 
 fn medbox() -> Command {
@@ -40,6 +45,8 @@ async fn collect(
                     let _ = r.send(());
                 }
             }
+            // A retained message is what the broker kept from before this test subscribed.
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain => {}
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 got.push((
                     p.topic.clone(),
