@@ -137,7 +137,8 @@ async fn published(
     let found = tokio::time::timeout(PATIENCE, async {
         loop {
             if let Event::Incoming(Packet::Publish(p)) = ev.poll().await.unwrap() {
-                if p.topic.ends_with(suffix) && accept(&p.payload) {
+                // A retained message is what the broker kept from an earlier run, not news.
+                if !p.retain && p.topic.ends_with(suffix) && accept(&p.payload) {
                     return p.payload.to_vec();
                 }
             }
@@ -172,6 +173,14 @@ async fn ask(
     serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["body"].clone()
 }
 
+/// A device id no earlier run used (the broker keeps each device's last retained status).
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("t-{}-{nanos}-{name}", std::process::id())
+}
+
 fn online(p: &[u8]) -> bool {
     p == b"online"
 }
@@ -187,7 +196,7 @@ fn audit_kinds(db: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_commands_stops_safely_on_sigterm_and_resumes_after_sigkill() {
-    let dev = format!("t-{}-run", std::process::id());
+    let dev = unique("run");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &dev);
     let db = dir.path().join("medbox.db");
@@ -300,7 +309,7 @@ fn notes_until(sock: &std::os::unix::net::UnixDatagram, what: &str) -> Vec<Strin
 #[test]
 fn under_systemd_run_says_ready_earns_its_watchdog_pings_and_says_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_with(dir.path(), &format!("t-{}-notify", std::process::id()), "");
+    let cfg = config_with(dir.path(), &unique("notify"), "");
     // WatchdogSec=2: pings every second while healthy.
     let (app, sock) = under_systemd(dir.path(), &cfg, "2000000");
     let before_ready = notes_until(&sock, "READY=1");
@@ -336,7 +345,7 @@ fn with_the_broker_down_the_control_loop_heartbeat_never_gaps_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(
         dir.path(),
-        &format!("t-{}-down", std::process::id()),
+        &unique("down"),
         &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
     );
     // WatchdogSec=0.5 s: a healthy loop pings every 250 ms.
