@@ -194,7 +194,8 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
     let db = dir.path().join("m.db");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let dev2 = dev.clone();
-    // Done when the appliance said goodbye after coming back once: onlines, then the last offline.
+    // Done when the appliance said goodbye after coming back once: an offline then an online
+    // (the Last Will, then the reconnection), and a last offline.
     let sub = tokio::spawn(async move {
         collect(&dev2, tx, Duration::from_secs(30), |got| {
             let statuses: Vec<&str> = got
@@ -202,7 +203,7 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
                 .filter(|(t, _)| t.ends_with("/status"))
                 .map(|(_, p)| p.as_str())
                 .collect();
-            statuses.iter().filter(|s| **s == "online").count() >= 2
+            statuses.windows(2).any(|w| w == ["offline", "online"])
                 && statuses.last() == Some(&"offline")
                 && got.last().is_some_and(|(t, _)| t.ends_with("/status"))
         })
@@ -239,9 +240,14 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
         .filter(|(t, _)| t.ends_with("/status"))
         .map(|(_, p)| p.as_str())
         .collect();
-    let back = statuses.iter().position(|s| *s == "offline").unwrap();
-    assert_eq!(statuses.first(), Some(&"online"), "{statuses:?}");
-    assert_eq!(statuses.get(back + 1), Some(&"online"), "{statuses:?}");
+    // At simulated speed the outage may begin before the first `online` is out, so the order
+    // before it is not fixed; what must hold is an `offline` (the Last Will) followed by the
+    // appliance coming back, and a clean `offline` at the end.
+    assert!(
+        statuses.windows(2).any(|w| w == ["offline", "online"]),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&"offline"), "{statuses:?}");
     // Everything written during the run arrived, once each after de-duplication, in order.
     let order = delivered_in_order(&got, &dev);
     assert_eq!(order.len() as u64, uplink["acked"].as_u64().unwrap());
