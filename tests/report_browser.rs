@@ -48,20 +48,8 @@ fn the_report_renders_in_a_browser_and_prints_with_page_numbers_and_a_review_blo
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
     common::run(medbox::sim::SimOptions {
-        scenario: Some(
-            medbox::scenario::Scenario::load(
-                &Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios/door-left-open.toml"),
-            )
-            .unwrap(),
-        ),
-        keep_records: false,
-        db: Some(db.clone()),
-        schedules: medbox::dosing::schedule::DEFAULT_SCHEDULES
-            .iter()
-            .map(|(n, s)| medbox::dosing::schedule::Schedule::parse(s, Path::new(n)).unwrap())
-            .collect(),
         household: Some(Default::default()),
-        ..common::options(3.0)
+        ..common::recording(&db, "door-left-open.toml", 3.0)
     });
     let html_path = dir.path().join("report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_medbox"))

@@ -420,21 +420,7 @@ fn report(db: &Path, extra: &[&std::ffi::OsStr]) -> String {
 fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    common::run(medbox::sim::SimOptions {
-        scenario: Some(
-            medbox::scenario::Scenario::load(
-                &Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/scenarios/door-left-open.toml"),
-            )
-            .unwrap(),
-        ),
-        keep_records: false,
-        db: Some(db.clone()),
-        schedules: medbox::dosing::schedule::DEFAULT_SCHEDULES
-            .iter()
-            .map(|(n, s)| medbox::dosing::schedule::Schedule::parse(s, Path::new(n)).unwrap())
-            .collect(),
-        ..common::options(1.5)
-    });
+    common::run(common::recording(&db, "door-left-open.toml", 1.5));
     let html = report(&db, &[]);
     for needle in [
         "<svg",

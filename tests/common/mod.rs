@@ -47,6 +47,32 @@ pub fn options(days: f64) -> SimOptions {
     }
 }
 
+/// The shipped example schedules, as `medbox sim` runs them by default.
+pub fn shipped_schedules() -> Vec<medbox::dosing::schedule::Schedule> {
+    medbox::dosing::schedule::DEFAULT_SCHEDULES
+        .iter()
+        .map(|(n, s)| medbox::dosing::schedule::Schedule::parse(s, Path::new(n)).unwrap())
+        .collect()
+}
+
+/// `days` of a shipped scenario with the shipped schedules, recorded into `db`.
+pub fn recording(db: &Path, scenario: &str, days: f64) -> SimOptions {
+    SimOptions {
+        scenario: Some(
+            Scenario::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("hw/scenarios")
+                    .join(scenario),
+            )
+            .expect("shipped scenario is valid"),
+        ),
+        keep_records: false,
+        db: Some(db.to_path_buf()),
+        schedules: shipped_schedules(),
+        ..options(days)
+    }
+}
+
 /// Runs the appliance with `opts` on paused time.
 pub fn run(opts: SimOptions) -> SimSummary {
     paused_runtime()

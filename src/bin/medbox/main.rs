@@ -736,14 +736,7 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Disk { days, dir },
         } => (|| {
-            let tmp;
-            let dir = match dir {
-                Some(d) => d,
-                None => {
-                    tmp = tempfile::tempdir()?;
-                    tmp.path().to_path_buf()
-                }
-            };
+            let (dir, _tmp) = bench_dir(dir)?;
             let r = medbox::bench::disk(&dir, days)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
@@ -771,20 +764,25 @@ fn main() -> ExitCode {
                     dir,
                 },
         } => (|| {
-            let tmp;
-            let dir = match dir {
-                Some(d) => d,
-                None => {
-                    tmp = tempfile::tempdir()?;
-                    tmp.path().to_path_buf()
-                }
-            };
+            let (dir, _tmp) = bench_dir(dir)?;
             let r = medbox::bench::store(&dir, appends, verify_rows)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         })(),
     };
     exit_code(result)
+}
+
+/// The directory a bench writes its databases in: the one given, or a temporary one that lives
+/// as long as the returned guard.
+fn bench_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => Ok((d, None)),
+        None => {
+            let tmp = tempfile::tempdir()?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
 }
 
 /// Exit 0, or report the error with its context and exit 1.
