@@ -480,7 +480,7 @@ fn the_report_is_a_self_contained_page_with_chart_tables_and_verification() {
 
 /// Kills the simulator with SIGKILL at many points and restarts it on the same file: after each
 /// round the database is intact, the chain verifies, and every record the child reported
-/// durable is still there, unchanged.
+/// durable (audit rows and group-committed readings) is still there, unchanged.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -503,14 +503,22 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill_after: usize = rng.random_range(1..2500);
+        // About 420 commits in the two days: most rounds are killed mid-run.
+        let kill_after: usize = rng.random_range(1..400);
         let mut acked_seq = 0i64;
+        let mut acked_reading = 0i64;
         let mut lines = 0;
         let stdout = child.stdout.take().unwrap();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(seq) = line.strip_prefix("durable audit ") {
                 acked_seq = acked_seq.max(seq.parse().unwrap());
+            }
+            if let Some((_, to)) = line
+                .strip_prefix("durable readings ")
+                .and_then(|r| r.split_once('-'))
+            {
+                acked_reading = acked_reading.max(to.parse().unwrap());
             }
             if line.starts_with("durable") {
                 lines += 1;
@@ -533,6 +541,15 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         assert!(
             max >= acked_seq,
             "round {round}: row {acked_seq} was acknowledged but the chain ends at {max}"
+        );
+        let readings: i64 = conn
+            .query_row("SELECT coalesce(max(id), 0) FROM readings", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(
+            readings >= acked_reading,
+            "round {round}: reading {acked_reading} was acknowledged but the last stored is {readings}"
         );
         for (i, h) in verified_prefix.iter().enumerate() {
             assert_eq!(&rows[i].hash, h, "round {round}: row {} changed", i + 1);

@@ -150,7 +150,11 @@ pub async fn serve(
     }
     let storage_failure = if backlog.failing() {
         let (error, unrecorded) = backlog.into_parts();
-        error.map(|e| (e, unrecorded))
+        // Readings the recorder held for a group commit are older than anything the backlog
+        // holds.
+        let mut all = recorder.map(Recorder::take_held).unwrap_or_default();
+        all.extend(unrecorded);
+        error.map(|e| (e, all))
     } else {
         None
     };

@@ -79,8 +79,8 @@ pub struct SimOptions {
     pub fhir: bool,
     /// Key the audit chain with this HMAC secret (None: plain SHA-256).
     pub audit_key: Option<crate::store::audit::ChainKey>,
-    /// Print `durable audit <seq>` / `durable reading` on standard output after each commit (for
-    /// the crash harness: a printed record is an acknowledged one).
+    /// Print `durable audit <seq>` / `durable readings <first>-<last>` on standard output after
+    /// each commit (for the crash harness: a printed record is an acknowledged one).
     pub print_durable: bool,
     /// The simulated people who collect doses and take readings (None: nobody; the scenario
     /// alone acts).
@@ -745,10 +745,12 @@ impl Accumulator {
         if print {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
-            let _ = match r.seq {
-                Some(seq) => writeln!(out, "durable audit {seq}"),
-                None => writeln!(out, "durable reading"),
-            };
+            if let Some(seq) = r.seq {
+                let _ = writeln!(out, "durable audit {seq}");
+            }
+            if let Some((from, to)) = r.readings {
+                let _ = writeln!(out, "durable readings {from}-{to}");
+            }
             let _ = out.flush();
         }
         self.checkpoints.extend(r.checkpoint);

@@ -77,7 +77,10 @@ impl Backlog {
         while let Some((ev, mono, now, trusted)) = self.held.front() {
             match rec.record(ev, *mono, *trusted, *now) {
                 Ok(r) => {
-                    recorded.push(r);
+                    // A reading held for its group commit is not durable yet: nobody hears of it.
+                    if !r.held {
+                        recorded.push(r);
+                    }
                     self.held.pop_front();
                 }
                 Err(e) => {

@@ -259,19 +259,72 @@ mod tests {
             check(rec.connection()).unwrap(),
             SealCheck::Intact {
                 seals: 2,
-                sealed: 122,
-                unsealed: 28
+                sealed: 140,
+                unsealed: 10
             },
-            "a seal at the reading 60 min after the first unsealed one: 1–61 and 62–122"
+            "a seal with the group commit (ten readings) that holds the reading 60 min after the \
+             first unsealed one: 1–70 and 71–140"
         );
+    }
+
+    /// The group-commit bound (`recorder::READINGS_PER_COMMIT`): a crash loses at most nine
+    /// held readings, every event is durable when recorded, and an event commits the readings
+    /// before it (the readings an alarm was based on are never the ones lost).
+    #[test]
+    fn a_power_cut_loses_at_most_nine_held_readings_and_never_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let count = |sql: &str| -> i64 {
+            let conn = crate::store::schema::open_read_only(&path).unwrap();
+            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        let mut rec = Recorder::open(&path, ChainKey::unkeyed(), "t".into()).unwrap();
+        store(&mut rec, 0, 13);
+        assert_eq!(
+            count("SELECT count(*) FROM readings"),
+            10,
+            "one group commit"
+        );
+        rec.record(
+            &Event::Started { at: minute(13) },
+            Duration::ZERO,
+            true,
+            minute(13),
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM readings"),
+            13,
+            "the event committed the three held readings before it"
+        );
+        store(&mut rec, 14, 23);
+        // A power cut: the process ends without a stop row or any destructor.
+        std::mem::forget(rec);
+        assert_eq!(
+            count("SELECT count(*) FROM readings"),
+            13,
+            "nine readings lost"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM audit WHERE kind = 'system.start'"),
+            1
+        );
+        // Readings further apart than one a minute are held for ten minutes at most.
+        let mut rec = Recorder::open(&path, ChainKey::unkeyed(), "u".into()).unwrap();
+        let before = count("SELECT count(*) FROM readings");
+        for i in [30, 35, 40] {
+            store(&mut rec, i, i + 1);
+        }
+        assert_eq!(count("SELECT count(*) FROM readings"), before + 3);
     }
 
     #[test]
     fn sealing_resumes_after_a_restart_where_the_last_seal_ended() {
         let dir = tempfile::tempdir().unwrap();
         drop(recorded(dir.path(), 90));
-        // Reopen and go on from minute 90: the next seal starts at reading 62 and comes an
-        // hour into the new run (minute 150, reading 151).
+        // Reopen and go on from minute 90: the next seal starts at reading 71 and comes with
+        // the group commit that holds the reading an hour into the new run (minute 150,
+        // readings 151–160).
         let mut rec =
             Recorder::open(&dir.path().join("r.db"), ChainKey::unkeyed(), "u".into()).unwrap();
         store(&mut rec, 90, 200);
@@ -279,8 +332,8 @@ mod tests {
             check(rec.connection()).unwrap(),
             SealCheck::Intact {
                 seals: 2,
-                sealed: 151,
-                unsealed: 49
+                sealed: 160,
+                unsealed: 40
             }
         );
     }
@@ -299,12 +352,12 @@ mod tests {
             .unwrap();
         // The triggers refuse an edit…
         assert!(conn
-            .execute("UPDATE readings SET vial = 4.0 WHERE id = 70", [])
+            .execute("UPDATE readings SET vial = 4.0 WHERE id = 80", [])
             .is_err());
         // …so a tamperer drops them first: a warm reading made cool is caught.
         conn.execute_batch("DROP TRIGGER readings_no_update; DROP TRIGGER readings_no_delete;")
             .unwrap();
-        conn.execute("UPDATE readings SET vial = 4.0 WHERE id = 70", [])
+        conn.execute("UPDATE readings SET vial = 4.0 WHERE id = 80", [])
             .unwrap();
         match check(conn).unwrap() {
             SealCheck::Broken { seq, detail } => {
@@ -318,7 +371,7 @@ mod tests {
             .unwrap();
         match check(conn).unwrap() {
             SealCheck::Broken { detail, .. } => {
-                assert!(detail.contains("60 readings stored where 61"), "{detail}")
+                assert!(detail.contains("69 readings stored where 70"), "{detail}")
             }
             other => panic!("{other:?}"),
         }

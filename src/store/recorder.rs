@@ -87,13 +87,29 @@ pub fn outbox_len(conn: &Connection) -> Result<i64, StoreError> {
     Ok(super::outbox::count(conn)?)
 }
 
+/// Fridge readings held in memory for one group commit. Readings are telemetry: one commit per
+/// reading (one WAL fsync a minute) was most of what the appliance wrote to its SD card, so they
+/// are committed ten at a time. Anything else the recorder is given (a dose, an alarm, an
+/// excursion, a door, a stop) commits the held readings first in its own transaction, so what a
+/// power cut can lose is bounded: at most `READINGS_PER_COMMIT - 1` readings (nine minutes at the
+/// one-minute interval), never an event, and never a reading that an event was based on.
+pub const READINGS_PER_COMMIT: usize = 10;
+
+/// Held readings are also committed once the oldest is this old in readings' own time, so a
+/// slower reading interval does not stretch the bound.
+pub const READINGS_HELD_AT_MOST: chrono::Duration = chrono::Duration::minutes(10);
+
 /// Where a recorded event went.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Recorded {
     /// Its audit sequence number (None: a reading, stored in the readings table).
     pub seq: Option<i64>,
     /// A checkpoint signed in the same transaction.
     pub checkpoint: Option<Checkpoint>,
+    /// The ids of the readings this commit made durable (first, last), held ones included.
+    pub readings: Option<(i64, i64)>,
+    /// Nothing was committed: a reading was held for the next group commit.
+    pub held: bool,
 }
 
 /// The one owner of the database connection.
@@ -107,6 +123,19 @@ pub struct Recorder {
     last_checkpoint: Option<(i64, DateTime<Utc>)>,
     device_id: String,
     sealer: readings::Sealer,
+    /// Readings waiting for their group commit ([`READINGS_PER_COMMIT`]).
+    held: Vec<crate::events::FridgeRecord>,
+}
+
+impl Drop for Recorder {
+    /// A recorder dropped without its stop row (an error path) still commits held readings.
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            if let Err(e) = self.commit_held_alone() {
+                tracing::warn!("{} held readings not stored: {e}", self.held.len());
+            }
+        }
+    }
 }
 
 fn name<T: serde::Serialize>(v: &T) -> String {
@@ -413,6 +442,7 @@ impl Recorder {
             last_checkpoint,
             device_id: "medbox-sim".into(),
             fhir: false,
+            held: Vec::new(),
         })
     }
 
@@ -479,6 +509,12 @@ impl Recorder {
     /// Verifies the chain before anything is rebuilt from it ([`super::integrity`]).
     pub fn integrity(&self) -> Result<Option<super::integrity::Break>, StoreError> {
         super::integrity::at_start(&self.conn, &self.key)
+    }
+
+    /// Hands back the readings held for the next group commit (storage has failed for good:
+    /// they are written out with the other unrecorded events instead of being lost).
+    pub fn take_held(&mut self) -> Vec<Event> {
+        self.held.drain(..).map(Event::Reading).collect()
     }
 
     /// The connection, for queries.
@@ -570,12 +606,27 @@ impl Recorder {
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
         if let Event::Barrier { .. } = e {
-            return Ok(Recorded {
-                seq: None,
-                checkpoint: None,
-            });
+            return Ok(Recorded::default());
+        }
+        if let Event::Reading(r) = e {
+            let due = self.held.len() + 1 >= READINGS_PER_COMMIT
+                || self
+                    .held
+                    .first()
+                    .is_some_and(|first| r.at - first.at >= READINGS_HELD_AT_MOST);
+            if !due {
+                self.held.push(r.clone());
+                return Ok(Recorded {
+                    held: true,
+                    ..Recorded::default()
+                });
+            }
         }
         if let Event::Stopped { at } = e {
+            if !self.held.is_empty() {
+                let ids = self.commit_held_alone()?;
+                self.seal_after(ids, mono, clock_trusted, now);
+            }
             // A clean stop leaves no reading unsealed: any the next start finds unsealed were
             // not written by the appliance (`integrity::at_start`).
             let last: Option<i64> =
@@ -602,33 +653,10 @@ impl Recorder {
         let at = event_time(e).unwrap_or(now);
         let mut cp = None;
         let mut seq = None;
-        let mut seal_due = None;
         let dev = self.device_id.clone();
+        let mut ids = insert_readings(&tx, &dev, &self.held)?;
         if let Event::Reading(r) = e {
-            let utc = r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            tx.execute(
-                "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode, control, doubt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    utc,
-                    r.vial,
-                    r.air,
-                    r.compressor_on,
-                    r.door_open,
-                    r.mains,
-                    name(&r.mode),
-                    r.control,
-                    r.doubt.map(|d| d.code()),
-                ],
-            )?;
-            let rowid = tx.last_insert_rowid();
-            seal_due = self.sealer.stored(rowid, r.at).map(|range| (range, r.at));
-            outbox(
-                &tx,
-                Priority::Telemetry,
-                &wire::topic(&dev, wire::TELEMETRY),
-                &wire::telemetry_message(&dev, rowid, &utc, r),
-                &utc,
-            )?;
+            ids.extend(insert_readings(&tx, &dev, std::slice::from_ref(r))?);
         } else {
             let (kind, actor, subject, reason) = classify(e);
             let row = audit::append(
@@ -689,34 +717,108 @@ impl Recorder {
             }
         }
         tx.commit()?;
+        self.held.clear();
         if let Some(c) = &cp {
             self.last_checkpoint = Some((c.seq, at));
         }
-        if let Some(((from_id, to_id), at)) = seal_due {
-            // Its own transaction: a crash between the two only means the next seal covers
-            // these readings too (seals start where the last committed one ended). A failure
-            // here must not fail the reading, which is stored: the next reading tries again.
-            let sealed = readings::seal(&self.conn, from_id, to_id)
-                .map_err(StoreError::from)
-                .and_then(|seal| {
-                    self.record(
-                        &Event::ReadingsSealed { at, seal },
-                        mono,
-                        clock_trusted,
-                        now,
-                    )
-                });
-            match sealed {
-                Ok(r) => {
-                    self.sealer.sealed(to_id);
-                    cp = r.checkpoint;
-                }
-                Err(e) => tracing::warn!("cannot seal readings {from_id}–{to_id}: {e}"),
-            }
+        let readings = ids.first().zip(ids.last()).map(|(a, b)| (a.0, b.0));
+        if let Some(c) = self.seal_after(ids, mono, clock_trusted, now) {
+            cp = Some(c);
         }
         Ok(Recorded {
             seq,
             checkpoint: cp,
+            readings,
+            held: false,
         })
     }
+
+    /// Commits the held readings in a transaction of their own; their ids and times.
+    fn commit_held_alone(&mut self) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let ids = insert_readings(&tx, &self.device_id, &self.held)?;
+        tx.commit()?;
+        self.held.clear();
+        Ok(ids)
+    }
+
+    /// After readings `ids` were committed: seals the unsealed ones when a seal is due, and
+    /// returns the checkpoint signed with the seal's row, if any.
+    fn seal_after(
+        &mut self,
+        ids: Vec<(i64, DateTime<Utc>)>,
+        mono: Duration,
+        clock_trusted: bool,
+        now: DateTime<Utc>,
+    ) -> Option<Checkpoint> {
+        let mut due = None;
+        for (id, at) in ids {
+            if let Some(range) = self.sealer.stored(id, at) {
+                due = Some((range, at));
+            }
+        }
+        let ((from_id, to_id), at) = due?;
+        // Its own transaction: a crash between the two only means the next seal covers
+        // these readings too (seals start where the last committed one ended). A failure
+        // here must not fail the reading, which is stored: the next reading tries again.
+        let sealed = readings::seal(&self.conn, from_id, to_id)
+            .map_err(StoreError::from)
+            .and_then(|seal| {
+                self.record(
+                    &Event::ReadingsSealed { at, seal },
+                    mono,
+                    clock_trusted,
+                    now,
+                )
+            });
+        match sealed {
+            Ok(r) => {
+                self.sealer.sealed(to_id);
+                r.checkpoint
+            }
+            Err(e) => {
+                tracing::warn!("cannot seal readings {from_id}–{to_id}: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Inserts fridge readings with their telemetry messages; their ids and times.
+fn insert_readings(
+    tx: &rusqlite::Transaction<'_>,
+    dev: &str,
+    readings: &[crate::events::FridgeRecord],
+) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+    let mut ids = Vec::with_capacity(readings.len());
+    let topic = wire::topic(dev, wire::TELEMETRY);
+    for r in readings {
+        let utc = r.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        tx.execute(
+            "INSERT INTO readings (utc, vial, air, compressor_on, door_open, mains, mode, control, doubt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                utc,
+                r.vial,
+                r.air,
+                r.compressor_on,
+                r.door_open,
+                r.mains,
+                name(&r.mode),
+                r.control,
+                r.doubt.map(|d| d.code()),
+            ],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        outbox(
+            tx,
+            Priority::Telemetry,
+            &topic,
+            &wire::telemetry_message(dev, rowid, &utc, r),
+            &utc,
+        )?;
+        ids.push((rowid, r.at));
+    }
+    Ok(ids)
 }

@@ -399,14 +399,17 @@ pub async fn run(
         // A clean disconnect does not fire the Last Will, so say `offline` first, then leave.
         let _ = client.try_publish(status, QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
-        for _ in 0..10 {
-            if tokio::time::timeout(Duration::from_millis(100), eventloop.poll())
-                .await
-                .is_err()
-            {
-                break;
+        // Until the DISCONNECT is on the wire (after `offline`: the broker handles a
+        // connection's packets in order), and no longer: polling on would reconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
-        }
+        })
+        .await;
     }
     stats.left = outbox
         .exchange(&mut acked, 0, true)
