@@ -73,6 +73,27 @@ pub struct Inventory {
     alerted: BTreeMap<(u8, StockIssue), (DateTime<Utc>, bool)>,
     /// Units the break-beam saw of each uncertain dispense not yet reconciled, per (slot, dose).
     unreconciled: BTreeMap<(u8, Option<DateTime<Utc>>), u32>,
+    /// Each slot's daily use, worked out again every [`USE_REFRESH`].
+    uses: UseCache,
+}
+
+/// How long a slot's worked-out daily use stands. It is a fortnight's average, so an hour
+/// changes it by little; working out a fortnight of windows every minute was a sixth of the
+/// appliance's CPU. A schedule change forgets it at once ([`Inventory::schedules_changed`]).
+pub const USE_REFRESH: Duration = Duration::hours(1);
+
+/// Worked-out daily use per slot (None: no schedule uses the slot) and when.
+#[derive(Clone, Debug, Default)]
+struct UseCache {
+    at: Option<DateTime<Utc>>,
+    per_slot: BTreeMap<u8, Option<(String, String, f64)>>,
+}
+
+/// Derived data: two inventories holding the same stock are equal whatever either worked out.
+impl PartialEq for UseCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Inventory {
@@ -163,6 +184,11 @@ impl Inventory {
         self.alerted.insert((slot, issue), (at, false));
     }
 
+    /// The schedules changed: each slot's daily use is worked out again at the next look.
+    pub fn schedules_changed(&mut self) {
+        self.uses = UseCache::default();
+    }
+
     /// The warnings to report at `now`: each current problem once, then again every
     /// [`REPEAT_EVERY`] until acknowledged or fixed.
     pub fn alerts_due(
@@ -171,7 +197,23 @@ impl Inventory {
         now: DateTime<Utc>,
         refill_days: f64,
     ) -> Vec<StockWarning> {
-        let current = warnings(&self.slots, schedules, now, refill_days);
+        // A clock stepped back works it out again too.
+        if self
+            .uses
+            .at
+            .is_none_or(|at| now < at || now - at >= USE_REFRESH)
+        {
+            self.uses = UseCache {
+                at: Some(now),
+                per_slot: BTreeMap::new(),
+            };
+        }
+        let uses = &mut self.uses.per_slot;
+        let current = warnings(&self.slots, now, refill_days, |slot| {
+            uses.entry(slot)
+                .or_insert_with(|| daily_use(schedules, slot, now))
+                .clone()
+        });
         self.alerted
             .retain(|k, _| current.iter().any(|w| (w.slot, w.issue) == *k));
         let mut out = Vec::new();
@@ -225,14 +267,14 @@ fn daily_use(
 /// Every slot's current problems.
 fn warnings(
     slots: &BTreeMap<u8, SlotStock>,
-    schedules: &[Schedule],
     now: DateTime<Utc>,
     refill_days: f64,
+    mut daily_use: impl FnMut(u8) -> Option<(String, String, f64)>,
 ) -> Vec<StockWarning> {
     let mut out = Vec::new();
     for (&slot, stock) in slots {
         // A slot no schedule uses needs no refill.
-        let Some((patient, medication, per_day)) = daily_use(schedules, slot, now) else {
+        let Some((patient, medication, per_day)) = daily_use(slot) else {
             continue;
         };
         let days_left = (per_day > 0.0).then(|| f64::from(stock.count) / per_day);
@@ -304,6 +346,49 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap()]
+    }
+
+    fn four_times_daily() -> Vec<Schedule> {
+        vec![Schedule::parse(
+            "[patient]\nid = \"p-1\"\ntimezone = \"UTC\"\n[[medication]]\nname = \"A\"\nslot = 2\nunits = 1\ntimes = [\"06:00\", \"10:00\", \"14:00\", \"18:00\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap()]
+    }
+
+    /// Daily use is worked out at most hourly, but a schedule change is seen at the next look.
+    #[test]
+    fn a_schedule_change_is_seen_by_the_next_stock_look_and_use_is_refreshed_hourly() {
+        let mut inv = Inventory::default();
+        inv.refill(2, 20, None);
+        let t0 = utc("2026-03-02T09:00:00Z");
+        assert!(
+            inv.alerts_due(&twice_daily(), t0, 7.0).is_empty(),
+            "10 days"
+        );
+        let busier = four_times_daily();
+        inv.schedules_changed();
+        let a = inv.alerts_due(&busier, t0 + Duration::minutes(1), 7.0);
+        assert_eq!(a.len(), 1, "5 days left at four a day");
+        assert_eq!(a[0].days_left, Some(5.0));
+        // Without being told, the change is still seen within the hour.
+        let mut inv = Inventory::default();
+        inv.refill(2, 20, None);
+        assert!(inv.alerts_due(&twice_daily(), t0, 7.0).is_empty());
+        assert_eq!(
+            inv.alerts_due(&busier, t0 + USE_REFRESH, 7.0).len(),
+            1,
+            "worked out again after an hour"
+        );
+        // A clock stepped back works it out again too.
+        let mut inv = Inventory::default();
+        inv.refill(2, 20, None);
+        assert!(inv.alerts_due(&twice_daily(), t0, 7.0).is_empty());
+        assert_eq!(
+            inv.alerts_due(&busier, t0 - Duration::minutes(5), 7.0)
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -232,6 +232,7 @@ impl Dispenser {
             Some(i) => self.schedules[i] = new,
             None => self.schedules.push(new),
         }
+        self.inventory.schedules_changed();
         if self.unconfirmed.remove(&patient).is_some() {
             self.planner.unlock(&patient);
         }
