@@ -140,14 +140,7 @@ fn shipped() -> anyhow::Result<(
     crate::config::BoardProfile,
     Vec<crate::dosing::schedule::Schedule>,
 )> {
-    let profile = crate::config::BoardProfile::default_sim()
-        .map_err(|e| anyhow::anyhow!("shipped profile: {e:?}"))?;
-    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
-        .iter()
-        .map(|(name, src)| crate::dosing::schedule::Schedule::parse(src, Path::new(name)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("shipped schedules: {e:?}"))?;
-    Ok((profile, schedules))
+    crate::sim::shipped().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// This thread's CPU time so far, or None off Linux.

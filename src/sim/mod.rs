@@ -87,6 +87,20 @@ pub struct SimOptions {
     pub household: Option<household::HouseholdConfig>,
 }
 
+/// The shipped simulated board and example schedules, as `medbox sim` runs them by default
+/// (benches and the fleet's tests drive whole simulated appliances with them).
+pub fn shipped() -> Result<(BoardProfile, Vec<crate::dosing::schedule::Schedule>), String> {
+    let profile = BoardProfile::default_sim().map_err(|e| format!("shipped profile: {e:?}"))?;
+    let schedules = crate::dosing::schedule::DEFAULT_SCHEDULES
+        .iter()
+        .map(|(name, src)| {
+            crate::dosing::schedule::Schedule::parse(src, std::path::Path::new(name))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("shipped schedules: {e:?}"))?;
+    Ok((profile, schedules))
+}
+
 impl SimOptions {
     /// `duration` on `profile` with nothing else: no scenario, schedules, household, store or
     /// broker, the protected controller, default cold-chain rules. Callers set what they need.

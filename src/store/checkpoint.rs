@@ -152,6 +152,29 @@ impl DeviceKey {
         super::audit::hex(self.pair.public_key().as_ref())
     }
 
+    /// A fresh key held only in memory (a witness's tests sign with it).
+    pub fn generate() -> Result<Self, StoreError> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| StoreError::Key("cannot generate a key".into()))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|e| StoreError::Key(e.to_string()))?;
+        Ok(Self { pair })
+    }
+
+    /// Signs `(seq, head)` at `utc` (RFC 3339).
+    pub fn sign(&self, seq: i64, head: &str, utc: &str) -> Checkpoint {
+        let sig = self
+            .pair
+            .sign(Checkpoint::message(seq, head, utc).as_bytes());
+        Checkpoint {
+            seq,
+            head: head.to_string(),
+            utc: utc.to_string(),
+            signature: super::audit::hex(sig.as_ref()),
+            public_key: self.public_hex(),
+        }
+    }
+
     /// Signs and stores a checkpoint of `(seq, head)` at `at`, inside `tx`.
     pub fn checkpoint(
         &self,
@@ -161,16 +184,7 @@ impl DeviceKey {
         at: DateTime<Utc>,
     ) -> Result<Checkpoint, StoreError> {
         let utc = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let sig = self
-            .pair
-            .sign(Checkpoint::message(seq, head, &utc).as_bytes());
-        let c = Checkpoint {
-            seq,
-            head: head.to_string(),
-            utc,
-            signature: super::audit::hex(sig.as_ref()),
-            public_key: self.public_hex(),
-        };
+        let c = self.sign(seq, head, &utc);
         tx.execute(
             "INSERT OR IGNORE INTO checkpoints (seq, head, utc, signature, public_key) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![c.seq, c.head, c.utc, c.signature, c.public_key],

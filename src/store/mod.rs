@@ -18,6 +18,7 @@ pub mod backlog;
 pub mod checkpoint;
 pub mod commands;
 pub mod doses;
+pub mod export_file;
 pub mod integrity;
 pub mod inventory;
 pub mod outbox;

@@ -62,6 +62,8 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
             reason: &row.reason,
             clock_trusted: row.clock_trusted,
             body: &row.body,
+            prev_hash: &row.prev_hash,
+            hash: &row.hash,
         },
     )?)
 }

@@ -53,6 +53,10 @@ pub struct EventRow<'a> {
     pub clock_trusted: bool,
     /// The body (JSON text).
     pub body: &'a str,
+    /// The previous row's hash.
+    pub prev_hash: &'a str,
+    /// This row's hash.
+    pub hash: &'a str,
 }
 
 /// The topic suffix and priority of an audit kind (`events/<kind>`, `vitals`, `adherence`).
@@ -102,6 +106,10 @@ pub fn event_message(dev: &str, row: &EventRow<'_>) -> Result<Value, serde_json:
         "reason": row.reason,
         "clock_trusted": row.clock_trusted,
         "body": serde_json::from_str::<Value>(row.body)?,
+        // A witness off the device checks that the rows it receives link up and that the
+        // signed checkpoints name them; a row rewritten under a seq it already holds is a fork.
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
     }))
 }
 
@@ -349,9 +357,12 @@ mod tests {
             reason: "",
             clock_trusted: true,
             body: r#"{"kind":"dose"}"#,
+            prev_hash: "aa",
+            hash: "bb",
         };
         let m = event_message("mb-1", &row).unwrap_or_default();
         assert_eq!(m["id"], "mb-1:42");
+        assert_eq!((&m["prev_hash"], &m["hash"]), (&"aa".into(), &"bb".into()));
         assert_eq!(m["body"]["kind"], "dose");
         assert_eq!(checkpoint_message("mb-1", 7, &"c")["id"], "mb-1:c7");
         let (t, p) = busy_answer("mb-1", "nurse", "refill", br#"{"id":"x","actor":"n"}"#);

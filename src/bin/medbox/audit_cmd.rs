@@ -10,33 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub(crate) fn read_export(path: &std::path::Path) -> Result<Vec<medbox::store::audit::Row>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-    {
-        let mut rdr = csv::Reader::from_reader(file);
-        let rows = rdr
-            .deserialize()
-            .collect::<Result<Vec<medbox::store::audit::Row>, _>>()
-            .with_context(|| format!("{}: not an audit export", path.display()))?;
-        Ok(rows)
-    } else {
-        use std::io::BufRead as _;
-        let mut rows = Vec::new();
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            rows.push(
-                medbox::store::audit::from_json_line(&line)
-                    .with_context(|| format!("{}:{}: not an audit row", path.display(), i + 1))?,
-            );
-        }
-        Ok(rows)
-    }
+    Ok(medbox::store::export_file::read(path)?)
 }
 
 pub(crate) fn read_checkpoints(

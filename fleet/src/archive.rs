@@ -1,0 +1,507 @@
+//! The fleet archive in PostgreSQL: every message stored once in its own transaction, with the
+//! witness's checks made under a per-device lock in the same transaction, so what the
+//! collector acknowledges to the broker is committed and checked.
+
+use crate::ingest::{EventMsg, Message, ReadingMsg};
+use crate::witness::{self, AroundRow, Finding, Hashes};
+use chrono::{DateTime, Datelike, Utc};
+use medbox::store::checkpoint::Checkpoint;
+use std::collections::HashSet;
+use thiserror::Error;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The archive failed.
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    /// PostgreSQL.
+    #[error("postgres: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    /// A migration.
+    #[error("migration: {0}")]
+    Migrate(#[from] refinery::Error),
+    /// A schema name that is not a plain identifier.
+    #[error("schema {0:?}: use letters, digits and _ only")]
+    SchemaName(String),
+}
+
+/// What storing one message did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Stored {
+    /// It was new (not a redelivery).
+    pub new: bool,
+    /// What the witness found.
+    pub findings: Vec<Finding>,
+}
+
+/// A connection to the archive.
+pub struct Archive {
+    client: Client,
+    /// Reading partitions known to exist (year, month).
+    partitions: HashSet<(i32, u32)>,
+}
+
+impl Archive {
+    /// Connects to `url` (a libpq URL or key=value string), in `schema` when given (created if
+    /// missing; tests use one each), and brings the schema up to date.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, ArchiveError> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("postgres connection ended: {e}");
+            }
+        });
+        // Two collectors starting together must not both create the schema or migrate.
+        client
+            .batch_execute("SELECT pg_advisory_lock(7261001)")
+            .await?;
+        if let Some(s) = schema {
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ArchiveError::SchemaName(s.into()));
+            }
+            client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"
+                ))
+                .await?;
+        }
+        let migrated = embedded::migrations::runner()
+            .run_async(&mut client)
+            .await
+            .map(|_| ());
+        client
+            .batch_execute("SELECT pg_advisory_unlock(7261001)")
+            .await?;
+        migrated?;
+        Ok(Self {
+            client,
+            partitions: HashSet::new(),
+        })
+    }
+
+    /// The connection, for queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stores one message (a redelivery changes nothing) and runs the witness's checks.
+    pub async fn store(
+        &mut self,
+        topic: &str,
+        msg: &Message,
+        payload: &[u8],
+    ) -> Result<Stored, ArchiveError> {
+        if let Message::Reading { reading, .. } = msg {
+            self.ensure_partition(reading.utc).await?;
+        }
+        let tx = self.client.transaction().await?;
+        let mut out = Stored::default();
+        if let Some(device) = msg.device() {
+            tx.execute(
+                "INSERT INTO devices (device_id) VALUES ($1) \
+                 ON CONFLICT (device_id) DO UPDATE SET last_seen = now()",
+                &[&device],
+            )
+            .await?;
+        }
+        match msg {
+            Message::Inbound => {}
+            Message::Status { device, online } => {
+                let status = if *online { "online" } else { "offline" };
+                tx.execute(
+                    "UPDATE devices SET status = $2 WHERE device_id = $1",
+                    &[device, &status],
+                )
+                .await?;
+                out.new = true;
+            }
+            Message::Other { device, id } => {
+                out.new = archive_message(&tx, id, device, topic, payload).await?;
+            }
+            Message::Reading {
+                device,
+                row_id,
+                reading,
+            } => {
+                out.new = store_reading(&tx, device, *row_id, reading).await?;
+            }
+            Message::Event { device, event } => {
+                lock_device(&tx, device).await?;
+                out = store_event(&tx, device, topic, event, payload).await?;
+            }
+            Message::Checkpoint {
+                device,
+                id,
+                checkpoint,
+            } => {
+                lock_device(&tx, device).await?;
+                let new = archive_message(&tx, id, device, topic, payload).await?;
+                out = store_checkpoint(&tx, device, checkpoint).await?;
+                out.new = new;
+            }
+        }
+        if let Some(device) = msg.device() {
+            for f in &out.findings {
+                // Once per finding: the same rewritten row delivered again adds nothing.
+                tx.execute(
+                    "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
+                     SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
+                     WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)",
+                    &[&device, &f.code(), &f.seq(), &f.detail(), &f.evidence()],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Creates the month's readings partition if it is not known to exist (under a lock, so
+    /// two collectors never race to create the same one).
+    async fn ensure_partition(&mut self, utc: DateTime<Utc>) -> Result<(), ArchiveError> {
+        let (y, m) = (utc.year(), utc.month());
+        if self.partitions.contains(&(y, m)) {
+            return Ok(());
+        }
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        let tx = self.client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(7261002); \
+             CREATE TABLE IF NOT EXISTS readings_{y:04}_{m:02} PARTITION OF readings \
+             FOR VALUES FROM ('{y:04}-{m:02}-01') TO ('{ny:04}-{nm:02}-01')"
+        ))
+        .await?;
+        tx.commit().await?;
+        self.partitions.insert((y, m));
+        Ok(())
+    }
+}
+
+/// One device's checks at a time: rows and checkpoints of a device split between two
+/// collectors are still each checked against everything committed before.
+async fn lock_device(tx: &Transaction<'_>, device: &str) -> Result<(), ArchiveError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(7261003, hashtext($1))",
+        &[&device],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Archives a message by id; whether it was new.
+async fn archive_message(
+    tx: &Transaction<'_>,
+    id: &str,
+    device: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<bool, ArchiveError> {
+    let json: serde_json::Value = serde_json::from_slice(payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into()));
+    let n = tx
+        .execute(
+            "INSERT INTO messages (message_id, device_id, topic, payload) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (message_id) DO NOTHING",
+            &[&id, &device, &topic, &json],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+async fn store_reading(
+    tx: &Transaction<'_>,
+    device: &str,
+    row_id: i64,
+    r: &ReadingMsg,
+) -> Result<bool, ArchiveError> {
+    let n = tx
+        .execute(
+            "INSERT INTO readings (device_id, row_id, utc, vial_c, air_c, product_c, doubt, \
+             compressor_on, door_open, mains, mode) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+            &[
+                &device,
+                &row_id,
+                &r.utc,
+                &r.vial_c,
+                &r.air_c,
+                &r.product_c,
+                &r.doubt,
+                &r.compressor_on,
+                &r.door_open,
+                &r.mains,
+                &r.mode,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The hashes of row `seq` of `device`, if held.
+async fn row_hashes(
+    tx: &Transaction<'_>,
+    device: &str,
+    seq: i64,
+) -> Result<Option<(Option<String>, Option<String>)>, ArchiveError> {
+    Ok(tx
+        .query_opt(
+            "SELECT prev_hash, hash FROM audit_rows WHERE device_id = $1 AND seq = $2",
+            &[&device, &seq],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+fn hashes(h: &Option<(Option<String>, Option<String>)>) -> Option<Hashes<'_>> {
+    h.as_ref().map(|(p, h)| Hashes {
+        prev_hash: p.as_deref(),
+        hash: h.as_deref(),
+    })
+}
+
+async fn store_event(
+    tx: &Transaction<'_>,
+    device: &str,
+    topic: &str,
+    e: &EventMsg,
+    payload: &[u8],
+) -> Result<Stored, ArchiveError> {
+    archive_message(tx, &e.id, device, topic, payload).await?;
+    let same = row_hashes(tx, device, e.seq).await?;
+    let before = row_hashes(tx, device, e.seq - 1).await?;
+    let after = row_hashes(tx, device, e.seq + 1).await?;
+    let head: Option<String> = tx
+        .query_opt(
+            "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+            &[&device, &e.seq],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let received = Hashes {
+        prev_hash: e.prev_hash.as_deref(),
+        hash: e.hash.as_deref(),
+    };
+    // A redelivery under a held seq is checked only against what is held there (its
+    // neighbours were checked when it first came); another hash there is a rewritten history.
+    let around = if same.is_some() {
+        AroundRow {
+            same: hashes(&same),
+            ..Default::default()
+        }
+    } else {
+        AroundRow {
+            same: None,
+            before: hashes(&before),
+            after: hashes(&after),
+            checkpoint_head: head.as_deref(),
+        }
+    };
+    let findings = witness::check_row(e.seq, received, around);
+    if same.is_none() {
+        tx.execute(
+            "INSERT INTO audit_rows (device_id, seq, utc, kind, subject, actor, reason, \
+             clock_trusted, body, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &device,
+                &e.seq,
+                &e.utc,
+                &e.kind,
+                &e.subject,
+                &e.actor,
+                &e.reason,
+                &e.clock_trusted,
+                &e.body,
+                &e.prev_hash,
+                &e.hash,
+            ],
+        )
+        .await?;
+        derive(tx, device, e).await?;
+    }
+    Ok(Stored {
+        new: same.is_none(),
+        findings,
+    })
+}
+
+/// The tables a portal reads, derived from the row: the patient's pseudonym, a dose at its
+/// latest outcome.
+async fn derive(tx: &Transaction<'_>, device: &str, e: &EventMsg) -> Result<(), ArchiveError> {
+    let Some(patient) = e.body.get("patient").and_then(|p| p.as_str()) else {
+        return Ok(());
+    };
+    tx.execute(
+        "INSERT INTO patients (device_id, patient) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&device, &patient],
+    )
+    .await?;
+    if !e.kind.starts_with("dose.") {
+        return Ok(());
+    }
+    let Some(record) = e.body.get("record") else {
+        return Ok(());
+    };
+    let time = |k: &str| {
+        record
+            .get(k)
+            .and_then(|v| v.as_str())
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(medication), Some(outcome), Some(at)) = (
+        record.get("medication").and_then(|v| v.as_str()),
+        record.get("outcome").and_then(|v| v.as_str()),
+        time("at"),
+    ) else {
+        return Ok(());
+    };
+    let occurrence = time("occurrence");
+    let units = record
+        .get("units")
+        .and_then(|v| v.as_i64())
+        .and_then(|u| i32::try_from(u).ok());
+    tx.execute(
+        "INSERT INTO doses (device_id, patient, medication, occurrence, as_needed, outcome, \
+         units, at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (device_id, patient, medication, occurrence) DO UPDATE \
+         SET outcome = EXCLUDED.outcome, units = coalesce(EXCLUDED.units, doses.units), \
+             at = EXCLUDED.at, seq = EXCLUDED.seq \
+         WHERE doses.seq < EXCLUDED.seq",
+        &[
+            &device,
+            &patient,
+            &medication,
+            &occurrence.unwrap_or(at),
+            &occurrence.is_none(),
+            &outcome,
+            &units,
+            &at,
+            &e.seq,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn store_checkpoint(
+    tx: &Transaction<'_>,
+    device: &str,
+    c: &Checkpoint,
+) -> Result<Stored, ArchiveError> {
+    let pinned: Option<String> = tx
+        .query_one(
+            "SELECT public_key FROM devices WHERE device_id = $1",
+            &[&device],
+        )
+        .await?
+        .get(0);
+    let held: Option<String> = tx
+        .query_opt(
+            "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+            &[&device, &c.seq],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let row_hash: Option<String> = tx
+        .query_opt(
+            "SELECT hash FROM audit_rows WHERE device_id = $1 AND seq = $2",
+            &[&device, &c.seq],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let v = witness::check_checkpoint(c, pinned.as_deref(), held.as_deref(), row_hash.as_deref());
+    if let Some(key) = &v.pin {
+        tx.execute(
+            "UPDATE devices SET public_key = $2, key_source = 'first checkpoint' \
+             WHERE device_id = $1 AND public_key IS NULL",
+            &[&device, key],
+        )
+        .await?;
+    }
+    if v.keep {
+        tx.execute(
+            "INSERT INTO checkpoints (device_id, seq, head, utc, signature, public_key) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                &device,
+                &c.seq,
+                &c.head,
+                &c.utc,
+                &c.signature,
+                &c.public_key,
+            ],
+        )
+        .await?;
+    }
+    Ok(Stored {
+        new: v.keep,
+        findings: v.findings,
+    })
+}
+
+/// Enrols a device's checkpoint key before it reports (the witness then never trusts on first
+/// use). Refuses to replace a key already held.
+pub async fn enrol(
+    archive: &Archive,
+    device: &str,
+    public_key: &str,
+) -> Result<bool, ArchiveError> {
+    archive
+        .client
+        .execute(
+            "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&device],
+        )
+        .await?;
+    let n = archive
+        .client
+        .execute(
+            "UPDATE devices SET public_key = $2, key_source = 'enrolment' \
+             WHERE device_id = $1 AND public_key IS NULL",
+            &[&device, &public_key],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The checkpoints the witness holds for `device`, oldest first.
+pub async fn checkpoints(archive: &Archive, device: &str) -> Result<Vec<Checkpoint>, ArchiveError> {
+    Ok(archive
+        .client
+        .query(
+            "SELECT seq, head, utc, signature, public_key FROM checkpoints \
+             WHERE device_id = $1 ORDER BY seq",
+            &[&device],
+        )
+        .await?
+        .into_iter()
+        .map(|r| Checkpoint {
+            seq: r.get(0),
+            head: r.get(1),
+            utc: r.get(2),
+            signature: r.get(3),
+            public_key: r.get(4),
+        })
+        .collect())
+}
+
+/// The witness's flags for `device`: (finding, seq, detail), oldest first.
+pub async fn flags(
+    archive: &Archive,
+    device: &str,
+) -> Result<Vec<(String, Option<i64>, String)>, ArchiveError> {
+    Ok(archive
+        .client
+        .query(
+            "SELECT finding, seq, detail FROM witness_flags WHERE device_id = $1 ORDER BY id",
+            &[&device],
+        )
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

@@ -1,0 +1,161 @@
+//! `medbox-fleet`: the fleet's collector and witness.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use medbox_fleet::archive::{self, Archive};
+use medbox_fleet::collect::{self, CollectConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "medbox-fleet",
+    version,
+    about = "Archive and witness a fleet of medbox appliances"
+)]
+struct Cli {
+    /// PostgreSQL connection string.
+    #[arg(
+        long,
+        global = true,
+        env = "MEDBOX_FLEET_PG",
+        default_value = "host=127.0.0.1 user=postgres dbname=test"
+    )]
+    pg: String,
+    /// Schema to use (created if missing).
+    #[arg(long, global = true)]
+    schema: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store every appliance's messages (shared subscription; acknowledged after commit).
+    Collect {
+        /// Broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Shared-subscription group: collectors in one group split the load.
+        #[arg(long, default_value = "medbox-fleet")]
+        group: String,
+        /// This collector's name (its MQTT client id; a restart resumes its session).
+        #[arg(long, default_value = "collector-1")]
+        name: String,
+        /// Broker username (the password from MEDBOX_FLEET_MQTT_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Create or update the archive's tables.
+    Migrate,
+    /// Trust this checkpoint key for a device before it reports (otherwise the first valid
+    /// checkpoint's key is pinned).
+    Enrol {
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        /// Its public key (hex), as `medbox audit pubkey` prints it at commissioning.
+        #[arg(long)]
+        pubkey: String,
+    },
+    /// Verify a device's exported chain (`medbox audit export --format json`) against the
+    /// checkpoints the witness holds.
+    Verify {
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        /// The export.
+        #[arg(long)]
+        export: PathBuf,
+        /// The chain's HMAC secret, when it is keyed.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Collect {
+            mqtt,
+            group,
+            name,
+            username,
+        } => {
+            let credentials = match username {
+                Some(u) => Some((
+                    u,
+                    std::env::var("MEDBOX_FLEET_MQTT_PASSWORD")
+                        .context("--username needs MEDBOX_FLEET_MQTT_PASSWORD")?,
+                )),
+                None => None,
+            };
+            let cfg = CollectConfig {
+                mqtt,
+                credentials,
+                pg: cli.pg,
+                schema: cli.schema,
+                group,
+                name,
+                subscribed: None,
+            };
+            let stats = collect::collect(&cfg, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            println!("archive up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enrol { device, pubkey } => {
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            if archive::enrol(&a, &device, pubkey.trim()).await? {
+                println!("{device}: key enrolled");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{device}: a key is already trusted for this device; not replaced");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Verify {
+            device,
+            export,
+            secret_file,
+        } => {
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            let rows = medbox::store::export_file::read(&export)?;
+            let key = match secret_file {
+                Some(p) => medbox::store::audit::ChainKey::from_file(&p)?,
+                None => medbox::store::audit::ChainKey::unkeyed(),
+            };
+            let v = medbox_fleet::verify::verify(&a, &device, rows, &key).await?;
+            println!("{}", serde_json::to_string(&v.verification)?);
+            println!("witness checkpoints: {}", v.checkpoints);
+            if !v.beyond.is_empty() {
+                println!(
+                    "broken: the witness holds checkpoints past the export's last row ({:?}): the export is cut short or older than what the device reported",
+                    v.beyond
+                );
+            }
+            for (code, detail) in &v.flags {
+                println!("flagged {code}: {detail}");
+            }
+            Ok(if v.intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The collector and witness against the real things: PostgreSQL (a fresh schema per test) and
+//! a Mosquitto of the test's own (configured as docs/mosquitto/fleet.conf says a fleet broker
+//! must be), with whole simulated appliances publishing through it.
+
+use medbox_fleet::archive::{self, Archive};
+use medbox_fleet::collect::{collect, CollectConfig, CollectStats};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+use support::*;
+
+mod support {
+    /// The PostgreSQL the tests use (`.ci/prerequisites` starts one with trust auth).
+    pub fn pg() -> String {
+        std::env::var("MEDBOX_FLEET_PG")
+            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+    }
+
+    /// A schema no other test or run uses.
+    pub fn fresh_schema(what: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("fleet_test_{what}_{}_{nanos}", std::process::id())
+    }
+}
+
+/// A Mosquitto of the test's own on a free port, with the fleet broker's queue limits.
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        let fleet = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mosquitto/fleet.conf"),
+        )
+        .expect("docs/mosquitto/fleet.conf");
+        // The shipped fleet settings that decide delivery, on a plain local listener.
+        let limits: String = fleet
+            .lines()
+            .filter(|l| {
+                l.starts_with("max_queued_messages")
+                    || l.starts_with("max_inflight_messages")
+                    || l.starts_with("set_tcp_nodelay")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{limits}"),
+        )
+        .expect("write conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is needed: apt-get install mosquitto (.ci/prerequisites does)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A whole simulated appliance (shipped board and schedules, one day) publishing to `url`;
+/// returns its database's counts of audit rows, readings and checkpoints.
+fn appliance(url: &str, device: &str, seed: u64, dir: &Path) -> (i64, i64, i64) {
+    appliance_for(url, device, seed, dir, 86_400)
+}
+
+/// As [`appliance`], for `secs` of simulated time (resuming where its database stopped).
+fn appliance_for(url: &str, device: &str, seed: u64, dir: &Path, secs: u64) -> (i64, i64, i64) {
+    let (profile, schedules) = medbox::sim::shipped().expect("shipped defaults");
+    let db = dir.join(format!("{device}.db"));
+    let opts = medbox::sim::SimOptions {
+        db: Some(db.clone()),
+        mqtt: Some(url.into()),
+        device_id: device.into(),
+        schedules,
+        seed: Some(seed),
+        household: Some(Default::default()),
+        ..medbox::sim::SimOptions::plain(profile, Some(Duration::from_secs(secs)))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let summary = rt
+        .block_on(medbox::sim::run(
+            opts,
+            medbox::sim::Speed::Max,
+            std::future::pending(),
+        ))
+        .expect("simulation");
+    let up = summary.uplink.expect("uplink stats");
+    assert_eq!(up.left, 0, "{device}: everything reached the broker");
+    let conn = medbox::store::schema::open_read_only(&db).expect("db");
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+    (
+        count("SELECT count(*) FROM audit"),
+        count("SELECT count(*) FROM readings"),
+        count("SELECT count(*) FROM checkpoints"),
+    )
+}
+
+async fn count(a: &Archive, sql: &str, device: &str) -> i64 {
+    a.client()
+        .query_one(sql, &[&device])
+        .await
+        .expect(sql)
+        .get(0)
+}
+
+fn config(broker: &Broker, schema: &str, group: &str, name: &str) -> CollectConfig {
+    CollectConfig {
+        mqtt: broker.url(),
+        credentials: None,
+        pg: pg(),
+        schema: Some(schema.into()),
+        group: group.into(),
+        name: name.into(),
+        subscribed: None,
+    }
+}
+
+/// Starts a collector; returns its stop switch and its run.
+fn start(
+    cfg: CollectConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::task::JoinHandle<anyhow::Result<CollectStats>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tx, subscribed) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = CollectConfig {
+        subscribed: Some(tx),
+        ..cfg
+    };
+    let run = tokio::spawn(async move {
+        collect(&cfg, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, subscribed, run)
+}
+
+/// Waits (bounded) until the archive holds `want` of a device's rows.
+async fn settle(a: &Archive, sql: &str, device: &str, want: i64) -> i64 {
+    let mut got = 0;
+    for _ in 0..600 {
+        got = count(a, sql, device).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_sharing_a_subscription_store_every_message_once_even_when_one_is_killed() {
+    let broker = Broker::start();
+    let schema = fresh_schema("share");
+    let group = format!("g{}", std::process::id());
+    let (stop_a, mut sub_a, run_a) = start(config(&broker, &schema, &group, "a"));
+    let (stop_b, mut sub_b, run_b) = start(config(&broker, &schema, &group, "b"));
+    sub_a.recv().await.expect("a subscribed");
+    sub_b.recv().await.expect("b subscribed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = broker.url();
+    let d1 = dir.path().to_path_buf();
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    // The first appliance reports while both collect; collector a is killed mid-way (no
+    // goodbye, nothing acknowledged after), while dev-one's messages are still arriving.
+    let one = tokio::task::spawn_blocking(move || appliance(&url, "dev-one", 1, &d1));
+    let at_kill = settle(
+        &a,
+        "SELECT count(*) FROM readings WHERE device_id = $1",
+        "dev-one",
+        200,
+    )
+    .await;
+    run_a.abort();
+    let _ = stop_a;
+    let one = one.await.expect("appliance one");
+    assert!(
+        at_kill < one.1,
+        "killed mid-way: {at_kill} of {} readings stored",
+        one.1
+    );
+    // The second appliance reports to b alone; then a comes back under its name and the broker
+    // gives it back what it had not acknowledged.
+    let url = broker.url();
+    let d2 = dir.path().to_path_buf();
+    let two = tokio::task::spawn_blocking(move || appliance(&url, "dev-two", 2, &d2))
+        .await
+        .expect("appliance two");
+    let (stop_a, mut sub_a, run_a) = start(config(&broker, &schema, &group, "a"));
+    sub_a.recv().await.expect("a back");
+    for (device, (audit, readings, checkpoints)) in [("dev-one", one), ("dev-two", two)] {
+        let rows = settle(
+            &a,
+            "SELECT count(*) FROM audit_rows WHERE device_id = $1",
+            device,
+            audit,
+        )
+        .await;
+        let got_readings = settle(
+            &a,
+            "SELECT count(*) FROM readings WHERE device_id = $1",
+            device,
+            readings,
+        )
+        .await;
+        let got_checkpoints = settle(
+            &a,
+            "SELECT count(*) FROM checkpoints WHERE device_id = $1",
+            device,
+            checkpoints,
+        )
+        .await;
+        assert_eq!(
+            (rows, got_readings, got_checkpoints),
+            (audit, readings, checkpoints),
+            "{device}: every audit row, reading and checkpoint, once"
+        );
+        // Rows 1..=n, no gap and no double (the keys forbid doubles; the range says no gap).
+        let (min, max): (i64, i64) = {
+            let r = a
+                .client()
+                .query_one(
+                    "SELECT min(seq), max(seq) FROM audit_rows WHERE device_id = $1",
+                    &[&device],
+                )
+                .await
+                .expect("range");
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((min, max), (1, audit), "{device}");
+        assert!(
+            count(
+                &a,
+                "SELECT count(*) FROM doses WHERE device_id = $1",
+                device
+            )
+            .await
+                > 0,
+            "{device}: doses derived"
+        );
+        assert!(
+            count(
+                &a,
+                "SELECT count(*) FROM patients WHERE device_id = $1",
+                device
+            )
+            .await
+                > 0,
+            "{device}: patients by pseudonym"
+        );
+        assert_eq!(
+            count(
+                &a,
+                "SELECT count(*) FROM witness_flags WHERE device_id = $1",
+                device
+            )
+            .await,
+            0,
+            "{device}: an honest device raises no flag"
+        );
+        assert_eq!(
+            count(
+                &a,
+                "SELECT count(*) FROM devices WHERE device_id = $1 AND public_key IS NOT NULL",
+                device
+            )
+            .await,
+            1,
+            "{device}: its key pinned"
+        );
+    }
+    // Readings went into monthly partitions.
+    let partitions: i64 = a
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .expect("partitions")
+        .get(0);
+    assert!(partitions >= 1);
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    let stats_a = run_a.await.expect("a").expect("a ran");
+    let stats_b = run_b.await.expect("b").expect("b ran");
+    assert!(stats_b.stored > 0, "b took a share: {stats_b:?}");
+    assert!(
+        stats_a.stored + stats_a.duplicates > 0,
+        "a took a share: {stats_a:?}"
+    );
+    drop_schema(&a, &schema).await;
+}
+
+async fn drop_schema(a: &Archive, schema: &str) {
+    let _ = a
+        .client()
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await;
+}
+
+/// A device restored from an old copy goes on from an earlier row: its rows come again under
+/// seqs the witness holds, with other hashes, and are flagged with the evidence; the export of
+/// the restored copy then fails `verify` against the witness's checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_rolled_back_to_an_old_copy_is_flagged_and_its_export_fails_the_witness() {
+    let broker = Broker::start();
+    let schema = fresh_schema("rollback");
+    let group = format!("r{}", std::process::id());
+    let (stop, mut sub, run) = start(config(&broker, &schema, &group, "w"));
+    sub.recv().await.expect("subscribed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("dev-rb.db");
+    let backup = dir.path().join("backup.db");
+    // Two hours on the device, then a backup copy of its database is taken.
+    let url = broker.url();
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || appliance_for(&url, "dev-rb", 3, &d, 7_200))
+        .await
+        .expect("first hours");
+    std::fs::copy(&db, &backup).expect("backup");
+    // The rest of the day, all witnessed.
+    let url = broker.url();
+    let d = dir.path().to_path_buf();
+    let (audit, _, _) = tokio::task::spawn_blocking(move || appliance(&url, "dev-rb", 3, &d))
+        .await
+        .expect("the day");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    settle(
+        &a,
+        "SELECT count(*) FROM audit_rows WHERE device_id = $1",
+        "dev-rb",
+        audit,
+    )
+    .await;
+    // An export of the genuine chain verifies against the witness.
+    let rows_of = |db: &Path| {
+        medbox::store::audit::rows(
+            &medbox::store::schema::open_read_only(db).expect("db"),
+            &Default::default(),
+        )
+        .expect("rows")
+    };
+    let unkeyed = medbox::store::audit::ChainKey::unkeyed();
+    let v = medbox_fleet::verify::verify(&a, "dev-rb", rows_of(&db), &unkeyed)
+        .await
+        .expect("verify");
+    assert!(v.intact(), "{v:?}");
+    assert!(v.checkpoints > 0);
+    // Rolled back: the backup is restored (same device key) and the appliance runs on from it.
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("dev-rb.db{ext}")));
+    }
+    std::fs::copy(&backup, &db).expect("restore");
+    let url = broker.url();
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || appliance(&url, "dev-rb", 4, &d))
+        .await
+        .expect("after the restore");
+    let mut flagged = 0;
+    for _ in 0..300 {
+        flagged = count(
+            &a,
+            "SELECT count(*) FROM witness_flags WHERE device_id = $1 AND finding = 'ROW_REWRITTEN'",
+            "dev-rb",
+        )
+        .await;
+        if flagged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(flagged > 0, "the rewritten history is flagged");
+    let flags = archive::flags(&a, "dev-rb").await.expect("flags");
+    assert!(
+        flags.iter().any(|(_, _, d)| d.contains("rewritten")),
+        "{flags:?}"
+    );
+    // The restored copy's export no longer passes the witness.
+    let v = medbox_fleet::verify::verify(&a, "dev-rb", rows_of(&db), &unkeyed)
+        .await
+        .expect("verify");
+    assert!(!v.intact(), "{v:?}");
+    let _ = stop.send(());
+    let _ = run.await;
+    drop_schema(&a, &schema).await;
+}
