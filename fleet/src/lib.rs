@@ -5,6 +5,8 @@
 //! itself never links a database client.
 
 pub mod archive;
+pub mod bench;
+pub mod broker;
 pub mod collect;
 pub mod ingest;
 pub mod verify;

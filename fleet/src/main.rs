@@ -48,6 +48,21 @@ enum Command {
     },
     /// Create or update the archive's tables.
     Migrate,
+    /// How fast collectors take a fleet's backlog into PostgreSQL (prints figures).
+    Bench {
+        /// Broker (default: a private Mosquitto with docs/mosquitto/fleet.conf's settings).
+        #[arg(long)]
+        mqtt: Option<String>,
+        /// Simulated devices.
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// Simulated hours of backlog per device.
+        #[arg(long, default_value_t = 6)]
+        hours: u64,
+        /// Collectors sharing the subscription.
+        #[arg(long, default_value_t = 2)]
+        collectors: usize,
+    },
     /// Trust this checkpoint key for a device before it reports (otherwise the first valid
     /// checkpoint's key is pinned).
     Enrol {
@@ -111,6 +126,23 @@ async fn main() -> Result<ExitCode> {
             })
             .await?;
             println!("{}", serde_json::to_string(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            mqtt,
+            devices,
+            hours,
+            collectors,
+        } => {
+            let r = medbox_fleet::bench::ingest(&medbox_fleet::bench::BenchConfig {
+                mqtt,
+                pg: cli.pg,
+                devices,
+                hours,
+                collectors,
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

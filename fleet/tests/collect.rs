@@ -4,9 +4,7 @@
 
 use medbox_fleet::archive::{self, Archive};
 use medbox_fleet::collect::{collect, CollectConfig, CollectStats};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 use support::*;
 
@@ -27,70 +25,12 @@ mod support {
     }
 }
 
-/// A Mosquitto of the test's own on a free port, with the fleet broker's queue limits.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+/// A Mosquitto of the test's own with the shipped fleet settings.
+type Broker = medbox_fleet::broker::PrivateBroker;
 
-impl Broker {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("mosquitto.conf");
-        let fleet = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mosquitto/fleet.conf"),
-        )
-        .expect("docs/mosquitto/fleet.conf");
-        // The shipped fleet settings that decide delivery, on a plain local listener.
-        let limits: String = fleet
-            .lines()
-            .filter(|l| {
-                l.starts_with("max_queued_messages")
-                    || l.starts_with("max_inflight_messages")
-                    || l.starts_with("set_tcp_nodelay")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{limits}"),
-        )
-        .expect("write conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto is needed: apt-get install mosquitto (.ci/prerequisites does)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn broker() -> Broker {
+    Broker::start()
+        .expect("mosquitto is needed: apt-get install mosquitto (.ci/prerequisites does)")
 }
 
 /// A whole simulated appliance (shipped board and schedules, one day) publishing to `url`;
@@ -193,7 +133,7 @@ async fn settle(a: &Archive, sql: &str, device: &str, want: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_sharing_a_subscription_store_every_message_once_even_when_one_is_killed() {
-    let broker = Broker::start();
+    let broker = broker();
     let schema = fresh_schema("share");
     let group = format!("g{}", std::process::id());
     let (stop_a, mut sub_a, run_a) = start(config(&broker, &schema, &group, "a"));
@@ -350,7 +290,7 @@ async fn drop_schema(a: &Archive, schema: &str) {
 /// the restored copy then fails `verify` against the witness's checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_rolled_back_to_an_old_copy_is_flagged_and_its_export_fails_the_witness() {
-    let broker = Broker::start();
+    let broker = broker();
     let schema = fresh_schema("rollback");
     let group = format!("r{}", std::process::id());
     let (stop, mut sub, run) = start(config(&broker, &schema, &group, "w"));
