@@ -94,69 +94,53 @@ impl Archive {
         msg: &Message,
         payload: &[u8],
     ) -> Result<Stored, ArchiveError> {
-        if let Message::Reading { reading, .. } = msg {
-            self.ensure_partition(reading.utc).await?;
+        let mut out = self.store_batch(&[(topic, msg, payload)]).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Stores messages in one transaction (one WAL flush for the lot), in order, each as
+    /// [`Archive::store`] would; what each did. The devices are locked in one order (sorted)
+    /// before anything else, so two collectors' batches never deadlock.
+    pub async fn store_batch(
+        &mut self,
+        batch: &[(&str, &Message, &[u8])],
+    ) -> Result<Vec<Stored>, ArchiveError> {
+        for (_, msg, _) in batch {
+            if let Message::Reading { reading, .. } = msg {
+                self.ensure_partition(reading.utc).await?;
+            }
         }
+        let devices: std::collections::BTreeSet<&str> =
+            batch.iter().filter_map(|(_, m, _)| m.device()).collect();
         let tx = self.client.transaction().await?;
-        let mut out = Stored::default();
-        if let Some(device) = msg.device() {
+        for device in &devices {
             tx.execute(
                 "INSERT INTO devices (device_id) VALUES ($1) \
                  ON CONFLICT (device_id) DO UPDATE SET last_seen = now()",
-                &[&device],
+                &[device],
             )
             .await?;
+            lock_device(&tx, device).await?;
         }
-        match msg {
-            Message::Inbound => {}
-            Message::Status { device, online } => {
-                let status = if *online { "online" } else { "offline" };
-                tx.execute(
-                    "UPDATE devices SET status = $2 WHERE device_id = $1",
-                    &[device, &status],
-                )
-                .await?;
-                out.new = true;
+        let mut all = Vec::with_capacity(batch.len());
+        for (topic, msg, payload) in batch {
+            let out = store_one(&tx, topic, msg, payload).await?;
+            if let Some(device) = msg.device() {
+                for f in &out.findings {
+                    // Once per finding: the same rewritten row delivered again adds nothing.
+                    tx.execute(
+                        "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
+                         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
+                         WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)",
+                        &[&device, &f.code(), &f.seq(), &f.detail(), &f.evidence()],
+                    )
+                    .await?;
+                }
             }
-            Message::Other { device, id } => {
-                out.new = archive_message(&tx, id, device, topic, payload).await?;
-            }
-            Message::Reading {
-                device,
-                row_id,
-                reading,
-            } => {
-                out.new = store_reading(&tx, device, *row_id, reading).await?;
-            }
-            Message::Event { device, event } => {
-                lock_device(&tx, device).await?;
-                out = store_event(&tx, device, topic, event, payload).await?;
-            }
-            Message::Checkpoint {
-                device,
-                id,
-                checkpoint,
-            } => {
-                lock_device(&tx, device).await?;
-                let new = archive_message(&tx, id, device, topic, payload).await?;
-                out = store_checkpoint(&tx, device, checkpoint).await?;
-                out.new = new;
-            }
-        }
-        if let Some(device) = msg.device() {
-            for f in &out.findings {
-                // Once per finding: the same rewritten row delivered again adds nothing.
-                tx.execute(
-                    "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
-                     SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
-                     WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)",
-                    &[&device, &f.code(), &f.seq(), &f.detail(), &f.evidence()],
-                )
-                .await?;
-            }
+            all.push(out);
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(all)
     }
 
     /// Creates the month's readings partition if it is not known to exist (under a lock, so
@@ -189,6 +173,51 @@ async fn lock_device(tx: &Transaction<'_>, device: &str) -> Result<(), ArchiveEr
     )
     .await?;
     Ok(())
+}
+
+/// One message inside a batch's transaction (its device row exists and is locked).
+async fn store_one(
+    tx: &Transaction<'_>,
+    topic: &str,
+    msg: &Message,
+    payload: &[u8],
+) -> Result<Stored, ArchiveError> {
+    let plain = |new| Stored {
+        new,
+        findings: Vec::new(),
+    };
+    Ok(match msg {
+        Message::Inbound => Stored::default(),
+        Message::Status { device, online } => {
+            let status = if *online { "online" } else { "offline" };
+            tx.execute(
+                "UPDATE devices SET status = $2 WHERE device_id = $1",
+                &[device, &status],
+            )
+            .await?;
+            plain(true)
+        }
+        Message::Other { device, id } => {
+            plain(archive_message(tx, id, device, topic, payload).await?)
+        }
+        Message::Reading {
+            device,
+            row_id,
+            reading,
+        } => plain(store_reading(tx, device, *row_id, reading).await?),
+        Message::Event { device, event } => store_event(tx, device, topic, event, payload).await?,
+        Message::Checkpoint {
+            device,
+            id,
+            checkpoint,
+        } => {
+            let new = archive_message(tx, id, device, topic, payload).await?;
+            Stored {
+                new,
+                ..store_checkpoint(tx, device, checkpoint).await?
+            }
+        }
+    })
 }
 
 /// Archives a message by id; whether it was new.

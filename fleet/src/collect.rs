@@ -54,6 +54,9 @@ pub fn subscription(group: &str) -> String {
     format!("$share/{group}/medbox/#")
 }
 
+/// Most messages stored in one transaction (one WAL flush for the lot).
+pub const BATCH: usize = 100;
+
 /// Collects until `stop` completes.
 pub async fn collect(
     cfg: &CollectConfig,
@@ -68,7 +71,8 @@ pub async fn collect(
     )?;
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    opts.set_keep_alive(Duration::from_secs(10));
+    // Long enough that a PINGRESP queued behind a backlog of publishes does not drop the link.
+    opts.set_keep_alive(Duration::from_secs(60));
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let mut stats = CollectStats::default();
@@ -99,15 +103,38 @@ pub async fn collect(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                // What the same read already brought in is stored with it, in one
+                // transaction: nothing is waited for, so a collector that keeps up still
+                // stores each message as it comes, and one catching up commits in batches.
+                let mut batch = vec![p];
+                while batch.len() < BATCH {
+                    match eventloop.state.events.front() {
+                        Some(Event::Incoming(Packet::Publish(_))) => {}
+                        _ => break,
+                    }
+                    if let Some(Event::Incoming(Packet::Publish(p))) =
+                        eventloop.state.events.pop_front()
+                    {
+                        batch.push(p);
+                    }
+                }
                 tokio::select! {
                     _ = &mut stop => break,
-                    s = store_until_done(&mut archive, &p, &mut stats) => s?,
+                    s = store_until_done(&mut archive, &batch, &mut stats) => s?,
                 };
-                acks.push_back(p);
+                acks.extend(batch);
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("mqtt: {e}; reconnecting");
+                // Nothing from the dead connection may be acknowledged on the next one: a
+                // packet id acknowledged there may by then name another message, which would
+                // be dropped unstored. The broker sends every unacknowledged message again.
+                acks.clear();
+                eventloop.state.events.clear();
+                eventloop
+                    .pending
+                    .retain(|r| !matches!(r, rumqttc::Request::PubAck(_)));
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -119,50 +146,61 @@ pub async fn collect(
     Ok(stats)
 }
 
-/// Stores one message (or refuses it), retrying while the database fails; then it may be
-/// acknowledged.
+/// Stores a batch (refusing what cannot be read), retrying while the database fails; then it
+/// may be acknowledged.
 async fn store_until_done(
     archive: &mut Archive,
-    p: &Publish,
+    batch: &[Publish],
     stats: &mut CollectStats,
 ) -> Result<(), ArchiveError> {
-    let msg = match ingest::parse(&p.topic, &p.payload) {
-        Ok(m) => m,
-        Err(refused) => {
-            tracing::warn!("refused: {refused}");
-            stats.refused += 1;
-            return Ok(());
+    let mut readable = Vec::with_capacity(batch.len());
+    for p in batch {
+        match ingest::parse(&p.topic, &p.payload) {
+            Ok(m) => readable.push((p, m)),
+            Err(refused) => {
+                tracing::warn!("refused: {refused}");
+                stats.refused += 1;
+            }
         }
-    };
+    }
+    let items: Vec<(&str, &ingest::Message, &[u8])> = readable
+        .iter()
+        .map(|(p, m)| (p.topic.as_str(), m, &p.payload[..]))
+        .collect();
     let mut backoff = Duration::from_millis(200);
     loop {
-        match archive.store(&p.topic, &msg, &p.payload).await {
-            Ok(s) => {
-                if s.new {
-                    stats.stored += 1;
-                } else {
-                    stats.duplicates += 1;
+        match archive.store_batch(&items).await {
+            Ok(all) => {
+                for ((_, msg, _), s) in items.iter().zip(&all) {
+                    if s.new {
+                        stats.stored += 1;
+                    } else {
+                        stats.duplicates += 1;
+                    }
+                    for f in &s.findings {
+                        tracing::error!(
+                            "witness: {} {}: {}",
+                            msg.device().unwrap_or("?"),
+                            f.code(),
+                            f.detail()
+                        );
+                    }
+                    stats.findings += s.findings.len() as u64;
                 }
-                for f in &s.findings {
-                    tracing::error!(
-                        "witness: {} {}: {}",
-                        msg.device().unwrap_or("?"),
-                        f.code(),
-                        f.detail()
-                    );
-                }
-                stats.findings += s.findings.len() as u64;
                 return Ok(());
             }
             Err(e) => {
                 if matches!(e, ArchiveError::Pg(ref pg) if pg.is_closed()) {
-                    // The connection is gone: nothing to retry on. The message stays
+                    // The connection is gone: nothing to retry on. The messages stay
                     // unacknowledged; the supervisor restarts the collector and the broker
-                    // sends it again.
+                    // sends them again.
                     return Err(e);
                 }
                 stats.retries += 1;
-                tracing::warn!("cannot store {}: {e}; retrying in {backoff:?}", p.topic);
+                tracing::warn!(
+                    "cannot store {} messages: {e}; retrying in {backoff:?}",
+                    items.len()
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
