@@ -278,6 +278,77 @@ async fn two_collectors_sharing_a_subscription_store_every_message_once_even_whe
     drop_schema(&a, &schema).await;
 }
 
+/// A collector whose broker connection is taken away mid-burst (another client takes over its
+/// session, reads some of its messages without acknowledging them, and drops dead) reconnects
+/// and stores everything once: nothing read on the lost connection is acknowledged on the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_whose_connection_is_taken_mid_burst_loses_nothing() {
+    let broker = broker();
+    let schema = fresh_schema("takeover");
+    let group = format!("t{}", std::process::id());
+    let (stop, mut sub, run) = start(config(&broker, &schema, &group, "t"));
+    sub.recv().await.expect("subscribed");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, d) = (broker.url(), dir.path().to_path_buf());
+    let device = tokio::task::spawn_blocking(move || appliance(&url, "dev-t", 5, &d));
+    settle(
+        &a,
+        "SELECT count(*) FROM readings WHERE device_id = $1",
+        "dev-t",
+        200,
+    )
+    .await;
+    // The intruder: same client id, session kept, reads without acknowledging, dies.
+    let mut opts = rumqttc::MqttOptions::new("medbox-fleet-t", "127.0.0.1", broker_port(&broker));
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    let (_client, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+    let mut read = 0;
+    while read < 20 {
+        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))) => read += 1,
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    drop(ev);
+    assert!(
+        read > 0,
+        "the intruder took over while messages were on their way"
+    );
+    let (audit, readings, checkpoints) = device.await.expect("appliance");
+    for (sql, want) in [
+        (
+            "SELECT count(*) FROM audit_rows WHERE device_id = $1",
+            audit,
+        ),
+        (
+            "SELECT count(*) FROM readings WHERE device_id = $1",
+            readings,
+        ),
+        (
+            "SELECT count(*) FROM checkpoints WHERE device_id = $1",
+            checkpoints,
+        ),
+    ] {
+        assert_eq!(settle(&a, sql, "dev-t", want).await, want, "{sql}");
+    }
+    let _ = stop.send(());
+    let stats = run.await.expect("collector").expect("ran");
+    assert!(stats.stored > 0, "{stats:?}");
+    drop_schema(&a, &schema).await;
+}
+
+fn broker_port(b: &Broker) -> u16 {
+    b.url()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port")
+}
+
 async fn drop_schema(a: &Archive, schema: &str) {
     let _ = a
         .client()
