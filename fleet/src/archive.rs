@@ -87,19 +87,8 @@ impl Archive {
         &self.client
     }
 
-    /// Stores one message (a redelivery changes nothing) and runs the witness's checks.
-    pub async fn store(
-        &mut self,
-        topic: &str,
-        msg: &Message,
-        payload: &[u8],
-    ) -> Result<Stored, ArchiveError> {
-        let mut out = self.store_batch(&[(topic, msg, payload)]).await?;
-        Ok(out.pop().unwrap_or_default())
-    }
-
-    /// Stores messages in one transaction (one WAL flush for the lot), in order, each as
-    /// [`Archive::store`] would; what each did. The devices are locked in one order (sorted)
+    /// Stores messages in one transaction (one WAL flush for the lot), in order; what each did
+    /// (a redelivery changes nothing) with the witness's findings. The devices are locked in one order (sorted)
     /// before anything else, so two collectors' batches never deadlock.
     pub async fn store_batch(
         &mut self,
@@ -269,21 +258,6 @@ async fn store_reading(
     Ok(n == 1)
 }
 
-/// The hashes of row `seq` of `device`, if held.
-async fn row_hashes(
-    tx: &Transaction<'_>,
-    device: &str,
-    seq: i64,
-) -> Result<Option<(Option<String>, Option<String>)>, ArchiveError> {
-    Ok(tx
-        .query_opt(
-            "SELECT prev_hash, hash FROM audit_rows WHERE device_id = $1 AND seq = $2",
-            &[&device, &seq],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
-}
-
 fn hashes(h: &Option<(Option<String>, Option<String>)>) -> Option<Hashes<'_>> {
     h.as_ref().map(|(p, h)| Hashes {
         prev_hash: p.as_deref(),
@@ -299,22 +273,41 @@ async fn store_event(
     payload: &[u8],
 ) -> Result<Stored, ArchiveError> {
     archive_message(tx, &e.id, device, topic, payload).await?;
-    let same = row_hashes(tx, device, e.seq).await?;
-    let before = row_hashes(tx, device, e.seq - 1).await?;
-    let after = row_hashes(tx, device, e.seq + 1).await?;
-    let head: Option<String> = tx
-        .query_opt(
-            "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+    // The row held under this seq and its two neighbours, in one round trip.
+    let mut near: [Option<(Option<String>, Option<String>)>; 3] = Default::default();
+    for r in tx
+        .query(
+            "SELECT seq, prev_hash, hash FROM audit_rows \
+             WHERE device_id = $1 AND seq BETWEEN $2::bigint - 1 AND $2::bigint + 1",
             &[&device, &e.seq],
         )
         .await?
-        .map(|r| r.get(0));
+    {
+        let seq: i64 = r.get(0);
+        if let Some(slot) = usize::try_from(seq - e.seq + 1)
+            .ok()
+            .and_then(|i| near.get_mut(i))
+        {
+            *slot = Some((r.get(1), r.get(2)));
+        }
+    }
+    let [before, same, after] = near;
     let received = Hashes {
         prev_hash: e.prev_hash.as_deref(),
         hash: e.hash.as_deref(),
     };
     // A redelivery under a held seq is checked only against what is held there (its
     // neighbours were checked when it first came); another hash there is a rewritten history.
+    let head: Option<String> = match same {
+        Some(_) => None,
+        None => tx
+            .query_opt(
+                "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+                &[&device, &e.seq],
+            )
+            .await?
+            .map(|r| r.get(0)),
+    };
     let around = if same.is_some() {
         AroundRow {
             same: hashes(&same),
