@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use medbox_fleet::archive::{self, Archive};
 use medbox_fleet::collect::{self, CollectConfig};
+use medbox_fleet::portal::{store, Clock, Portal, PortalConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,6 +73,59 @@ enum Command {
         /// Its public key (hex), as `medbox audit pubkey` prints it at commissioning.
         #[arg(long)]
         pubkey: String,
+    },
+    /// Serve the portal to caregivers and pharmacists.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Broker the appliances take commands from.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Broker username for the portal (the password from MEDBOX_FLEET_MQTT_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        /// Mark the session cookie Secure (when a TLS proxy serves the portal).
+        #[arg(long)]
+        secure_cookies: bool,
+        /// Seconds to wait for an appliance's answer to a command.
+        #[arg(long, default_value_t = 15)]
+        command_timeout: u64,
+        /// Show the pages as of this instant (RFC 3339), e.g. to look at a simulated fleet.
+        #[arg(long)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Create or rename an organisation.
+    Org {
+        /// Short id.
+        id: String,
+        /// Name shown.
+        name: String,
+        /// Time zone of its people (IANA name).
+        #[arg(long, default_value = "UTC")]
+        timezone: chrono_tz::Tz,
+    },
+    /// Put an appliance in an organisation's care.
+    Assign {
+        /// Device id.
+        device: String,
+        /// Organisation id.
+        org: String,
+    },
+    /// Create a person (or reset their password, role and organisation). The password is
+    /// read from MEDBOX_FLEET_PASSWORD or the first line of standard input.
+    Person {
+        /// Login name.
+        username: String,
+        /// Organisation id.
+        #[arg(long)]
+        org: String,
+        /// caregiver, nurse, clinician or pharmacist.
+        #[arg(long)]
+        role: String,
+        /// Name shown.
+        #[arg(long)]
+        name: String,
     },
     /// Verify a device's exported chain (`medbox audit export --format json`) against the
     /// checkpoints the witness holds.
@@ -143,6 +197,81 @@ async fn main() -> Result<ExitCode> {
             })
             .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            listen,
+            mqtt,
+            username,
+            secure_cookies,
+            command_timeout,
+            now,
+        } => {
+            let mqtt_credentials = match username {
+                Some(u) => Some((
+                    u,
+                    std::env::var("MEDBOX_FLEET_MQTT_PASSWORD")
+                        .context("--username needs MEDBOX_FLEET_MQTT_PASSWORD")?,
+                )),
+                None => None,
+            };
+            let portal = Portal::new(PortalConfig {
+                pg: cli.pg,
+                schema: cli.schema,
+                mqtt,
+                mqtt_credentials,
+                secure_cookies,
+                command_timeout: std::time::Duration::from_secs(command_timeout),
+                clock: now.map_or(Clock::System, Clock::Fixed),
+                band: (2.0, 8.0),
+            })
+            .await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("portal on http://{}", listener.local_addr()?);
+            portal
+                .serve(listener, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Org { id, name, timezone } => {
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            store::upsert_org(a.client(), &id, &name, timezone.name()).await?;
+            println!("organisation {id}: {name} ({timezone})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Assign { device, org } => {
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            store::assign_device(a.client(), &device, &org).await?;
+            println!("{device} is in the care of {org}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Person {
+            username,
+            org,
+            role,
+            name,
+        } => {
+            let password = match std::env::var("MEDBOX_FLEET_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            anyhow::ensure!(
+                password.chars().count() >= 12,
+                "a password needs at least 12 characters"
+            );
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            store::upsert_person(a.client(), &username, &org, &role, &name, &password)
+                .await
+                .context("role must be caregiver, nurse, clinician or pharmacist, and the organisation must exist")?;
+            println!("{username}: {role} of {org}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -200,8 +200,9 @@ fn is_stock_alarm(args: &serde_json::Value) -> bool {
         .is_some_and(|a| STOCK_ALARMS.contains(&a))
 }
 
-/// Which roles may send which command (None: no such command).
-fn roles(command: &str) -> Option<&'static [Role]> {
+/// Which roles may send which command (None: no such command). Public so that a front end
+/// (the fleet portal) offers a person only what the appliance will take from their role.
+pub fn roles(command: &str) -> Option<&'static [Role]> {
     use Role::*;
     Some(match command {
         "acknowledge_alarm" => &[Caregiver, Nurse, Clinician, Pharmacist],

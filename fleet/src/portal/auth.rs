@@ -1,0 +1,150 @@
+//! Who is signed in: argon2 password hashes, random session tokens kept only as hashes, and a
+//! per-session CSRF token every form must carry back. Pure (no SQL, no HTTP) so each rule is
+//! tested on its own; the pages and the database wire them.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "medbox_session";
+
+/// How long a session lasts without signing in again (a shift, with margin).
+pub const SESSION_HOURS: i64 = 12;
+
+/// Random bytes from the operating system, hex-encoded: session tokens and CSRF tokens.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source");
+    hex(&bytes)
+}
+
+/// What the sessions table keeps of a token: its SHA-256, so a leaked table signs nobody in.
+pub fn token_hash(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// An argon2id hash (PHC string, with its own random salt and parameters) of `password`.
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .expect("the operating system's random source");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+/// Whether `password` matches `hash`; a malformed hash matches nothing.
+pub fn password_matches(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the username is unknown, so a wrong name takes as long as
+/// a wrong password and the login form does not tell which names exist.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("no such person"))
+}
+
+/// Whether a form's CSRF token is the session's, compared in constant time.
+pub fn csrf_matches(session: &str, form: &str) -> bool {
+    !session.is_empty()
+        && session.len() == form.len()
+        && session
+            .bytes()
+            .zip(form.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The session token in a `Cookie` header, if any.
+pub fn session_cookie(header: &str) -> Option<&str> {
+    header
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The `Set-Cookie` value for a session: not readable by scripts, never sent with a request
+/// another site starts (SameSite=Strict), and `Secure` when the portal is served over TLS.
+pub fn set_cookie(token: &str, secure: bool) -> String {
+    format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_HOURS * 3600,
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that ends a session in the browser.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_matches_only_its_own_hash_and_each_hash_has_its_own_salt() {
+        let h = hash_password("correct horse");
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(password_matches(&h, "correct horse"));
+        assert!(!password_matches(&h, "correct horse "));
+        assert!(!password_matches(&h, ""));
+        assert_ne!(h, hash_password("correct horse"), "salted");
+        assert!(!password_matches("not a hash", "correct horse"));
+        assert!(!password_matches(decoy_hash(), ""));
+    }
+
+    #[test]
+    fn a_session_token_is_random_and_stored_only_as_its_hash() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_ne!(token_hash(&a), a);
+        assert_eq!(token_hash(&a), token_hash(&a));
+    }
+
+    #[test]
+    fn a_form_is_accepted_only_with_the_sessions_own_csrf_token() {
+        let t = random_token();
+        assert!(csrf_matches(&t, &t));
+        assert!(!csrf_matches(&t, &random_token()));
+        assert!(!csrf_matches(&t, &t[..63]));
+        assert!(!csrf_matches(&t, ""));
+        assert!(!csrf_matches("", ""), "no session token, no form");
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_anything_else_is_ignored() {
+        let t = random_token();
+        let header = format!("theme=dark; {COOKIE}={t}; other=1");
+        assert_eq!(session_cookie(&header), Some(t.as_str()));
+        assert_eq!(session_cookie("theme=dark"), None);
+        assert_eq!(session_cookie(&format!("{COOKIE}=")), None);
+        assert_eq!(session_cookie(&format!("{COOKIE}=<script>")), None);
+        let set = set_cookie(&t, true);
+        for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert!(!set_cookie(&t, false).contains("Secure"));
+        assert!(clear_cookie().contains("Max-Age=0"));
+    }
+}

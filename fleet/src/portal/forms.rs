@@ -1,0 +1,510 @@
+//! What the forms do: sign in and out, and send commands to appliances. Each checks the
+//! session's CSRF token first, sends the command in the person's role and name, shows the
+//! appliance's own answer, and audits the action (refused and failed ones too).
+
+use super::actions;
+use super::auth;
+use super::store::{self, Action, Person};
+use super::{signed_in, PageError, PageResult, Portal, St};
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect};
+use axum::Form;
+use medbox::remote::{Answer, Request};
+use minijinja::context;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Deserialize)]
+pub(super) struct Login {
+    username: String,
+    password: String,
+}
+
+pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult {
+    let db = portal.db();
+    let ok = store::check_password(db, &f.username, &f.password).await?;
+    store::record(
+        db,
+        &Action {
+            username: &f.username,
+            org: None,
+            device: None,
+            action: "login",
+            command_id: None,
+            args: serde_json::json!({}),
+            ok,
+            detail: if ok {
+                "signed in"
+            } else {
+                "wrong username or password"
+            },
+        },
+    )
+    .await?;
+    if !ok {
+        return portal.page(
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            context! { person => None::<Person>, error => "Wrong username or password." },
+        );
+    }
+    let token = store::start_session(db, &f.username).await?;
+    Ok((
+        [(
+            header::SET_COOKIE,
+            auth::set_cookie(&token, portal.0.cfg.secure_cookies),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response())
+}
+
+fn csrf(person: &Person, form: Option<&String>) -> Result<(), PageError> {
+    if auth::csrf_matches(&person.csrf, form.map_or("", String::as_str)) {
+        Ok(())
+    } else {
+        Err(PageError::Forbidden)
+    }
+}
+
+pub(super) async fn logout(
+    State(portal): St,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    if let Some(t) = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::session_cookie)
+    {
+        store::end_session(portal.db(), t).await?;
+    }
+    audit(
+        &portal,
+        &person,
+        None,
+        "logout",
+        None,
+        serde_json::json!({}),
+        true,
+        "signed out",
+    )
+    .await?;
+    Ok((
+        [(header::SET_COOKIE, auth::clear_cookie())],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn audit(
+    portal: &Portal,
+    person: &Person,
+    device: Option<&str>,
+    action: &str,
+    command_id: Option<&str>,
+    args: serde_json::Value,
+    ok: bool,
+    detail: &str,
+) -> Result<(), PageError> {
+    store::record(
+        portal.db(),
+        &Action {
+            username: &person.username,
+            org: Some(&person.org_id),
+            device,
+            action,
+            command_id,
+            args,
+            ok,
+            detail,
+        },
+    )
+    .await
+    .map_err(PageError::from)
+}
+
+/// What became of a command sent to an appliance.
+enum Sent {
+    /// The appliance answered.
+    Answered(Answer),
+    /// It could not be sent, or no answer came.
+    Failed(String),
+}
+
+impl Portal {
+    /// Sends `request` to `device` as `person` and audits it with the answer.
+    async fn send(
+        &self,
+        person: &Person,
+        device: &str,
+        request: &Request,
+    ) -> Result<Sent, PageError> {
+        let id = actions::command_id();
+        let client = format!("medbox-portal-{}", &auth::random_token()[..16]);
+        let cfg = &self.0.cfg;
+        let sent = match medbox::uplink::broker_options(
+            &cfg.mqtt,
+            &client,
+            None,
+            cfg.mqtt_credentials.as_ref(),
+        ) {
+            Err(e) => Sent::Failed(format!("broker: {e}")),
+            Ok(mut opts) => {
+                opts.set_keep_alive(std::time::Duration::from_secs(10));
+                opts.set_max_packet_size(256 * 1024, 64 * 1024);
+                match medbox::remote::send(
+                    opts,
+                    device,
+                    &person.role,
+                    &person.username,
+                    &id,
+                    request,
+                    cfg.command_timeout,
+                )
+                .await
+                {
+                    Ok(a) => Sent::Answered(a),
+                    Err(e) => Sent::Failed(e.to_string()),
+                }
+            }
+        };
+        let (ok, detail) = match &sent {
+            Sent::Answered(a) => (a.ok, a.detail.clone()),
+            Sent::Failed(why) => (false, why.clone()),
+        };
+        audit(
+            self,
+            person,
+            Some(device),
+            request.name(),
+            Some(&id),
+            request.args(),
+            ok,
+            &detail,
+        )
+        .await?;
+        Ok(sent)
+    }
+
+    fn answer_page(
+        &self,
+        person: &Person,
+        what: &str,
+        sent: &Sent,
+        back: Option<String>,
+    ) -> PageResult {
+        let (status, ok, message) = match sent {
+            Sent::Answered(a) if a.ok => (StatusCode::OK, true, format!("Done: {}", a.detail)),
+            Sent::Answered(a) => (
+                StatusCode::CONFLICT,
+                false,
+                format!("The appliance refused: {}", a.detail),
+            ),
+            Sent::Failed(why) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                false,
+                format!("Not done: {why}. Nothing was changed by the portal; try again when the appliance is online."),
+            ),
+        };
+        self.message(Some(person), status, what, ok, &message, back)
+    }
+}
+
+pub(super) async fn command(
+    State(portal): St,
+    headers: HeaderMap,
+    Path(device): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
+        return Err(PageError::NotFound);
+    }
+    let back = actions::local_path(form.get("back"));
+    let request = match actions::request(&form) {
+        Ok(r) => r,
+        Err(e) => {
+            let name = form.get("command").map_or("command", String::as_str);
+            audit(
+                &portal,
+                &person,
+                Some(&device),
+                name,
+                None,
+                serde_json::json!(form_args(&form)),
+                false,
+                &e.to_string(),
+            )
+            .await?;
+            return portal.message(
+                Some(&person),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not sent",
+                false,
+                &e.to_string(),
+                back,
+            );
+        }
+    };
+    if !actions::may(&person.role, request.name()) {
+        let why = format!("a {} may not send {}", person.role, request.name());
+        audit(
+            &portal,
+            &person,
+            Some(&device),
+            request.name(),
+            None,
+            request.args(),
+            false,
+            &why,
+        )
+        .await?;
+        return portal.message(
+            Some(&person),
+            StatusCode::FORBIDDEN,
+            "Not sent",
+            false,
+            &why,
+            back,
+        );
+    }
+    let sent = portal.send(&person, &device, &request).await?;
+    portal.answer_page(
+        &person,
+        &format!("{} on {device}", request.name()),
+        &sent,
+        back,
+    )
+}
+
+/// The form's fields without its CSRF token, for the audit.
+fn form_args(form: &HashMap<String, String>) -> HashMap<&str, &str> {
+    form.iter()
+        .filter(|(k, _)| k.as_str() != "csrf")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+pub(super) async fn schedule(
+    State(portal): St,
+    headers: HeaderMap,
+    Path(device): Path<String>,
+    mut multipart: Multipart,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut file_name = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|_| PageError::Forbidden)?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            file_name = field.file_name().map(str::to_string);
+        }
+        let value = field.text().await.map_err(|_| PageError::Forbidden)?;
+        fields.insert(name, value);
+    }
+    csrf(&person, fields.get("csrf"))?;
+    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
+        return Err(PageError::NotFound);
+    }
+    let uploaded = fields.get("file").filter(|f| !f.trim().is_empty());
+    let text = uploaded.or(fields.get("text")).cloned().unwrap_or_default();
+    let shown_name = match (uploaded, &file_name) {
+        (Some(_), Some(n)) if !n.is_empty() => n.clone(),
+        _ => "schedule.toml".into(),
+    };
+    let parsed =
+        medbox::dosing::schedule::Schedule::parse(&text, std::path::Path::new(&shown_name));
+    let schedule = match parsed {
+        Ok(s) => s,
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            audit(
+                &portal,
+                &person,
+                Some(&device),
+                "replace_schedule",
+                None,
+                serde_json::json!({ "file": shown_name }),
+                false,
+                &format!("not sent: {}", errors.join("; ")),
+            )
+            .await?;
+            return portal.page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schedule.html",
+                context! { person, device, patient => None::<String>, errors, text },
+            );
+        }
+    };
+    if !actions::may(&person.role, "replace_schedule") {
+        return Err(PageError::Forbidden);
+    }
+    let request = Request::InstallSchedule {
+        patient: schedule.patient.clone(),
+        schedule: text.clone(),
+        confirm: None,
+    };
+    let sent = portal.send(&person, &device, &request).await?;
+    if let Some(page) =
+        held_for_confirmation(&portal, &person, &device, &schedule.patient, &text, &sent).await?
+    {
+        return Ok(page);
+    }
+    let back = format!(
+        "/patients/{}/{}",
+        super::pages::urlencoding(&device),
+        super::pages::urlencoding(&schedule.patient)
+    );
+    portal.answer_page(
+        &person,
+        &format!("Schedule of {}", schedule.patient),
+        &sent,
+        Some(back),
+    )
+}
+
+/// When the appliance holds a change for a second person, keeps it for them to read and
+/// confirm, and says so.
+async fn held_for_confirmation(
+    portal: &Portal,
+    person: &Person,
+    device: &str,
+    patient: &str,
+    text: &str,
+    sent: &Sent,
+) -> Result<Option<axum::response::Response>, PageError> {
+    let Sent::Answered(a) = sent else {
+        return Ok(None);
+    };
+    let Some(version) = confirmation_version(&a.detail).filter(|_| !a.ok) else {
+        return Ok(None);
+    };
+    store::hold(
+        portal.db(),
+        &store::Pending {
+            device: device.into(),
+            version: version.clone(),
+            patient: patient.into(),
+            schedule: text.into(),
+            why: a.detail.clone(),
+            requested_by: person.username.clone(),
+            requested_at: String::new(),
+        },
+    )
+    .await?;
+    portal
+        .message(
+            Some(person),
+            StatusCode::ACCEPTED,
+            "Waiting for a second person",
+            true,
+            &format!(
+                "The appliance holds version {version} until someone else confirms it: {}",
+                a.detail
+            ),
+            Some("/confirmations".into()),
+        )
+        .map(Some)
+}
+
+/// The version named in a `CONFIRMATION_REQUIRED` refusal (`… confirm = "<version>"`).
+pub(crate) fn confirmation_version(detail: &str) -> Option<String> {
+    if !detail.starts_with("CONFIRMATION_REQUIRED") {
+        return None;
+    }
+    let after = detail.rsplit_once("confirm = ")?.1;
+    let quoted = after.strip_prefix('"')?;
+    Some(quoted.split('"').next()?.to_string()).filter(|v| !v.is_empty())
+}
+
+pub(super) async fn confirm(
+    State(portal): St,
+    headers: HeaderMap,
+    Path((device, version)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    let Some(pending) = store::pending(portal.db(), &person.org_id, Some((&device, &version)))
+        .await?
+        .pop()
+    else {
+        return Err(PageError::NotFound);
+    };
+    if pending.requested_by == person.username {
+        let why = "the second confirmation must come from someone else";
+        audit(
+            &portal,
+            &person,
+            Some(&device),
+            "replace_schedule.confirm",
+            None,
+            serde_json::json!({ "version": version }),
+            false,
+            why,
+        )
+        .await?;
+        return portal.message(
+            Some(&person),
+            StatusCode::FORBIDDEN,
+            "Not sent",
+            false,
+            why,
+            Some("/confirmations".into()),
+        );
+    }
+    let request = Request::InstallSchedule {
+        patient: pending.patient.clone(),
+        schedule: pending.schedule.clone(),
+        confirm: Some(version.clone()),
+    };
+    let sent = portal.send(&person, &device, &request).await?;
+    if matches!(&sent, Sent::Answered(a) if a.ok) {
+        store::confirmed(portal.db(), &device, &version, &person.username).await?;
+    } else if let Some(page) = held_for_confirmation(
+        &portal,
+        &person,
+        &device,
+        &pending.patient,
+        &pending.schedule,
+        &sent,
+    )
+    .await?
+    {
+        // The appliance no longer held the first request (it restarted): this person's
+        // confirmation now is the first, and someone else must confirm.
+        return Ok(page);
+    }
+    portal.answer_page(
+        &person,
+        &format!("Schedule of {} (confirmed)", pending.patient),
+        &sent,
+        Some("/confirmations".into()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_to_confirm_is_read_from_the_appliances_refusal() {
+        let d = "CONFIRMATION_REQUIRED: Methotrexate loses its weekly guard; a second person must send the same schedule with confirm = \"3f2a9c\"";
+        assert_eq!(confirmation_version(d), Some("3f2a9c".into()));
+        assert_eq!(confirmation_version("SLOT_CONFLICT: confirm = \"x\""), None);
+        assert_eq!(
+            confirmation_version("CONFIRMATION_REQUIRED: no version"),
+            None
+        );
+    }
+}
