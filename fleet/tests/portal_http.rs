@@ -1,0 +1,524 @@
+//! The portal's guards over plain HTTP against PostgreSQL (a fresh schema per test): signing
+//! in and out, CSRF and same-origin checks, organisation scoping, roles, escaping of what
+//! appliances report, and the audited CSV export. No appliance answers here: each request is
+//! refused before anything would be sent, and the tests check that nothing was.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use medbox_fleet::portal::{store, Clock, Portal, PortalConfig};
+use std::time::Duration;
+
+fn pg() -> String {
+    std::env::var("MEDBOX_FLEET_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A portal over a fresh schema holding two organisations, each with one appliance, a
+/// patient, a dose and people.
+struct Site {
+    portal: Portal,
+    base: String,
+    schema: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Site {
+    async fn start(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let schema = format!("fleet_test_http_{name}_{}_{nanos}", std::process::id());
+        let portal = Portal::new(PortalConfig {
+            pg: pg(),
+            schema: Some(schema.clone()),
+            // Nothing listens there: a command that got this far would fail, and be audited.
+            mqtt: "mqtt://127.0.0.1:9".into(),
+            mqtt_credentials: None,
+            secure_cookies: false,
+            command_timeout: Duration::from_secs(2),
+            clock: Clock::Fixed("2026-03-02T12:00:00Z".parse().unwrap()),
+            band: (2.0, 8.0),
+        })
+        .await
+        .expect("portal");
+        let db = portal.db();
+        for (org, dev, patient) in [
+            ("north", "mb-north", "p-0107"),
+            ("south", "mb-south", "<script>alert('p')</script>"),
+        ] {
+            store::upsert_org(db, org, org, "UTC").await.unwrap();
+            store::assign_device(db, dev, org).await.unwrap();
+            db.execute("INSERT INTO devices (device_id) VALUES ($1)", &[&dev])
+                .await
+                .unwrap();
+            db.execute(
+                "INSERT INTO patients (device_id, patient) VALUES ($1, $2)",
+                &[&dev, &patient],
+            )
+            .await
+            .unwrap();
+            db.execute(
+                "INSERT INTO doses (device_id, patient, medication, occurrence, as_needed, outcome, units, at, seq) \
+                 VALUES ($1, $2, 'Methotrexate', '2026-03-02T09:00:00Z', false, 'taken', 4, '2026-03-02T09:05:00Z', 1)",
+                &[&dev, &patient],
+            )
+            .await
+            .unwrap();
+            db.execute(
+                "INSERT INTO audit_rows (device_id, seq, utc, kind, subject, actor, reason, clock_trusted, body) \
+                 VALUES ($1, 1, '2026-03-02T09:05:00Z', 'dose.taken', '', 'system:dispenser', '', true, \
+                         jsonb_build_object('patient', $2::text))",
+                &[&dev, &patient],
+            )
+            .await
+            .unwrap();
+        }
+        for (user, org, role) in [
+            ("alice", "north", "caregiver"),
+            ("pete", "north", "pharmacist"),
+            ("carol", "south", "caregiver"),
+        ] {
+            store::upsert_person(db, user, org, role, user, PASSWORD)
+                .await
+                .unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let p = portal.clone();
+        tokio::spawn(async move {
+            p.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            portal,
+            base,
+            schema,
+            stop: Some(stop),
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+        origin: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(c) = cookie {
+            req = req.header("cookie", format!("medbox_session={c}"));
+        }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                serde_urlencoded::to_string(f).unwrap()
+            }
+            None => String::new(),
+        };
+        let resp = client
+            .request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .expect("request");
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    /// Signs in; returns the session token and the CSRF token of its forms.
+    async fn sign_in(&self, user: &str) -> (String, String) {
+        let (status, headers, _) = self
+            .request(
+                Method::POST,
+                "/login",
+                None,
+                Some(&[("username", user), ("password", PASSWORD)]),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let cookie = headers["set-cookie"].to_str().unwrap().to_string();
+        let token = cookie
+            .strip_prefix("medbox_session=")
+            .and_then(|c| c.split(';').next())
+            .unwrap()
+            .to_string();
+        let (_, _, page) = self
+            .request(Method::GET, "/confirmations", Some(&token), None, None)
+            .await;
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("a form with a CSRF token")
+            .to_string();
+        (token, csrf)
+    }
+
+    async fn actions(&self, action: &str) -> Vec<(String, bool, String)> {
+        self.portal
+            .db()
+            .query(
+                "SELECT username, ok, detail FROM portal_actions WHERE action = $1 ORDER BY id",
+                &[&action],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.portal
+            .db()
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nobody_signed_in_sees_anything_and_a_wrong_password_is_audited() {
+    let site = Site::start("anon").await;
+    for path in [
+        "/",
+        "/patients",
+        "/patients/mb-north/p-0107",
+        "/fridges",
+        "/audit.csv",
+    ] {
+        let (status, headers, _) = site.request(Method::GET, path, None, None, None).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(headers["location"], "/login", "{path}");
+    }
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some("00ff"),
+            Some(&[("command", "refill"), ("slot", "1"), ("units", "9")]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "a made-up session is no session"
+    );
+    let (status, headers, page) = site
+        .request(
+            Method::POST,
+            "/login",
+            None,
+            Some(&[("username", "alice"), ("password", "guess")]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get("set-cookie").is_none());
+    assert!(page.contains("Wrong username or password"));
+    let (status, _, unknown) = site
+        .request(
+            Method::POST,
+            "/login",
+            None,
+            Some(&[("username", "mallory"), ("password", "guess")]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unknown, page,
+        "an unknown name reads exactly like a wrong password"
+    );
+    let logins = site.actions("login").await;
+    assert_eq!(
+        logins,
+        vec![
+            ("alice".into(), false, "wrong username or password".into()),
+            ("mallory".into(), false, "wrong username or password".into())
+        ]
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_httponly_and_strict_and_a_signed_out_session_is_dead() {
+    let site = Site::start("session").await;
+    let (status, headers, _) = site
+        .request(
+            Method::POST,
+            "/login",
+            None,
+            Some(&[("username", "alice"), ("password", PASSWORD)]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let (token, csrf) = site.sign_in("alice").await;
+    let stored: i64 = site
+        .portal
+        .db()
+        .query_one(
+            "SELECT count(*) FROM sessions WHERE token_hash = $1",
+            &[&token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "the token itself is never stored");
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/logout",
+            Some(&token),
+            Some(&[("csrf", &csrf)]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, headers, _) = site
+        .request(Method::GET, "/patients", Some(&token), None, None)
+        .await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (StatusCode::SEE_OTHER, &"/login".parse().unwrap())
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_form_without_the_sessions_csrf_token_or_from_another_site_is_refused_and_nothing_is_sent(
+) {
+    let site = Site::start("csrf").await;
+    let (token, csrf) = site.sign_in("alice").await;
+    fn ack(csrf: &str) -> [(&str, &str); 4] {
+        [
+            ("csrf", csrf),
+            ("command", "acknowledge_alarm"),
+            ("alarm", "DOOR_OPEN"),
+            ("comment", "closed it"),
+        ]
+    }
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&ack("")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, carols_csrf) = site.sign_in("carol").await;
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&ack(&carols_csrf)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another session's token");
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&ack(&csrf)),
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "posted from another site");
+    assert!(
+        site.actions("acknowledge_alarm").await.is_empty(),
+        "nothing sent"
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_person_sees_and_acts_on_only_their_organisations_appliances() {
+    let site = Site::start("scope").await;
+    let (token, csrf) = site.sign_in("carol").await;
+    let (status, _, page) = site
+        .request(Method::GET, "/patients", Some(&token), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.contains("mb-north") && !page.contains("p-0107"),
+        "{page}"
+    );
+    for path in [
+        "/patients/mb-north/p-0107",
+        "/devices/mb-north/schedule",
+        "/patients/mb-south/p-0107",
+    ] {
+        let (status, _, page) = site
+            .request(Method::GET, path, Some(&token), None, None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!page.contains("Methotrexate"));
+    }
+    let (status, _, _) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&[
+                ("csrf", &csrf),
+                ("command", "refill"),
+                ("slot", "1"),
+                ("units", "9"),
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(site.actions("refill").await.is_empty(), "nothing sent");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_role_is_refused_what_the_appliance_would_refuse_it_and_the_refusal_is_audited() {
+    let site = Site::start("roles").await;
+    let (token, csrf) = site.sign_in("pete").await;
+    let (status, _, page) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&[
+                ("csrf", &csrf),
+                ("command", "skip_dose"),
+                ("patient", "p-0107"),
+                ("medication", "Methotrexate"),
+                ("occurrence", "2026-03-09T14:00:00Z"),
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains("a pharmacist may not send skip_dose"),
+        "{page}"
+    );
+    assert_eq!(
+        site.actions("skip_dose").await,
+        vec![(
+            "pete".into(),
+            false,
+            "a pharmacist may not send skip_dose".into()
+        )]
+    );
+    // A caregiver's pages are not a pharmacist's.
+    let (alice, _) = site.sign_in("alice").await;
+    let (status, _, _) = site
+        .request(Method::GET, "/fridges", Some(&alice), None, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A malformed form names its field and sends nothing.
+    let (status, _, page) = site
+        .request(
+            Method::POST,
+            "/devices/mb-north/command",
+            Some(&token),
+            Some(&[
+                ("csrf", &csrf),
+                ("command", "refill"),
+                ("slot", "x"),
+                ("units", "3"),
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("slot"), "{page}");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn what_an_appliance_reports_is_shown_escaped() {
+    let site = Site::start("escape").await;
+    let (token, _) = site.sign_in("carol").await;
+    let (_, _, page) = site
+        .request(Method::GET, "/patients", Some(&token), None, None)
+        .await;
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains("&lt;script&gt;"), "{page}");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_export_holds_only_the_organisations_rows_and_is_itself_audited() {
+    let site = Site::start("csv").await;
+    let (token, _) = site.sign_in("pete").await;
+    let (status, headers, csv) = site
+        .request(
+            Method::GET,
+            "/audit.csv?kind=dose.",
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("device,seq,utc,kind"), "{csv}");
+    assert!(
+        lines[1].starts_with("mb-north,1,2026-03-02T09:05:00Z,dose.taken"),
+        "{csv}"
+    );
+    let (_, _, none) = site
+        .request(
+            Method::GET,
+            "/audit.csv?device=mb-south",
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        none.lines().count(),
+        0,
+        "another organisation's device: {none}"
+    );
+    let exports = site.actions("export.csv").await;
+    assert_eq!(exports.len(), 2);
+    assert_eq!(exports[0], ("pete".into(), true, "1 rows".into()));
+    site.stop().await;
+}
