@@ -11,5 +11,6 @@ pub mod broker;
 pub mod collect;
 pub mod ingest;
 pub mod portal;
+pub mod report;
 pub mod verify;
 pub mod witness;

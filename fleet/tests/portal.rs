@@ -512,10 +512,22 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
     );
     assert!(!t.contains("mb-south"), "{t}");
     shot(&c, "07-fridges").await;
+    // The appliance's own report, rebuilt from the archive, verifies the chain it was given.
+    c.find(Locator::LinkText("report"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let report = el(&c, Locator::Css("h1")).await.text().await.unwrap();
+    assert_eq!(report, "medbox cold-chain and dispensing report");
+    let t = text(&c).await;
+    assert!(t.contains("Readings intact"), "{t}");
+    shot(&c, "08-report").await;
     c.goto(&format!("{base}/audit?device=mb-north&kind=schedule."))
         .await
         .unwrap();
-    shot(&c, "08-audit").await;
+    shot(&c, "09-audit").await;
 
     c.close().await.unwrap();
     drop(driver);

@@ -56,6 +56,8 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
         &wire::EventRow {
             seq: row.seq,
             utc: &row.utc,
+            mono_ms: row.mono_ms,
+            boot_id: &row.boot_id,
             kind: &row.kind,
             subject: &row.subject,
             actor: &row.actor,

@@ -41,6 +41,10 @@ pub struct EventRow<'a> {
     pub seq: i64,
     /// UTC, as recorded.
     pub utc: &'a str,
+    /// Monotonic milliseconds since boot, as recorded.
+    pub mono_ms: i64,
+    /// The boot the row was recorded in.
+    pub boot_id: &'a str,
     /// Kind (`dose.dispensed`, …).
     pub kind: &'a str,
     /// Subject.
@@ -106,6 +110,12 @@ pub fn event_message(dev: &str, row: &EventRow<'_>) -> Result<Value, serde_json:
         "reason": row.reason,
         "clock_trusted": row.clock_trusted,
         "body": serde_json::from_str::<Value>(row.body)?,
+        // With these three a witness recomputes the row's hash itself (the canonical row has
+        // the body's exact text, which a JSON receiver would not keep) and an archive can
+        // rebuild the appliance's own report.
+        "mono_ms": row.mono_ms,
+        "boot_id": row.boot_id,
+        "body_text": row.body,
         // A witness off the device checks that the rows it receives link up and that the
         // signed checkpoints name them; a row rewritten under a seq it already holds is a fork.
         "prev_hash": row.prev_hash,
@@ -351,6 +361,8 @@ mod tests {
         let row = EventRow {
             seq: 42,
             utc: "2026-03-02T08:00:00.000Z",
+            mono_ms: 5,
+            boot_id: "b1",
             kind: "dose.dispensed",
             subject: "patient:p-1/medication:M",
             actor: "system:dispenser",
@@ -364,6 +376,11 @@ mod tests {
         assert_eq!(m["id"], "mb-1:42");
         assert_eq!((&m["prev_hash"], &m["hash"]), (&"aa".into(), &"bb".into()));
         assert_eq!(m["body"]["kind"], "dose");
+        assert_eq!(
+            m["body_text"], r#"{"kind":"dose"}"#,
+            "the body's exact text"
+        );
+        assert_eq!((&m["mono_ms"], &m["boot_id"]), (&5.into(), &"b1".into()));
         assert_eq!(checkpoint_message("mb-1", 7, &"c")["id"], "mb-1:c7");
         let (t, p) = busy_answer("mb-1", "nurse", "refill", br#"{"id":"x","actor":"n"}"#);
         assert_eq!(t, "medbox/mb-1/cmd/nurse/refill/result");

@@ -86,6 +86,9 @@ pub enum PageError {
     /// Not there, or not this person's organisation's (the same answer, on purpose).
     #[error("not found")]
     NotFound,
+    /// A device's report.
+    #[error("report: {0}")]
+    Report(String),
     /// The CSV writer.
     #[error("csv: {0}")]
     Csv(String),
@@ -142,6 +145,7 @@ impl Portal {
             .route("/confirmations", get(pages::confirmations))
             .route("/confirmations/{device}/{version}", post(forms::confirm))
             .route("/fridges", get(pages::fridges))
+            .route("/devices/{device}/report", get(pages::report))
             .route("/audit", get(pages::audit))
             .route("/audit.csv", get(pages::audit_csv))
             .layer(axum::middleware::from_fn(same_origin))

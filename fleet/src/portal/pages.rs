@@ -367,3 +367,63 @@ pub(super) async fn audit_csv(
 pub(super) fn urlencoding(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// A report's period as the form sends it (local dates of the person's zone).
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub(super) struct Period {
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+}
+
+/// The appliance's own report, rebuilt from the archive (default: the last 30 days).
+pub(super) async fn report(
+    State(portal): St,
+    headers: HeaderMap,
+    Path(device): Path<String>,
+    Query(p): Query<Period>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    if let Some(refused) = pharmacist_only(&portal, &person) {
+        return refused;
+    }
+    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
+        return Err(PageError::NotFound);
+    }
+    let tz = zone(&person);
+    let today = views::local_day(portal.now(), tz);
+    let to = p.to.unwrap_or(today);
+    let from = p.from.unwrap_or(to - Duration::days(29));
+    let period = views::days_utc(from, to, tz);
+    let html = crate::report::render(
+        portal.db(),
+        &device,
+        (Some(period.0), Some(period.1)),
+        tz,
+        portal.now(),
+    )
+    .await
+    .map_err(|e| PageError::Report(e.to_string()))?;
+    store::record(
+        portal.db(),
+        &store::Action {
+            username: &person.username,
+            org: Some(&person.org_id),
+            device: Some(&device),
+            action: "report.view",
+            command_id: None,
+            args: serde_json::json!({ "from": from, "to": to }),
+            ok: true,
+            detail: "report rebuilt from the archive",
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response())
+}
