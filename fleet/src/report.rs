@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use medbox::coldchain::config::ColdChainConfig;
 use medbox::store::audit::ChainKey;
-use rusqlite::params;
+use rusqlite::types::Value as SqlValue;
 use std::path::Path;
 use thiserror::Error;
 use tokio_postgres::Client;
@@ -30,36 +30,15 @@ pub enum ReportError {
     Io(#[from] std::io::Error),
 }
 
+/// One row to insert, column by column.
+type Record = Vec<SqlValue>;
+
 /// What the archive holds of one device, as the appliance's store has it.
 #[derive(Default)]
 struct Copy {
-    rows: Vec<(
-        i64,
-        String,
-        i64,
-        String,
-        bool,
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )>,
-    readings: Vec<(
-        i64,
-        String,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
-        Option<String>,
-        bool,
-        bool,
-        bool,
-        String,
-    )>,
-    checkpoints: Vec<(i64, String, String, String, String)>,
+    rows: Vec<Record>,
+    readings: Vec<Record>,
+    checkpoints: Vec<Record>,
 }
 
 async fn fetch(c: &Client, device: &str) -> Result<Copy, ReportError> {
@@ -78,10 +57,20 @@ async fn fetch(c: &Client, device: &str) -> Result<Copy, ReportError> {
         .await?
         .into_iter()
         .map(|r| {
-            (
-                r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7),
-                r.get(8), r.get(9), r.get(10), r.get(11),
-            )
+            vec![
+                SqlValue::Integer(r.get(0)),
+                SqlValue::Text(r.get(1)),
+                SqlValue::Integer(r.get(2)),
+                SqlValue::Text(r.get(3)),
+                SqlValue::Integer(i64::from(r.get::<_, bool>(4))),
+                SqlValue::Text(r.get(5)),
+                SqlValue::Text(r.get(6)),
+                SqlValue::Text(r.get(7)),
+                SqlValue::Text(r.get(8)),
+                SqlValue::Text(r.get(9)),
+                SqlValue::Text(r.get(10)),
+                SqlValue::Text(r.get(11)),
+            ]
         })
         .collect();
     let readings = c
@@ -95,11 +84,20 @@ async fn fetch(c: &Client, device: &str) -> Result<Copy, ReportError> {
         .into_iter()
         .map(|r| {
             let utc: DateTime<Utc> = r.get(1);
-            (
-                r.get(0),
-                utc.to_rfc3339_opts(SecondsFormat::Millis, true),
-                r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9),
-            )
+            let real = |i: usize| r.get::<_, Option<f64>>(i).map_or(SqlValue::Null, SqlValue::Real);
+            let flag = |i: usize| SqlValue::Integer(i64::from(r.get::<_, bool>(i)));
+            vec![
+                SqlValue::Integer(r.get(0)),
+                SqlValue::Text(utc.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                real(2),
+                real(3),
+                real(4),
+                r.get::<_, Option<String>>(5).map_or(SqlValue::Null, SqlValue::Text),
+                flag(6),
+                flag(7),
+                flag(8),
+                SqlValue::Text(r.get(9)),
+            ]
         })
         .collect();
     let checkpoints = c
@@ -110,7 +108,15 @@ async fn fetch(c: &Client, device: &str) -> Result<Copy, ReportError> {
         )
         .await?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .map(|r| {
+            vec![
+                SqlValue::Integer(r.get(0)),
+                SqlValue::Text(r.get(1)),
+                SqlValue::Text(r.get(2)),
+                SqlValue::Text(r.get(3)),
+                SqlValue::Text(r.get(4)),
+            ]
+        })
         .collect();
     Ok(Copy {
         rows,
@@ -130,22 +136,20 @@ fn rebuild(copy: &Copy, path: &Path) -> Result<rusqlite::Connection, ReportError
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for r in &copy.rows {
-            audit.execute(params![
-                r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.11
-            ])?;
+            audit.execute(rusqlite::params_from_iter(r))?;
         }
         let mut readings = tx.prepare(
             "INSERT INTO readings (id, utc, vial, air, control, doubt, compressor_on, door_open, mains, mode) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for r in &copy.readings {
-            readings.execute(params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9])?;
+            readings.execute(rusqlite::params_from_iter(r))?;
         }
         let mut checkpoints = tx.prepare(
             "INSERT INTO checkpoints (seq, head, utc, signature, public_key) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for c in &copy.checkpoints {
-            checkpoints.execute(params![c.0, c.1, c.2, c.3, c.4])?;
+            checkpoints.execute(rusqlite::params_from_iter(c))?;
         }
     }
     tx.commit()?;
