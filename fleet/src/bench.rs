@@ -52,12 +52,17 @@ pub struct BenchConfig {
 
 /// The template device's backlog: (topic, payload) in outbox order, and the rows it makes.
 fn backlog(hours: u64) -> anyhow::Result<(Vec<(String, String)>, i64)> {
+    backlog_of(TEMPLATE, hours)
+}
+
+/// As [`backlog`], for a device called `device`.
+pub(crate) fn backlog_of(device: &str, hours: u64) -> anyhow::Result<(Vec<(String, String)>, i64)> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("template.db");
     let (profile, schedules) = medbox::sim::shipped().map_err(anyhow::Error::msg)?;
     let opts = medbox::sim::SimOptions {
         db: Some(db.clone()),
-        device_id: TEMPLATE.into(),
+        device_id: device.into(),
         schedules,
         seed: Some(1),
         household: Some(Default::default()),

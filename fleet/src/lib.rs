@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod bench;
+pub mod bench_pages;
 pub mod broker;
 pub mod collect;
 pub mod ingest;

@@ -64,6 +64,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         collectors: usize,
     },
+    /// How long the portal's pages take for a fleet of N appliances (prints figures).
+    BenchPages {
+        /// Appliances in one organisation (each with a simulated day).
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Fetches of each page.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Trust this checkpoint key for a device before it reports (otherwise the first valid
     /// checkpoint's key is pinned).
     Enrol {
@@ -180,6 +189,11 @@ async fn main() -> Result<ExitCode> {
             })
             .await?;
             println!("{}", serde_json::to_string(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchPages { devices, runs } => {
+            let r = medbox_fleet::bench_pages::pages(&cli.pg, devices, runs).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

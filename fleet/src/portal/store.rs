@@ -269,12 +269,13 @@ pub async fn dose_records(
     Ok(c.query(
         "SELECT body->'record' FROM audit_rows \
              WHERE device_id = $1 AND kind LIKE 'dose.%' AND body->>'patient' = $2 \
+               AND body ? 'record' \
                AND utc >= $3 AND utc < $4 ORDER BY seq",
         &[&device, &patient, &from, &to],
     )
     .await?
     .into_iter()
-    .filter_map(|r| serde_json::from_value(r.get::<_, Value>(0)).ok())
+    .filter_map(|r| serde_json::from_value(r.try_get::<_, Value>(0).ok()?).ok())
     .collect())
 }
 
