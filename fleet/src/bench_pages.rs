@@ -164,6 +164,7 @@ async fn measure(
     let mut pages = Vec::new();
     for (who, path, n) in [
         (&carer, "/patients".to_string(), runs),
+        (&carer, "/patients?page=40".to_string(), runs),
         (&carer, format!("/patients/{device}/{patient}"), runs),
         (&carer, "/confirmations".to_string(), runs),
         (&pharm, "/fridges".to_string(), runs),

@@ -39,20 +39,41 @@ struct PatientSummary {
     open_alerts: usize,
 }
 
-pub(super) async fn patients(State(portal): St, headers: HeaderMap) -> PageResult {
+/// Patients on one page of the list: an organisation of a thousand appliances has thousands.
+const PATIENTS_PER_PAGE: i64 = 50;
+
+#[derive(Deserialize)]
+pub(super) struct Paging {
+    page: Option<i64>,
+}
+
+pub(super) async fn patients(
+    State(portal): St,
+    headers: HeaderMap,
+    Query(paging): Query<Paging>,
+) -> PageResult {
     let person = signed_in!(portal, headers);
     let db = portal.db();
     let tz = zone(&person);
     let today = views::local_day(portal.now(), tz);
     let week = views::days_utc(views::week_start(today), today, tz);
     let day = views::days_utc(today, today, tz);
-    let list = store::patients(db, &person.org_id).await?;
-    let doses = store::doses(db, &person.org_id, None, week).await?;
+    let total = store::patient_count(db, &person.org_id).await?;
+    let pages = (total + PATIENTS_PER_PAGE - 1) / PATIENTS_PER_PAGE;
+    let page = paging.page.unwrap_or(1).clamp(1, pages.max(1));
+    let list = store::patients(
+        db,
+        &person.org_id,
+        ((page - 1) * PATIENTS_PER_PAGE, PATIENTS_PER_PAGE),
+    )
+    .await?;
     let devices: Vec<String> = {
         let mut d: Vec<String> = list.iter().map(|(d, _)| d.clone()).collect();
+        d.sort();
         d.dedup();
         d
     };
+    let doses = store::doses(db, &person.org_id, &devices, None, week).await?;
     let alerts = views::open_alerts(&store::alert_states(db, &devices).await?);
     let patients: Vec<PatientSummary> = list
         .into_iter()
@@ -84,7 +105,8 @@ pub(super) async fn patients(State(portal): St, headers: HeaderMap) -> PageResul
     portal.page(
         StatusCode::OK,
         "patients.html",
-        context! { person, patients, today => today.to_string(), tz => tz.name() },
+        context! { person, patients, today => today.to_string(), tz => tz.name(),
+        page, pages, total },
     )
 }
 
@@ -102,19 +124,16 @@ pub(super) async fn patient(
 ) -> PageResult {
     let person = signed_in!(portal, headers);
     let db = portal.db();
-    let known = store::patients(db, &person.org_id)
-        .await?
-        .contains(&(device.clone(), patient.clone()));
-    if !known {
+    if !store::patient_in_org(db, &person.org_id, &device, &patient).await? {
         return Err(PageError::NotFound);
     }
     let tz = zone(&person);
     let today = views::local_day(portal.now(), tz);
-    let one = Some((device.as_str(), patient.as_str()));
     let week = store::doses(
         db,
         &person.org_id,
-        one,
+        std::slice::from_ref(&device),
+        Some(&patient),
         views::days_utc(views::week_start(today), today + Duration::days(1), tz),
     )
     .await?;
@@ -238,7 +257,7 @@ pub(super) async fn fridges(State(portal): St, headers: HeaderMap) -> PageResult
     .await?;
     let devices: Vec<String> = fridges.iter().map(|f| f.device.clone()).collect();
     let alerts = views::open_alerts(&store::alert_states(portal.db(), &devices).await?);
-    let fridges: Vec<minijinja::Value> = fridges
+    let mut fridges: Vec<(bool, minijinja::Value)> = fridges
         .into_iter()
         .map(|f| {
             let alarms = alerts
@@ -247,9 +266,16 @@ pub(super) async fn fridges(State(portal): St, headers: HeaderMap) -> PageResult
                 .count();
             let in_range = views::in_range(f.vial, band);
             let vial = f.vial.map(|v| format!("{v:.1}"));
-            context! { alarms, in_range, vial, ..minijinja::Value::from_serialize(&f) }
+            // What needs a pharmacist comes first.
+            let needs_look = in_range != Some(true) || alarms > 0 || f.flags > 0;
+            (
+                needs_look,
+                context! { alarms, in_range, vial, ..minijinja::Value::from_serialize(&f) },
+            )
         })
         .collect();
+    fridges.sort_by_key(|(needs_look, _)| !needs_look);
+    let fridges: Vec<minijinja::Value> = fridges.into_iter().map(|(_, f)| f).collect();
     portal.page(
         StatusCode::OK,
         "fridges.html",

@@ -196,17 +196,47 @@ pub async fn device_in_org(c: &Client, device: &str, org: &str) -> Result<bool, 
     .is_some())
 }
 
-/// The organisation's patients, as (device, pseudonym).
-pub async fn patients(c: &Client, org: &str) -> Result<Vec<(String, String)>, PgError> {
+/// A page of the organisation's patients, as (device, pseudonym), by pseudonym.
+pub async fn patients(
+    c: &Client,
+    org: &str,
+    (offset, limit): (i64, i64),
+) -> Result<Vec<(String, String)>, PgError> {
     Ok(c.query(
         "SELECT p.device_id, p.patient FROM patients p JOIN device_orgs d USING (device_id) \
-             WHERE d.org_id = $1 ORDER BY p.patient, p.device_id",
-        &[&org],
+             WHERE d.org_id = $1 ORDER BY p.patient, p.device_id OFFSET $2 LIMIT $3",
+        &[&org, &offset, &limit],
     )
     .await?
     .into_iter()
     .map(|r| (r.get(0), r.get(1)))
     .collect())
+}
+
+/// How many patients the organisation has.
+pub async fn patient_count(c: &Client, org: &str) -> Result<i64, PgError> {
+    Ok(c.query_one(
+        "SELECT count(*) FROM patients p JOIN device_orgs d USING (device_id) WHERE d.org_id = $1",
+        &[&org],
+    )
+    .await?
+    .get(0))
+}
+
+/// Whether the patient is on one of the organisation's appliances.
+pub async fn patient_in_org(
+    c: &Client,
+    org: &str,
+    device: &str,
+    patient: &str,
+) -> Result<bool, PgError> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM patients p JOIN device_orgs d USING (device_id) \
+             WHERE d.org_id = $1 AND p.device_id = $2 AND p.patient = $3",
+        &[&org, &device, &patient],
+    )
+    .await?
+    .is_some())
 }
 
 /// A dose at its latest outcome.
@@ -228,22 +258,22 @@ pub struct DoseRow {
     pub units: Option<i32>,
 }
 
-/// The organisation's doses scheduled in `[from, to)`, optionally of one patient.
+/// The organisation's doses on `devices` scheduled in `[from, to)`, optionally of one patient.
 pub async fn doses(
     c: &Client,
     org: &str,
-    one: Option<(&str, &str)>,
+    devices: &[String],
+    patient: Option<&str>,
     (from, to): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Vec<DoseRow>, PgError> {
-    let (device, patient) = one.unzip();
     Ok(c
         .query(
             "SELECT x.device_id, x.patient, x.medication, x.occurrence, x.as_needed, x.outcome, x.units \
              FROM doses x JOIN device_orgs d USING (device_id) \
              WHERE d.org_id = $1 AND x.occurrence >= $2 AND x.occurrence < $3 \
-               AND ($4::text IS NULL OR x.device_id = $4) AND ($5::text IS NULL OR x.patient = $5) \
+               AND x.device_id = ANY($4) AND ($5::text IS NULL OR x.patient = $5) \
              ORDER BY x.occurrence, x.medication",
-            &[&org, &from, &to, &device, &patient],
+            &[&org, &from, &to, &devices, &patient],
         )
         .await?
         .into_iter()
