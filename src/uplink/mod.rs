@@ -222,6 +222,11 @@ pub async fn run(
     let mut busy_answers: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut by_pkid: HashMap<u16, Option<i64>> = HashMap::new();
     let mut in_flight: HashSet<i64> = HashSet::new();
+    // Read ahead of the window, in outbox order, not yet published: each acknowledgement frees
+    // a place that is filled from here at once, without a trip to the database.
+    let mut ahead: VecDeque<crate::store::outbox::OutboxRow> = VecDeque::new();
+    // The recorder committed something (perhaps an alarm) since the last look.
+    let mut woken = false;
     // Acknowledged by the broker, not yet deleted (see `delete`).
     let mut acked: Vec<i64> = Vec::new();
     let started = tokio::time::Instant::now();
@@ -269,6 +274,7 @@ pub async fn run(
                 awaiting.clear();
                 by_pkid.clear();
                 in_flight.clear();
+                ahead.clear();
             }
             if !up {
                 let switch_gone = tokio::select! {
@@ -283,21 +289,27 @@ pub async fn run(
                 continue;
             }
         }
-        // Top up in batches: acknowledged rows are deleted first (one transaction for the lot),
-        // so the query never hands back a message that was already delivered.
-        let rows = if connected && in_flight.len() <= cfg.max_inflight / 2 && outbox_usable {
-            // Rows already in flight come back too and are skipped.
+        // Read ahead in batches: acknowledged rows are deleted first (one transaction for the
+        // lot), so the query never hands back a message that was already delivered. A new
+        // commit (an alarm overtakes everything) or a read-ahead running low asks again; the
+        // answer, in outbox order, replaces what was read ahead.
+        if connected && outbox_usable && (woken || ahead.len() < cfg.max_inflight / 2) {
+            woken = false;
             let rows = outbox
-                .exchange(&mut acked, cfg.max_inflight, false)
+                .exchange(&mut acked, cfg.max_inflight * 2, false)
                 .await
                 .map(|x| x.rows);
-            tolerate(rows)?
-        } else {
-            Some(Vec::new())
-        };
-        if rows.is_none() {
-            // Storage is failing: keep polling the connection, ask again in a while.
-            outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
+            match tolerate(rows)? {
+                // Rows already in flight come back too and are skipped.
+                Some(rows) => {
+                    ahead = rows
+                        .into_iter()
+                        .filter(|r| !in_flight.contains(&r.id))
+                        .collect()
+                }
+                // Storage is failing: keep polling the connection, ask again in a while.
+                None => outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1),
+            }
         }
         // BUSY answers first: they are the oldest promise, and nothing else holds them.
         if connected {
@@ -312,20 +324,25 @@ pub async fn run(
                 awaiting.push_back(None);
             }
         }
-        if let Some(rows) = rows {
-            for row in rows {
-                if in_flight.contains(&row.id) {
-                    continue;
-                }
-                if client
-                    .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
-                    .is_err()
-                {
-                    break;
-                }
-                awaiting.push_back(Some(row.id));
-                in_flight.insert(row.id);
+        // Fill the window: after each acknowledgement, one more goes out.
+        while connected && in_flight.len() < cfg.max_inflight {
+            let Some(row) = ahead.pop_front() else {
+                break;
+            };
+            if client
+                .try_publish(
+                    row.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    row.payload.clone(),
+                )
+                .is_err()
+            {
+                ahead.push_front(row);
+                break;
             }
+            awaiting.push_back(Some(row.id));
+            in_flight.insert(row.id);
         }
         tokio::select! {
             biased;
@@ -338,6 +355,7 @@ pub async fn run(
                     awaiting.clear();
                     by_pkid.clear();
                     in_flight.clear();
+                    ahead.clear();
                     // Subscribed before `online` goes out: the broker handles a connection's
                     // packets in order, so whoever sees `online` can send commands at once.
                     if cfg.commands.is_some() {
@@ -384,6 +402,7 @@ pub async fn run(
                     awaiting.clear();
                     by_pkid.clear();
                     in_flight.clear();
+                    ahead.clear();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => {}
@@ -391,7 +410,7 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             },
-            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() => {}
+            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() => woken = true,
             _ = tokio::time::sleep(idle_look), if in_flight.is_empty() => {}
         }
     }
