@@ -47,6 +47,8 @@ pub struct CollectStats {
     pub findings: u64,
     /// Database failures retried.
     pub retries: u64,
+    /// Messages PostgreSQL refused for their content, kept in `quarantine` and acknowledged.
+    pub quarantined: u64,
 }
 
 /// The subscription of a collector group.
@@ -146,8 +148,22 @@ pub async fn collect(
     Ok(stats)
 }
 
+/// Whether PostgreSQL refused a statement for the data it was given (SQLSTATE classes 22, data
+/// exception, and 23, integrity constraint violation): sending the same message again would
+/// fail again. Anything else (a lost connection, a deadlock, a full disk, a restart) may pass,
+/// and is retried.
+pub fn refused_for_content(e: &ArchiveError) -> bool {
+    match e {
+        ArchiveError::Pg(pg) => pg
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+        _ => false,
+    }
+}
+
 /// Stores a batch (refusing what cannot be read), retrying while the database fails; then it
-/// may be acknowledged.
+/// may be acknowledged. A batch refused for its content is stored message by message, and a
+/// message refused on its own goes to `quarantine`, so one bad message never holds up the rest.
 async fn store_until_done(
     archive: &mut Archive,
     batch: &[Publish],
@@ -163,6 +179,64 @@ async fn store_until_done(
             }
         }
     }
+    match store_retrying(archive, &readable, stats).await {
+        Err(e) if refused_for_content(&e) && readable.len() > 1 => {
+            for one in &readable {
+                match store_retrying(archive, std::slice::from_ref(one), stats).await {
+                    Err(e) if refused_for_content(&e) => {
+                        quarantine(archive, one.0, &e, stats).await?
+                    }
+                    other => other?,
+                }
+            }
+            Ok(())
+        }
+        Err(e) if refused_for_content(&e) => quarantine(archive, readable[0].0, &e, stats).await,
+        other => other,
+    }
+}
+
+/// Keeps a message PostgreSQL refused, with why, retrying while the database fails.
+async fn quarantine(
+    archive: &mut Archive,
+    p: &Publish,
+    e: &ArchiveError,
+    stats: &mut CollectStats,
+) -> Result<(), ArchiveError> {
+    let why = e.to_string();
+    tracing::error!("quarantined a message on {}: {why}", p.topic);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match archive
+            .client()
+            .execute(
+                "INSERT INTO quarantine (topic, payload, error) VALUES ($1, $2, $3)",
+                &[&p.topic, &&p.payload[..], &why],
+            )
+            .await
+        {
+            Ok(_) => {
+                stats.quarantined += 1;
+                return Ok(());
+            }
+            Err(e) if e.is_closed() => return Err(e.into()),
+            Err(e) => {
+                stats.retries += 1;
+                tracing::warn!("cannot quarantine: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Stores parsed messages in one transaction, retrying what may pass; returns an error the
+/// content caused.
+async fn store_retrying(
+    archive: &mut Archive,
+    readable: &[(&Publish, ingest::Message)],
+    stats: &mut CollectStats,
+) -> Result<(), ArchiveError> {
     let items: Vec<(&str, &ingest::Message, &[u8])> = readable
         .iter()
         .map(|(p, m)| (p.topic.as_str(), m, &p.payload[..]))
@@ -189,6 +263,7 @@ async fn store_until_done(
                 }
                 return Ok(());
             }
+            Err(e) if refused_for_content(&e) => return Err(e),
             Err(e) => {
                 if matches!(e, ArchiveError::Pg(ref pg) if pg.is_closed()) {
                     // The connection is gone: nothing to retry on. The messages stay

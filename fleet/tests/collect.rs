@@ -444,3 +444,97 @@ async fn a_device_rolled_back_to_an_old_copy_is_flagged_and_its_export_fails_the
     let _ = run.await;
     drop_schema(&a, &schema).await;
 }
+
+/// A message PostgreSQL refuses for what it holds (here a NUL inside a text, which `text`
+/// columns cannot store) is kept in `quarantine` with the reason and acknowledged; the messages
+/// around it are stored, and the collector does not retry it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_database_refuses_for_its_content_is_quarantined_and_the_rest_stored() {
+    let broker = broker();
+    let schema = fresh_schema("poison");
+    let group = format!("q{}", std::process::id());
+    let (stop, mut sub, run) = start(config(&broker, &schema, &group, "q"));
+    sub.recv().await.expect("subscribed");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    let event = |seq: i64, subject: &str| {
+        let row = medbox::wire::EventRow {
+            seq,
+            utc: "2026-03-02T08:00:00.000Z",
+            mono_ms: seq,
+            boot_id: "b1",
+            kind: "system.barrier",
+            subject,
+            actor: "system:test",
+            reason: "",
+            clock_trusted: true,
+            body: "{}",
+            prev_hash: "",
+            hash: "",
+        };
+        medbox::wire::event_message("dev-q", &row)
+            .expect("message")
+            .to_string()
+    };
+    let mut opts = rumqttc::MqttOptions::new("poisoner", "127.0.0.1", broker_port(&broker));
+    opts.set_clean_session(true);
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+    for (seq, subject) in [(1, "fine"), (2, "nul \u{0} inside"), (3, "fine again")] {
+        client
+            .publish(
+                "medbox/dev-q/events/system",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                event(seq, subject),
+            )
+            .await
+            .expect("publish");
+    }
+    let mut acked = 0;
+    while acked < 3 {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = ev.poll().await {
+            acked += 1;
+        }
+    }
+    assert_eq!(
+        settle(
+            &a,
+            "SELECT count(*) FROM audit_rows WHERE device_id = $1",
+            "dev-q",
+            2
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        settle(
+            &a,
+            "SELECT count(*) FROM quarantine WHERE topic = 'medbox/' || $1 || '/events/system'",
+            "dev-q",
+            1
+        )
+        .await,
+        1
+    );
+    let kept: (Vec<u8>, String) = a
+        .client()
+        .query_one("SELECT payload, error FROM quarantine", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("quarantined row");
+    assert_eq!(
+        kept.0,
+        event(2, "nul \u{0} inside").into_bytes(),
+        "kept whole"
+    );
+    assert!(kept.1.contains("postgres"), "{}", kept.1);
+    let _ = stop.send(());
+    let stats = run.await.expect("collector").expect("ran");
+    assert_eq!(stats.quarantined, 1, "{stats:?}");
+    assert_eq!(
+        stats.retries, 0,
+        "not retried as if it could pass: {stats:?}"
+    );
+    drop_schema(&a, &schema).await;
+}
