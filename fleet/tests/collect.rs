@@ -8,22 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 use support::*;
 
-mod support {
-    /// The PostgreSQL the tests use (`.ci/prerequisites` starts one with trust auth).
-    pub fn pg() -> String {
-        std::env::var("MEDBOX_FLEET_PG")
-            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
-    }
-
-    /// A schema no other test or run uses.
-    pub fn fresh_schema(what: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        format!("fleet_test_{what}_{}_{nanos}", std::process::id())
-    }
-}
+mod support;
 
 /// A Mosquitto of the test's own with the shipped fleet settings.
 type Broker = medbox_fleet::broker::PrivateBroker;

@@ -9,20 +9,11 @@ use medbox_fleet::portal::{store, Clock, Portal, PortalConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::{fresh_schema, pg};
+
 type Broker = medbox_fleet::broker::PrivateBroker;
-
-fn pg() -> String {
-    std::env::var("MEDBOX_FLEET_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
-}
-
-fn fresh_schema(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("fleet_test_{what}_{}_{nanos}", std::process::id())
-}
 
 /// Options for a simulated appliance with the shipped board; `only` keeps one schedule and
 /// gives its patient another pseudonym (a second organisation's patient).
@@ -108,7 +99,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Self {
+    async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -120,12 +111,16 @@ impl Driver {
             .spawn()
             .expect("chromedriver is needed: apt-get install chromium chromium-driver (.ci/prerequisites does)");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Ready when it accepts connections (a real process: polled, not timed).
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "chromedriver did not start"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Self { child, port }
     }
@@ -332,7 +327,7 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
         })
     };
 
-    let driver = Driver::start();
+    let driver = Driver::start().await;
     let c = driver.browser().await;
 
     // A wrong password is refused without saying which part was wrong.

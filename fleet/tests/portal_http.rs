@@ -11,10 +11,9 @@ use hyper_util::rt::TokioExecutor;
 use medbox_fleet::portal::{store, Clock, Portal, PortalConfig};
 use std::time::Duration;
 
-fn pg() -> String {
-    std::env::var("MEDBOX_FLEET_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
-}
+mod support;
+
+use support::pg;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -29,11 +28,7 @@ struct Site {
 
 impl Site {
     async fn start(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let schema = format!("fleet_test_http_{name}_{}_{nanos}", std::process::id());
+        let schema = support::fresh_schema(&format!("http_{name}"));
         let portal = Portal::new(PortalConfig {
             pg: pg(),
             schema: Some(schema.clone()),

@@ -223,9 +223,7 @@ pub(super) async fn command(
 ) -> PageResult {
     let person = signed_in!(portal, headers);
     csrf(&person, form.get("csrf"))?;
-    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
-        return Err(PageError::NotFound);
-    }
+    portal.own_device(&person, &device).await?;
     let back = actions::local_path(form.get("back"));
     let request = match actions::request(&form) {
         Ok(r) => r,
@@ -313,9 +311,7 @@ pub(super) async fn schedule(
         fields.insert(name, value);
     }
     csrf(&person, fields.get("csrf"))?;
-    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
-        return Err(PageError::NotFound);
-    }
+    portal.own_device(&person, &device).await?;
     let uploaded = fields.get("file").filter(|f| !f.trim().is_empty());
     let text = uploaded.or(fields.get("text")).cloned().unwrap_or_default();
     let shown_name = match (uploaded, &file_name) {

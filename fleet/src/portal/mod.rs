@@ -172,16 +172,17 @@ impl Portal {
     }
 
     fn page(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> PageResult {
-        let html = self.render(name, ctx)?;
-        Ok((
-            status,
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            html,
-        )
-            .into_response())
+        Ok(html(status, self.render(name, ctx)?))
+    }
+
+    /// Refuses a device outside the person's organisation as not found (the same answer as
+    /// one that does not exist).
+    async fn own_device(&self, person: &Person, device: &str) -> Result<(), PageError> {
+        if store::device_in_org(self.db(), device, &person.org_id).await? {
+            Ok(())
+        } else {
+            Err(PageError::NotFound)
+        }
     }
 
     /// A one-message page (a command's result, a refusal).
@@ -215,6 +216,19 @@ impl Portal {
             None => Ok(Err(Redirect::to("/login").into_response())),
         }
     }
+}
+
+/// An HTML page that no cache keeps (it holds patients' data).
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Signed in, or return the redirect to the login page.

@@ -191,9 +191,7 @@ pub(super) async fn schedule_form(
     Query(q): Query<SchedulePatient>,
 ) -> PageResult {
     let person = signed_in!(portal, headers);
-    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
-        return Err(PageError::NotFound);
-    }
+    portal.own_device(&person, &device).await?;
     let errors: Vec<String> = Vec::new();
     portal.page(
         StatusCode::OK,
@@ -412,9 +410,7 @@ pub(super) async fn report(
     if let Some(refused) = pharmacist_only(&portal, &person) {
         return refused;
     }
-    if !store::device_in_org(portal.db(), &device, &person.org_id).await? {
-        return Err(PageError::NotFound);
-    }
+    portal.own_device(&person, &device).await?;
     let tz = zone(&person);
     let today = views::local_day(portal.now(), tz);
     let to = p.to.unwrap_or(today);
@@ -443,13 +439,5 @@ pub(super) async fn report(
         },
     )
     .await?;
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        html,
-    )
-        .into_response())
+    Ok(super::html(StatusCode::OK, html))
 }
