@@ -26,16 +26,10 @@ fn appliance(url: &str, device: &str, seed: u64, dir: &Path) -> (i64, i64, i64) 
 
 /// As [`appliance`], for `secs` of simulated time (resuming where its database stopped).
 fn appliance_for(url: &str, device: &str, seed: u64, dir: &Path, secs: u64) -> (i64, i64, i64) {
-    let (profile, schedules) = medbox::sim::shipped().expect("shipped defaults");
     let db = dir.join(format!("{device}.db"));
     let opts = medbox::sim::SimOptions {
-        db: Some(db.clone()),
-        mqtt: Some(url.into()),
-        device_id: device.into(),
-        schedules,
-        seed: Some(seed),
-        household: Some(Default::default()),
-        ..medbox::sim::SimOptions::plain(profile, Some(Duration::from_secs(secs)))
+        duration: Some(Duration::from_secs(secs)),
+        ..appliance_options(url, device, seed, dir)
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

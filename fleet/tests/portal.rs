@@ -18,22 +18,14 @@ type Broker = medbox_fleet::broker::PrivateBroker;
 /// Options for a simulated appliance with the shipped board; `only` keeps one schedule and
 /// gives its patient another pseudonym (a second organisation's patient).
 fn appliance(url: &str, device: &str, dir: &Path, only: Option<&str>) -> medbox::sim::SimOptions {
-    let (profile, mut schedules) = medbox::sim::shipped().expect("shipped defaults");
+    let mut opts = support::appliance_options(url, device, 7, dir);
     if let Some(patient) = only {
-        schedules.truncate(1);
-        schedules[0].patient = patient.into();
+        opts.schedules.truncate(1);
+        opts.schedules[0].patient = patient.into();
     }
-    medbox::sim::SimOptions {
-        db: Some(dir.join(format!("{device}.db"))),
-        mqtt: Some(url.into()),
-        device_id: device.into(),
-        schedules,
-        seed: Some(7),
-        household: Some(Default::default()),
-        // Stock alerts early, so there is an alert to acknowledge.
-        refill_days: Some(60.0),
-        ..medbox::sim::SimOptions::plain(profile, None)
-    }
+    // Stock alerts early, so there is an alert to acknowledge.
+    opts.refill_days = Some(60.0);
+    opts
 }
 
 /// Runs `opts` for `secs` simulated seconds as fast as it goes.

@@ -1,4 +1,6 @@
-//! What the fleet's tests share: the PostgreSQL they use and a schema of each test's own.
+//! What the fleet's tests share: the PostgreSQL they use, a schema of each test's own, and a
+//! simulated appliance. Each test file uses part of it.
+#![allow(dead_code)]
 
 /// The PostgreSQL the tests use (`.ci/prerequisites` starts one with trust auth).
 pub fn pg() -> String {
@@ -13,4 +15,24 @@ pub fn fresh_schema(what: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("fleet_test_{what}_{}_{nanos}", std::process::id())
+}
+
+/// A whole simulated appliance (shipped board and schedules, a household taking its doses)
+/// publishing to `url`, its database in `dir`; it runs until stopped unless a duration is set.
+pub fn appliance_options(
+    url: &str,
+    device: &str,
+    seed: u64,
+    dir: &std::path::Path,
+) -> medbox::sim::SimOptions {
+    let (profile, schedules) = medbox::sim::shipped().expect("shipped defaults");
+    medbox::sim::SimOptions {
+        db: Some(dir.join(format!("{device}.db"))),
+        mqtt: Some(url.into()),
+        device_id: device.into(),
+        schedules,
+        seed: Some(seed),
+        household: Some(Default::default()),
+        ..medbox::sim::SimOptions::plain(profile, None)
+    }
 }
