@@ -27,24 +27,7 @@ fn appliance(url: &str, device: &str, seed: u64, dir: &Path) -> (i64, i64, i64) 
 /// As [`appliance`], for `secs` of simulated time (resuming where its database stopped).
 fn appliance_for(url: &str, device: &str, seed: u64, dir: &Path, secs: u64) -> (i64, i64, i64) {
     let db = dir.join(format!("{device}.db"));
-    let opts = medbox::sim::SimOptions {
-        duration: Some(Duration::from_secs(secs)),
-        ..appliance_options(url, device, seed, dir)
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    let summary = rt
-        .block_on(medbox::sim::run(
-            opts,
-            medbox::sim::Speed::Max,
-            std::future::pending(),
-        ))
-        .expect("simulation");
-    let up = summary.uplink.expect("uplink stats");
-    assert_eq!(up.left, 0, "{device}: everything reached the broker");
+    run_fast(appliance_options(url, device, seed, dir), secs);
     let conn = medbox::store::schema::open_read_only(&db).expect("db");
     let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
     (

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{fresh_schema, pg};
+use support::{fresh_schema, pg, run_fast};
 
 type Broker = medbox_fleet::broker::PrivateBroker;
 
@@ -26,24 +26,6 @@ fn appliance(url: &str, device: &str, dir: &Path, only: Option<&str>) -> medbox:
     // Stock alerts early, so there is an alert to acknowledge.
     opts.refill_days = Some(60.0);
     opts
-}
-
-/// Runs `opts` for `secs` simulated seconds as fast as it goes.
-fn run_fast(mut opts: medbox::sim::SimOptions, secs: u64) {
-    opts.duration = Some(Duration::from_secs(secs));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    let summary = rt
-        .block_on(medbox::sim::run(
-            opts,
-            medbox::sim::Speed::Max,
-            std::future::pending(),
-        ))
-        .expect("simulation");
-    assert_eq!(summary.uplink.expect("uplink").left, 0);
 }
 
 /// Keeps an appliance running in real time (answering commands) until the sender drops.

@@ -36,3 +36,24 @@ pub fn appliance_options(
         ..medbox::sim::SimOptions::plain(profile, None)
     }
 }
+
+/// Runs `opts` for `secs` simulated seconds as fast as it goes (paused tokio time), and checks
+/// that everything it recorded reached the broker.
+pub fn run_fast(mut opts: medbox::sim::SimOptions, secs: u64) {
+    let device = opts.device_id.clone();
+    opts.duration = Some(std::time::Duration::from_secs(secs));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let summary = rt
+        .block_on(medbox::sim::run(
+            opts,
+            medbox::sim::Speed::Max,
+            std::future::pending(),
+        ))
+        .expect("simulation");
+    let up = summary.uplink.expect("uplink stats");
+    assert_eq!(up.left, 0, "{device}: everything reached the broker");
+}
