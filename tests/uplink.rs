@@ -21,8 +21,9 @@ fn medbox() -> Command {
     c
 }
 
-/// Subscribes to `medbox/<dev>/#` and collects (topic, payload) until `done` returns true or
-/// `limit` passes without any message.
+/// Subscribes to `medbox/<dev>/#` and collects (topic, payload) until `done` returns true
+/// (asked on each message and every 100 ms, so it may watch more than the messages) or `limit`
+/// passes without any message.
 async fn collect(
     dev: &str,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -38,8 +39,17 @@ async fn collect(
         .unwrap();
     let mut ready = Some(ready);
     let mut got = Vec::new();
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
-        match tokio::time::timeout(limit, ev.poll()).await {
+        let polled = tokio::time::timeout(Duration::from_millis(100), ev.poll()).await;
+        if polled.is_err() {
+            if done(&got) || quiet_since.elapsed() >= limit {
+                break;
+            }
+            continue;
+        }
+        quiet_since = tokio::time::Instant::now();
+        match polled {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
@@ -58,7 +68,7 @@ async fn collect(
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("subscriber: {e}"),
-            Err(_) => break,
+            Err(_) => unreachable!("handled above"),
         }
     }
     got
@@ -146,6 +156,16 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_once_in_order() {
     assert!(first_alarm < first_telemetry);
 }
 
+/// How many distinct messages (by id, statuses aside) a subscriber got.
+fn distinct_ids(got: &[(String, String)]) -> usize {
+    got.iter()
+        .filter(|(t, _)| !t.ends_with("/status"))
+        .filter_map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// De-duplicates what a subscriber got by message id, as a receiver must, checks that telemetry
 /// and events arrived in their recorded order with alarms ahead of the telemetry backlog and only
 /// the device id in topics, and returns the distinct messages in their order of first arrival.
@@ -194,18 +214,20 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
     let db = dir.path().join("m.db");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let dev2 = dev.clone();
-    // Done when the appliance said goodbye after coming back once: an offline then an online
-    // (the Last Will, then the reconnection), and a last offline.
+    // How many messages the broker acknowledged, once the appliance has ended.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let acked_seen = acked.clone();
+    // Done when the appliance has ended, its goodbye (`offline`, its last message) is in, and
+    // every message the broker acknowledged with it: not on the first Last Will, which an
+    // extra reconnection would also give.
     let sub = tokio::spawn(async move {
-        collect(&dev2, tx, Duration::from_secs(30), |got| {
-            let statuses: Vec<&str> = got
-                .iter()
-                .filter(|(t, _)| t.ends_with("/status"))
-                .map(|(_, p)| p.as_str())
-                .collect();
-            statuses.windows(2).any(|w| w == ["offline", "online"])
-                && statuses.last() == Some(&"offline")
-                && got.last().is_some_and(|(t, _)| t.ends_with("/status"))
+        collect(&dev2, tx, Duration::from_secs(30), move |got| {
+            let want = acked_seen.load(std::sync::atomic::Ordering::SeqCst);
+            want != u64::MAX
+                && got
+                    .last()
+                    .is_some_and(|(t, p)| t.ends_with("/status") && p == "offline")
+                && distinct_ids(got) as u64 >= want
         })
         .await
     });
@@ -230,6 +252,10 @@ async fn a_scenario_broker_outage_fires_the_last_will_and_delivers_everything_on
     succeeded(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let uplink = &summary["uplink"];
+    acked.store(
+        uplink["acked"].as_u64().unwrap(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     assert_eq!(uplink["outages"], 1, "{uplink}");
     assert!(uplink["connects"].as_u64().unwrap() >= 2, "{uplink}");
     assert_eq!(uplink["left"], 0, "{uplink}");

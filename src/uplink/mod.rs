@@ -16,14 +16,19 @@
 //! process without a recorder lets it open the file itself ([`OutboxSource::File`]).
 
 pub mod tls;
+pub mod window;
 
 use crate::store::outbox::{OutboxError, OutboxHandle, OutboxRequest};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use std::collections::{HashMap, HashSet, VecDeque};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
+    Subscribe,
+};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
+use window::{Carried, Window};
 
 /// The uplink could not start.
 #[derive(Debug, Error)]
@@ -208,7 +213,12 @@ pub async fn run(
     // config caps packets well below this.
     opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
     opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
-    let (client, mut eventloop) = AsyncClient::new(opts, cfg.max_inflight * 2 + 8);
+    let mut window = Window::new(cfg.max_inflight, ANSWERS_IN_FLIGHT);
+    // Its table of unacknowledged publishes is indexed by packet id, and we pick the ids.
+    opts.set_inflight(window.max_pkid());
+    // Everything goes through the event loop's own queue (see `send`); the client only keeps
+    // its request channel open, which the event loop treats as its owner being alive.
+    let (_client, mut eventloop) = AsyncClient::new(opts, 1);
     // We batch on our own; Nagle would hold a lone alarm, and each top-up's last publishes,
     // until the broker's delayed ACK (tens of milliseconds).
     let mut network = eventloop.network_options();
@@ -217,11 +227,7 @@ pub async fn run(
     let mut stats = UplinkStats::default();
     let mut connected = false;
     let mut backoff = Duration::from_millis(500);
-    // Row ids in publish order, waiting for their packet id (None: our own status message).
-    let mut awaiting: VecDeque<Option<i64>> = VecDeque::new();
     let mut busy_answers: VecDeque<(String, Vec<u8>)> = VecDeque::new();
-    let mut by_pkid: HashMap<u16, Option<i64>> = HashMap::new();
-    let mut in_flight: HashSet<i64> = HashSet::new();
     // Read ahead of the window, in outbox order, not yet published: each acknowledgement frees
     // a place that is filled from here at once, without a trip to the database.
     let mut ahead: VecDeque<crate::store::outbox::OutboxRow> = VecDeque::new();
@@ -243,7 +249,7 @@ pub async fn run(
             break;
         }
         let outbox_usable = tokio::time::Instant::now() >= outbox_retry_at;
-        if mode == StopMode::Drain && in_flight.is_empty() && outbox_usable {
+        if mode == StopMode::Drain && window.rows() == 0 && outbox_usable {
             let left = outbox
                 .exchange(&mut acked, 0, true)
                 .await
@@ -267,13 +273,11 @@ pub async fn run(
                     // would, so the broker publishes the Last Will. Nothing is lost: whatever
                     // was in flight is still in the outbox and goes again after reconnecting.
                     eventloop.clean();
-                    eventloop.pending.clear();
+                    forget_connection(&mut eventloop);
                     stats.outages += 1;
                 }
                 connected = false;
-                awaiting.clear();
-                by_pkid.clear();
-                in_flight.clear();
+                window.forget();
                 ahead.clear();
             }
             if !up {
@@ -301,12 +305,7 @@ pub async fn run(
                 .map(|x| x.rows);
             match tolerate(rows)? {
                 // Rows already in flight come back too and are skipped.
-                Some(rows) => {
-                    ahead = rows
-                        .into_iter()
-                        .filter(|r| !in_flight.contains(&r.id))
-                        .collect()
-                }
+                Some(rows) => ahead = rows.into_iter().filter(|r| !window.has_row(r.id)).collect(),
                 // Storage is failing: keep polling the connection, ask again in a while.
                 None => outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1),
             }
@@ -314,36 +313,34 @@ pub async fn run(
         // BUSY answers first: they are the oldest promise, and nothing else holds them.
         if connected {
             while let Some((topic, answer)) = busy_answers.pop_front() {
-                if client
-                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, answer.clone())
-                    .is_err()
-                {
+                let Some(pkid) = window.take(Carried::Answer) else {
                     busy_answers.push_front((topic, answer));
                     break;
-                }
-                awaiting.push_back(None);
+                };
+                send(&mut eventloop, pkid, topic, answer, false);
             }
         }
         // Fill the window: after each acknowledgement, one more goes out.
-        while connected && in_flight.len() < cfg.max_inflight {
+        while connected && !window.rows_full() {
             let Some(row) = ahead.pop_front() else {
                 break;
             };
-            if client
-                .try_publish(
-                    row.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    row.payload.clone(),
-                )
-                .is_err()
-            {
-                ahead.push_front(row);
-                break;
-            }
-            awaiting.push_back(Some(row.id));
-            in_flight.insert(row.id);
+            let Some(pkid) = window.take(Carried::Row(row.id)) else {
+                continue;
+            };
+            send(
+                &mut eventloop,
+                pkid,
+                row.topic,
+                row.payload.into_bytes(),
+                false,
+            );
         }
+        // A connection being made is not interrupted for a commit or a look at the outbox:
+        // dropping `poll` mid-connect drops a connection the broker has already accepted, so it
+        // publishes the Last Will (`offline`) for an appliance that is fine, and a stream of
+        // commits could keep it from ever connecting.
+        let linked = eventloop.network.is_some();
         tokio::select! {
             biased;
             _ = stop.changed() => {}
@@ -352,24 +349,20 @@ pub async fn run(
                     connected = true;
                     stats.connects += 1;
                     backoff = Duration::from_millis(500);
-                    awaiting.clear();
-                    by_pkid.clear();
-                    in_flight.clear();
+                    // Whatever the last connection left behind (its acknowledgements among it)
+                    // names ids of that connection, not of this one.
+                    forget_connection(&mut eventloop);
+                    window.forget();
                     ahead.clear();
                     // Subscribed before `online` goes out: the broker handles a connection's
                     // packets in order, so whoever sees `online` can send commands at once.
                     if cfg.commands.is_some() {
                         for t in crate::wire::subscriptions(&cfg.device_id) {
-                            let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                            eventloop.pending.push_back(Request::Subscribe(Subscribe::new(t, QoS::AtLeastOnce)));
                         }
                     }
-                    if client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
-                        awaiting.push_back(None);
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(row) = awaiting.pop_front() {
-                        by_pkid.insert(pkid, row);
+                    if let Some(pkid) = window.take(Carried::Status) {
+                        send(&mut eventloop, pkid, status.clone(), b"online".to_vec(), true);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -388,9 +381,8 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(Some(id)) = by_pkid.remove(&ack.pkid) {
+                    if let Some(Carried::Row(id)) = window.acknowledged(ack.pkid) {
                         acked.push(id);
-                        in_flight.remove(&id);
                         stats.acked += 1;
                     }
                 }
@@ -399,9 +391,8 @@ pub async fn run(
                     tracing::warn!("mqtt: {e}; retrying in {backoff:?}");
                     connected = false;
                     stats.failures += 1;
-                    awaiting.clear();
-                    by_pkid.clear();
-                    in_flight.clear();
+                    forget_connection(&mut eventloop);
+                    window.forget();
                     ahead.clear();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -410,14 +401,18 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             },
-            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() => woken = true,
-            _ = tokio::time::sleep(idle_look), if in_flight.is_empty() => {}
+            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() && linked => woken = true,
+            _ = tokio::time::sleep(idle_look), if window.rows() == 0 && linked => {}
         }
     }
     if connected {
         // A clean disconnect does not fire the Last Will, so say `offline` first, then leave.
-        let _ = client.try_publish(status, QoS::AtLeastOnce, true, "offline");
-        let _ = client.try_disconnect();
+        if let Some(pkid) = window.take(Carried::Status) {
+            send(&mut eventloop, pkid, status, b"offline".to_vec(), true);
+        }
+        eventloop
+            .pending
+            .push_back(Request::Disconnect(rumqttc::Disconnect));
         // Until the DISCONNECT is on the wire (after `offline`: the broker handles a
         // connection's packets in order), and no longer: polling on would reconnect.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -436,6 +431,25 @@ pub async fn run(
         .waiting
         .unwrap_or(0);
     Ok(stats)
+}
+
+/// Queues a QoS 1 publish under the packet id the window gave it. The event loop's own queue
+/// goes out before its request channel and keeps our id, where a publish through the client
+/// would be given the next id of rumqttc's choosing.
+fn send(eventloop: &mut EventLoop, pkid: u16, topic: String, payload: Vec<u8>, retain: bool) {
+    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+    publish.pkid = pkid;
+    publish.retain = retain;
+    eventloop.pending.push_back(Request::Publish(publish));
+}
+
+/// Drops what the event loop still holds from a connection that is gone: queued requests (the
+/// outbox sends them again), buffered events (an acknowledgement among them names an id of the
+/// old connection, which the window has forgotten) and a publish held back for a packet id.
+fn forget_connection(eventloop: &mut EventLoop) {
+    eventloop.pending.clear();
+    eventloop.state.events.clear();
+    eventloop.state.collision = None;
 }
 
 /// A storage error on the outbox is waited out (the recorder locks the dispenser and raises
@@ -522,6 +536,8 @@ pub const MAX_INCOMING: usize = 8 * 1024 * 1024;
 
 /// Most BUSY answers held for publishing at once (each a few hundred bytes).
 const MAX_BUSY_ANSWERS: usize = 10_000;
+/// BUSY answers unacknowledged at once.
+const ANSWERS_IN_FLIGHT: usize = 16;
 
 /// A message on a subscribed topic as the command router takes it (the wire protocol decides
 /// what is a command and under which role).
