@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{fresh_schema, pg, run_fast};
+use support::{fresh_schema, pg, run_fast, run_live};
 
 type Broker = medbox_fleet::broker::PrivateBroker;
 
@@ -26,31 +26,6 @@ fn appliance(url: &str, device: &str, dir: &Path, only: Option<&str>) -> medbox:
     // Stock alerts early, so there is an alert to acknowledge.
     opts.refill_days = Some(60.0);
     opts
-}
-
-/// Keeps an appliance running in real time (answering commands) until the sender drops.
-fn run_live(
-    opts: medbox::sim::SimOptions,
-) -> (
-    std::thread::JoinHandle<()>,
-    tokio::sync::oneshot::Sender<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(medbox::sim::run(
-            opts,
-            medbox::sim::Speed::Factor(1.0),
-            async {
-                let _ = stopped.await;
-            },
-        ))
-        .expect("live appliance");
-    });
-    (handle, stop)
 }
 
 fn screenshots() -> PathBuf {

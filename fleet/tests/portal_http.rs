@@ -1,7 +1,8 @@
 //! The portal's guards over plain HTTP against PostgreSQL (a fresh schema per test): signing
 //! in and out, CSRF and same-origin checks, organisation scoping, roles, escaping of what
-//! appliances report, and the audited CSV export. No appliance answers here: each request is
-//! refused before anything would be sent, and the tests check that nothing was.
+//! appliances report, and the audited CSV export. No appliance answers in most of them: each
+//! request is refused before anything would be sent, and the tests check that nothing was. One
+//! runs a live appliance to show that a form sent twice is done once.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -28,15 +29,20 @@ struct Site {
 
 impl Site {
     async fn start(name: &str) -> Self {
+        // Nothing listens there: a command that got this far would fail, and be audited.
+        Self::start_with(name, "mqtt://127.0.0.1:9").await
+    }
+
+    /// A site whose commands go to the broker at `mqtt`.
+    async fn start_with(name: &str, mqtt: &str) -> Self {
         let schema = support::fresh_schema(&format!("http_{name}"));
         let portal = Portal::new(PortalConfig {
             pg: pg(),
             schema: Some(schema.clone()),
-            // Nothing listens there: a command that got this far would fail, and be audited.
-            mqtt: "mqtt://127.0.0.1:9".into(),
+            mqtt: mqtt.into(),
             mqtt_credentials: None,
             secure_cookies: false,
-            command_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(10),
             clock: Clock::Fixed("2026-03-02T12:00:00Z".parse().unwrap()),
             band: (2.0, 8.0),
         })
@@ -458,6 +464,98 @@ async fn a_role_is_refused_what_the_appliance_would_refuse_it_and_the_refusal_is
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("slot"), "{page}");
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_form_sent_twice_is_done_once_and_an_edited_one_is_a_new_command() {
+    let broker = medbox_fleet::broker::PrivateBroker::start().expect("mosquitto");
+    let dir = tempfile::tempdir().unwrap();
+    let (live, stop_live) = support::run_live(support::appliance_options(
+        &broker.url(),
+        "mb-north",
+        7,
+        dir.path(),
+    ));
+    support::wait_online(&broker.url(), "mb-north").await;
+    let site = Site::start_with("twice", &broker.url()).await;
+    let (token, csrf) = site.sign_in("pete").await;
+    let (_, _, page) = site
+        .request(
+            Method::GET,
+            "/patients/mb-north/p-0107",
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    let form = page
+        .split("name=\"form\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a command form carries its token")
+        .to_string();
+    let refill = |units: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("form", form.clone()),
+            ("command", "refill".to_string()),
+            ("slot", "1".to_string()),
+            ("units", units.to_string()),
+        ]
+    };
+    let mut pages = Vec::new();
+    // A double click, then the same form with another number.
+    for units in ["5", "5", "6"] {
+        let fields = refill(units);
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, page) = site
+            .request(
+                Method::POST,
+                "/devices/mb-north/command",
+                Some(&token),
+                Some(&fields),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages.push(page);
+    }
+    assert!(pages[0].contains("Done:"), "{}", pages[0]);
+    assert!(pages[1].contains("Already done"), "{}", pages[1]);
+    assert!(pages[2].contains("Done:"), "{}", pages[2]);
+    let ids: Vec<String> = site
+        .portal
+        .db()
+        .query(
+            "SELECT command_id FROM portal_actions WHERE action = 'refill' AND ok ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 3, "every send is audited");
+    assert_eq!(ids[0], ids[1], "the resend was the same command");
+    assert_ne!(ids[0], ids[2], "the edited form was a new command");
+    stop_live.send(()).unwrap();
+    tokio::task::spawn_blocking(move || live.join().unwrap())
+        .await
+        .unwrap();
+    // The appliance refilled twice (5, then 6), not three times.
+    let conn = medbox::store::schema::open_read_only(&dir.path().join("mb-north.db")).unwrap();
+    let added: Vec<i64> = conn
+        .prepare(
+            "SELECT json_extract(body, '$.added') FROM audit \
+             WHERE kind = 'inventory.refill' AND actor = 'pete' ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(added, vec![5, 6]);
     site.stop().await;
 }
 

@@ -150,10 +150,27 @@ pub fn local_path(back: Option<&String>) -> Option<String> {
         .cloned()
 }
 
-/// A fresh command id: unique per click, so a re-sent form is a new command but a broker
-/// redelivery of one command is answered, not done again, by the appliance.
-pub fn command_id() -> String {
-    format!("portal-{}", &super::auth::random_token()[..24])
+/// A token rendered into each page's command forms (field `form`): what makes a command's id.
+pub fn form_token() -> String {
+    super::auth::random_token()[..24].to_string()
+}
+
+/// The command id for `request` sent from a form rendered with `token`: the same form sent again
+/// with the same content (a double click, a browser's resend, "try again" after no answer)
+/// is the same command, which the appliance answers again without doing it twice (a refill
+/// counted twice would overstate stock); a form whose fields were changed is a new command.
+/// A form without a token (rendered before this portal, or hand-made) is not sent.
+pub fn command_id(token: Option<&String>, request: &Request) -> Result<String, FormError> {
+    let token = token
+        .map(|t| t.trim())
+        .filter(|t| (16..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or(FormError::Invalid {
+            field: "form",
+            why: "this form is out of date or incomplete; reload the page and send it again".into(),
+        })?;
+    let content = format!("{}\n{}", request.name(), request.args());
+    let digest = super::auth::token_hash(&content);
+    Ok(format!("portal-{token}-{}", &digest[..16]))
 }
 
 #[cfg(test)]
@@ -252,6 +269,49 @@ mod tests {
         assert!(!may("admin", "refill"), "no such role");
         assert!(!may("device", "refill"));
         assert!(allowed("pharmacist")["acknowledge_alarm"]);
+    }
+
+    #[test]
+    fn the_same_form_sent_twice_is_one_command_and_an_edited_one_is_another() {
+        let token = Some("0123456789abcdef01234567".to_string());
+        let refill = |units: &str| {
+            request(&form(&[
+                ("command", "refill"),
+                ("slot", "2"),
+                ("units", units),
+            ]))
+            .unwrap()
+        };
+        let first = command_id(token.as_ref(), &refill("28")).unwrap();
+        assert_eq!(first, command_id(token.as_ref(), &refill("28")).unwrap());
+        assert_ne!(first, command_id(token.as_ref(), &refill("14")).unwrap());
+        // Another rendering of the page is another form: a new command.
+        let other = Some("fedcba9876543210fedcba98".to_string());
+        assert_ne!(first, command_id(other.as_ref(), &refill("28")).unwrap());
+    }
+
+    #[test]
+    fn a_form_without_its_token_is_not_sent() {
+        let ack = request(&form(&[
+            ("command", "trust_clock"),
+            ("comment", "checked the clock"),
+        ]))
+        .unwrap();
+        for bad in [
+            None,
+            Some(""),
+            Some("short"),
+            Some("0123456789abcdef<script>"),
+        ] {
+            let bad = bad.map(str::to_string);
+            assert!(
+                matches!(
+                    command_id(bad.as_ref(), &ack),
+                    Err(FormError::Invalid { field: "form", .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -137,14 +137,15 @@ enum Sent {
 }
 
 impl Portal {
-    /// Sends `request` to `device` as `person` and audits it with the answer.
+    /// Sends `request` to `device` as `person` under command id `id` and audits it with the
+    /// answer.
     async fn send(
         &self,
         person: &Person,
         device: &str,
         request: &Request,
+        id: &str,
     ) -> Result<Sent, PageError> {
-        let id = actions::command_id();
         let client = format!("medbox-portal-{}", &auth::random_token()[..16]);
         let cfg = &self.0.cfg;
         let sent = match medbox::uplink::broker_options(
@@ -162,7 +163,7 @@ impl Portal {
                     device,
                     &person.role,
                     &person.username,
-                    &id,
+                    id,
                     request,
                     cfg.command_timeout,
                 )
@@ -182,7 +183,7 @@ impl Portal {
             person,
             Some(device),
             request.name(),
-            Some(&id),
+            Some(id),
             request.args(),
             ok,
             &detail,
@@ -199,6 +200,15 @@ impl Portal {
         back: Option<String>,
     ) -> PageResult {
         let (status, ok, message) = match sent {
+            Sent::Answered(a) if a.ok && a.duplicate => (
+                StatusCode::OK,
+                true,
+                format!(
+                    "Already done: this form had been sent before, and the appliance does a \
+                     command once: {}",
+                    a.detail
+                ),
+            ),
             Sent::Answered(a) if a.ok => (StatusCode::OK, true, format!("Done: {}", a.detail)),
             Sent::Answered(a) => (
                 StatusCode::CONFLICT,
@@ -208,7 +218,11 @@ impl Portal {
             Sent::Failed(why) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 false,
-                format!("Not done: {why}. Nothing was changed by the portal; try again when the appliance is online."),
+                format!(
+                    "No answer: {why}. If the appliance got the command it may have done it; \
+                     sending this same form again is safe, since the appliance does a command \
+                     once and answers again."
+                ),
             ),
         };
         self.message(Some(person), status, what, ok, &message, back)
@@ -225,54 +239,48 @@ pub(super) async fn command(
     csrf(&person, form.get("csrf"))?;
     portal.own_device(&person, &device).await?;
     let back = actions::local_path(form.get("back"));
-    let request = match actions::request(&form) {
-        Ok(r) => r,
-        Err(e) => {
-            let name = form.get("command").map_or("command", String::as_str);
+    let parsed = actions::request(&form);
+    let (name, args) = match &parsed {
+        Ok(r) => (r.name().to_string(), r.args()),
+        Err(_) => (
+            form.get("command").cloned().unwrap_or("command".into()),
+            serde_json::json!(form_args(&form)),
+        ),
+    };
+    // Checked in this order so the reason shown is the one that matters most: a malformed
+    // form, then a command the role may not send, then a form without its token.
+    let checked = parsed
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+        .and_then(|r| {
+            if actions::may(&person.role, r.name()) {
+                Ok(r)
+            } else {
+                let why = format!("a {} may not send {}", person.role, r.name());
+                Err((StatusCode::FORBIDDEN, why))
+            }
+        })
+        .and_then(|r| match actions::command_id(form.get("form"), &r) {
+            Ok(id) => Ok((id, r)),
+            Err(e) => Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        });
+    let (id, request) = match checked {
+        Ok(sent) => sent,
+        Err((status, why)) => {
             audit(
                 &portal,
                 &person,
                 Some(&device),
-                name,
+                &name,
                 None,
-                serde_json::json!(form_args(&form)),
+                args,
                 false,
-                &e.to_string(),
+                &why,
             )
             .await?;
-            return portal.message(
-                Some(&person),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Not sent",
-                false,
-                &e.to_string(),
-                back,
-            );
+            return portal.message(Some(&person), status, "Not sent", false, &why, back);
         }
     };
-    if !actions::may(&person.role, request.name()) {
-        let why = format!("a {} may not send {}", person.role, request.name());
-        audit(
-            &portal,
-            &person,
-            Some(&device),
-            request.name(),
-            None,
-            request.args(),
-            false,
-            &why,
-        )
-        .await?;
-        return portal.message(
-            Some(&person),
-            StatusCode::FORBIDDEN,
-            "Not sent",
-            false,
-            &why,
-            back,
-        );
-    }
-    let sent = portal.send(&person, &device, &request).await?;
+    let sent = portal.send(&person, &device, &request, &id).await?;
     portal.answer_page(
         &person,
         &format!("{} on {device}", request.name()),
@@ -284,7 +292,7 @@ pub(super) async fn command(
 /// The form's fields without its CSRF token, for the audit.
 fn form_args(form: &HashMap<String, String>) -> HashMap<&str, &str> {
     form.iter()
-        .filter(|(k, _)| k.as_str() != "csrf")
+        .filter(|(k, _)| k.as_str() != "csrf" && k.as_str() != "form")
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
@@ -338,7 +346,8 @@ pub(super) async fn schedule(
             return portal.page(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "schedule.html",
-                context! { person, device, patient => None::<String>, errors, text },
+                context! { person, device, patient => None::<String>, errors, text,
+                form => fields.get("form").cloned().unwrap_or_else(actions::form_token) },
             );
         }
     };
@@ -350,7 +359,20 @@ pub(super) async fn schedule(
         schedule: text.clone(),
         confirm: None,
     };
-    let sent = portal.send(&person, &device, &request).await?;
+    let id = match actions::command_id(fields.get("form"), &request) {
+        Ok(id) => id,
+        Err(e) => {
+            return portal.message(
+                Some(&person),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not sent",
+                false,
+                &e.to_string(),
+                None,
+            )
+        }
+    };
+    let sent = portal.send(&person, &device, &request, &id).await?;
     if let Some(page) =
         held_for_confirmation(&portal, &person, &device, &schedule.patient, &text, &sent).await?
     {
@@ -464,7 +486,20 @@ pub(super) async fn confirm(
         schedule: pending.schedule.clone(),
         confirm: Some(version.clone()),
     };
-    let sent = portal.send(&person, &device, &request).await?;
+    let id = match actions::command_id(form.get("form"), &request) {
+        Ok(id) => id,
+        Err(e) => {
+            return portal.message(
+                Some(&person),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not sent",
+                false,
+                &e.to_string(),
+                Some("/confirmations".into()),
+            )
+        }
+    };
+    let sent = portal.send(&person, &device, &request, &id).await?;
     if matches!(&sent, Sent::Answered(a) if a.ok) {
         store::confirmed(portal.db(), &device, &version, &person.username).await?;
     } else if let Some(page) = held_for_confirmation(

@@ -175,6 +175,7 @@ pub(super) async fn patient(
         StatusCode::OK,
         "patient.html",
         context! { person, device, patient, dose_sections, trend, alerts, actions, here, may,
+            form => super::actions::form_token(),
         today => today.to_string() },
     )
 }
@@ -196,7 +197,8 @@ pub(super) async fn schedule_form(
     portal.page(
         StatusCode::OK,
         "schedule.html",
-        context! { person, device, patient => q.patient, errors, text => "" },
+        context! { person, device, patient => q.patient, errors, text => "",
+        form => super::actions::form_token() },
     )
 }
 
@@ -221,7 +223,7 @@ pub(super) async fn confirmations(State(portal): St, headers: HeaderMap) -> Page
     portal.page(
         StatusCode::OK,
         "confirmations.html",
-        context! { person, pending },
+        context! { person, pending, form => super::actions::form_token() },
     )
 }
 

@@ -57,3 +57,66 @@ pub fn run_fast(mut opts: medbox::sim::SimOptions, secs: u64) {
     let up = summary.uplink.expect("uplink stats");
     assert_eq!(up.left, 0, "{device}: everything reached the broker");
 }
+
+/// Keeps an appliance running in real time (answering commands) until the sender is used or
+/// dropped.
+pub fn run_live(
+    opts: medbox::sim::SimOptions,
+) -> (
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(medbox::sim::run(
+            opts,
+            medbox::sim::Speed::Factor(1.0),
+            async {
+                let _ = stopped.await;
+            },
+        ))
+        .expect("live appliance");
+    });
+    (handle, stop)
+}
+
+/// Waits (bounded: thirty seconds) until `device` has said `online` on the broker at `url`: it
+/// subscribes to its commands before saying so, so a command sent now is taken.
+pub async fn wait_online(url: &str, device: &str) {
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = rumqttc::MqttOptions::new(format!("{device}-online-probe"), "127.0.0.1", port);
+    opts.set_keep_alive(std::time::Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    client
+        .subscribe(
+            medbox::wire::topic(device, medbox::wire::STATUS),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("subscribe");
+    let online = async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
+                    if p.payload.as_ref() == b"online" =>
+                {
+                    return
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), online)
+        .await
+        .unwrap_or_else(|_| panic!("{device} never said online"));
+    let _ = client.disconnect().await;
+}
