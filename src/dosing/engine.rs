@@ -68,11 +68,19 @@ impl Outcome {
 /// - `Uncertain` records and interrupted intents are dropped once a caregiver's confirmation of
 ///   the same dose follows them.
 pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
+    effective_positions(history)
+        .into_iter()
+        .map(|i| &history[i])
+        .collect()
+}
+
+/// [`effective`] as positions in `history`, for an index kept beside the records.
+pub fn effective_positions(history: &[DoseRecord]) -> Vec<usize> {
     type Key = (String, Option<DateTime<Utc>>);
     let mut next: std::collections::HashMap<Key, Outcome> = std::collections::HashMap::new();
     let mut confirmed: std::collections::HashSet<Key> = std::collections::HashSet::new();
-    let mut kept: Vec<&DoseRecord> = Vec::with_capacity(history.len());
-    for r in history.iter().rev() {
+    let mut kept: Vec<usize> = Vec::with_capacity(history.len());
+    for (i, r) in history.iter().enumerate().rev() {
         let key = (super::identity::normalise(&r.medication), r.occurrence);
         let superseded = match r.outcome {
             Outcome::Dispensing => {
@@ -83,7 +91,7 @@ pub fn effective(history: &[DoseRecord]) -> Vec<&DoseRecord> {
             _ => false,
         };
         if !superseded {
-            kept.push(r);
+            kept.push(i);
         }
         if r.outcome.is_confirmation() {
             confirmed.insert(key.clone());

@@ -129,9 +129,8 @@ impl Planner {
         let now = clocks.wall;
         let mut out = Vec::new();
         for s in schedules {
-            let history = history.of(&s.patient);
-            // The records that stand, worked out once for all of this patient's medications.
-            let standing = super::engine::effective(history);
+            // The records that stand, kept by the history as records arrive.
+            let standing = history.standing(&s.patient);
             let vitals = &super::vitals::of_patient(vitals, &s.patient);
             for (m, rec) in &s.medications {
                 let Some(rec) = rec else { continue };

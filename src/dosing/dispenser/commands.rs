@@ -394,13 +394,11 @@ impl Dispenser {
                 format!("{name} is not scheduled at {}", occurrence.to_rfc3339()),
             );
         }
-        let settled = engine::effective(self.history.of(&patient))
-            .iter()
-            .any(|r| {
-                r.is_of(m)
-                    && r.occurrence == Some(occurrence)
-                    && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
-            });
+        let settled = self.history.standing(&patient).iter().any(|r| {
+            r.is_of(m)
+                && r.occurrence == Some(occurrence)
+                && !matches!(r.outcome, Outcome::Failed | Outcome::ConfirmedNotGiven)
+        });
         if settled {
             return refuse(
                 RefusalCode::AlreadySettled,
@@ -445,7 +443,9 @@ impl Dispenser {
         self.storage_works()?;
         let slot = *m.slot.get_ref();
         let name = m.name.clone();
-        let open: Vec<DoseRecord> = engine::effective(self.history.of(&patient))
+        let open: Vec<DoseRecord> = self
+            .history
+            .standing(&patient)
             .into_iter()
             .filter(|r| {
                 r.is_of(m)

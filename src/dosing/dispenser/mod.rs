@@ -911,7 +911,8 @@ impl Dispenser {
             }
         }
         let answer = self.history.patients().any(|p| {
-            engine::effective(self.history.of(p))
+            self.history
+                .standing(p)
                 .iter()
                 .any(|r| matches!(r.outcome, Outcome::Uncertain | Outcome::Dispensing))
         });
