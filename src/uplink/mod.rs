@@ -19,10 +19,7 @@ pub mod tls;
 pub mod window;
 
 use crate::store::outbox::{OutboxError, OutboxHandle, OutboxRequest};
-use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
-    Subscribe,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,11 +211,9 @@ pub async fn run(
     opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
     opts.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
     let mut window = Window::new(cfg.max_inflight, ANSWERS_IN_FLIGHT);
-    // Its table of unacknowledged publishes is indexed by packet id, and we pick the ids.
-    opts.set_inflight(window.max_pkid());
-    // Everything goes through the event loop's own queue (see `send`); the client only keeps
-    // its request channel open, which the event loop treats as its owner being alive.
-    let (_client, mut eventloop) = AsyncClient::new(opts, 1);
+    // The window is the flow control: the client never holds back what it let through.
+    opts.set_inflight(window.capacity());
+    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(window.capacity()) + 8);
     // We batch on our own; Nagle would hold a lone alarm, and each top-up's last publishes,
     // until the broker's delayed ACK (tens of milliseconds).
     let mut network = eventloop.network_options();
@@ -313,11 +308,17 @@ pub async fn run(
         // BUSY answers first: they are the oldest promise, and nothing else holds them.
         if connected {
             while let Some((topic, answer)) = busy_answers.pop_front() {
-                let Some(pkid) = window.take(Carried::Answer) else {
+                if !send(
+                    &client,
+                    &mut window,
+                    Carried::Answer,
+                    &topic,
+                    &answer,
+                    false,
+                ) {
                     busy_answers.push_front((topic, answer));
                     break;
-                };
-                send(&mut eventloop, pkid, topic, answer, false);
+                }
             }
         }
         // Fill the window: after each acknowledgement, one more goes out.
@@ -325,16 +326,21 @@ pub async fn run(
             let Some(row) = ahead.pop_front() else {
                 break;
             };
-            let Some(pkid) = window.take(Carried::Row(row.id)) else {
+            if window.has_row(row.id) {
                 continue;
-            };
-            send(
-                &mut eventloop,
-                pkid,
-                row.topic,
-                row.payload.into_bytes(),
+            }
+            let what = Carried::Row(row.id);
+            if !send(
+                &client,
+                &mut window,
+                what,
+                &row.topic,
+                row.payload.as_bytes(),
                 false,
-            );
+            ) {
+                ahead.push_front(row);
+                break;
+            }
         }
         // A connection being made is not interrupted for a commit or a look at the outbox:
         // dropping `poll` mid-connect drops a connection the broker has already accepted, so it
@@ -358,13 +364,12 @@ pub async fn run(
                     // packets in order, so whoever sees `online` can send commands at once.
                     if cfg.commands.is_some() {
                         for t in crate::wire::subscriptions(&cfg.device_id) {
-                            eventloop.pending.push_back(Request::Subscribe(Subscribe::new(t, QoS::AtLeastOnce)));
+                            let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
                     }
-                    if let Some(pkid) = window.take(Carried::Status) {
-                        send(&mut eventloop, pkid, status.clone(), b"online".to_vec(), true);
-                    }
+                    send(&client, &mut window, Carried::Status, &status, b"online", true);
                 }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => window.bound(pkid),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let (Some(inbound), Some(tx)) = (inbound(&cfg.device_id, &p.topic, &p.payload), &cfg.commands) {
                         let (name, role) = (inbound.name.clone(), inbound.role.clone());
@@ -407,12 +412,15 @@ pub async fn run(
     }
     if connected {
         // A clean disconnect does not fire the Last Will, so say `offline` first, then leave.
-        if let Some(pkid) = window.take(Carried::Status) {
-            send(&mut eventloop, pkid, status, b"offline".to_vec(), true);
-        }
-        eventloop
-            .pending
-            .push_back(Request::Disconnect(rumqttc::Disconnect));
+        send(
+            &client,
+            &mut window,
+            Carried::Status,
+            &status,
+            b"offline",
+            true,
+        );
+        let _ = client.try_disconnect();
         // Until the DISCONNECT is on the wire (after `offline`: the broker handles a
         // connection's packets in order), and no longer: polling on would reconnect.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -433,19 +441,33 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Queues a QoS 1 publish under the packet id the window gave it. The event loop's own queue
-/// goes out before its request channel and keeps our id, where a publish through the client
-/// would be given the next id of rumqttc's choosing.
-fn send(eventloop: &mut EventLoop, pkid: u16, topic: String, payload: Vec<u8>, retain: bool) {
-    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
-    publish.pkid = pkid;
-    publish.retain = retain;
-    eventloop.pending.push_back(Request::Publish(publish));
+/// Hands a QoS 1 publish of `what` to the client if the window has room for it; its packet id
+/// is bound when the client writes it (`Outgoing::Publish`). False: not sent.
+fn send(
+    client: &AsyncClient,
+    window: &mut Window,
+    what: Carried,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) -> bool {
+    if !window.reserve(what) {
+        return false;
+    }
+    if client
+        .try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+        .is_err()
+    {
+        window.unreserve();
+        return false;
+    }
+    true
 }
 
 /// Drops what the event loop still holds from a connection that is gone: queued requests (the
-/// outbox sends them again), buffered events (an acknowledgement among them names an id of the
-/// old connection, which the window has forgotten) and a publish held back for a packet id.
+/// outbox sends them again), buffered events (an `Outgoing::Publish` among them would be paired
+/// with a publish of the new connection, an acknowledgement would name an id of the old one)
+/// and a publish held back for a packet id.
 fn forget_connection(eventloop: &mut EventLoop) {
     eventloop.pending.clear();
     eventloop.state.events.clear();
