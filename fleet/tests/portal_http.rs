@@ -267,6 +267,59 @@ async fn nobody_signed_in_sees_anything_and_a_wrong_password_is_audited() {
 }
 
 #[tokio::test]
+async fn five_wrong_passwords_stop_sign_ins_under_that_name_for_a_quarter_hour() {
+    let site = Site::start("throttle").await;
+    let login = |user: &'static str, password: &'static str| {
+        let site = &site;
+        async move {
+            site.request(
+                Method::POST,
+                "/login",
+                None,
+                Some(&[("username", user), ("password", password)]),
+                None,
+            )
+            .await
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(login("alice", "guess").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // The right password now gets nowhere, and is not even checked.
+    let (status, headers, page) = login("alice", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.get("set-cookie").is_none());
+    assert!(page.contains("Too many wrong passwords"), "{page}");
+    // Another name is not held up by it.
+    assert_eq!(login("pete", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    let alices: Vec<String> = site
+        .actions("login")
+        .await
+        .into_iter()
+        .filter(|(u, _, _)| u == "alice")
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(alices.len(), 6);
+    assert_eq!(alices[5], "throttled: too many wrong passwords");
+    // A quarter of an hour later (the audit's times moved back), she signs in, and a sign-in
+    // starts the count again.
+    site.portal
+        .db()
+        .execute(
+            "UPDATE portal_actions SET at = at - interval '16 minutes' WHERE username = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    for _ in 0..4 {
+        assert_eq!(login("alice", "guess").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn the_session_cookie_is_httponly_and_strict_and_a_signed_out_session_is_dead() {
     let site = Site::start("session").await;
     let (status, headers, _) = site

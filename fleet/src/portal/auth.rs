@@ -12,6 +12,18 @@ pub const COOKIE: &str = "medbox_session";
 /// How long a session lasts without signing in again (a shift, with margin).
 pub const SESSION_HOURS: i64 = 12;
 
+/// Wrong passwords under one name, since its last sign-in, that stop further tries...
+pub const SIGN_IN_FAILURES: i64 = 5;
+/// ...for this many minutes after the last of them: five guesses per quarter hour, whoever
+/// asks, and the name's owner waits at most that long after an attack stops.
+pub const SIGN_IN_WINDOW_MINUTES: i32 = 15;
+
+/// Whether a name with `recent_failures` wrong passwords in the window may try again: the
+/// password is then not even checked, so a guesser learns nothing from a throttled try.
+pub fn sign_in_throttled(recent_failures: i64) -> bool {
+    recent_failures >= SIGN_IN_FAILURES
+}
+
 /// Random bytes from the operating system, hex-encoded: session tokens and CSRF tokens.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -100,6 +112,12 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_in_throttle_allows_four_wrong_passwords_and_stops_the_try_after_the_fifth() {
+        assert!(!sign_in_throttled(SIGN_IN_FAILURES - 1));
+        assert!(sign_in_throttled(SIGN_IN_FAILURES));
+    }
 
     #[test]
     fn a_password_matches_only_its_own_hash_and_each_hash_has_its_own_salt() {

@@ -23,6 +23,34 @@ pub(super) struct Login {
 
 pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult {
     let db = portal.db();
+    let failures =
+        store::recent_failed_sign_ins(db, &f.username, auth::SIGN_IN_WINDOW_MINUTES).await?;
+    if auth::sign_in_throttled(failures) {
+        store::record(
+            db,
+            &Action {
+                username: &f.username,
+                org: None,
+                device: None,
+                action: "login",
+                command_id: None,
+                args: serde_json::json!({}),
+                ok: false,
+                detail: "throttled: too many wrong passwords",
+            },
+        )
+        .await?;
+        let error = format!(
+            "Too many wrong passwords under this name: wait {} minutes, or ask whoever runs \
+             the portal.",
+            auth::SIGN_IN_WINDOW_MINUTES
+        );
+        return portal.page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "login.html",
+            context! { person => None::<Person>, error },
+        );
+    }
     let ok = store::check_password(db, &f.username, &f.password).await?;
     store::record(
         db,
@@ -37,7 +65,7 @@ pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult
             detail: if ok {
                 "signed in"
             } else {
-                "wrong username or password"
+                store::WRONG_PASSWORD
             },
         },
     )

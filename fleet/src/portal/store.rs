@@ -115,6 +115,28 @@ pub async fn start_session(c: &Client, username: &str) -> Result<String, PgError
     Ok(token)
 }
 
+/// What the sign-in form records for a wrong password (the throttle counts these rows).
+pub const WRONG_PASSWORD: &str = "wrong username or password";
+
+/// Wrong passwords tried under `username` in the last `minutes`, since its last sign-in: the
+/// audit of sign-ins is the throttle's memory, so it holds across restarts and portals.
+pub async fn recent_failed_sign_ins(
+    c: &Client,
+    username: &str,
+    minutes: i32,
+) -> Result<i64, PgError> {
+    Ok(c.query_one(
+        "SELECT count(*) FROM portal_actions \
+             WHERE action = 'login' AND username = $1 AND NOT ok AND detail = $3 \
+               AND at > now() - make_interval(mins => $2::int) \
+               AND at > coalesce((SELECT max(at) FROM portal_actions \
+                                  WHERE action = 'login' AND username = $1 AND ok), '-infinity')",
+        &[&username, &minutes, &WRONG_PASSWORD],
+    )
+    .await?
+    .get(0))
+}
+
 /// The person a session token belongs to, while it lasts and they are not disabled.
 pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError> {
     let row = c
