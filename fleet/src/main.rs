@@ -278,8 +278,9 @@ async fn main() -> Result<ExitCode> {
                 }
             };
             anyhow::ensure!(
-                password.chars().count() >= 12,
-                "a password needs at least 12 characters"
+                password.chars().count() >= medbox_fleet::portal::auth::MIN_PASSWORD_CHARS,
+                "a password needs at least {} characters",
+                medbox_fleet::portal::auth::MIN_PASSWORD_CHARS
             );
             let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
             store::upsert_person(a.client(), &username, &org, &role, &name, &password)

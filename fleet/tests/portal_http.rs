@@ -320,6 +320,73 @@ async fn five_wrong_passwords_stop_sign_ins_under_that_name_for_a_quarter_hour()
 }
 
 #[tokio::test]
+async fn a_person_changes_their_password_and_their_other_sessions_end() {
+    let site = Site::start("password").await;
+    let (here, csrf) = site.sign_in("alice").await;
+    let (elsewhere, _) = site.sign_in("alice").await;
+    let change = |current: &'static str, new: &'static str, repeat: &'static str| {
+        let (site, here, csrf) = (&site, here.clone(), csrf.clone());
+        async move {
+            site.request(
+                Method::POST,
+                "/password",
+                Some(&here),
+                Some(&[
+                    ("csrf", csrf.as_str()),
+                    ("current", current),
+                    ("new", new),
+                    ("repeat", repeat),
+                ]),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, _, page) = change("guess", "a much longer phrase", "a much longer phrase").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("current password is wrong"), "{page}");
+    let (status, _, page) = change(PASSWORD, "too short", "too short").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("at least 12"), "{page}");
+    let (status, _, page) = change(PASSWORD, "a much longer phrase", "a much longer phrase").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // This session goes on; the other one is over.
+    let (status, _, _) = site
+        .request(Method::GET, "/patients", Some(&here), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = site
+        .request(Method::GET, "/patients", Some(&elsewhere), None, None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    // The old password no longer signs in; the new one does.
+    let login = |password: &'static str| {
+        let site = &site;
+        async move {
+            site.request(
+                Method::POST,
+                "/login",
+                None,
+                Some(&[("username", "alice"), ("password", password)]),
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(login(PASSWORD).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(login("a much longer phrase").await, StatusCode::SEE_OTHER);
+    let changes: Vec<bool> = site
+        .actions("password_change")
+        .await
+        .into_iter()
+        .map(|(_, ok, _)| ok)
+        .collect();
+    assert_eq!(changes, vec![false, false, true], "every try is audited");
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn the_session_cookie_is_httponly_and_strict_and_a_signed_out_session_is_dead() {
     let site = Site::start("session").await;
     let (status, headers, _) = site

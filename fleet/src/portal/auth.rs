@@ -18,6 +18,25 @@ pub const SIGN_IN_FAILURES: i64 = 5;
 /// asks, and the name's owner waits at most that long after an attack stops.
 pub const SIGN_IN_WINDOW_MINUTES: i32 = 15;
 
+/// The shortest password the portal accepts, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// What is wrong with `new` as the next password of someone whose password is `current`, with
+/// `repeated` typed again to confirm it; None: nothing.
+pub fn new_password_problem(current: &str, new: &str, repeated: &str) -> Option<String> {
+    if new.chars().count() < MIN_PASSWORD_CHARS {
+        Some(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters"
+        ))
+    } else if new != repeated {
+        Some("the new password and its repetition differ".into())
+    } else if new == current {
+        Some("the new password is the current one".into())
+    } else {
+        None
+    }
+}
+
 /// Whether a name with `recent_failures` wrong passwords in the window may try again: the
 /// password is then not even checked, so a guesser learns nothing from a throttled try.
 pub fn sign_in_throttled(recent_failures: i64) -> bool {
@@ -112,6 +131,26 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_password_is_long_enough_typed_twice_alike_and_not_the_old_one() {
+        let old = "correct horse battery";
+        assert!(new_password_problem(old, "short", "short")
+            .unwrap()
+            .contains("at least 12"));
+        assert!(
+            new_password_problem(old, "a long new phrase", "a long new phrasf")
+                .unwrap()
+                .contains("differ")
+        );
+        assert!(new_password_problem(old, old, old)
+            .unwrap()
+            .contains("current one"));
+        assert_eq!(
+            new_password_problem(old, "a long new phrase", "a long new phrase"),
+            None
+        );
+    }
 
     #[test]
     fn sign_in_throttle_allows_four_wrong_passwords_and_stops_the_try_after_the_fifth() {

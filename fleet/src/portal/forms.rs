@@ -128,6 +128,57 @@ pub(super) async fn logout(
         .into_response())
 }
 
+pub(super) async fn password(
+    State(portal): St,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    let field = |f: &str| form.get(f).map_or("", String::as_str);
+    let (current, new) = (field("current"), field("new"));
+    let problem = if !store::check_password(portal.db(), &person.username, current).await? {
+        Some("the current password is wrong".to_string())
+    } else {
+        auth::new_password_problem(current, new, field("repeat"))
+    };
+    let detail = problem
+        .as_deref()
+        .unwrap_or("password changed; other sessions ended");
+    audit(
+        &portal,
+        &person,
+        None,
+        "password_change",
+        None,
+        serde_json::json!({}),
+        problem.is_none(),
+        detail,
+    )
+    .await?;
+    if let Some(error) = problem {
+        return portal.page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "password.html",
+            context! { person, error },
+        );
+    }
+    let token = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::session_cookie)
+        .unwrap_or_default();
+    store::change_password(portal.db(), &person.username, new, token).await?;
+    portal.message(
+        Some(&person),
+        StatusCode::OK,
+        "Password changed",
+        true,
+        "Your password is changed; any other session of yours has been signed out.",
+        Some("/".into()),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn audit(
     portal: &Portal,

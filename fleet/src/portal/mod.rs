@@ -135,6 +135,7 @@ impl Portal {
             .route("/", get(pages::home))
             .route("/login", get(pages::login_form).post(forms::login))
             .route("/logout", post(forms::logout))
+            .route("/password", get(pages::password_form).post(forms::password))
             .route("/patients", get(pages::patients))
             .route("/patients/{device}/{patient}", get(pages::patient))
             .route("/devices/{device}/command", post(forms::command))
@@ -269,6 +270,7 @@ fn templates() -> Environment<'static> {
     for (name, src) in [
         ("base.html", include_str!("templates/base.html")),
         ("login.html", include_str!("templates/login.html")),
+        ("password.html", include_str!("templates/password.html")),
         ("message.html", include_str!("templates/message.html")),
         ("patients.html", include_str!("templates/patients.html")),
         ("patient.html", include_str!("templates/patient.html")),

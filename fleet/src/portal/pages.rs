@@ -21,6 +21,15 @@ pub(super) async fn home(State(portal): St, headers: HeaderMap) -> PageResult {
     .into_response())
 }
 
+pub(super) async fn password_form(State(portal): St, headers: HeaderMap) -> PageResult {
+    let person = signed_in!(portal, headers);
+    portal.page(
+        StatusCode::OK,
+        "password.html",
+        context! { person, error => None::<String> },
+    )
+}
+
 pub(super) async fn login_form(State(portal): St) -> PageResult {
     portal.page(
         StatusCode::OK,

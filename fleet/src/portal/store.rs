@@ -168,6 +168,28 @@ pub async fn end_session(c: &Client, token: &str) -> Result<(), PgError> {
     .map(drop)
 }
 
+/// Replaces `username`'s password, and ends every session of theirs but the one whose token is
+/// `keep`: whoever else held one (perhaps why the password is being changed) is signed out.
+pub async fn change_password(
+    c: &Client,
+    username: &str,
+    password: &str,
+    keep: &str,
+) -> Result<(), PgError> {
+    let hash = auth::hash_password(password);
+    c.execute(
+        "UPDATE people SET password_hash = $2 WHERE username = $1",
+        &[&username, &hash],
+    )
+    .await?;
+    c.execute(
+        "DELETE FROM sessions WHERE username = $1 AND token_hash <> $2",
+        &[&username, &auth::token_hash(keep)],
+    )
+    .await
+    .map(drop)
+}
+
 /// One portal action, as it is audited.
 pub struct Action<'a> {
     /// Who (for a failed sign-in: the name that was tried).
