@@ -145,17 +145,21 @@ impl Site {
         )
     }
 
+    /// Posts the sign-in form.
+    async fn login(&self, user: &str, password: &str) -> (StatusCode, HeaderMap, String) {
+        self.request(
+            Method::POST,
+            "/login",
+            None,
+            Some(&[("username", user), ("password", password)]),
+            None,
+        )
+        .await
+    }
+
     /// Signs in; returns the session token and the CSRF token of its forms.
     async fn sign_in(&self, user: &str) -> (String, String) {
-        let (status, headers, _) = self
-            .request(
-                Method::POST,
-                "/login",
-                None,
-                Some(&[("username", user), ("password", PASSWORD)]),
-                None,
-            )
-            .await;
+        let (status, headers, _) = self.login(user, PASSWORD).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         let cookie = headers["set-cookie"].to_str().unwrap().to_string();
         let token = cookie
@@ -229,27 +233,11 @@ async fn nobody_signed_in_sees_anything_and_a_wrong_password_is_audited() {
         StatusCode::SEE_OTHER,
         "a made-up session is no session"
     );
-    let (status, headers, page) = site
-        .request(
-            Method::POST,
-            "/login",
-            None,
-            Some(&[("username", "alice"), ("password", "guess")]),
-            None,
-        )
-        .await;
+    let (status, headers, page) = site.login("alice", "guess").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.get("set-cookie").is_none());
     assert!(page.contains("Wrong username or password"));
-    let (status, _, unknown) = site
-        .request(
-            Method::POST,
-            "/login",
-            None,
-            Some(&[("username", "mallory"), ("password", "guess")]),
-            None,
-        )
-        .await;
+    let (status, _, unknown) = site.login("mallory", "guess").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         unknown, page,
@@ -269,29 +257,19 @@ async fn nobody_signed_in_sees_anything_and_a_wrong_password_is_audited() {
 #[tokio::test]
 async fn five_wrong_passwords_stop_sign_ins_under_that_name_for_a_quarter_hour() {
     let site = Site::start("throttle").await;
-    let login = |user: &'static str, password: &'static str| {
-        let site = &site;
-        async move {
-            site.request(
-                Method::POST,
-                "/login",
-                None,
-                Some(&[("username", user), ("password", password)]),
-                None,
-            )
-            .await
-        }
-    };
     for _ in 0..5 {
-        assert_eq!(login("alice", "guess").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            site.login("alice", "guess").await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
     // The right password now gets nowhere, and is not even checked.
-    let (status, headers, page) = login("alice", PASSWORD).await;
+    let (status, headers, page) = site.login("alice", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(headers.get("set-cookie").is_none());
     assert!(page.contains("Too many wrong passwords"), "{page}");
     // Another name is not held up by it.
-    assert_eq!(login("pete", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(site.login("pete", PASSWORD).await.0, StatusCode::SEE_OTHER);
     let alices: Vec<String> = site
         .actions("login")
         .await
@@ -311,11 +289,14 @@ async fn five_wrong_passwords_stop_sign_ins_under_that_name_for_a_quarter_hour()
         )
         .await
         .unwrap();
-    assert_eq!(login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(site.login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
     for _ in 0..4 {
-        assert_eq!(login("alice", "guess").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            site.login("alice", "guess").await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
-    assert_eq!(login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(site.login("alice", PASSWORD).await.0, StatusCode::SEE_OTHER);
     site.stop().await;
 }
 
@@ -360,22 +341,14 @@ async fn a_person_changes_their_password_and_their_other_sessions_end() {
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     // The old password no longer signs in; the new one does.
-    let login = |password: &'static str| {
-        let site = &site;
-        async move {
-            site.request(
-                Method::POST,
-                "/login",
-                None,
-                Some(&[("username", "alice"), ("password", password)]),
-                None,
-            )
-            .await
-            .0
-        }
-    };
-    assert_eq!(login(PASSWORD).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(login("a much longer phrase").await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        site.login("alice", PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        site.login("alice", "a much longer phrase").await.0,
+        StatusCode::SEE_OTHER
+    );
     let changes: Vec<bool> = site
         .actions("password_change")
         .await
@@ -389,15 +362,7 @@ async fn a_person_changes_their_password_and_their_other_sessions_end() {
 #[tokio::test]
 async fn the_session_cookie_is_httponly_and_strict_and_a_signed_out_session_is_dead() {
     let site = Site::start("session").await;
-    let (status, headers, _) = site
-        .request(
-            Method::POST,
-            "/login",
-            None,
-            Some(&[("username", "alice"), ("password", PASSWORD)]),
-            None,
-        )
-        .await;
+    let (status, headers, _) = site.login("alice", PASSWORD).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let cookie = headers["set-cookie"].to_str().unwrap();
     assert!(

@@ -21,23 +21,36 @@ pub(super) struct Login {
     password: String,
 }
 
+/// Audits a sign-in try under the name that was typed (there is no person yet).
+async fn record_sign_in(
+    db: &tokio_postgres::Client,
+    username: &str,
+    ok: bool,
+    detail: &str,
+) -> Result<(), PageError> {
+    let action = Action {
+        username,
+        org: None,
+        device: None,
+        action: "login",
+        command_id: None,
+        args: serde_json::json!({}),
+        ok,
+        detail,
+    };
+    Ok(store::record(db, &action).await?)
+}
+
 pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult {
     let db = portal.db();
     let failures =
         store::recent_failed_sign_ins(db, &f.username, auth::SIGN_IN_WINDOW_MINUTES).await?;
     if auth::sign_in_throttled(failures) {
-        store::record(
+        record_sign_in(
             db,
-            &Action {
-                username: &f.username,
-                org: None,
-                device: None,
-                action: "login",
-                command_id: None,
-                args: serde_json::json!({}),
-                ok: false,
-                detail: "throttled: too many wrong passwords",
-            },
+            &f.username,
+            false,
+            "throttled: too many wrong passwords",
         )
         .await?;
         let error = format!(
@@ -52,24 +65,12 @@ pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult
         );
     }
     let ok = store::check_password(db, &f.username, &f.password).await?;
-    store::record(
-        db,
-        &Action {
-            username: &f.username,
-            org: None,
-            device: None,
-            action: "login",
-            command_id: None,
-            args: serde_json::json!({}),
-            ok,
-            detail: if ok {
-                "signed in"
-            } else {
-                store::WRONG_PASSWORD
-            },
-        },
-    )
-    .await?;
+    let detail = if ok {
+        "signed in"
+    } else {
+        store::WRONG_PASSWORD
+    };
+    record_sign_in(db, &f.username, ok, detail).await?;
     if !ok {
         return portal.page(
             StatusCode::UNAUTHORIZED,
