@@ -272,6 +272,29 @@ impl Portal {
         Ok(sent)
     }
 
+    /// Sends `request` under the id of the form rendered with `token`; a form without a valid
+    /// token is not sent, and the page saying so comes back instead.
+    async fn send_form(
+        &self,
+        person: &Person,
+        device: &str,
+        request: &Request,
+        token: Option<&String>,
+        back: Option<String>,
+    ) -> Result<Result<Sent, axum::response::Response>, PageError> {
+        match actions::command_id(token, request) {
+            Ok(id) => Ok(Ok(self.send(person, device, request, &id).await?)),
+            Err(e) => Ok(Err(self.message(
+                Some(person),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not sent",
+                false,
+                &e.to_string(),
+                back,
+            )?)),
+        }
+    }
+
     fn answer_page(
         &self,
         person: &Person,
@@ -439,20 +462,13 @@ pub(super) async fn schedule(
         schedule: text.clone(),
         confirm: None,
     };
-    let id = match actions::command_id(fields.get("form"), &request) {
-        Ok(id) => id,
-        Err(e) => {
-            return portal.message(
-                Some(&person),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Not sent",
-                false,
-                &e.to_string(),
-                None,
-            )
-        }
+    let sent = match portal
+        .send_form(&person, &device, &request, fields.get("form"), None)
+        .await?
+    {
+        Ok(sent) => sent,
+        Err(not_sent) => return Ok(not_sent),
     };
-    let sent = portal.send(&person, &device, &request, &id).await?;
     if let Some(page) =
         held_for_confirmation(&portal, &person, &device, &schedule.patient, &text, &sent).await?
     {
@@ -566,20 +582,14 @@ pub(super) async fn confirm(
         schedule: pending.schedule.clone(),
         confirm: Some(version.clone()),
     };
-    let id = match actions::command_id(form.get("form"), &request) {
-        Ok(id) => id,
-        Err(e) => {
-            return portal.message(
-                Some(&person),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Not sent",
-                false,
-                &e.to_string(),
-                Some("/confirmations".into()),
-            )
-        }
+    let back = Some("/confirmations".to_string());
+    let sent = match portal
+        .send_form(&person, &device, &request, form.get("form"), back)
+        .await?
+    {
+        Ok(sent) => sent,
+        Err(not_sent) => return Ok(not_sent),
     };
-    let sent = portal.send(&person, &device, &request, &id).await?;
     if matches!(&sent, Sent::Answered(a) if a.ok) {
         store::confirmed(portal.db(), &device, &version, &person.username).await?;
     } else if let Some(page) = held_for_confirmation(
