@@ -274,6 +274,19 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         elapsed: Option<DateTime<Utc>>,
     },
+    /// Someone asked for audit rows again (an archive that lost some on the way): they are
+    /// queued as they were first sent, under their own message ids, so whoever already has
+    /// them drops the repeats.
+    AuditResend {
+        /// When.
+        at: DateTime<Utc>,
+        /// Who asked.
+        actor: String,
+        /// The first sequence number asked for.
+        from: i64,
+        /// The last one (inclusive).
+        to: i64,
+    },
     /// The answer to a command from outside (published on `cmd/<role>/<name>/result`).
     CommandResult {
         /// When.

@@ -73,6 +73,14 @@ pub enum Request {
         /// Days it covers.
         days: Option<u32>,
     },
+    /// Audit rows `from..=to` (and the checkpoints among them) published again, for an
+    /// archive that lost some on the way.
+    ResendAudit {
+        /// First sequence number.
+        from: i64,
+        /// Last (inclusive).
+        to: i64,
+    },
     /// The clock checked after a jump.
     TrustClock {
         /// What it was checked against.
@@ -99,6 +107,7 @@ impl Request {
             Request::Skip { .. } => "skip_dose",
             Request::Prn { .. } => "request_prn",
             Request::Report { .. } => "request_report",
+            Request::ResendAudit { .. } => "resend_audit",
             Request::TrustClock { .. } => "trust_clock",
             Request::InstallSchedule { .. } => "replace_schedule",
         }
@@ -108,7 +117,7 @@ impl Request {
     /// may use; this is only the default of `medbox cmd`).
     pub fn usual_role(&self) -> &'static str {
         match self {
-            Request::Refill { .. } => "pharmacist",
+            Request::Refill { .. } | Request::ResendAudit { .. } => "pharmacist",
             Request::Prn { .. } => "patient",
             _ => "caregiver",
         }
@@ -149,6 +158,7 @@ impl Request {
             } => json!({ "patient": patient, "medication": medication,
                 "override_reason": override_reason }),
             Request::Report { days } => json!({ "days": days }),
+            Request::ResendAudit { from, to } => json!({ "from": from, "to": to }),
             Request::TrustClock { comment } => json!({ "comment": comment }),
             Request::InstallSchedule {
                 patient,

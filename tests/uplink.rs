@@ -401,6 +401,59 @@ fn controller(dev: &str, max_out: usize, cap: usize) -> (AsyncClient, rumqttc::E
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pharmacist_asks_for_audit_rows_again_and_they_come_again_under_their_ids() {
+    let dev = device("resend");
+    let dir = tempfile::tempdir().unwrap();
+    let (client, mut ev) = controller(&dev, 64 * 1024, 100);
+    client
+        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut child = appliance(&dev, dir.path());
+    let ids = ["1", "2", "3"].map(|s| format!("{dev}:{s}"));
+    let mut seen = [0usize; 3];
+    let mut answer: Option<serde_json::Value> = None;
+    let mut asked = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline
+        && !(answer.is_some() && seen.iter().all(|n| *n >= 2))
+    {
+        let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(20), ev.poll()).await else {
+            break;
+        };
+        let Event::Incoming(Packet::Publish(p)) = e else {
+            continue;
+        };
+        if p.topic.ends_with("/status") {
+            if p.payload.as_ref() == b"online" && !asked {
+                asked = true;
+                client
+                    .publish(
+                        format!("medbox/{dev}/cmd/pharmacist/resend_audit"),
+                        QoS::AtLeastOnce,
+                        false,
+                        br#"{"id":"r1","actor":"ph-7","args":{"from":1,"to":3}}"#.to_vec(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        if p.topic.ends_with("/resend_audit/result") {
+            answer = Some(v["body"].clone());
+        } else if let Some(i) = ids.iter().position(|id| v["id"] == id.as_str()) {
+            seen[i] += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer.expect("an answer");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(seen, [2, 2, 2], "each of rows 1-3 first, then once again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_validated_authorised_deduplicated_and_answered() {
     let dev = device("cmd");
     let dir = tempfile::tempdir().unwrap();

@@ -112,6 +112,19 @@ fn one_week() -> u32 {
     7
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResendArgs {
+    /// First audit sequence number.
+    from: i64,
+    /// Last (inclusive).
+    to: i64,
+}
+
+/// Most audit rows one `resend_audit` queues: a gap larger than this is asked for in parts, so
+/// one command never floods the outbox ahead of what the appliance records next.
+pub const MAX_RESEND: i64 = 10_000;
+
 /// Command names this router knows.
 const COMMANDS: &[&str] = &[
     "acknowledge_alarm",
@@ -122,6 +135,7 @@ const COMMANDS: &[&str] = &[
     "replace_schedule",
     "record_vital",
     "request_report",
+    "resend_audit",
     "trust_clock",
 ];
 
@@ -214,6 +228,8 @@ pub fn roles(command: &str) -> Option<&'static [Role]> {
         "replace_schedule" => &[Caregiver, Nurse, Clinician, Pharmacist],
         "record_vital" => &[Patient, Caregiver, Nurse, Clinician, Device],
         "request_report" => &[Caregiver, Nurse, Clinician, Pharmacist],
+        // Whoever audits asks for what an archive lost on the way.
+        "resend_audit" => &[Pharmacist],
         // A person who has checked the clock against a trusted one unlocks dosing.
         "trust_clock" => &[Caregiver, Nurse, Clinician, Pharmacist],
         _ => return None,
@@ -227,6 +243,8 @@ enum Routed {
     Fridge { alarm: AlarmKind, comment: String },
     /// Anything the dispenser does.
     Dispenser(Command),
+    /// Audit rows to publish again (the recorder does it).
+    Resend { from: i64, to: i64 },
 }
 
 /// Parses `{name, args}` into what it asks, after checking the sender's role may ask it. Pure,
@@ -343,6 +361,19 @@ fn parse(
                 actor,
                 note: a.note,
             }
+        }
+        "resend_audit" => {
+            let a: ResendArgs = parse_args(&env.args)?;
+            if a.from < 1 || a.to < a.from || a.to - a.from >= MAX_RESEND {
+                return refuse(
+                    RefusalCode::Malformed,
+                    format!("`from` and `to` must be 1 <= from <= to < from + {MAX_RESEND}"),
+                );
+            }
+            return Ok(Routed::Resend {
+                from: a.from,
+                to: a.to,
+            });
         }
         "trust_clock" => {
             let a: TrustClockArgs = parse_args(&env.args)?;
@@ -629,6 +660,25 @@ impl Router {
                 .map_err(|_| {
                     Refusal::new(RefusalCode::Unavailable, "the dispenser task is stopping")
                 })?,
+            Routed::Resend { from, to } => {
+                let at = self.clock.now();
+                let actor = env.actor.clone();
+                self.events
+                    .send(Event::AuditResend {
+                        at,
+                        actor,
+                        from,
+                        to,
+                    })
+                    .await
+                    .map_err(|_| {
+                        Refusal::new(RefusalCode::Unavailable, "the recorder is stopping")
+                    })?;
+                return Ok(format!(
+                    "audit rows {from}-{to} (those that exist) are queued to be published again, \
+                     with the checkpoints among them"
+                ));
+            }
         }
         rx.await
             .unwrap_or_else(|_| refuse(RefusalCode::Unavailable, "no answer"))
@@ -695,6 +745,36 @@ mod tests {
         assert_eq!(
             sent_as(None, None).map_err(|r| r.code),
             Err(RefusalCode::Malformed)
+        );
+    }
+
+    #[test]
+    fn only_a_pharmacist_asks_for_audit_rows_again_and_a_range_is_bounded() {
+        let ok = |from: i64, to: i64| {
+            parse(
+                "resend_audit",
+                Role::Pharmacist,
+                &env(
+                    Role::Pharmacist,
+                    serde_json::json!({"from": from, "to": to}),
+                )
+                .1,
+                chrono::Utc::now(),
+            )
+        };
+        assert!(matches!(ok(5, 9), Ok(Routed::Resend { from: 5, to: 9 })));
+        assert!(matches!(ok(1, MAX_RESEND), Ok(Routed::Resend { .. })));
+        for (from, to) in [(0, 3), (9, 5), (1, MAX_RESEND + 1), (-4, 2)] {
+            assert_eq!(
+                ok(from, to).map(|_| ()).map_err(|r| r.code),
+                Err(RefusalCode::Malformed),
+                "{from}..{to}"
+            );
+        }
+        let (role, e) = env(Role::Caregiver, serde_json::json!({"from": 1, "to": 2}));
+        assert_eq!(
+            code("resend_audit", &(role, e)),
+            Some(RefusalCode::RoleNotAllowed)
         );
     }
 

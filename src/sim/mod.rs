@@ -937,6 +937,7 @@ impl Accumulator {
             Event::StockAcknowledged { .. } => {}
             Event::ScheduleReplaced { .. } => self.dispenser.schedule_replacements += 1,
             Event::Started { .. }
+            | Event::AuditResend { .. }
             | Event::ProbeRecovered { .. }
             | Event::Stopped { .. }
             | Event::Vital { .. }

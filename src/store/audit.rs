@@ -279,6 +279,17 @@ impl Row {
     }
 }
 
+/// Rows `from..=to` in sequence order (those that exist).
+pub fn range(conn: &Connection, from: i64, to: i64) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM audit WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map(rusqlite::params![from, to], Row::from_sql)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// The chain's head: last sequence number and hash.
 pub fn head(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
     Ok(conn

@@ -239,10 +239,17 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Every checkpoint stored, oldest first.
 pub fn all(conn: &Connection) -> Result<Vec<Checkpoint>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT seq, head, utc, signature, public_key FROM checkpoints ORDER BY seq")?;
+    between(conn, 0, i64::MAX)
+}
+
+/// The checkpoints of sequence numbers `from..=to`, oldest first.
+pub fn between(conn: &Connection, from: i64, to: i64) -> Result<Vec<Checkpoint>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, head, utc, signature, public_key FROM checkpoints \
+         WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+    )?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(rusqlite::params![from, to], |r| {
             Ok(Checkpoint {
                 seq: r.get(0)?,
                 head: r.get(1)?,

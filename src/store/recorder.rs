@@ -70,6 +70,29 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
     )?)
 }
 
+/// Queues audit rows `from..=to`, and the checkpoints signed at them, again as they were first
+/// sent: same topic, priority and message id, so a receiver that has them drops the repeats.
+/// FHIR resources and readings are not sent again.
+fn resend(tx: &rusqlite::Transaction<'_>, dev: &str, from: i64, to: i64) -> Result<(), StoreError> {
+    for row in audit::range(tx, from, to)? {
+        let body: serde_json::Value = serde_json::from_str(&row.body)?;
+        let (priority, topic) = wire::route_row(&row.kind, &body);
+        let payload = event_payload(dev, &row)?;
+        outbox(tx, priority, &wire::topic(dev, &topic), &payload, &row.utc)?;
+    }
+    for c in checkpoint::between(tx, from, to)? {
+        let message = wire::checkpoint_message(dev, c.seq, &c);
+        outbox(
+            tx,
+            Priority::Event,
+            &wire::topic(dev, wire::CHECKPOINT),
+            &message,
+            &c.utc,
+        )?;
+    }
+    Ok(())
+}
+
 /// The outbox row written in the same transaction as an event's audit row (the bench writes
 /// it the same way).
 pub(crate) fn outbox(
@@ -350,6 +373,14 @@ fn classify(e: &Event) -> (String, String, String, String) {
             } else {
                 "UNTRUSTED".into()
             },
+        ),
+        Event::AuditResend {
+            actor, from, to, ..
+        } => (
+            "audit.resend".into(),
+            actor.clone(),
+            format!("audit {from}-{to}"),
+            String::new(),
         ),
         Event::CommandResult {
             command,
@@ -688,6 +719,10 @@ impl Recorder {
                 &payload,
                 &row.utc,
             )?;
+            if let Event::AuditResend { from, to, .. } = e {
+                // Up to the row before this one: the request itself has just been queued.
+                resend(&tx, &dev, *from, (*to).min(row.seq - 1))?;
+            }
             if self.fhir {
                 let partner = match e {
                     Event::Vital { reading, .. } => super::vitals::partner(&tx, reading)?,
@@ -825,4 +860,92 @@ fn insert_readings(
         ids.push((rowid, r.at));
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute(m: i64) -> DateTime<Utc> {
+        "2026-03-02T08:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::minutes(m)
+    }
+
+    /// (priority, topic, payload) of every outbox row, oldest first.
+    fn outbox_rows(conn: &Connection) -> Vec<(i64, String, String)> {
+        conn.prepare("SELECT priority, topic, payload FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_resend_queues_the_rows_asked_for_as_first_sent_with_their_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec =
+            Recorder::open(&dir.path().join("r.db"), ChainKey::unkeyed(), "t".into()).unwrap();
+        let record = |rec: &mut Recorder, e: Event, m: i64| {
+            rec.record(&e, Duration::from_secs(60 * m as u64), true, minute(m))
+                .unwrap()
+        };
+        record(&mut rec, Event::Started { at: minute(0) }, 0);
+        // An answer goes to the topic its command came on: a resend must find it again.
+        record(
+            &mut rec,
+            Event::CommandResult {
+                at: minute(1),
+                command: "refill".into(),
+                role: Some("pharmacist".into()),
+                id: Some("c-1".into()),
+                actor: Some("pete".into()),
+                ok: true,
+                detail: "slot 1: 30 units".into(),
+                duplicate: false,
+                digest: None,
+            },
+            1,
+        );
+        // A clean stop signs a checkpoint at its row.
+        record(&mut rec, Event::Stopped { at: minute(2) }, 2);
+        let first = outbox_rows(rec.connection());
+        assert!(first.iter().any(|(_, t, _)| t.ends_with("/checkpoint")));
+        rec.connection().execute("DELETE FROM outbox", []).unwrap();
+
+        // Rows 2 to 3 asked for (and more than exist: the rest is ignored).
+        let asked = record(
+            &mut rec,
+            Event::AuditResend {
+                at: minute(3),
+                actor: "pete".into(),
+                from: 2,
+                to: 99,
+            },
+            3,
+        );
+        assert_eq!(asked.seq, Some(4));
+        let again = outbox_rows(rec.connection());
+        let own = format!("\"id\":\"{}:4\"", rec.device_id);
+        let (request, resent): (Vec<_>, Vec<_>) =
+            again.into_iter().partition(|(_, _, p)| p.contains(&own));
+        assert_eq!(request.len(), 1, "the request itself is audited and sent");
+        // Exactly what rows 2 and 3 and the checkpoint at 3 were first sent as (not row 1 or
+        // the checkpoint at 1).
+        let was_row_1 = |p: &String| {
+            p.contains(&format!("\"id\":\"{}:1\"", rec.device_id))
+                || p.contains(&format!("\"id\":\"{}:c1\"", rec.device_id))
+        };
+        let expected: Vec<_> = first
+            .into_iter()
+            .filter(|(_, _, p)| !was_row_1(p))
+            .collect();
+        let mut resent_sorted = resent.clone();
+        resent_sorted.sort();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(resent_sorted, expected_sorted);
+        assert!(resent
+            .iter()
+            .any(|(_, t, _)| t.ends_with("/cmd/pharmacist/refill/result")));
+    }
 }

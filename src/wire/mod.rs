@@ -96,6 +96,18 @@ pub fn route_event(e: &Event, kind: &str) -> (Priority, String) {
     }
 }
 
+/// Where a stored audit row of `kind` with `body` (the event as recorded) went when it was
+/// first sent: as [`route_event`] routed the event, read back from the row.
+pub fn route_row(kind: &str, body: &Value) -> (Priority, String) {
+    match (kind, body["command"].as_str()) {
+        ("command.result", Some(command)) => match body["role"].as_str() {
+            Some(role) => (Priority::Alarm, format!("cmd/{role}/{command}/result")),
+            None => (Priority::Alarm, format!("cmd/{command}/result")),
+        },
+        _ => route(kind),
+    }
+}
+
 /// An audit row as a `medbox.event.v1` message; its id (`<device>:<seq>`) lets receivers drop
 /// a message delivered twice.
 pub fn event_message(dev: &str, row: &EventRow<'_>) -> Result<Value, serde_json::Error> {
@@ -294,6 +306,34 @@ pub fn busy_answer(dev: &str, role: &str, name: &str, payload: &[u8]) -> (String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_row_is_routed_again_where_its_event_first_went() {
+        let at: chrono::DateTime<chrono::Utc> = "2026-03-02T08:00:00Z".parse().unwrap();
+        let answer = |role: Option<&str>| Event::CommandResult {
+            at,
+            command: "refill".into(),
+            role: role.map(str::to_string),
+            id: Some("c-1".into()),
+            actor: Some("pete".into()),
+            ok: true,
+            detail: "done".into(),
+            duplicate: false,
+            digest: None,
+        };
+        for (e, kind) in [
+            (answer(Some("pharmacist")), "command.result"),
+            (answer(None), "command.result"),
+            (Event::Started { at }, "system.start"),
+        ] {
+            let body = serde_json::to_value(&e).unwrap();
+            assert_eq!(route_row(kind, &body), route_event(&e, kind), "{kind}");
+        }
+        assert_eq!(
+            route_row("coldchain.alarm_raised", &serde_json::json!({})),
+            route("coldchain.alarm_raised")
+        );
+    }
 
     #[test]
     fn a_command_is_taken_only_from_cmd_role_name_and_keeps_the_topics_role() {

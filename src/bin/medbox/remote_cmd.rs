@@ -114,6 +114,17 @@ pub(crate) enum RemoteCommand {
         #[arg(long)]
         days: Option<u32>,
     },
+    /// Publish audit rows again (from..=to, at most 10 000), for an archive missing them.
+    ResendAudit {
+        #[command(flatten)]
+        to: Target,
+        /// First audit sequence number.
+        #[arg(long)]
+        from: i64,
+        /// Last audit sequence number (inclusive).
+        #[arg(long = "to", value_name = "TO")]
+        last: i64,
+    },
     /// Unlock dispensing after a clock jump, once the clock was checked.
     TrustClock {
         #[command(flatten)]
@@ -259,6 +270,9 @@ fn build(cmd: RemoteCommand) -> Result<(Target, Request)> {
             },
         ),
         RemoteCommand::Report { to, days } => (to, Request::Report { days }),
+        RemoteCommand::ResendAudit { to, from, last } => {
+            (to, Request::ResendAudit { from, to: last })
+        }
         RemoteCommand::TrustClock { to, comment } => (to, Request::TrustClock { comment }),
         RemoteCommand::InstallSchedule { to, file, confirm } => {
             let schedule = std::fs::read_to_string(&file)
