@@ -12,6 +12,7 @@ pub mod broker;
 pub mod collect;
 pub mod ingest;
 pub mod portal;
+pub mod repair;
 pub mod report;
 pub mod verify;
 pub mod witness;

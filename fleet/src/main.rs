@@ -136,6 +136,25 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Ask appliances for the audit rows the archive lacks (holes, and a tail up to the last
+    /// checkpoint held); prints each gap and the appliance's answer.
+    Repair {
+        /// Only this device (default: every device in the archive).
+        #[arg(long)]
+        device: Option<String>,
+        /// Broker (the identity must be granted the pharmacist role's command topics).
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Broker username (the password from MEDBOX_FLEET_MQTT_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        /// Who asks, as the appliances record it.
+        #[arg(long, default_value = "medbox-fleet repair")]
+        actor: String,
+        /// Only list the gaps.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Verify a device's exported chain (`medbox audit export --format json`) against the
     /// checkpoints the witness holds.
     Verify {
@@ -149,6 +168,17 @@ enum Command {
         #[arg(long)]
         secret_file: Option<PathBuf>,
     },
+}
+
+/// A broker username with its password from `MEDBOX_FLEET_MQTT_PASSWORD` (never an argument).
+fn mqtt_credentials(username: Option<String>) -> Result<Option<(String, String)>> {
+    username
+        .map(|u| {
+            std::env::var("MEDBOX_FLEET_MQTT_PASSWORD")
+                .context("--username needs MEDBOX_FLEET_MQTT_PASSWORD")
+                .map(|p| (u, p))
+        })
+        .transpose()
 }
 
 #[tokio::main]
@@ -167,14 +197,7 @@ async fn main() -> Result<ExitCode> {
             name,
             username,
         } => {
-            let credentials = match username {
-                Some(u) => Some((
-                    u,
-                    std::env::var("MEDBOX_FLEET_MQTT_PASSWORD")
-                        .context("--username needs MEDBOX_FLEET_MQTT_PASSWORD")?,
-                )),
-                None => None,
-            };
+            let credentials = mqtt_credentials(username)?;
             let cfg = CollectConfig {
                 mqtt,
                 credentials,
@@ -221,14 +244,7 @@ async fn main() -> Result<ExitCode> {
             command_timeout,
             now,
         } => {
-            let mqtt_credentials = match username {
-                Some(u) => Some((
-                    u,
-                    std::env::var("MEDBOX_FLEET_MQTT_PASSWORD")
-                        .context("--username needs MEDBOX_FLEET_MQTT_PASSWORD")?,
-                )),
-                None => None,
-            };
+            let mqtt_credentials = mqtt_credentials(username)?;
             let portal = Portal::new(PortalConfig {
                 pg: cli.pg,
                 schema: cli.schema,
@@ -303,6 +319,49 @@ async fn main() -> Result<ExitCode> {
                 println!("{device}: a key is already trusted for this device; not replaced");
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Repair {
+            device,
+            mqtt,
+            username,
+            actor,
+            dry_run,
+        } => {
+            let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
+            let gaps = medbox_fleet::repair::gaps(&a, device.as_deref()).await?;
+            for g in &gaps {
+                println!("{}: audit rows {}-{} missing", g.device, g.from, g.to);
+            }
+            if dry_run || gaps.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let credentials = mqtt_credentials(username)?;
+            let asked = medbox_fleet::repair::ask(
+                &mqtt,
+                credentials.as_ref(),
+                &actor,
+                &gaps,
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+            let mut all_ok = true;
+            for a in &asked {
+                match &a.answer {
+                    Ok(answer) => {
+                        all_ok &= answer.ok;
+                        println!("{}: {}", a.device, answer.detail);
+                    }
+                    Err(why) => {
+                        all_ok = false;
+                        println!("{}: not asked: {why}", a.device);
+                    }
+                }
+            }
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Verify {
             device,

@@ -500,3 +500,79 @@ async fn a_message_the_database_refuses_for_its_content_is_quarantined_and_the_r
     );
     drop_schema(&a, &schema).await;
 }
+
+/// A broker that drops what it acknowledged (a full queue) leaves the archive with holes the
+/// appliance no longer has in its outbox; `repair` names them and asks the appliance, which
+/// publishes those rows again from its audit log, and the archive stores and witnesses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_broker_dropped_are_asked_for_again_archived_and_witnessed() {
+    use medbox_fleet::repair;
+    let broker = broker();
+    let schema = fresh_schema("repair");
+    let group = format!("r{}", std::process::id());
+    let (stop, mut subscribed, run) = start(config(&broker, &schema, &group, "r"));
+    subscribed.recv().await.expect("subscribed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, d) = (broker.url(), dir.path().to_path_buf());
+    let (audit, _, _) =
+        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-gap", 3, &d, 6 * 3600))
+            .await
+            .expect("appliance");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
+    assert_eq!(settle(&a, rows, "dev-gap", audit).await, audit);
+    // What the broker "dropped": rows 5-9 and the last two, as if they had never come.
+    let lost = |seq: i64| (5..=9).contains(&seq) || seq > audit - 2;
+    for seq in (1..=audit).filter(|s| lost(*s)) {
+        for sql in [
+            "DELETE FROM audit_rows WHERE device_id = 'dev-gap' AND seq = $1",
+            "DELETE FROM messages WHERE message_id = 'dev-gap:' || $1::bigint",
+        ] {
+            a.client().execute(sql, &[&seq]).await.expect(sql);
+        }
+    }
+    let gaps = repair::gaps(&a, Some("dev-gap")).await.expect("gaps");
+    let named: Vec<(i64, i64)> = gaps.iter().map(|g| (g.from, g.to)).collect();
+    assert_eq!(
+        named,
+        vec![(5, 9), (audit - 1, audit)],
+        "a hole, and a tail up to the last checkpoint held"
+    );
+    // The appliance is on again; the repair asks it.
+    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-gap", 3, dir.path()));
+    wait_online(&broker.url(), "dev-gap").await;
+    let asked = repair::ask(&broker.url(), None, "test", &gaps, Duration::from_secs(20)).await;
+    assert_eq!(asked.len(), 2);
+    for x in &asked {
+        let answer = x.answer.as_ref().expect("answered");
+        assert!(answer.ok, "{}", answer.detail);
+    }
+    let mut left = gaps;
+    for _ in 0..300 {
+        left = repair::gaps(&a, Some("dev-gap")).await.expect("gaps");
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, vec![], "every lost row came back");
+    let flags = count(
+        &a,
+        "SELECT count(*) FROM witness_flags WHERE device_id = $1",
+        "dev-gap",
+    )
+    .await;
+    assert_eq!(
+        flags, 0,
+        "the rows that came back link up with their neighbours"
+    );
+    let _ = stop_live.send(());
+    tokio::task::spawn_blocking(move || live.join().expect("live"))
+        .await
+        .expect("join");
+    let _ = stop.send(());
+    run.await.expect("collector").expect("ran");
+    drop_schema(&a, &schema).await;
+}
