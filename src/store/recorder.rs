@@ -75,10 +75,17 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
 /// FHIR resources and readings are not sent again.
 fn resend(tx: &rusqlite::Transaction<'_>, dev: &str, from: i64, to: i64) -> Result<(), StoreError> {
     for row in audit::range(tx, from, to)? {
-        let body: serde_json::Value = serde_json::from_str(&row.body)?;
-        let (priority, topic) = wire::route_row(&row.kind, &body);
-        let payload = event_payload(dev, &row)?;
-        outbox(tx, priority, &wire::topic(dev, &topic), &payload, &row.utc)?;
+        // A row whose body is not JSON (only a tampered store has one) is left out, not allowed
+        // to fail the request's own record: a resend must never stop the recorder.
+        let built = serde_json::from_str::<serde_json::Value>(&row.body)
+            .map_err(StoreError::from)
+            .and_then(|body| Ok((wire::route_row(&row.kind, &body), event_payload(dev, &row)?)));
+        match built {
+            Ok(((priority, topic), payload)) => {
+                outbox(tx, priority, &wire::topic(dev, &topic), &payload, &row.utc)?
+            }
+            Err(e) => tracing::warn!("audit row {} not resent: {e}", row.seq),
+        }
     }
     for c in checkpoint::between(tx, from, to)? {
         let message = wire::checkpoint_message(dev, c.seq, &c);
@@ -947,5 +954,52 @@ mod tests {
         assert!(resent
             .iter()
             .any(|(_, t, _)| t.ends_with("/cmd/pharmacist/refill/result")));
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_rebuilt_is_left_out_and_the_request_is_still_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec =
+            Recorder::open(&dir.path().join("r.db"), ChainKey::unkeyed(), "t".into()).unwrap();
+        for m in 0..3 {
+            rec.record(
+                &Event::Started { at: minute(m) },
+                Duration::ZERO,
+                true,
+                minute(m),
+            )
+            .unwrap();
+        }
+        // Only a tampered store holds a body that is not JSON.
+        rec.connection()
+            .execute_batch(
+                "DROP TRIGGER audit_no_update; UPDATE audit SET body = 'not json' WHERE seq = 2; \
+                 DELETE FROM outbox;",
+            )
+            .unwrap();
+        let asked = rec
+            .record(
+                &Event::AuditResend {
+                    at: minute(3),
+                    actor: "pete".into(),
+                    from: 1,
+                    to: 3,
+                },
+                Duration::ZERO,
+                true,
+                minute(3),
+            )
+            .unwrap();
+        assert_eq!(asked.seq, Some(4));
+        let ids: Vec<String> = outbox_rows(rec.connection())
+            .into_iter()
+            .filter_map(|(_, _, p)| {
+                let v: serde_json::Value = serde_json::from_str(&p).ok()?;
+                v["id"].as_str().map(str::to_string)
+            })
+            .collect();
+        let id = |s: &str| format!("{}:{s}", rec.device_id);
+        assert!(ids.contains(&id("1")) && ids.contains(&id("3")) && ids.contains(&id("4")));
+        assert!(!ids.contains(&id("2")), "{ids:?}");
     }
 }
