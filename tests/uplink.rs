@@ -400,16 +400,31 @@ fn controller(dev: &str, max_out: usize, cap: usize) -> (AsyncClient, rumqttc::E
     AsyncClient::new(opts, cap)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pharmacist_asks_for_audit_rows_again_and_they_come_again_under_their_ids() {
-    let dev = device("resend");
+/// An appliance (half a day at 3600x) and a back end's connection watching all it publishes,
+/// subscribed before the appliance starts.
+async fn watched_appliance(
+    name: &str,
+) -> (
+    String,
+    tempfile::TempDir,
+    AsyncClient,
+    rumqttc::EventLoop,
+    std::process::Child,
+) {
+    let dev = device(name);
     let dir = tempfile::tempdir().unwrap();
-    let (client, mut ev) = controller(&dev, 64 * 1024, 100);
+    let (client, ev) = controller(&dev, 64 * 1024, 100);
     client
         .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
         .await
         .unwrap();
-    let mut child = appliance(&dev, dir.path());
+    let child = appliance(&dev, dir.path());
+    (dev, dir, client, ev, child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pharmacist_asks_for_audit_rows_again_and_they_come_again_under_their_ids() {
+    let (dev, _dir, client, mut ev, mut child) = watched_appliance("resend").await;
     let ids = ["1", "2", "3"].map(|s| format!("{dev}:{s}"));
     let mut seen = [0usize; 3];
     let mut answer: Option<serde_json::Value> = None;
@@ -455,14 +470,7 @@ async fn a_pharmacist_asks_for_audit_rows_again_and_they_come_again_under_their_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_validated_authorised_deduplicated_and_answered() {
-    let dev = device("cmd");
-    let dir = tempfile::tempdir().unwrap();
-    let (client, mut ev) = controller(&dev, 64 * 1024, 100);
-    client
-        .subscribe(format!("medbox/{dev}/#"), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let mut child = appliance(&dev, dir.path());
+    let (dev, _dir, client, mut ev, mut child) = watched_appliance("cmd").await;
     // Role-scoped topics: the role is the topic's, as the broker grants it per identity.
     let topic = |role: &str, name: &str| format!("medbox/{dev}/cmd/{role}/{name}");
     let mut results: Vec<serde_json::Value> = Vec::new();

@@ -97,6 +97,14 @@ fn csrf(person: &Person, form: Option<&String>) -> Result<(), PageError> {
     }
 }
 
+/// The session token the request's cookie carries.
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::session_cookie)
+}
+
 pub(super) async fn logout(
     State(portal): St,
     headers: HeaderMap,
@@ -104,11 +112,7 @@ pub(super) async fn logout(
 ) -> PageResult {
     let person = signed_in!(portal, headers);
     csrf(&person, form.get("csrf"))?;
-    if let Some(t) = headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::session_cookie)
-    {
+    if let Some(t) = session_token(&headers) {
         store::end_session(portal.db(), t).await?;
     }
     audit(
@@ -164,11 +168,7 @@ pub(super) async fn password(
             context! { person, error },
         );
     }
-    let token = headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::session_cookie)
-        .unwrap_or_default();
+    let token = session_token(&headers).unwrap_or_default();
     store::change_password(portal.db(), &person.username, new, token).await?;
     portal.message(
         Some(&person),
