@@ -321,7 +321,8 @@ async fn store_event(
             checkpoint_head: head.as_deref(),
         }
     };
-    let findings = witness::check_row(e.seq, received, around);
+    let mut findings = witness::check_row(e.seq, received, around);
+    findings.extend(e.hashed.as_ref().and_then(witness::check_content));
     if same.is_none() {
         tx.execute(
             "INSERT INTO audit_rows (device_id, seq, utc, kind, subject, actor, reason, \

@@ -8,6 +8,7 @@
 //! another's record.
 
 use chrono::{DateTime, Utc};
+use medbox::store::audit::Row;
 use medbox::store::checkpoint::Checkpoint;
 use serde::Deserialize;
 use serde_json::Value;
@@ -67,6 +68,34 @@ pub struct EventMsg {
     /// This row's hash.
     #[serde(default)]
     pub hash: Option<String>,
+    /// The row exactly as the appliance hashed it, when its chain is plain SHA-256 and the
+    /// message carries every field (so a witness can recompute the hash); `None` for a keyed
+    /// chain, whose hash only the secret's holder can recompute, and for older appliances.
+    #[serde(skip)]
+    pub hashed: Option<Row>,
+}
+
+/// The row a `medbox.event.v1` message was made from, with the body's exact text, if the
+/// message says its chain is plain SHA-256 and carries every field the hash covers.
+pub fn hashed_row(json: &Value) -> Option<Row> {
+    if json.get("chain")?.as_str()? != medbox::wire::CHAIN_PLAIN {
+        return None;
+    }
+    let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(Row {
+        seq: json.get("seq")?.as_i64()?,
+        utc: text("utc")?,
+        mono_ms: json.get("mono_ms")?.as_i64()?,
+        boot_id: text("boot_id")?,
+        clock_trusted: json.get("clock_trusted")?.as_bool()?,
+        actor: text("actor")?,
+        kind: text("kind")?,
+        subject: text("subject")?,
+        body: text("body_text")?,
+        reason: text("reason")?,
+        prev_hash: text("prev_hash")?,
+        hash: text("hash")?,
+    })
 }
 
 /// A fridge reading (`medbox.telemetry.v1`).
@@ -204,8 +233,10 @@ pub fn parse(topic: &str, payload: &[u8]) -> Result<Message, Refused> {
     };
     match json.get("schema").and_then(Value::as_str) {
         Some("medbox.event.v1") => {
-            let event: EventMsg =
+            let hashed = hashed_row(&json);
+            let mut event: EventMsg =
                 serde_json::from_value(json).map_err(|e| refuse(format!("event: {e}")))?;
+            event.hashed = hashed;
             own(&event.id)?;
             if event.id != format!("{device}:{}", event.seq) {
                 return Err(refuse(format!(
@@ -278,6 +309,72 @@ mod tests {
         })
         .to_string()
         .into_bytes()
+    }
+
+    /// A row as the appliance's store hashes it, and its message as the appliance sends it.
+    fn appliance_row(keyed: bool) -> (Row, Vec<u8>) {
+        let mut row = Row {
+            seq: 12,
+            utc: "2026-03-02T08:00:00.120Z".into(),
+            mono_ms: 99,
+            boot_id: "b7".into(),
+            clock_trusted: true,
+            actor: "caregiver:ana".into(),
+            kind: "dose.skipped".into(),
+            subject: "patient:p-1/medication:MTX".into(),
+            // Spacing and escapes a JSON receiver would not keep byte for byte.
+            body: "{\"note\": \"caf\\u00e9 \\\"x\\\"\",\"units\":1.50}".into(),
+            reason: "SKIPPED".into(),
+            prev_hash: "ab".repeat(32),
+            hash: String::new(),
+        };
+        row.hash = medbox::store::audit::ChainKey::unkeyed().link(&row.prev_hash, &row.canonical());
+        let m = medbox::wire::event_message(
+            "mb-1",
+            &medbox::wire::EventRow {
+                seq: row.seq,
+                utc: &row.utc,
+                mono_ms: row.mono_ms,
+                boot_id: &row.boot_id,
+                kind: &row.kind,
+                subject: &row.subject,
+                actor: &row.actor,
+                reason: &row.reason,
+                clock_trusted: row.clock_trusted,
+                body: &row.body,
+                prev_hash: &row.prev_hash,
+                hash: &row.hash,
+                keyed,
+            },
+        )
+        .unwrap_or_default();
+        (row, m.to_string().into_bytes())
+    }
+
+    #[test]
+    fn a_plain_chains_row_is_rebuilt_from_its_message_exactly_as_it_was_hashed() {
+        let (row, payload) = appliance_row(false);
+        match parse("medbox/mb-1/events/dose", &payload) {
+            Ok(Message::Event { event, .. }) => {
+                assert_eq!(event.hashed.as_ref(), Some(&row));
+                assert_eq!(
+                    event.hashed.and_then(|r| crate::witness::check_content(&r)),
+                    None
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A keyed chain's hash needs the secret: nothing is rebuilt to check.
+        let (_, payload) = appliance_row(true);
+        match parse("medbox/mb-1/events/dose", &payload) {
+            Ok(Message::Event { event, .. }) => assert_eq!(event.hashed, None),
+            other => panic!("{other:?}"),
+        }
+        // Nor from an appliance that does not say how it links its rows.
+        match parse("medbox/mb-1/events/dose", &event("mb-1:7", 7)) {
+            Ok(Message::Event { event, .. }) => assert_eq!(event.hashed, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

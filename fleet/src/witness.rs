@@ -7,6 +7,7 @@
 //! so every check is made from both sides: a row against its neighbours and any checkpoint at its
 //! seq, a checkpoint against the row at its seq, whichever arrives second.
 
+use medbox::store::audit::{ChainKey, Row};
 use medbox::store::checkpoint::Checkpoint;
 use serde_json::{json, Value};
 
@@ -55,6 +56,17 @@ pub enum Finding {
         /// The earlier row's hash.
         expected: String,
     },
+    /// A row whose content does not hash to the hash it carries: it was changed after it was
+    /// recorded (a database edited on the device and the row sent again, or a forgery that
+    /// kept the hashes so the chain would still link).
+    ContentAltered {
+        /// Seq.
+        seq: i64,
+        /// The hash the row carries.
+        hash: String,
+        /// What its content hashes to.
+        computed: String,
+    },
     /// A checkpoint whose head is not the hash of the row held at its seq.
     CheckpointDisagrees {
         /// Seq.
@@ -76,6 +88,7 @@ impl Finding {
             Finding::CheckpointRewritten { .. } => "CHECKPOINT_REWRITTEN",
             Finding::Unlinked { .. } => "UNLINKED",
             Finding::CheckpointDisagrees { .. } => "CHECKPOINT_DISAGREES",
+            Finding::ContentAltered { .. } => "CONTENT_ALTERED",
         }
     }
 
@@ -87,7 +100,8 @@ impl Finding {
             | Finding::RowRewritten { seq, .. }
             | Finding::CheckpointRewritten { seq, .. }
             | Finding::Unlinked { seq, .. }
-            | Finding::CheckpointDisagrees { seq, .. } => *seq,
+            | Finding::CheckpointDisagrees { seq, .. }
+            | Finding::ContentAltered { seq, .. } => *seq,
         }
     }
 
@@ -131,6 +145,15 @@ impl Finding {
                 short(head),
                 short(row_hash)
             ),
+            Finding::ContentAltered {
+                seq,
+                hash,
+                computed,
+            } => format!(
+                "row {seq} carries hash {} but its content hashes to {}: it was altered after it was recorded",
+                short(hash),
+                short(computed)
+            ),
         }
     }
 
@@ -155,6 +178,11 @@ impl Finding {
                 head,
                 row_hash,
             } => json!({ "seq": seq, "head": head, "row_hash": row_hash }),
+            Finding::ContentAltered {
+                seq,
+                hash,
+                computed,
+            } => json!({ "seq": seq, "hash": hash, "computed": computed }),
         }
     }
 }
@@ -227,6 +255,18 @@ pub fn check_row(seq: i64, new: Hashes<'_>, held: AroundRow<'_>) -> Vec<Finding>
         }
     }
     out
+}
+
+/// Checks that a row's content hashes to the hash it carries, for a chain linked with plain
+/// SHA-256 (the row as [`crate::ingest::hashed_row`] rebuilds it). Links and checkpoints only
+/// vouch for hashes; this is what ties a hash to the words a pharmacist reads.
+pub fn check_content(row: &Row) -> Option<Finding> {
+    let computed = ChainKey::unkeyed().link(&row.prev_hash, &row.canonical());
+    (computed != row.hash).then(|| Finding::ContentAltered {
+        seq: row.seq,
+        hash: row.hash.clone(),
+        computed,
+    })
 }
 
 /// The verdict on a newly received checkpoint.
@@ -422,6 +462,48 @@ mod tests {
             check_row(5, h("h4", "h5"), after)[..],
             [Finding::Unlinked { seq: 6, .. }]
         ));
+    }
+
+    #[test]
+    fn a_row_altered_after_it_was_hashed_is_flagged_with_both_hashes() {
+        let mut row = Row {
+            seq: 3,
+            utc: "2026-03-02T08:00:00.000Z".into(),
+            mono_ms: 1,
+            boot_id: "b".into(),
+            clock_trusted: true,
+            actor: "system:dispenser".into(),
+            kind: "dose.dispensed".into(),
+            subject: "patient:p-1/medication:M".into(),
+            body: r#"{"units":1}"#.into(),
+            reason: String::new(),
+            prev_hash: "00".repeat(32),
+            hash: String::new(),
+        };
+        row.hash = ChainKey::unkeyed().link(&row.prev_hash, &row.canonical());
+        assert_eq!(check_content(&row), None, "as recorded");
+        let recorded = row.hash.clone();
+        row.body = r#"{"units":2}"#.into();
+        let f = check_content(&row).expect("flagged");
+        assert!(
+            matches!(&f, Finding::ContentAltered { seq: 3, hash, computed }
+                if *hash == recorded && *computed != recorded),
+            "{f:?}"
+        );
+        assert_eq!(f.code(), "CONTENT_ALTERED");
+        assert!(f.detail().contains("altered"), "{}", f.detail());
+        // Every field the hash covers counts, the previous hash too.
+        for alter in [
+            |r: &mut Row| r.actor = "caregiver:eve".into(),
+            |r: &mut Row| r.utc = "2026-03-01T08:00:00.000Z".into(),
+            |r: &mut Row| r.clock_trusted = false,
+            |r: &mut Row| r.prev_hash = "11".repeat(32),
+        ] {
+            let mut r = row.clone();
+            r.body = r#"{"units":1}"#.into();
+            alter(&mut r);
+            assert!(check_content(&r).is_some());
+        }
     }
 
     #[test]

@@ -434,6 +434,7 @@ async fn a_message_the_database_refuses_for_its_content_is_quarantined_and_the_r
             body: "{}",
             prev_hash: "",
             hash: "",
+            keyed: false,
         };
         medbox::wire::event_message("dev-q", &row)
             .expect("message")
@@ -567,6 +568,66 @@ async fn rows_a_broker_dropped_are_asked_for_again_archived_and_witnessed() {
     assert_eq!(
         flags, 0,
         "the rows that came back link up with their neighbours"
+    );
+    let _ = stop_live.send(());
+    tokio::task::spawn_blocking(move || live.join().expect("live"))
+        .await
+        .expect("join");
+    let _ = stop.send(());
+    run.await.expect("collector").expect("ran");
+    drop_schema(&a, &schema).await;
+}
+
+/// A row edited in the appliance's own database (its hash left as it was, so the chain still
+/// links and the checkpoints still name it) and then sent again is caught by the witness, which
+/// recomputes each plain-SHA-256 row's hash from its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_edited_on_the_device_and_sent_again_is_flagged_as_altered() {
+    use medbox_fleet::repair::{self, Gap};
+    let broker = broker();
+    let schema = fresh_schema("altered");
+    let group = format!("a{}", std::process::id());
+    let (stop, mut subscribed, run) = start(config(&broker, &schema, &group, "a"));
+    subscribed.recv().await.expect("subscribed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, d) = (broker.url(), dir.path().to_path_buf());
+    let (audit, _, _) =
+        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-alt", 5, &d, 2 * 3600))
+            .await
+            .expect("appliance");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
+    assert_eq!(settle(&a, rows, "dev-alt", audit).await, audit);
+    let flags = "SELECT count(*) FROM witness_flags WHERE device_id = $1";
+    assert_eq!(count(&a, flags, "dev-alt").await, 0, "as recorded");
+    // Row 3's words are changed on the device; its hashes are not.
+    let db = dir.path().join("dev-alt.db");
+    rusqlite::Connection::open(&db)
+        .expect("db")
+        .execute_batch(
+            "DROP TRIGGER audit_no_update; \
+             UPDATE audit SET body = '{\"edited\":true}' WHERE seq = 3;",
+        )
+        .expect("tamper");
+    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-alt", 5, dir.path()));
+    wait_online(&broker.url(), "dev-alt").await;
+    let gap = Gap {
+        device: "dev-alt".into(),
+        from: 3,
+        to: 3,
+    };
+    let asked = repair::ask(&broker.url(), None, "test", &[gap], Duration::from_secs(20)).await;
+    assert!(asked[0].answer.as_ref().is_ok_and(|x| x.ok), "{asked:?}");
+    let altered = "SELECT count(*) FROM witness_flags WHERE device_id = $1 \
+                   AND finding = 'CONTENT_ALTERED' AND seq = 3";
+    assert_eq!(settle(&a, altered, "dev-alt", 1).await, 1);
+    let all = archive::flags(&a, "dev-alt").await.expect("flags");
+    assert_eq!(all.len(), 1, "nothing else is wrong: {all:?}");
+    assert!(
+        all[0].2.contains("altered after it was recorded"),
+        "{all:?}"
     );
     let _ = stop_live.send(());
     tokio::task::spawn_blocking(move || live.join().expect("live"))

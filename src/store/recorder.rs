@@ -50,7 +50,11 @@ pub fn new_boot_id() -> String {
 }
 
 /// An audit row as the wire protocol sends it.
-fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, StoreError> {
+fn event_payload(
+    dev: &str,
+    row: &audit::Row,
+    key: &ChainKey,
+) -> Result<serde_json::Value, StoreError> {
     Ok(wire::event_message(
         dev,
         &wire::EventRow {
@@ -66,6 +70,7 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
             body: &row.body,
             prev_hash: &row.prev_hash,
             hash: &row.hash,
+            keyed: key.is_keyed(),
         },
     )?)
 }
@@ -73,13 +78,24 @@ fn event_payload(dev: &str, row: &audit::Row) -> Result<serde_json::Value, Store
 /// Queues audit rows `from..=to`, and the checkpoints signed at them, again as they were first
 /// sent: same topic, priority and message id, so a receiver that has them drops the repeats.
 /// FHIR resources and readings are not sent again.
-fn resend(tx: &rusqlite::Transaction<'_>, dev: &str, from: i64, to: i64) -> Result<(), StoreError> {
+fn resend(
+    tx: &rusqlite::Transaction<'_>,
+    dev: &str,
+    key: &ChainKey,
+    from: i64,
+    to: i64,
+) -> Result<(), StoreError> {
     for row in audit::range(tx, from, to)? {
         // A row whose body is not JSON (only a tampered store has one) is left out, not allowed
         // to fail the request's own record: a resend must never stop the recorder.
         let built = serde_json::from_str::<serde_json::Value>(&row.body)
             .map_err(StoreError::from)
-            .and_then(|body| Ok((wire::route_row(&row.kind, &body), event_payload(dev, &row)?)));
+            .and_then(|body| {
+                Ok((
+                    wire::route_row(&row.kind, &body),
+                    event_payload(dev, &row, key)?,
+                ))
+            });
         match built {
             Ok(((priority, topic), payload)) => {
                 outbox(tx, priority, &wire::topic(dev, &topic), &payload, &row.utc)?
@@ -541,7 +557,7 @@ impl Recorder {
             &tx,
             priority,
             &wire::topic(&dev, &topic),
-            &event_payload(&dev, &row)?,
+            &event_payload(&dev, &row, &self.key)?,
             &row.utc,
         )?;
         tx.commit()?;
@@ -718,7 +734,7 @@ impl Recorder {
             )?;
             seq = Some(row.seq);
             let (priority, topic) = wire::route_event(e, &row.kind);
-            let payload = event_payload(&dev, &row)?;
+            let payload = event_payload(&dev, &row, &self.key)?;
             outbox(
                 &tx,
                 priority,
@@ -728,7 +744,7 @@ impl Recorder {
             )?;
             if let Event::AuditResend { from, to, .. } = e {
                 // Up to the row before this one: the request itself has just been queued.
-                resend(&tx, &dev, *from, (*to).min(row.seq - 1))?;
+                resend(&tx, &dev, &self.key, *from, (*to).min(row.seq - 1))?;
             }
             if self.fhir {
                 let partner = match e {

@@ -61,6 +61,9 @@ pub struct EventRow<'a> {
     pub prev_hash: &'a str,
     /// This row's hash.
     pub hash: &'a str,
+    /// Whether the chain is keyed (HMAC): a witness without the secret can then check links
+    /// and checkpoints but not recompute a hash.
+    pub keyed: bool,
 }
 
 /// The topic suffix and priority of an audit kind (`events/<kind>`, `vitals`, `adherence`).
@@ -108,6 +111,11 @@ pub fn route_row(kind: &str, body: &Value) -> (Priority, String) {
     }
 }
 
+/// `chain` of a row linked with plain SHA-256 (anyone can recompute its hash).
+pub const CHAIN_PLAIN: &str = "sha256";
+/// `chain` of a row linked with HMAC-SHA-256 (only the secret's holder can).
+pub const CHAIN_KEYED: &str = "hmac-sha256";
+
 /// An audit row as a `medbox.event.v1` message; its id (`<device>:<seq>`) lets receivers drop
 /// a message delivered twice.
 pub fn event_message(dev: &str, row: &EventRow<'_>) -> Result<Value, serde_json::Error> {
@@ -132,6 +140,9 @@ pub fn event_message(dev: &str, row: &EventRow<'_>) -> Result<Value, serde_json:
         // signed checkpoints name them; a row rewritten under a seq it already holds is a fork.
         "prev_hash": row.prev_hash,
         "hash": row.hash,
+        // How `hash` was made from `prev_hash` and the canonical row, so a witness knows
+        // whether it can recompute it (`sha256`) or must leave that to the secret's holder.
+        "chain": if row.keyed { CHAIN_KEYED } else { CHAIN_PLAIN },
     }))
 }
 
@@ -411,6 +422,7 @@ mod tests {
             body: r#"{"kind":"dose"}"#,
             prev_hash: "aa",
             hash: "bb",
+            keyed: false,
         };
         let m = event_message("mb-1", &row).unwrap_or_default();
         assert_eq!(m["id"], "mb-1:42");
@@ -421,6 +433,7 @@ mod tests {
             "the body's exact text"
         );
         assert_eq!((&m["mono_ms"], &m["boot_id"]), (&5.into(), &"b1".into()));
+        assert_eq!(m["chain"], CHAIN_PLAIN);
         assert_eq!(checkpoint_message("mb-1", 7, &"c")["id"], "mb-1:c7");
         let (t, p) = busy_answer("mb-1", "nurse", "refill", br#"{"id":"x","actor":"n"}"#);
         assert_eq!(t, "medbox/mb-1/cmd/nurse/refill/result");
