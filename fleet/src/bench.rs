@@ -130,6 +130,7 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
             group: group.clone(),
             name: format!("{group}-{i}"),
             subscribed: Some(tx),
+            repair_every: None,
         };
         runs.push(tokio::spawn(async move {
             collect(&c, async {

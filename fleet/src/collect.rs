@@ -32,6 +32,10 @@ pub struct CollectConfig {
     pub name: String,
     /// Told each time the broker confirms the subscription (tests wait for it).
     pub subscribed: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    /// How often to look for audit rows the archive lacks and ask their appliances for them
+    /// ([`crate::repair::run`]; the broker must grant this identity the pharmacist role's
+    /// command topics). None: only `medbox-fleet repair` asks.
+    pub repair_every: Option<Duration>,
 }
 
 /// What a run did.
@@ -78,6 +82,16 @@ pub async fn collect(
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let mut stats = CollectStats::default();
+    // Ends with the collector (dropped at any return).
+    let _repair = cfg.repair_every.map(|every| {
+        AbortOnDrop(tokio::spawn(crate::repair::run(
+            cfg.pg.clone(),
+            cfg.schema.clone(),
+            cfg.mqtt.clone(),
+            cfg.credentials.clone(),
+            every,
+        )))
+    });
     // Acknowledgements of committed messages not yet handed to the client: this task also
     // polls the event loop, so it must never wait on the client's full request queue.
     let mut acks: std::collections::VecDeque<Publish> = Default::default();
@@ -146,6 +160,15 @@ pub async fn collect(
     }
     let _ = client.try_disconnect();
     Ok(stats)
+}
+
+/// A task that ends when its owner does.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Whether PostgreSQL refused a statement for the data it was given (SQLSTATE classes 22, data

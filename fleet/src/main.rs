@@ -46,6 +46,11 @@ enum Command {
         /// Broker username (the password from MEDBOX_FLEET_MQTT_PASSWORD).
         #[arg(long)]
         username: Option<String>,
+        /// Ask appliances for missing audit rows on their own, every so often (e.g. `15m`; a
+        /// gap must outlive one round first). The identity must be granted the pharmacist
+        /// role's command topics. Off by default: `medbox-fleet repair` asks on request.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        repair_every: Option<std::time::Duration>,
     },
     /// Create or update the archive's tables.
     Migrate,
@@ -196,6 +201,7 @@ async fn main() -> Result<ExitCode> {
             group,
             name,
             username,
+            repair_every,
         } => {
             let credentials = mqtt_credentials(username)?;
             let cfg = CollectConfig {
@@ -206,6 +212,7 @@ async fn main() -> Result<ExitCode> {
                 group,
                 name,
                 subscribed: None,
+                repair_every,
             };
             let stats = collect::collect(&cfg, async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -7,12 +7,17 @@
 //! the rows it holds, and a tail up to the last checkpoint it holds — and sends `resend_audit`
 //! for each (in parts of at most [`medbox::controller::commands::MAX_RESEND`]); the rows come
 //! back under their own message ids and are stored and witnessed as if they had never been lost.
+//!
+//! `collect --repair-every` does this on its own ([`Rounds`], [`run`]): a hole is also what a
+//! row still on its way looks like (an alarm overtakes the events queued before it; the other
+//! collector of the group has not committed yet), so only a gap that outlived a whole round is
+//! asked for, only from a device that is online, and at most [`MAX_ASKS`] times.
 
 use crate::archive::{Archive, ArchiveError};
 use medbox::remote::Request;
 
 /// Audit rows `from..=to` of `device` that the archive lacks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Gap {
     /// Device id.
     pub device: String,
@@ -121,9 +126,235 @@ pub async fn ask(
     out
 }
 
+/// How often the automatic repair asks for one gap before it leaves it to a person (an
+/// appliance that no longer holds the rows, restored from an older copy, cannot send them).
+pub const MAX_ASKS: u32 = 3;
+
+/// The parts of the gaps in `now` that were already missing in `before`.
+pub fn held_over(before: &[Gap], now: &[Gap]) -> Vec<Gap> {
+    let mut out = Vec::new();
+    for n in now {
+        for b in before.iter().filter(|b| b.device == n.device) {
+            let (from, to) = (n.from.max(b.from), n.to.min(b.to));
+            if from <= to {
+                out.push(Gap {
+                    device: n.device.clone(),
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What one round of the automatic repair decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Gaps to ask for now.
+    pub ask: Vec<Gap>,
+    /// Gaps asked for [`MAX_ASKS`] times that are still missing: reported once, then left to a
+    /// person (`medbox-fleet repair --dry-run` still lists them).
+    pub given_up: Vec<Gap>,
+}
+
+/// The automatic repair's memory between rounds: the gaps seen last round and how often each
+/// has been asked for. Pure, so which gap is asked for when is tested without a broker.
+#[derive(Clone, Debug, Default)]
+pub struct Rounds {
+    seen: Vec<Gap>,
+    asked: std::collections::BTreeMap<Gap, u32>,
+}
+
+impl Rounds {
+    /// One round: the archive's gaps now, and whether each device is online.
+    pub fn next(&mut self, now: Vec<Gap>, online: impl Fn(&str) -> bool) -> Round {
+        let due = held_over(&self.seen, &now);
+        // A gap that filled (or changed: some of its rows came) starts its count again.
+        self.asked.retain(|g, _| due.contains(g));
+        let mut round = Round::default();
+        for gap in due.into_iter().filter(|g| online(&g.device)) {
+            let n = self.asked.entry(gap.clone()).or_insert(0);
+            if *n < MAX_ASKS {
+                *n += 1;
+                round.ask.push(gap);
+            } else if *n == MAX_ASKS {
+                *n += 1;
+                round.given_up.push(gap);
+            }
+        }
+        self.seen = now;
+        round
+    }
+}
+
+/// The automatic repair: a round every `every` for as long as it runs, by whichever collector
+/// of the group holds the repair lock (one at a time, so a device is not asked twice; when that
+/// collector stops, its connection and lock go, and another takes over at its next round).
+pub async fn run(
+    pg: String,
+    schema: Option<String>,
+    mqtt: String,
+    credentials: Option<(String, String)>,
+    every: std::time::Duration,
+) {
+    let mut rounds = Rounds::default();
+    let mut archive: Option<Archive> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if archive.is_none() {
+            match Archive::connect(&pg, schema.as_deref()).await {
+                Ok(a) => archive = Some(a),
+                Err(e) => {
+                    tracing::warn!("repair: archive unavailable: {e}");
+                    continue;
+                }
+            }
+        }
+        let Some(a) = archive.as_ref() else { continue };
+        match round(a, &mut rounds, &mqtt, credentials.as_ref(), every).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!("repair: {e}");
+                archive = None;
+            }
+        }
+    }
+}
+
+/// Lock id of the automatic repair (one collector of a group repairs at a time).
+const REPAIR_LOCK: i64 = 7_261_004;
+
+async fn round(
+    a: &Archive,
+    rounds: &mut Rounds,
+    mqtt: &str,
+    credentials: Option<&(String, String)>,
+    every: std::time::Duration,
+) -> Result<(), ArchiveError> {
+    let held: bool = a
+        .client()
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&REPAIR_LOCK])
+        .await?
+        .get(0);
+    if !held {
+        return Ok(());
+    }
+    let now = gaps(a, None).await?;
+    let online: std::collections::BTreeSet<String> = a
+        .client()
+        .query("SELECT device_id FROM devices WHERE status = 'online'", &[])
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let round = rounds.next(now, |d| online.contains(d));
+    for g in &round.given_up {
+        tracing::warn!(
+            "repair: {} audit rows {}-{} still missing after {MAX_ASKS} asks; left to a person",
+            g.device,
+            g.from,
+            g.to
+        );
+    }
+    if round.ask.is_empty() {
+        return Ok(());
+    }
+    let timeout = every.clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    for x in ask(
+        mqtt,
+        credentials,
+        "medbox-fleet repair",
+        &round.ask,
+        timeout,
+    )
+    .await
+    {
+        match &x.answer {
+            Ok(a) if a.ok => tracing::info!("repair: {} {:?}: {}", x.device, x.request, a.detail),
+            Ok(a) => tracing::warn!("repair: {} {:?} refused: {}", x.device, x.request, a.detail),
+            Err(e) => tracing::warn!("repair: {} {:?}: no answer: {e}", x.device, x.request),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gap(device: &str, from: i64, to: i64) -> Gap {
+        Gap {
+            device: device.into(),
+            from,
+            to,
+        }
+    }
+
+    #[test]
+    fn a_gap_is_asked_for_only_once_it_has_outlived_a_round() {
+        let mut r = Rounds::default();
+        let all = |_: &str| true;
+        // First seen: perhaps only on its way.
+        assert_eq!(r.next(vec![gap("a", 5, 9)], all).ask, vec![]);
+        // Rows 5-6 came meanwhile; 7-9 and a new hole at 20 did not.
+        let round = r.next(vec![gap("a", 7, 9), gap("a", 20, 20)], all);
+        assert_eq!(
+            round.ask,
+            vec![gap("a", 7, 9)],
+            "only what outlived a round"
+        );
+        // A hole that fills is never asked for.
+        assert_eq!(r.next(vec![gap("a", 7, 9)], all).ask, vec![gap("a", 7, 9)]);
+        assert_eq!(r.next(vec![], all).ask, vec![]);
+    }
+
+    #[test]
+    fn only_a_device_that_is_online_is_asked() {
+        let mut r = Rounds::default();
+        let gaps = || vec![gap("on", 1, 2), gap("off", 1, 2)];
+        r.next(gaps(), |_| true);
+        let round = r.next(gaps(), |d| d == "on");
+        assert_eq!(round.ask, vec![gap("on", 1, 2)]);
+        // The offline device's gap waits, uncounted, until it is back.
+        let round = r.next(gaps(), |_| true);
+        assert_eq!(round.ask, vec![gap("off", 1, 2), gap("on", 1, 2)]);
+    }
+
+    #[test]
+    fn a_gap_asked_for_max_asks_times_is_given_up_once_and_then_left_alone() {
+        let mut r = Rounds::default();
+        let all = |_: &str| true;
+        let g = || vec![gap("a", 3, 3)];
+        r.next(g(), all);
+        let asks: Vec<Round> = (0..MAX_ASKS + 3).map(|_| r.next(g(), all)).collect();
+        let asked = asks.iter().filter(|x| !x.ask.is_empty()).count();
+        assert_eq!(asked, MAX_ASKS as usize);
+        let given_up: Vec<&Round> = asks.iter().filter(|x| !x.given_up.is_empty()).collect();
+        assert_eq!(given_up.len(), 1, "reported once: {asks:?}");
+        assert_eq!(given_up[0].given_up, g());
+        // Once it fills its count is forgotten: the same rows missing later are a new loss.
+        r.next(vec![], all);
+        r.next(g(), all);
+        assert_eq!(r.next(g(), all).ask, g());
+    }
+
+    #[test]
+    fn held_over_keeps_only_rows_missing_both_times() {
+        assert_eq!(
+            held_over(
+                &[gap("a", 1, 10), gap("b", 1, 3)],
+                &[gap("a", 5, 15), gap("b", 4, 6), gap("c", 1, 1)]
+            ),
+            vec![gap("a", 5, 10)]
+        );
+    }
 
     #[test]
     fn a_gap_is_asked_for_in_parts_no_larger_than_one_command_takes() {

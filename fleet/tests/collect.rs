@@ -54,6 +54,7 @@ fn config(broker: &Broker, schema: &str, group: &str, name: &str) -> CollectConf
         group: group.into(),
         name: name.into(),
         subscribed: None,
+        repair_every: None,
     }
 }
 
@@ -628,6 +629,80 @@ async fn a_row_edited_on_the_device_and_sent_again_is_flagged_as_altered() {
     assert!(
         all[0].2.contains("altered after it was recorded"),
         "{all:?}"
+    );
+    let _ = stop_live.send(());
+    tokio::task::spawn_blocking(move || live.join().expect("live"))
+        .await
+        .expect("join");
+    let _ = stop.send(());
+    run.await.expect("collector").expect("ran");
+    drop_schema(&a, &schema).await;
+}
+
+/// With `repair_every` the collector does the repair itself: a gap that outlives a round, on a
+/// device that is online, is asked for and filled without anyone running `repair`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_repairs_on_its_own_gets_back_what_the_broker_dropped() {
+    use medbox_fleet::repair;
+    let broker = broker();
+    let schema = fresh_schema("autorepair");
+    let group = format!("ar{}", std::process::id());
+    let cfg = CollectConfig {
+        repair_every: Some(Duration::from_secs(1)),
+        ..config(&broker, &schema, &group, "ar")
+    };
+    let (stop, mut subscribed, run) = start(cfg);
+    subscribed.recv().await.expect("subscribed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, d) = (broker.url(), dir.path().to_path_buf());
+    let (audit, _, _) =
+        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-ar", 7, &d, 3 * 3600))
+            .await
+            .expect("appliance");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
+    assert_eq!(settle(&a, rows, "dev-ar", audit).await, audit);
+    for seq in [4_i64, 5, audit - 1, audit] {
+        for sql in [
+            "DELETE FROM audit_rows WHERE device_id = 'dev-ar' AND seq = $1",
+            "DELETE FROM messages WHERE message_id = 'dev-ar:' || $1::bigint",
+        ] {
+            a.client().execute(sql, &[&seq]).await.expect(sql);
+        }
+    }
+    assert_eq!(
+        repair::gaps(&a, Some("dev-ar")).await.expect("gaps").len(),
+        2
+    );
+    // The appliance comes back on; the collector asks it.
+    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-ar", 7, dir.path()));
+    wait_online(&broker.url(), "dev-ar").await;
+    let mut left = Vec::new();
+    for _ in 0..300 {
+        left = repair::gaps(&a, Some("dev-ar")).await.expect("gaps");
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, vec![], "every lost row came back on its own");
+    let asked = count(
+        &a,
+        "SELECT count(*) FROM audit_rows WHERE device_id = $1 AND kind = 'audit.resend'",
+        "dev-ar",
+    )
+    .await;
+    assert!(asked >= 1, "the appliance recorded being asked");
+    assert_eq!(
+        count(
+            &a,
+            "SELECT count(*) FROM witness_flags WHERE device_id = $1",
+            "dev-ar"
+        )
+        .await,
+        0
     );
     let _ = stop_live.send(());
     tokio::task::spawn_blocking(move || live.join().expect("live"))

@@ -190,6 +190,7 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
         group: "portal-test".into(),
         name: "collector-portal".into(),
         subscribed: None,
+        repair_every: None,
     };
     let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(async move {
