@@ -68,9 +68,9 @@ pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, S
         t_audit += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO plain VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            rusqlite::params![
+        // Cached, as the recorder's statements are: the comparison is of what is written.
+        tx.prepare_cached("INSERT INTO plain VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?
+            .execute(rusqlite::params![
                 e.utc.to_rfc3339(),
                 e.mono_ms,
                 e.boot_id,
@@ -80,8 +80,7 @@ pub fn store(dir: &Path, appends: u64, verify_rows: u64) -> Result<StoreBench, S
                 e.subject,
                 serde_json::to_string(&e.body)?,
                 e.reason
-            ],
-        )?;
+            ])?;
         tx.commit()?;
         t_plain += t.elapsed().as_secs_f64();
     }

@@ -292,12 +292,10 @@ pub fn range(conn: &Connection, from: i64, to: i64) -> Result<Vec<Row>, StoreErr
 
 /// The chain's head: last sequence number and hash.
 pub fn head(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
+    // Cached: read at every append, so parsing it once per connection is worth keeping.
     Ok(conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 
@@ -322,10 +320,11 @@ pub fn append(tx: &Transaction<'_>, key: &ChainKey, e: &Entry) -> Result<Row, St
         hash: String::new(),
     };
     row.hash = key.link(&row.prev_hash, &row.canonical());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, utc, mono_ms, boot_id, clock_trusted, actor, kind, subject, body, reason, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![
+    )?
+    .execute(params![
             row.seq,
             row.utc,
             row.mono_ms,

@@ -125,10 +125,15 @@ pub(crate) fn outbox(
     payload: &serde_json::Value,
     utc: &str,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (?1, ?2, ?3, ?4)",
-        params![p as i64, topic, serde_json::to_string(payload)?, utc],
-    )?;
+    )?
+    .execute(params![
+        p as i64,
+        topic,
+        serde_json::to_string(payload)?,
+        utc
+    ])?;
     Ok(())
 }
 
