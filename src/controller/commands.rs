@@ -460,6 +460,8 @@ pub(super) struct Router {
     answered: HashMap<String, Answered>,
     /// Ids in the order they were answered, to forget the oldest first.
     order: std::collections::VecDeque<String>,
+    /// Audit rows `resend_audit` may still queue.
+    resend: super::resend_budget::ResendBudget,
 }
 
 impl Router {
@@ -470,7 +472,9 @@ impl Router {
         events: mpsc::Sender<Event>,
         answered: Vec<Answered>,
     ) -> Self {
+        let resend = super::resend_budget::ResendBudget::new(clock.monotonic());
         let mut router = Self {
+            resend,
             clock,
             fridge,
             dispenser,
@@ -638,7 +642,7 @@ impl Router {
             .await;
     }
 
-    async fn execute(&self, name: &str, role: Role, env: &Envelope) -> Answer {
+    async fn execute(&mut self, name: &str, role: Role, env: &Envelope) -> Answer {
         let (tx, rx) = oneshot::channel();
         match parse(name, role, env, self.clock.now())? {
             Routed::Fridge { alarm, comment } => self
@@ -661,6 +665,19 @@ impl Router {
                     Refusal::new(RefusalCode::Unavailable, "the dispenser task is stopping")
                 })?,
             Routed::Resend { from, to } => {
+                if let Err(wait) = self.resend.take(to - from + 1, self.clock.monotonic()) {
+                    return refuse(
+                        RefusalCode::Busy,
+                        format!(
+                            "{} rows asked for, {} may be sent again now (at most {} an hour); \
+                             ask again in {} min",
+                            to - from + 1,
+                            self.resend.left(),
+                            super::resend_budget::ROWS_PER_HOUR,
+                            wait.as_secs().div_ceil(60)
+                        ),
+                    );
+                }
                 let at = self.clock.now();
                 let actor = env.actor.clone();
                 self.events
@@ -697,6 +714,45 @@ mod tests {
             args,
         };
         (role, e)
+    }
+
+    #[tokio::test]
+    async fn resends_under_fresh_ids_are_held_to_the_hourly_budget_and_the_refusal_says_when() {
+        let clock = Arc::new(crate::clock::SimClock::new(chrono::Utc::now(), 1.0));
+        // Only `advance` moves it.
+        let _frozen = clock.hold();
+        let (fridge, _f) = mpsc::channel(1);
+        let (dispenser, _d) = mpsc::channel(1);
+        let (events, mut queued) = mpsc::channel(8);
+        let mut router = Router::new(clock.clone(), fridge, dispenser, events, Vec::new());
+        let ask = |id: &str| Envelope {
+            id: id.into(),
+            actor: "pharmacist:rx".into(),
+            role: None,
+            args: serde_json::json!({ "from": 1, "to": MAX_RESEND }),
+        };
+        for id in ["r-1", "r-2"] {
+            let a = router
+                .execute("resend_audit", Role::Pharmacist, &ask(id))
+                .await;
+            assert!(a.is_ok(), "{a:?}");
+            assert!(matches!(queued.try_recv(), Ok(Event::AuditResend { .. })));
+        }
+        let refused = router
+            .execute("resend_audit", Role::Pharmacist, &ask("r-3"))
+            .await
+            .expect_err("over the budget");
+        assert_eq!(refused.code, RefusalCode::Busy);
+        assert!(
+            refused.to_string().contains("ask again in 30 min"),
+            "{refused}"
+        );
+        assert!(queued.try_recv().is_err(), "nothing queued");
+        clock.advance(std::time::Duration::from_secs(30 * 60));
+        let a = router
+            .execute("resend_audit", Role::Pharmacist, &ask("r-4"))
+            .await;
+        assert!(a.is_ok(), "refilled: {a:?}");
     }
 
     fn code(name: &str, (role, e): &(Role, Envelope)) -> Option<RefusalCode> {

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 pub mod commands;
 mod dispenser;
 pub mod hardware;
+pub mod resend_budget;
 pub mod serve;
 
 /// How the compressor is decided.
