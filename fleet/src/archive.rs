@@ -101,15 +101,25 @@ impl Archive {
         }
         let devices: std::collections::BTreeSet<&str> =
             batch.iter().filter_map(|(_, m, _)| m.device()).collect();
+        // Only what the witness checks in order (rows, checkpoints) or what writes the device's
+        // own row (its status) takes the device's lock; readings, the bulk, are independent
+        // inserts, so two collectors holding messages of one device no longer take turns.
+        let locked: std::collections::BTreeSet<&str> = batch
+            .iter()
+            .filter(|(_, m, _)| needs_device_lock(m))
+            .filter_map(|(_, m, _)| m.device())
+            .collect();
         let tx = self.client.transaction().await?;
         for device in &devices {
+            // DO NOTHING takes no lock on a device already known.
             tx.execute(
-                "INSERT INTO devices (device_id) VALUES ($1) \
-                 ON CONFLICT (device_id) DO UPDATE SET last_seen = now()",
+                "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING",
                 &[device],
             )
             .await?;
-            lock_device(&tx, device).await?;
+            if locked.contains(device) {
+                lock_device(&tx, device).await?;
+            }
         }
         let mut all = Vec::with_capacity(batch.len());
         for (topic, msg, payload) in batch {
@@ -129,6 +139,16 @@ impl Archive {
             all.push(out);
         }
         tx.commit().await?;
+        // Outside the transaction, and at most every ten seconds a device: a row lock held to
+        // the end of every batch would make collectors wait on each other again.
+        let devices: Vec<&str> = devices.into_iter().collect();
+        self.client
+            .execute(
+                "UPDATE devices SET last_seen = now() WHERE device_id = ANY($1) \
+                 AND last_seen < now() - interval '10 seconds'",
+                &[&devices],
+            )
+            .await?;
         Ok(all)
     }
 
@@ -151,6 +171,15 @@ impl Archive {
         self.partitions.insert((y, m));
         Ok(())
     }
+}
+
+/// Whether storing `m` needs its device's lock: the witness checks rows and checkpoints
+/// against what is committed before them, and a status writes the device's own row.
+fn needs_device_lock(m: &Message) -> bool {
+    matches!(
+        m,
+        Message::Event { .. } | Message::Checkpoint { .. } | Message::Status { .. }
+    )
 }
 
 /// One device's checks at a time: rows and checkpoints of a device split between two
@@ -527,4 +556,31 @@ pub async fn flags(
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse;
+
+    #[test]
+    fn only_what_the_witness_orders_or_the_device_row_takes_the_devices_lock() {
+        let reading = br#"{"schema":"medbox.telemetry.v1","id":"mb-1:r7","utc":"2026-03-03T00:01:00Z","vial_c":5.1,"air_c":4.8,"compressor_on":false,"door_open":false,"mains":true,"mode":"thermostat"}"#;
+        let event = serde_json::json!({
+            "schema": "medbox.event.v1", "id": "mb-1:3", "seq": 3, "utc": "2026-03-02T08:00:00.000Z",
+            "kind": "dose.dispensed", "subject": "s", "actor": "a", "reason": "",
+            "clock_trusted": true, "body": {}, "prev_hash": "aa", "hash": "bb"
+        })
+        .to_string();
+        let msg = |topic: &str, payload: &[u8]| parse(topic, payload).expect("readable");
+        assert!(!needs_device_lock(&msg(
+            "medbox/mb-1/telemetry/fridge",
+            reading
+        )));
+        assert!(needs_device_lock(&msg(
+            "medbox/mb-1/events/dose",
+            event.as_bytes()
+        )));
+        assert!(needs_device_lock(&msg("medbox/mb-1/status", b"online")));
+    }
 }
