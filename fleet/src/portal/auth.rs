@@ -37,6 +37,36 @@ pub fn new_password_problem(current: &str, new: &str, repeated: &str) -> Option<
     }
 }
 
+/// The roles a person may have: the appliance's command roles that people send in.
+pub const ROLES: &[&str] = &["caregiver", "nurse", "clinician", "pharmacist"];
+
+/// What is wrong with a person an administrator is adding, if anything. A login name is also
+/// the actor the appliances record, so it is kept to letters, digits and `._-`.
+pub fn new_person_problem(
+    username: &str,
+    role: &str,
+    display_name: &str,
+    password: &str,
+) -> Option<String> {
+    let name_ok = (2..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !name_ok {
+        Some("a login name is 2 to 64 of a-z, 0-9, '.', '_' and '-'".into())
+    } else if !ROLES.contains(&role) {
+        Some(format!("the role must be one of {}", ROLES.join(", ")))
+    } else if display_name.trim().is_empty() || display_name.chars().count() > 100 {
+        Some("the name shown needs 1 to 100 characters".into())
+    } else if password.chars().count() < MIN_PASSWORD_CHARS {
+        Some(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Whether a name with `recent_failures` wrong passwords in the window may try again: the
 /// password is then not even checked, so a guesser learns nothing from a throttled try.
 pub fn sign_in_throttled(recent_failures: i64) -> bool {
@@ -131,6 +161,20 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_persons_name_role_and_password_are_checked_before_anything_is_stored() {
+        let ok = |u, r, n, p| new_person_problem(u, r, n, p);
+        assert_eq!(ok("dana.k", "nurse", "Dana K", "twelve chars!"), None);
+        for bad_name in ["", "d", "Dana", "dana k", "dana;drop", "système"] {
+            let p = ok(bad_name, "nurse", "Dana", "twelve chars!").expect(bad_name);
+            assert!(p.contains("login name"), "{p}");
+        }
+        assert!(ok("dana", "admin", "Dana", "twelve chars!")
+            .is_some_and(|p| p.contains("role")));
+        assert!(ok("dana", "nurse", "  ", "twelve chars!").is_some_and(|p| p.contains("name")));
+        assert!(ok("dana", "nurse", "Dana", "short").is_some_and(|p| p.contains("at least")));
+    }
 
     #[test]
     fn a_new_password_is_long_enough_typed_twice_alike_and_not_the_old_one() {

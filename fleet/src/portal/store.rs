@@ -27,6 +27,23 @@ pub struct Person {
     pub tz: String,
     /// The session's CSRF token, rendered into every form.
     pub csrf: String,
+    /// Whether they administer their organisation's people.
+    pub admin: bool,
+}
+
+/// A person as the People page lists them.
+#[derive(Clone, Debug, Serialize)]
+pub struct PersonRow {
+    /// Login name.
+    pub username: String,
+    /// Name shown.
+    pub display_name: String,
+    /// Role.
+    pub role: String,
+    /// Signed out and unable to sign in.
+    pub disabled: bool,
+    /// Administers the organisation's people.
+    pub admin: bool,
 }
 
 /// Creates or renames an organisation.
@@ -141,7 +158,7 @@ pub async fn recent_failed_sign_ins(
 pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError> {
     let row = c
         .query_opt(
-            "SELECT p.username, p.display_name, p.org_id, o.name, p.role, o.timezone, s.csrf \
+            "SELECT p.username, p.display_name, p.org_id, o.name, p.role, o.timezone, s.csrf, p.admin \
              FROM sessions s JOIN people p USING (username) JOIN organisations o USING (org_id) \
              WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT p.disabled",
             &[&auth::token_hash(token)],
@@ -155,7 +172,101 @@ pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError>
         role: r.get(4),
         tz: r.get(5),
         csrf: r.get(6),
+        admin: r.get(7),
     }))
+}
+
+/// Makes `username` an administrator of their organisation's people, or not.
+pub async fn set_admin(c: &Client, username: &str, admin: bool) -> Result<bool, PgError> {
+    c.execute(
+        "UPDATE people SET admin = $2 WHERE username = $1",
+        &[&username, &admin],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// An organisation's people, by login name.
+pub async fn people(c: &Client, org: &str) -> Result<Vec<PersonRow>, PgError> {
+    Ok(c
+        .query(
+            "SELECT username, display_name, role, disabled, admin FROM people \
+             WHERE org_id = $1 ORDER BY username",
+            &[&org],
+        )
+        .await?
+        .into_iter()
+        .map(|r| PersonRow {
+            username: r.get(0),
+            display_name: r.get(1),
+            role: r.get(2),
+            disabled: r.get(3),
+            admin: r.get(4),
+        })
+        .collect())
+}
+
+/// Adds a person to `org`; false if the login name is taken (in any organisation: it is
+/// also the actor the appliances record, so it must name one person).
+pub async fn create_person(
+    c: &Client,
+    org: &str,
+    username: &str,
+    role: &str,
+    display_name: &str,
+    password: &str,
+) -> Result<bool, PgError> {
+    let hash = auth::hash_password(password);
+    c.execute(
+        "INSERT INTO people (username, org_id, role, display_name, password_hash) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING",
+        &[&username, &org, &role, &display_name.trim(), &hash],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// Disables (signing them out everywhere) or re-enables a person of `org`; false if `org` has
+/// no such person.
+pub async fn set_disabled(
+    c: &Client,
+    org: &str,
+    username: &str,
+    disabled: bool,
+) -> Result<bool, PgError> {
+    let n = c
+        .execute(
+            "UPDATE people SET disabled = $3 WHERE username = $1 AND org_id = $2",
+            &[&username, &org, &disabled],
+        )
+        .await?;
+    if n == 1 && disabled {
+        c.execute("DELETE FROM sessions WHERE username = $1", &[&username])
+            .await?;
+    }
+    Ok(n == 1)
+}
+
+/// Sets a new password for a person of `org` who lost theirs, and ends every session of
+/// theirs; false if `org` has no such person.
+pub async fn reset_password(
+    c: &Client,
+    org: &str,
+    username: &str,
+    password: &str,
+) -> Result<bool, PgError> {
+    let hash = auth::hash_password(password);
+    let n = c
+        .execute(
+            "UPDATE people SET password_hash = $3 WHERE username = $1 AND org_id = $2",
+            &[&username, &org, &hash],
+        )
+        .await?;
+    if n == 1 {
+        c.execute("DELETE FROM sessions WHERE username = $1", &[&username])
+            .await?;
+    }
+    Ok(n == 1)
 }
 
 /// Ends a session.
