@@ -140,6 +140,10 @@ enum Command {
         /// Name shown.
         #[arg(long)]
         name: String,
+        /// Make them an administrator of their organisation's people (the portal's People
+        /// page); without it an existing person's administrator right is left as it was.
+        #[arg(long)]
+        admin: bool,
     },
     /// Ask appliances for the audit rows the archive lacks (holes, and a tail up to the last
     /// checkpoint held); prints each gap and the appliance's answer.
@@ -291,6 +295,7 @@ async fn main() -> Result<ExitCode> {
             org,
             role,
             name,
+            admin,
         } => {
             let password = match std::env::var("MEDBOX_FLEET_PASSWORD") {
                 Ok(p) => p,
@@ -309,7 +314,11 @@ async fn main() -> Result<ExitCode> {
             store::upsert_person(a.client(), &username, &org, &role, &name, &password)
                 .await
                 .context("role must be caregiver, nurse, clinician or pharmacist, and the organisation must exist")?;
-            println!("{username}: {role} of {org}");
+            if admin {
+                store::set_admin(a.client(), &username, true).await?;
+            }
+            let what = if admin { ", administrator" } else { "" };
+            println!("{username}: {role} of {org}{what}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

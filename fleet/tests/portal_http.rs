@@ -700,3 +700,188 @@ async fn the_audit_export_holds_only_the_organisations_rows_and_is_itself_audite
     assert_eq!(exports[0], ("pete".into(), true, "1 rows".into()));
     site.stop().await;
 }
+
+#[tokio::test]
+async fn an_administrator_manages_the_people_of_their_own_organisation_only() {
+    let site = Site::start("people").await;
+    let db = site.portal.db();
+    store::upsert_person(db, "nina", "north", "nurse", "Nina Admin", PASSWORD)
+        .await
+        .unwrap();
+    assert!(store::set_admin(db, "nina", true).await.unwrap());
+    // Not an administrator: neither the page nor its forms.
+    let (alice, alice_csrf) = site.sign_in("alice").await;
+    let (status, _, _) = site
+        .request(Method::GET, "/people", Some(&alice), None, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let add = |who: &'static str, password: &'static str| {
+        [
+            ("username", who),
+            ("display_name", "Dana Nurse"),
+            ("role", "nurse"),
+            ("password", password),
+        ]
+    };
+    let with_csrf = |csrf: &str, f: &[(&'static str, &'static str)]| -> Vec<(String, String)> {
+        let mut v = vec![("csrf".to_string(), csrf.to_string())];
+        v.extend(f.iter().map(|(k, x)| (k.to_string(), x.to_string())));
+        v
+    };
+    let post = |path: String, token: String, form: Vec<(String, String)>| {
+        let site = &site;
+        async move {
+            let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            site.request(Method::POST, &path, Some(&token), Some(&f), None)
+                .await
+        }
+    };
+    let (status, _, _) = post(
+        "/people".into(),
+        alice.clone(),
+        with_csrf(&alice_csrf, &add("dana", "a long first password")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        site.login("dana", "a long first password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The administrator sees their organisation's people, and nobody else's.
+    let (nina, csrf) = site.sign_in("nina").await;
+    let (status, _, page) = site
+        .request(Method::GET, "/people", Some(&nina), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("person-alice") && page.contains("person-pete"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("carol"),
+        "another organisation's person: {page}"
+    );
+    // Adds a person, who can then sign in; a bad or taken name adds nobody.
+    let (status, _, page) = post(
+        "/people".into(),
+        nina.clone(),
+        with_csrf(&csrf, &add("Dana K", "a long first password")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("login name"), "{page}");
+    let (status, _, page) = post(
+        "/people".into(),
+        nina.clone(),
+        with_csrf(&csrf, &add("carol", "a long first password")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert_eq!(
+        site.login("carol", "a long first password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _, page) = post(
+        "/people".into(),
+        nina.clone(),
+        with_csrf(&csrf, &add("dana", "a long first password")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("dana added as nurse"), "{page}");
+    let (dana, _) = {
+        let (status, headers, _) = site.login("dana", "a long first password").await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let c = headers["set-cookie"].to_str().unwrap().to_string();
+        (
+            c.strip_prefix("medbox_session=")
+                .and_then(|c| c.split(';').next())
+                .unwrap()
+                .to_string(),
+            (),
+        )
+    };
+    // Another organisation's person cannot be disabled from here.
+    let disable = |v: &'static str| with_csrf(&csrf, &[("disabled", v)]);
+    let (status, _, _) = post(
+        "/people/carol/disabled".into(),
+        nina.clone(),
+        disable("true"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(site.login("carol", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    // Disabling signs the person out at once and keeps them out.
+    let (status, _, _) = post(
+        "/people/dana/disabled".into(),
+        nina.clone(),
+        disable("true"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = site
+        .request(Method::GET, "/patients", Some(&dana), None, None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the session ended");
+    assert_eq!(
+        site.login("dana", "a long first password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Re-enabled, with a new password set for them: the old one no longer works.
+    post(
+        "/people/dana/disabled".into(),
+        nina.clone(),
+        disable("false"),
+    )
+    .await;
+    let (status, _, _) = post(
+        "/people/dana/password".into(),
+        nina.clone(),
+        with_csrf(&csrf, &[("password", "short")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, _) = post(
+        "/people/dana/password".into(),
+        nina.clone(),
+        with_csrf(&csrf, &[("password", "another long password")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        site.login("dana", "a long first password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        site.login("dana", "another long password").await.0,
+        StatusCode::SEE_OTHER
+    );
+    // Nobody locks themselves out.
+    let (status, _, _) = post(
+        "/people/nina/disabled".into(),
+        nina.clone(),
+        disable("true"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(site.login("nina", PASSWORD).await.0, StatusCode::SEE_OTHER);
+    // Every try is audited, with who did it.
+    let adds: Vec<(String, bool)> = site
+        .actions("person.add")
+        .await
+        .into_iter()
+        .map(|(who, ok, _)| (who, ok))
+        .collect();
+    assert_eq!(
+        adds,
+        vec![
+            ("alice".to_string(), false),
+            ("nina".to_string(), false),
+            ("nina".to_string(), false),
+            ("nina".to_string(), true)
+        ],
+        "the non-administrator's try is audited as refused"
+    );
+    assert_eq!(site.actions("person.disable").await.len(), 3);
+    site.stop().await;
+}

@@ -170,8 +170,7 @@ mod tests {
             let p = ok(bad_name, "nurse", "Dana", "twelve chars!").expect(bad_name);
             assert!(p.contains("login name"), "{p}");
         }
-        assert!(ok("dana", "admin", "Dana", "twelve chars!")
-            .is_some_and(|p| p.contains("role")));
+        assert!(ok("dana", "admin", "Dana", "twelve chars!").is_some_and(|p| p.contains("role")));
         assert!(ok("dana", "nurse", "  ", "twelve chars!").is_some_and(|p| p.contains("name")));
         assert!(ok("dana", "nurse", "Dana", "short").is_some_and(|p| p.contains("at least")));
     }

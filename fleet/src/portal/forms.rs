@@ -89,7 +89,7 @@ pub(super) async fn login(State(portal): St, Form(f): Form<Login>) -> PageResult
         .into_response())
 }
 
-fn csrf(person: &Person, form: Option<&String>) -> Result<(), PageError> {
+pub(super) fn csrf(person: &Person, form: Option<&String>) -> Result<(), PageError> {
     if auth::csrf_matches(&person.csrf, form.map_or("", String::as_str)) {
         Ok(())
     } else {
@@ -181,7 +181,7 @@ pub(super) async fn password(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn audit(
+pub(super) async fn audit(
     portal: &Portal,
     person: &Person,
     device: Option<&str>,

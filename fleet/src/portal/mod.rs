@@ -8,6 +8,7 @@ pub mod actions;
 pub mod auth;
 mod forms;
 mod pages;
+mod people;
 pub mod store;
 pub mod views;
 
@@ -149,6 +150,9 @@ impl Portal {
             .route("/devices/{device}/report", get(pages::report))
             .route("/audit", get(pages::audit))
             .route("/audit.csv", get(pages::audit_csv))
+            .route("/people", get(people::list).post(people::create))
+            .route("/people/{username}/disabled", post(people::disabled))
+            .route("/people/{username}/password", post(people::password))
             .layer(axum::middleware::from_fn(same_origin))
             .with_state(self.clone())
     }
@@ -281,6 +285,7 @@ fn templates() -> Environment<'static> {
         ),
         ("fridges.html", include_str!("templates/fridges.html")),
         ("audit.html", include_str!("templates/audit.html")),
+        ("people.html", include_str!("templates/people.html")),
     ] {
         env.add_template(name, src)
             .unwrap_or_else(|e| panic!("template {name}: {e}"));

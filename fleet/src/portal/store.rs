@@ -188,22 +188,21 @@ pub async fn set_admin(c: &Client, username: &str, admin: bool) -> Result<bool, 
 
 /// An organisation's people, by login name.
 pub async fn people(c: &Client, org: &str) -> Result<Vec<PersonRow>, PgError> {
-    Ok(c
-        .query(
-            "SELECT username, display_name, role, disabled, admin FROM people \
+    Ok(c.query(
+        "SELECT username, display_name, role, disabled, admin FROM people \
              WHERE org_id = $1 ORDER BY username",
-            &[&org],
-        )
-        .await?
-        .into_iter()
-        .map(|r| PersonRow {
-            username: r.get(0),
-            display_name: r.get(1),
-            role: r.get(2),
-            disabled: r.get(3),
-            admin: r.get(4),
-        })
-        .collect())
+        &[&org],
+    )
+    .await?
+    .into_iter()
+    .map(|r| PersonRow {
+        username: r.get(0),
+        display_name: r.get(1),
+        role: r.get(2),
+        disabled: r.get(3),
+        admin: r.get(4),
+    })
+    .collect())
 }
 
 /// Adds a person to `org`; false if the login name is taken (in any organisation: it is

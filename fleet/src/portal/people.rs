@@ -1,0 +1,207 @@
+//! The People page: an organisation's administrator adds people, disables and re-enables them
+//! (a disabled person is signed out at once and cannot sign in), and sets a new password for
+//! one who lost theirs. Only within their own organisation; every try is audited, refused ones
+//! too. The command line (`medbox-fleet person`) stays for the first administrator.
+
+use super::auth;
+use super::forms::{audit, csrf};
+use super::store::{self, Person};
+use super::{signed_in, PageResult, Portal, St};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Form;
+use minijinja::context;
+use std::collections::HashMap;
+
+fn admins_only(portal: &Portal, person: &Person) -> Option<PageResult> {
+    (!person.admin).then(|| {
+        portal.message(
+            Some(person),
+            StatusCode::FORBIDDEN,
+            "Administrators only",
+            false,
+            "This page is for your organisation's administrators.",
+            Some("/".into()),
+        )
+    })
+}
+
+/// For a form: refuses a person who is not an administrator, and audits the try.
+async fn unless_admin(
+    portal: &Portal,
+    person: &Person,
+    action: &str,
+    who: &str,
+) -> Result<Option<PageResult>, super::PageError> {
+    let Some(refused) = admins_only(portal, person) else {
+        return Ok(None);
+    };
+    audit(
+        portal,
+        person,
+        None,
+        action,
+        None,
+        serde_json::json!({ "person": who }),
+        false,
+        "refused: administrators only",
+    )
+    .await?;
+    Ok(Some(refused))
+}
+
+async fn page(
+    portal: &Portal,
+    person: Person,
+    status: StatusCode,
+    flash: Option<(bool, String)>,
+) -> PageResult {
+    let people = store::people(portal.db(), &person.org_id).await?;
+    let (ok, message) = flash.unzip();
+    portal.page(
+        status,
+        "people.html",
+        context! { person, people, roles => auth::ROLES, ok, message },
+    )
+}
+
+pub(super) async fn list(State(portal): St, headers: HeaderMap) -> PageResult {
+    let person = signed_in!(portal, headers);
+    if let Some(refused) = admins_only(&portal, &person) {
+        return refused;
+    }
+    page(&portal, person, StatusCode::OK, None).await
+}
+
+/// Audits what an administrator did or tried, then shows the page with the outcome.
+async fn done(
+    portal: &Portal,
+    person: Person,
+    action: &str,
+    who: &str,
+    outcome: Result<String, (StatusCode, String)>,
+) -> PageResult {
+    let (ok, detail, status) = match &outcome {
+        Ok(d) => (true, d.clone(), StatusCode::OK),
+        Err((s, d)) => (false, d.clone(), *s),
+    };
+    audit(
+        portal,
+        &person,
+        None,
+        action,
+        None,
+        serde_json::json!({ "person": who }),
+        ok,
+        &detail,
+    )
+    .await?;
+    page(portal, person, status, Some((ok, detail))).await
+}
+
+pub(super) async fn create(
+    State(portal): St,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    let field = |f: &str| form.get(f).map_or("", String::as_str);
+    if let Some(refused) = unless_admin(&portal, &person, "person.add", field("username")).await? {
+        return refused;
+    }
+    let (username, role, name, password) = (
+        field("username").trim(),
+        field("role"),
+        field("display_name"),
+        field("password"),
+    );
+    let outcome = match auth::new_person_problem(username, role, name, password) {
+        Some(p) => Err((StatusCode::UNPROCESSABLE_ENTITY, format!("not added: {p}"))),
+        None => {
+            let org = person.org_id.clone();
+            if store::create_person(portal.db(), &org, username, role, name, password).await? {
+                Ok(format!("{username} added as {role}"))
+            } else {
+                Err((
+                    StatusCode::CONFLICT,
+                    format!("not added: the login name {username} is taken"),
+                ))
+            }
+        }
+    };
+    done(&portal, person, "person.add", username, outcome).await
+}
+
+pub(super) async fn disabled(
+    State(portal): St,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    let disable = form.get("disabled").map(String::as_str) == Some("true");
+    let action = if disable {
+        "person.disable"
+    } else {
+        "person.enable"
+    };
+    if let Some(refused) = unless_admin(&portal, &person, action, &username).await? {
+        return refused;
+    }
+    let outcome = if disable && username == person.username {
+        Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "you cannot disable yourself".to_string(),
+        ))
+    } else if store::set_disabled(portal.db(), &person.org_id, &username, disable).await? {
+        Ok(if disable {
+            format!("{username} is disabled and signed out")
+        } else {
+            format!("{username} may sign in again")
+        })
+    } else {
+        Err(not_yours(&username))
+    };
+    done(&portal, person, action, &username, outcome).await
+}
+
+pub(super) async fn password(
+    State(portal): St,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    let person = signed_in!(portal, headers);
+    csrf(&person, form.get("csrf"))?;
+    let action = "person.password_reset";
+    if let Some(refused) = unless_admin(&portal, &person, action, &username).await? {
+        return refused;
+    }
+    let new = form.get("password").map_or("", String::as_str);
+    let outcome = if new.chars().count() < auth::MIN_PASSWORD_CHARS {
+        Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "not set: a password needs at least {} characters",
+                auth::MIN_PASSWORD_CHARS
+            ),
+        ))
+    } else if store::reset_password(portal.db(), &person.org_id, &username, new).await? {
+        Ok(format!(
+            "{username} has a new password; their sessions are signed out"
+        ))
+    } else {
+        Err(not_yours(&username))
+    };
+    done(&portal, person, action, &username, outcome).await
+}
+
+/// A person of another organisation is answered as one who does not exist.
+fn not_yours(username: &str) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no person {username} in your organisation"),
+    )
+}
