@@ -329,25 +329,8 @@ mod tests {
             hash: String::new(),
         };
         row.hash = medbox::store::audit::ChainKey::unkeyed().link(&row.prev_hash, &row.canonical());
-        let m = medbox::wire::event_message(
-            "mb-1",
-            &medbox::wire::EventRow {
-                seq: row.seq,
-                utc: &row.utc,
-                mono_ms: row.mono_ms,
-                boot_id: &row.boot_id,
-                kind: &row.kind,
-                subject: &row.subject,
-                actor: &row.actor,
-                reason: &row.reason,
-                clock_trusted: row.clock_trusted,
-                body: &row.body,
-                prev_hash: &row.prev_hash,
-                hash: &row.hash,
-                keyed,
-            },
-        )
-        .unwrap_or_default();
+        let m = medbox::wire::event_message("mb-1", &medbox::wire::EventRow::of(&row, keyed))
+            .unwrap_or_default();
         (row, m.to_string().into_bytes())
     }
 

@@ -503,39 +503,130 @@ async fn a_message_the_database_refuses_for_its_content_is_quarantined_and_the_r
     drop_schema(&a, &schema).await;
 }
 
+/// A collector (configured by `tune`) and one simulated appliance whose first `secs` are
+/// already archived, for the tests that take rows away and get them back.
+struct Archived {
+    broker: Broker,
+    schema: String,
+    dir: tempfile::TempDir,
+    device: &'static str,
+    seed: u64,
+    a: Archive,
+    /// Audit rows the appliance recorded.
+    audit: i64,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<anyhow::Result<CollectStats>>,
+}
+
+impl Archived {
+    async fn start(
+        name: &str,
+        device: &'static str,
+        seed: u64,
+        secs: u64,
+        tune: impl FnOnce(CollectConfig) -> CollectConfig,
+    ) -> Self {
+        let broker = broker();
+        let schema = fresh_schema(name);
+        let group = format!("{name}{}", std::process::id());
+        let (stop, mut subscribed, run) = start(tune(config(&broker, &schema, &group, name)));
+        subscribed.recv().await.expect("subscribed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, d) = (broker.url(), dir.path().to_path_buf());
+        let (audit, _, _) =
+            tokio::task::spawn_blocking(move || appliance_for(&url, device, seed, &d, secs))
+                .await
+                .expect("appliance");
+        let a = Archive::connect(&pg(), Some(&schema))
+            .await
+            .expect("archive");
+        let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
+        assert_eq!(settle(&a, rows, device, audit).await, audit);
+        Self {
+            broker,
+            schema,
+            dir,
+            device,
+            seed,
+            a,
+            audit,
+            stop,
+            run,
+        }
+    }
+
+    /// Removes rows from the archive as a broker that dropped them would have left it.
+    async fn lose(&self, seqs: impl IntoIterator<Item = i64>) {
+        for seq in seqs {
+            for sql in [
+                "DELETE FROM audit_rows WHERE device_id = $2 AND seq = $1",
+                "DELETE FROM messages WHERE message_id = $2 || ':' || $1::bigint",
+            ] {
+                self.a
+                    .client()
+                    .execute(sql, &[&seq, &self.device])
+                    .await
+                    .expect(sql);
+            }
+        }
+    }
+
+    /// Switches the appliance on again, connected; returns its stop switch.
+    async fn live(&self) -> Live {
+        let opts = appliance_options(&self.broker.url(), self.device, self.seed, self.dir.path());
+        let (thread, stop) = run_live(opts);
+        wait_online(&self.broker.url(), self.device).await;
+        Live { thread, stop }
+    }
+
+    /// Waits (bounded) until the archive lacks nothing; what it still lacks.
+    async fn gaps_left(&self) -> Vec<medbox_fleet::repair::Gap> {
+        let mut left = Vec::new();
+        for _ in 0..300 {
+            left = medbox_fleet::repair::gaps(&self.a, Some(self.device))
+                .await
+                .expect("gaps");
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        left
+    }
+
+    async fn flags(&self) -> i64 {
+        let sql = "SELECT count(*) FROM witness_flags WHERE device_id = $1";
+        count(&self.a, sql, self.device).await
+    }
+
+    async fn finish(self, live: Live) {
+        let _ = live.stop.send(());
+        tokio::task::spawn_blocking(move || live.thread.join().expect("live"))
+            .await
+            .expect("join");
+        let _ = self.stop.send(());
+        self.run.await.expect("collector").expect("ran");
+        drop_schema(&self.a, &self.schema).await;
+    }
+}
+
+/// A running appliance.
+struct Live {
+    thread: std::thread::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
 /// A broker that drops what it acknowledged (a full queue) leaves the archive with holes the
 /// appliance no longer has in its outbox; `repair` names them and asks the appliance, which
 /// publishes those rows again from its audit log, and the archive stores and witnesses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_a_broker_dropped_are_asked_for_again_archived_and_witnessed() {
     use medbox_fleet::repair;
-    let broker = broker();
-    let schema = fresh_schema("repair");
-    let group = format!("r{}", std::process::id());
-    let (stop, mut subscribed, run) = start(config(&broker, &schema, &group, "r"));
-    subscribed.recv().await.expect("subscribed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (url, d) = (broker.url(), dir.path().to_path_buf());
-    let (audit, _, _) =
-        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-gap", 3, &d, 6 * 3600))
-            .await
-            .expect("appliance");
-    let a = Archive::connect(&pg(), Some(&schema))
-        .await
-        .expect("archive");
-    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
-    assert_eq!(settle(&a, rows, "dev-gap", audit).await, audit);
+    let x = Archived::start("repair", "dev-gap", 3, 6 * 3600, |c| c).await;
+    let audit = x.audit;
     // What the broker "dropped": rows 5-9 and the last two, as if they had never come.
-    let lost = |seq: i64| (5..=9).contains(&seq) || seq > audit - 2;
-    for seq in (1..=audit).filter(|s| lost(*s)) {
-        for sql in [
-            "DELETE FROM audit_rows WHERE device_id = 'dev-gap' AND seq = $1",
-            "DELETE FROM messages WHERE message_id = 'dev-gap:' || $1::bigint",
-        ] {
-            a.client().execute(sql, &[&seq]).await.expect(sql);
-        }
-    }
-    let gaps = repair::gaps(&a, Some("dev-gap")).await.expect("gaps");
+    x.lose((5..=9).chain([audit - 1, audit])).await;
+    let gaps = repair::gaps(&x.a, Some("dev-gap")).await.expect("gaps");
     let named: Vec<(i64, i64)> = gaps.iter().map(|g| (g.from, g.to)).collect();
     assert_eq!(
         named,
@@ -543,40 +634,27 @@ async fn rows_a_broker_dropped_are_asked_for_again_archived_and_witnessed() {
         "a hole, and a tail up to the last checkpoint held"
     );
     // The appliance is on again; the repair asks it.
-    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-gap", 3, dir.path()));
-    wait_online(&broker.url(), "dev-gap").await;
-    let asked = repair::ask(&broker.url(), None, "test", &gaps, Duration::from_secs(20)).await;
-    assert_eq!(asked.len(), 2);
-    for x in &asked {
-        let answer = x.answer.as_ref().expect("answered");
-        assert!(answer.ok, "{}", answer.detail);
-    }
-    let mut left = gaps;
-    for _ in 0..300 {
-        left = repair::gaps(&a, Some("dev-gap")).await.expect("gaps");
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, vec![], "every lost row came back");
-    let flags = count(
-        &a,
-        "SELECT count(*) FROM witness_flags WHERE device_id = $1",
-        "dev-gap",
+    let live = x.live().await;
+    let asked = repair::ask(
+        &x.broker.url(),
+        None,
+        "test",
+        &gaps,
+        Duration::from_secs(20),
     )
     .await;
+    assert_eq!(asked.len(), 2);
+    for a in &asked {
+        let answer = a.answer.as_ref().expect("answered");
+        assert!(answer.ok, "{}", answer.detail);
+    }
+    assert_eq!(x.gaps_left().await, vec![], "every lost row came back");
     assert_eq!(
-        flags, 0,
+        x.flags().await,
+        0,
         "the rows that came back link up with their neighbours"
     );
-    let _ = stop_live.send(());
-    tokio::task::spawn_blocking(move || live.join().expect("live"))
-        .await
-        .expect("join");
-    let _ = stop.send(());
-    run.await.expect("collector").expect("ran");
-    drop_schema(&a, &schema).await;
+    x.finish(live).await;
 }
 
 /// A row edited in the appliance's own database (its hash left as it was, so the chain still
@@ -585,130 +663,70 @@ async fn rows_a_broker_dropped_are_asked_for_again_archived_and_witnessed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_edited_on_the_device_and_sent_again_is_flagged_as_altered() {
     use medbox_fleet::repair::{self, Gap};
-    let broker = broker();
-    let schema = fresh_schema("altered");
-    let group = format!("a{}", std::process::id());
-    let (stop, mut subscribed, run) = start(config(&broker, &schema, &group, "a"));
-    subscribed.recv().await.expect("subscribed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (url, d) = (broker.url(), dir.path().to_path_buf());
-    let (audit, _, _) =
-        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-alt", 5, &d, 2 * 3600))
-            .await
-            .expect("appliance");
-    let a = Archive::connect(&pg(), Some(&schema))
-        .await
-        .expect("archive");
-    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
-    assert_eq!(settle(&a, rows, "dev-alt", audit).await, audit);
-    let flags = "SELECT count(*) FROM witness_flags WHERE device_id = $1";
-    assert_eq!(count(&a, flags, "dev-alt").await, 0, "as recorded");
+    let x = Archived::start("altered", "dev-alt", 5, 2 * 3600, |c| c).await;
+    assert_eq!(x.flags().await, 0, "as recorded");
     // Row 3's words are changed on the device; its hashes are not.
-    let db = dir.path().join("dev-alt.db");
-    rusqlite::Connection::open(&db)
+    rusqlite::Connection::open(x.dir.path().join("dev-alt.db"))
         .expect("db")
         .execute_batch(
             "DROP TRIGGER audit_no_update; \
              UPDATE audit SET body = '{\"edited\":true}' WHERE seq = 3;",
         )
         .expect("tamper");
-    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-alt", 5, dir.path()));
-    wait_online(&broker.url(), "dev-alt").await;
+    let live = x.live().await;
     let gap = Gap {
         device: "dev-alt".into(),
         from: 3,
         to: 3,
     };
-    let asked = repair::ask(&broker.url(), None, "test", &[gap], Duration::from_secs(20)).await;
-    assert!(asked[0].answer.as_ref().is_ok_and(|x| x.ok), "{asked:?}");
+    let asked = repair::ask(
+        &x.broker.url(),
+        None,
+        "test",
+        &[gap],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(asked[0].answer.as_ref().is_ok_and(|a| a.ok), "{asked:?}");
     let altered = "SELECT count(*) FROM witness_flags WHERE device_id = $1 \
                    AND finding = 'CONTENT_ALTERED' AND seq = 3";
-    assert_eq!(settle(&a, altered, "dev-alt", 1).await, 1);
-    let all = archive::flags(&a, "dev-alt").await.expect("flags");
+    assert_eq!(settle(&x.a, altered, "dev-alt", 1).await, 1);
+    let all = archive::flags(&x.a, "dev-alt").await.expect("flags");
     assert_eq!(all.len(), 1, "nothing else is wrong: {all:?}");
     assert!(
         all[0].2.contains("altered after it was recorded"),
         "{all:?}"
     );
-    let _ = stop_live.send(());
-    tokio::task::spawn_blocking(move || live.join().expect("live"))
-        .await
-        .expect("join");
-    let _ = stop.send(());
-    run.await.expect("collector").expect("ran");
-    drop_schema(&a, &schema).await;
+    x.finish(live).await;
 }
 
 /// With `repair_every` the collector does the repair itself: a gap that outlives a round, on a
 /// device that is online, is asked for and filled without anyone running `repair`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_repairs_on_its_own_gets_back_what_the_broker_dropped() {
-    use medbox_fleet::repair;
-    let broker = broker();
-    let schema = fresh_schema("autorepair");
-    let group = format!("ar{}", std::process::id());
-    let cfg = CollectConfig {
-        repair_every: Some(Duration::from_secs(1)),
-        ..config(&broker, &schema, &group, "ar")
-    };
-    let (stop, mut subscribed, run) = start(cfg);
-    subscribed.recv().await.expect("subscribed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (url, d) = (broker.url(), dir.path().to_path_buf());
-    let (audit, _, _) =
-        tokio::task::spawn_blocking(move || appliance_for(&url, "dev-ar", 7, &d, 3 * 3600))
-            .await
-            .expect("appliance");
-    let a = Archive::connect(&pg(), Some(&schema))
-        .await
-        .expect("archive");
-    let rows = "SELECT count(*) FROM audit_rows WHERE device_id = $1";
-    assert_eq!(settle(&a, rows, "dev-ar", audit).await, audit);
-    for seq in [4_i64, 5, audit - 1, audit] {
-        for sql in [
-            "DELETE FROM audit_rows WHERE device_id = 'dev-ar' AND seq = $1",
-            "DELETE FROM messages WHERE message_id = 'dev-ar:' || $1::bigint",
-        ] {
-            a.client().execute(sql, &[&seq]).await.expect(sql);
-        }
-    }
-    assert_eq!(
-        repair::gaps(&a, Some("dev-ar")).await.expect("gaps").len(),
-        2
-    );
+    let every = Some(Duration::from_secs(1));
+    let x = Archived::start("autorepair", "dev-ar", 7, 3 * 3600, |c| CollectConfig {
+        repair_every: every,
+        ..c
+    })
+    .await;
+    x.lose([4, 5, x.audit - 1, x.audit]).await;
+    let gaps = medbox_fleet::repair::gaps(&x.a, Some("dev-ar")).await;
+    assert_eq!(gaps.expect("gaps").len(), 2);
     // The appliance comes back on; the collector asks it.
-    let (live, stop_live) = run_live(appliance_options(&broker.url(), "dev-ar", 7, dir.path()));
-    wait_online(&broker.url(), "dev-ar").await;
-    let mut left = Vec::new();
-    for _ in 0..300 {
-        left = repair::gaps(&a, Some("dev-ar")).await.expect("gaps");
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, vec![], "every lost row came back on its own");
+    let live = x.live().await;
+    assert_eq!(
+        x.gaps_left().await,
+        vec![],
+        "every lost row came back on its own"
+    );
     let asked = count(
-        &a,
+        &x.a,
         "SELECT count(*) FROM audit_rows WHERE device_id = $1 AND kind = 'audit.resend'",
         "dev-ar",
     )
     .await;
     assert!(asked >= 1, "the appliance recorded being asked");
-    assert_eq!(
-        count(
-            &a,
-            "SELECT count(*) FROM witness_flags WHERE device_id = $1",
-            "dev-ar"
-        )
-        .await,
-        0
-    );
-    let _ = stop_live.send(());
-    tokio::task::spawn_blocking(move || live.join().expect("live"))
-        .await
-        .expect("join");
-    let _ = stop.send(());
-    run.await.expect("collector").expect("ran");
-    drop_schema(&a, &schema).await;
+    assert_eq!(x.flags().await, 0);
+    x.finish(live).await;
 }

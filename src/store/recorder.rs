@@ -57,21 +57,7 @@ fn event_payload(
 ) -> Result<serde_json::Value, StoreError> {
     Ok(wire::event_message(
         dev,
-        &wire::EventRow {
-            seq: row.seq,
-            utc: &row.utc,
-            mono_ms: row.mono_ms,
-            boot_id: &row.boot_id,
-            kind: &row.kind,
-            subject: &row.subject,
-            actor: &row.actor,
-            reason: &row.reason,
-            clock_trusted: row.clock_trusted,
-            body: &row.body,
-            prev_hash: &row.prev_hash,
-            hash: &row.hash,
-            keyed: key.is_keyed(),
-        },
+        &wire::EventRow::of(row, key.is_keyed()),
     )?)
 }
 

@@ -66,6 +66,27 @@ pub struct EventRow<'a> {
     pub keyed: bool,
 }
 
+impl<'a> EventRow<'a> {
+    /// A stored audit row as it is sent; `keyed` says how its chain links.
+    pub fn of(row: &'a crate::store::audit::Row, keyed: bool) -> Self {
+        Self {
+            seq: row.seq,
+            utc: &row.utc,
+            mono_ms: row.mono_ms,
+            boot_id: &row.boot_id,
+            kind: &row.kind,
+            subject: &row.subject,
+            actor: &row.actor,
+            reason: &row.reason,
+            clock_trusted: row.clock_trusted,
+            body: &row.body,
+            prev_hash: &row.prev_hash,
+            hash: &row.hash,
+            keyed,
+        }
+    }
+}
+
 /// The topic suffix and priority of an audit kind (`events/<kind>`, `vitals`, `adherence`).
 pub fn route(kind: &str) -> (Priority, String) {
     let k = match kind {
