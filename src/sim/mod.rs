@@ -58,6 +58,9 @@ pub struct SimOptions {
     pub strategy: Strategy,
     /// Keep every fridge record, to export them.
     pub keep_records: bool,
+    /// Keep every checkpoint signed, to write them out at the end (`--checkpoints-out`); the
+    /// database holds them anyway, and a long run need not hold them in memory too.
+    pub keep_checkpoints: bool,
     /// Make every event durable in this SQLite database (audit chain, readings, checkpoints).
     pub db: Option<std::path::PathBuf>,
     /// Dosing schedules to run.
@@ -114,6 +117,7 @@ impl SimOptions {
             live: false,
             strategy: Strategy::Protected,
             keep_records: false,
+            keep_checkpoints: false,
             db: None,
             db_max_pages: None,
             refill_days: None,
@@ -256,7 +260,8 @@ pub struct SimSummary {
     /// Every fridge record, when asked for (`--export-readings`).
     #[serde(skip)]
     pub records: Vec<FridgeRecord>,
-    /// Checkpoints signed during the run (with `--db`): the copies to hold off the device.
+    /// Checkpoints signed during the run (with `--db` and `keep_checkpoints`): the copies to
+    /// hold off the device.
     #[serde(skip)]
     pub checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
     /// Records made durable during the run (audit rows and readings, with `--db`).
@@ -702,6 +707,7 @@ struct Accumulator {
     commands_rejected: Vec<String>,
     records: Option<Vec<FridgeRecord>>,
     checkpoints: Vec<crate::store::checkpoint::Checkpoint>,
+    keep_checkpoints: bool,
     durable_records: u64,
     dose_records: Vec<crate::dosing::engine::DoseRecord>,
     dose_notes: Vec<DoseNote>,
@@ -738,6 +744,7 @@ impl Accumulator {
             commands_rejected: Vec::new(),
             records: opts.keep_records.then(Vec::new),
             checkpoints: Vec::new(),
+            keep_checkpoints: opts.keep_checkpoints,
             durable_records: 0,
             dose_records: Vec::new(),
             dose_notes: Vec::new(),
@@ -767,7 +774,9 @@ impl Accumulator {
             }
             let _ = out.flush();
         }
-        self.checkpoints.extend(r.checkpoint);
+        if self.keep_checkpoints {
+            self.checkpoints.extend(r.checkpoint);
+        }
     }
 
     fn add(&mut self, ev: &Event, handle: &SimHandle) {

@@ -42,6 +42,7 @@ pub fn run_days(days: f64, scenario: Option<&str>) -> SimSummary {
 pub fn options(days: f64) -> SimOptions {
     SimOptions {
         keep_records: true,
+        keep_checkpoints: true,
         device_id: "medbox-test".into(),
         ..SimOptions::plain(profile(), Some(Duration::from_secs_f64(days * 86_400.0)))
     }

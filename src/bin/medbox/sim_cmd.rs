@@ -107,6 +107,7 @@ pub(crate) fn run_sim(args: SimArgs) -> Result<()> {
             ControllerArg::Naive => medbox::controller::Strategy::NaiveBaseline,
         },
         keep_records: args.export_readings.is_some(),
+        keep_checkpoints: args.checkpoints_out.is_some(),
         db,
         db_max_pages: args.db_max_pages,
         refill_days,
