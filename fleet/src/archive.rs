@@ -121,8 +121,40 @@ impl Archive {
                 lock_device(&tx, device).await?;
             }
         }
-        let mut all = Vec::with_capacity(batch.len());
-        for (topic, msg, payload) in batch {
+        let mut all: Vec<Option<Stored>> = (0..batch.len()).map(|_| None).collect();
+        // Readings, most of what comes, are independent inserts: sent together (queries issued
+        // at once on one connection are pipelined), one round trip for the lot, not two each.
+        let readings: Vec<(usize, &str, i64, &ReadingMsg)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, m, _))| match m {
+                Message::Reading {
+                    device,
+                    row_id,
+                    reading,
+                } => Some((i, device.as_str(), *row_id, reading.as_ref())),
+                _ => None,
+            })
+            .collect();
+        if !readings.is_empty() {
+            let insert = tx.prepare(INSERT_READING).await?;
+            let stored = futures_util::future::try_join_all(
+                readings
+                    .iter()
+                    .map(|(_, device, row_id, r)| store_reading(&tx, &insert, device, *row_id, r)),
+            )
+            .await?;
+            for ((i, ..), new) in readings.iter().zip(stored) {
+                all[*i] = Some(Stored {
+                    new,
+                    findings: Vec::new(),
+                });
+            }
+        }
+        for (slot, (topic, msg, payload)) in all.iter_mut().zip(batch) {
+            if slot.is_some() {
+                continue;
+            }
             let out = store_one(&tx, topic, msg, payload).await?;
             if let Some(device) = msg.device() {
                 for f in &out.findings {
@@ -136,7 +168,7 @@ impl Archive {
                     .await?;
                 }
             }
-            all.push(out);
+            *slot = Some(out);
         }
         tx.commit().await?;
         // Outside the transaction, and at most every ten seconds a device: a row lock held to
@@ -149,7 +181,7 @@ impl Archive {
                 &[&devices],
             )
             .await?;
-        Ok(all)
+        Ok(all.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// Creates the month's readings partition if it is not known to exist (under a lock, so
@@ -222,7 +254,10 @@ async fn store_one(
             device,
             row_id,
             reading,
-        } => plain(store_reading(tx, device, *row_id, reading).await?),
+        } => {
+            let insert = tx.prepare(INSERT_READING).await?;
+            plain(store_reading(tx, &insert, device, *row_id, reading).await?)
+        }
         Message::Event { device, event } => store_event(tx, device, topic, event, payload).await?,
         Message::Checkpoint {
             device,
@@ -258,17 +293,20 @@ async fn archive_message(
     Ok(n == 1)
 }
 
+const INSERT_READING: &str = "INSERT INTO readings (device_id, row_id, utc, vial_c, air_c, \
+     product_c, doubt, compressor_on, door_open, mains, mode) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
+
 async fn store_reading(
     tx: &Transaction<'_>,
+    insert: &tokio_postgres::Statement,
     device: &str,
     row_id: i64,
     r: &ReadingMsg,
 ) -> Result<bool, ArchiveError> {
     let n = tx
         .execute(
-            "INSERT INTO readings (device_id, row_id, utc, vial_c, air_c, product_c, doubt, \
-             compressor_on, door_open, mains, mode) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+            insert,
             &[
                 &device,
                 &row_id,
