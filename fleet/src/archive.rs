@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike, Utc};
 use medbox::store::checkpoint::Checkpoint;
 use std::collections::HashSet;
 use thiserror::Error;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -42,6 +42,35 @@ pub struct Archive {
     client: Client,
     /// Reading partitions known to exist (year, month).
     partitions: HashSet<(i32, u32)>,
+    /// Statements prepared on this connection.
+    statements: Statements,
+}
+
+/// Statements prepared on one connection, by their text: a query given as text is parsed
+/// again at every call, one more round trip each, and a batch holds its devices' locks
+/// across every round trip it makes.
+type Statements = std::sync::Mutex<std::collections::HashMap<&'static str, Statement>>;
+
+/// `sql` prepared on `tx`'s connection, once.
+async fn prepared(
+    tx: &Transaction<'_>,
+    cache: &Statements,
+    sql: &'static str,
+) -> Result<Statement, ArchiveError> {
+    let held = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(sql)
+        .cloned();
+    if let Some(s) = held {
+        return Ok(s);
+    }
+    let s = tx.prepare(sql).await?;
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(sql, s.clone());
+    Ok(s)
 }
 
 impl Archive {
@@ -79,6 +108,7 @@ impl Archive {
         Ok(Self {
             client,
             partitions: HashSet::new(),
+            statements: Default::default(),
         })
     }
 
@@ -109,16 +139,17 @@ impl Archive {
             .filter(|(_, m, _)| needs_device_lock(m))
             .filter_map(|(_, m, _)| m.device())
             .collect();
+        let cache = &self.statements;
         let tx = self.client.transaction().await?;
         for device in &devices {
             // DO NOTHING takes no lock on a device already known.
             tx.execute(
-                "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING",
+&prepared(&tx, cache, "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING").await?,
                 &[device],
             )
             .await?;
             if locked.contains(device) {
-                lock_device(&tx, device).await?;
+                lock_device(&tx, cache, device).await?;
             }
         }
         let mut all: Vec<Option<Stored>> = (0..batch.len()).map(|_| None).collect();
@@ -137,13 +168,17 @@ impl Archive {
             })
             .collect();
         if !readings.is_empty() {
-            let insert = tx.prepare(INSERT_READING).await?;
-            let stored = futures_util::future::try_join_all(
+            // Prepared before the lot goes, so they all find it.
+            prepared(&tx, cache, INSERT_READING).await?;
+            let sent = futures_util::future::join_all(
                 readings
                     .iter()
-                    .map(|(_, device, row_id, r)| store_reading(&tx, &insert, device, *row_id, r)),
+                    .map(|(_, device, row_id, r)| store_reading(&tx, cache, device, *row_id, r)),
             )
-            .await?;
+            .await;
+            // In the order they were sent: the first error is the cause, the rest only say
+            // the transaction was aborted.
+            let stored = sent.into_iter().collect::<Result<Vec<bool>, _>>()?;
             for ((i, ..), new) in readings.iter().zip(stored) {
                 all[*i] = Some(Stored {
                     new,
@@ -155,14 +190,14 @@ impl Archive {
             if slot.is_some() {
                 continue;
             }
-            let out = store_one(&tx, topic, msg, payload).await?;
+            let out = store_one(&tx, cache, topic, msg, payload).await?;
             if let Some(device) = msg.device() {
                 for f in &out.findings {
                     // Once per finding: the same rewritten row delivered again adds nothing.
                     tx.execute(
-                        "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
+&prepared(&tx, cache, "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
                          SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
-                         WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)",
+                         WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)").await?,
                         &[&device, &f.code(), &f.seq(), &f.detail(), &f.evidence()],
                     )
                     .await?;
@@ -216,9 +251,18 @@ fn needs_device_lock(m: &Message) -> bool {
 
 /// One device's checks at a time: rows and checkpoints of a device split between two
 /// collectors are still each checked against everything committed before.
-async fn lock_device(tx: &Transaction<'_>, device: &str) -> Result<(), ArchiveError> {
+async fn lock_device(
+    tx: &Transaction<'_>,
+    cache: &Statements,
+    device: &str,
+) -> Result<(), ArchiveError> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock(7261003, hashtext($1))",
+        &prepared(
+            tx,
+            cache,
+            "SELECT pg_advisory_xact_lock(7261003, hashtext($1))",
+        )
+        .await?,
         &[&device],
     )
     .await?;
@@ -228,6 +272,7 @@ async fn lock_device(tx: &Transaction<'_>, device: &str) -> Result<(), ArchiveEr
 /// One message inside a batch's transaction (its device row exists and is locked).
 async fn store_one(
     tx: &Transaction<'_>,
+    cache: &Statements,
     topic: &str,
     msg: &Message,
     payload: &[u8],
@@ -241,33 +286,37 @@ async fn store_one(
         Message::Status { device, online } => {
             let status = if *online { "online" } else { "offline" };
             tx.execute(
-                "UPDATE devices SET status = $2 WHERE device_id = $1",
+                &prepared(
+                    tx,
+                    cache,
+                    "UPDATE devices SET status = $2 WHERE device_id = $1",
+                )
+                .await?,
                 &[device, &status],
             )
             .await?;
             plain(true)
         }
         Message::Other { device, id } => {
-            plain(archive_message(tx, id, device, topic, payload).await?)
+            plain(archive_message(tx, cache, id, device, topic, payload).await?)
         }
         Message::Reading {
             device,
             row_id,
             reading,
-        } => {
-            let insert = tx.prepare(INSERT_READING).await?;
-            plain(store_reading(tx, &insert, device, *row_id, reading).await?)
+        } => plain(store_reading(tx, cache, device, *row_id, reading).await?),
+        Message::Event { device, event } => {
+            store_event(tx, cache, device, topic, event, payload).await?
         }
-        Message::Event { device, event } => store_event(tx, device, topic, event, payload).await?,
         Message::Checkpoint {
             device,
             id,
             checkpoint,
         } => {
-            let new = archive_message(tx, id, device, topic, payload).await?;
+            let new = archive_message(tx, cache, id, device, topic, payload).await?;
             Stored {
                 new,
-                ..store_checkpoint(tx, device, checkpoint).await?
+                ..store_checkpoint(tx, cache, device, checkpoint).await?
             }
         }
     })
@@ -276,6 +325,7 @@ async fn store_one(
 /// Archives a message by id; whether it was new.
 async fn archive_message(
     tx: &Transaction<'_>,
+    cache: &Statements,
     id: &str,
     device: &str,
     topic: &str,
@@ -283,10 +333,9 @@ async fn archive_message(
 ) -> Result<bool, ArchiveError> {
     let json: serde_json::Value = serde_json::from_slice(payload)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into()));
-    let n = tx
-        .execute(
-            "INSERT INTO messages (message_id, device_id, topic, payload) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (message_id) DO NOTHING",
+    let n = tx.execute(
+&prepared(tx, cache, "INSERT INTO messages (message_id, device_id, topic, payload) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (message_id) DO NOTHING").await?,
             &[&id, &device, &topic, &json],
         )
         .await?;
@@ -299,14 +348,15 @@ const INSERT_READING: &str = "INSERT INTO readings (device_id, row_id, utc, vial
 
 async fn store_reading(
     tx: &Transaction<'_>,
-    insert: &tokio_postgres::Statement,
+    cache: &Statements,
     device: &str,
     row_id: i64,
     r: &ReadingMsg,
 ) -> Result<bool, ArchiveError> {
+    let insert = prepared(tx, cache, INSERT_READING).await?;
     let n = tx
         .execute(
-            insert,
+            &insert,
             &[
                 &device,
                 &row_id,
@@ -334,22 +384,40 @@ fn hashes(h: &Option<(Option<String>, Option<String>)>) -> Option<Hashes<'_>> {
 
 async fn store_event(
     tx: &Transaction<'_>,
+    cache: &Statements,
     device: &str,
     topic: &str,
     e: &EventMsg,
     payload: &[u8],
 ) -> Result<Stored, ArchiveError> {
-    archive_message(tx, &e.id, device, topic, payload).await?;
-    // The row held under this seq and its two neighbours, in one round trip.
+    let near_q = prepared(
+        tx,
+        cache,
+        "SELECT seq, prev_hash, hash FROM audit_rows \
+         WHERE device_id = $1 AND seq BETWEEN $2::bigint - 1 AND $2::bigint + 1",
+    )
+    .await?;
+    let head_q = prepared(
+        tx,
+        cache,
+        "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+    )
+    .await?;
+    // The message kept, the row held under this seq with its two neighbours, and any
+    // checkpoint at it: three statements that do not depend on each other, sent together.
+    // Their results are taken in the order they were sent: after a statement fails, those
+    // behind it fail only because the transaction is aborted, and the first error is the one
+    // that says whether sending the message again could pass.
+    let at: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&device, &e.seq];
+    let (kept, near_rows, head_row) = tokio::join!(
+        archive_message(tx, cache, &e.id, device, topic, payload),
+        tx.query(&near_q, &at),
+        tx.query_opt(&head_q, &at),
+    );
+    kept?;
+    let (near_rows, head_row) = (near_rows?, head_row?);
     let mut near: [Option<(Option<String>, Option<String>)>; 3] = Default::default();
-    for r in tx
-        .query(
-            "SELECT seq, prev_hash, hash FROM audit_rows \
-             WHERE device_id = $1 AND seq BETWEEN $2::bigint - 1 AND $2::bigint + 1",
-            &[&device, &e.seq],
-        )
-        .await?
-    {
+    for r in near_rows {
         let seq: i64 = r.get(0);
         if let Some(slot) = usize::try_from(seq - e.seq + 1)
             .ok()
@@ -367,13 +435,7 @@ async fn store_event(
     // neighbours were checked when it first came); another hash there is a rewritten history.
     let head: Option<String> = match same {
         Some(_) => None,
-        None => tx
-            .query_opt(
-                "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
-                &[&device, &e.seq],
-            )
-            .await?
-            .map(|r| r.get(0)),
+        None => head_row.map(|r| r.get(0)),
     };
     let around = if same.is_some() {
         AroundRow {
@@ -392,9 +454,14 @@ async fn store_event(
     findings.extend(e.hashed.as_ref().and_then(witness::check_content));
     if same.is_none() {
         tx.execute(
-            "INSERT INTO audit_rows (device_id, seq, utc, kind, subject, actor, reason, \
+            &prepared(
+                tx,
+                cache,
+                "INSERT INTO audit_rows (device_id, seq, utc, kind, subject, actor, reason, \
              clock_trusted, body, prev_hash, hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .await?,
             &[
                 &device,
                 &e.seq,
@@ -410,7 +477,7 @@ async fn store_event(
             ],
         )
         .await?;
-        derive(tx, device, e).await?;
+        derive(tx, cache, device, e).await?;
     }
     Ok(Stored {
         new: same.is_none(),
@@ -420,12 +487,22 @@ async fn store_event(
 
 /// The tables a portal reads, derived from the row: the patient's pseudonym, a dose at its
 /// latest outcome.
-async fn derive(tx: &Transaction<'_>, device: &str, e: &EventMsg) -> Result<(), ArchiveError> {
+async fn derive(
+    tx: &Transaction<'_>,
+    cache: &Statements,
+    device: &str,
+    e: &EventMsg,
+) -> Result<(), ArchiveError> {
     let Some(patient) = e.body.get("patient").and_then(|p| p.as_str()) else {
         return Ok(());
     };
     tx.execute(
-        "INSERT INTO patients (device_id, patient) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &prepared(
+            tx,
+            cache,
+            "INSERT INTO patients (device_id, patient) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .await?,
         &[&device, &patient],
     )
     .await?;
@@ -455,12 +532,17 @@ async fn derive(tx: &Transaction<'_>, device: &str, e: &EventMsg) -> Result<(), 
         .and_then(|v| v.as_i64())
         .and_then(|u| i32::try_from(u).ok());
     tx.execute(
-        "INSERT INTO doses (device_id, patient, medication, occurrence, as_needed, outcome, \
+        &prepared(
+            tx,
+            cache,
+            "INSERT INTO doses (device_id, patient, medication, occurrence, as_needed, outcome, \
          units, at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (device_id, patient, medication, occurrence) DO UPDATE \
          SET outcome = EXCLUDED.outcome, units = coalesce(EXCLUDED.units, doses.units), \
              at = EXCLUDED.at, seq = EXCLUDED.seq \
          WHERE doses.seq < EXCLUDED.seq",
+        )
+        .await?,
         &[
             &device,
             &patient,
@@ -479,26 +561,42 @@ async fn derive(tx: &Transaction<'_>, device: &str, e: &EventMsg) -> Result<(), 
 
 async fn store_checkpoint(
     tx: &Transaction<'_>,
+    cache: &Statements,
     device: &str,
     c: &Checkpoint,
 ) -> Result<Stored, ArchiveError> {
     let pinned: Option<String> = tx
         .query_one(
-            "SELECT public_key FROM devices WHERE device_id = $1",
+            &prepared(
+                tx,
+                cache,
+                "SELECT public_key FROM devices WHERE device_id = $1",
+            )
+            .await?,
             &[&device],
         )
         .await?
         .get(0);
     let held: Option<String> = tx
         .query_opt(
-            "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+            &prepared(
+                tx,
+                cache,
+                "SELECT head FROM checkpoints WHERE device_id = $1 AND seq = $2",
+            )
+            .await?,
             &[&device, &c.seq],
         )
         .await?
         .map(|r| r.get(0));
     let row_hash: Option<String> = tx
         .query_opt(
-            "SELECT hash FROM audit_rows WHERE device_id = $1 AND seq = $2",
+            &prepared(
+                tx,
+                cache,
+                "SELECT hash FROM audit_rows WHERE device_id = $1 AND seq = $2",
+            )
+            .await?,
             &[&device, &c.seq],
         )
         .await?
@@ -506,16 +604,26 @@ async fn store_checkpoint(
     let v = witness::check_checkpoint(c, pinned.as_deref(), held.as_deref(), row_hash.as_deref());
     if let Some(key) = &v.pin {
         tx.execute(
-            "UPDATE devices SET public_key = $2, key_source = 'first checkpoint' \
+            &prepared(
+                tx,
+                cache,
+                "UPDATE devices SET public_key = $2, key_source = 'first checkpoint' \
              WHERE device_id = $1 AND public_key IS NULL",
+            )
+            .await?,
             &[&device, key],
         )
         .await?;
     }
     if v.keep {
         tx.execute(
-            "INSERT INTO checkpoints (device_id, seq, head, utc, signature, public_key) \
+            &prepared(
+                tx,
+                cache,
+                "INSERT INTO checkpoints (device_id, seq, head, utc, signature, public_key) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[
                 &device,
                 &c.seq,
