@@ -246,6 +246,8 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
             .await
             .unwrap();
     }
+    // Pete also administers North's people.
+    assert!(store::set_admin(db, "pete", true).await.unwrap());
     wait_for("the archive to hold both appliances' days", Duration::from_secs(120), || async {
         db.query_one(
             "SELECT (SELECT count(*) FROM patients WHERE patient IN ('p-0107', 'p-9001')) = 2 \
@@ -473,6 +475,47 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
         .await
         .unwrap();
     shot(&c, "09-audit").await;
+    // As North's administrator, Pete adds a nurse from the People page.
+    c.goto(&format!("{base}/people")).await.unwrap();
+    let t = text(&c).await;
+    assert!(t.contains("alice") && !t.contains("carol"), "{t}");
+    for (field, value) in [
+        ("username", "nina"),
+        ("display_name", "Nina Nurse"),
+        ("password", "a long first password"),
+    ] {
+        c.find(Locator::Css(&format!("#add-person [name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css("#add-person option[value=nurse]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#add-person button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let added = el(&c, Locator::Id("people-result"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(added, "nina added as nurse");
+    assert!(el(&c, Locator::Id("person-nina"))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("Nina Nurse"));
+    shot(&c, "10-people").await;
 
     c.close().await.unwrap();
     drop(driver);
