@@ -142,12 +142,8 @@ impl Archive {
         let cache = &self.statements;
         let tx = self.client.transaction().await?;
         for device in &devices {
-            // DO NOTHING takes no lock on a device already known.
-            tx.execute(
-&prepared(&tx, cache, "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING").await?,
-                &[device],
-            )
-            .await?;
+            tx.execute(&prepared(&tx, cache, ADD_DEVICE).await?, &[device])
+                .await?;
             if locked.contains(device) {
                 lock_device(&tx, cache, device).await?;
             }
@@ -193,11 +189,8 @@ impl Archive {
             let out = store_one(&tx, cache, topic, msg, payload).await?;
             if let Some(device) = msg.device() {
                 for f in &out.findings {
-                    // Once per finding: the same rewritten row delivered again adds nothing.
                     tx.execute(
-&prepared(&tx, cache, "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
-                         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
-                         WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)").await?,
+                        &prepared(&tx, cache, ADD_FLAG).await?,
                         &[&device, &f.code(), &f.seq(), &f.detail(), &f.evidence()],
                     )
                     .await?;
@@ -208,14 +201,19 @@ impl Archive {
         tx.commit().await?;
         // Outside the transaction, and at most every ten seconds a device: a row lock held to
         // the end of every batch would make collectors wait on each other again.
+        // Only bookkeeping: its failure is logged, never taken for the batch's.
         let devices: Vec<&str> = devices.into_iter().collect();
-        self.client
+        if let Err(e) = self
+            .client
             .execute(
                 "UPDATE devices SET last_seen = now() WHERE device_id = ANY($1) \
                  AND last_seen < now() - interval '10 seconds'",
                 &[&devices],
             )
-            .await?;
+            .await
+        {
+            tracing::warn!("last_seen not updated: {e}");
+        }
         Ok(all.into_iter().map(Option::unwrap_or_default).collect())
     }
 
@@ -239,6 +237,15 @@ impl Archive {
         Ok(())
     }
 }
+
+/// A device first heard of. DO NOTHING takes no lock on one already known.
+const ADD_DEVICE: &str =
+    "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING";
+
+/// A witness finding, once: the same rewritten row delivered again adds nothing.
+const ADD_FLAG: &str = "INSERT INTO witness_flags (device_id, finding, seq, detail, evidence) \
+     SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM witness_flags \
+     WHERE device_id = $1 AND finding = $2 AND seq = $3 AND evidence = $5)";
 
 /// Whether storing `m` needs its device's lock: the witness checks rows and checkpoints
 /// against what is committed before them, and a status writes the device's own row.
@@ -333,14 +340,14 @@ async fn archive_message(
 ) -> Result<bool, ArchiveError> {
     let json: serde_json::Value = serde_json::from_slice(payload)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into()));
-    let n = tx.execute(
-&prepared(tx, cache, "INSERT INTO messages (message_id, device_id, topic, payload) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (message_id) DO NOTHING").await?,
-            &[&id, &device, &topic, &json],
-        )
-        .await?;
+    let insert = prepared(tx, cache, ADD_MESSAGE).await?;
+    let n = tx.execute(&insert, &[&id, &device, &topic, &json]).await?;
     Ok(n == 1)
 }
+
+/// A message as it came, once (its id is the key).
+const ADD_MESSAGE: &str = "INSERT INTO messages (message_id, device_id, topic, payload) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING";
 
 const INSERT_READING: &str = "INSERT INTO readings (device_id, row_id, utc, vial_c, air_c, \
      product_c, doubt, compressor_on, door_open, mains, mode) \
