@@ -305,11 +305,9 @@ async fn main() -> Result<ExitCode> {
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
-            anyhow::ensure!(
-                password.chars().count() >= medbox_fleet::portal::auth::MIN_PASSWORD_CHARS,
-                "a password needs at least {} characters",
-                medbox_fleet::portal::auth::MIN_PASSWORD_CHARS
-            );
+            if let Some(short) = medbox_fleet::portal::auth::too_short(&password) {
+                anyhow::bail!("{short}");
+            }
             let a = Archive::connect(&cli.pg, cli.schema.as_deref()).await?;
             store::upsert_person(a.client(), &username, &org, &role, &name, &password)
                 .await

@@ -201,13 +201,18 @@ pub async fn run(
 ) {
     let mut rounds = Rounds::default();
     let mut archive: Option<Archive> = None;
+    // Whether this connection holds the repair lock (kept until the connection goes).
+    let mut leading = false;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if archive.is_none() {
             match Archive::connect(&pg, schema.as_deref()).await {
-                Ok(a) => archive = Some(a),
+                Ok(a) => {
+                    archive = Some(a);
+                    leading = false;
+                }
                 Err(e) => {
                     tracing::warn!("repair: archive unavailable: {e}");
                     continue;
@@ -215,7 +220,13 @@ pub async fn run(
             }
         }
         let Some(a) = archive.as_ref() else { continue };
-        match round(a, &mut rounds, &mqtt, credentials.as_ref(), every).await {
+        let leads = lead(a, &mut leading).await;
+        let done = match leads {
+            Ok(true) => round(a, &mut rounds, &mqtt, credentials.as_ref(), every).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("repair: {e}");
@@ -228,6 +239,19 @@ pub async fn run(
 /// Lock id of the automatic repair (one collector of a group repairs at a time).
 const REPAIR_LOCK: i64 = 7_261_004;
 
+/// Whether this connection leads the repair: it asks for the lock until it holds it, and then
+/// not again (a session's advisory locks stack; one is enough).
+async fn lead(a: &Archive, leading: &mut bool) -> Result<bool, ArchiveError> {
+    if !*leading {
+        *leading = a
+            .client()
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&REPAIR_LOCK])
+            .await?
+            .get(0);
+    }
+    Ok(*leading)
+}
+
 async fn round(
     a: &Archive,
     rounds: &mut Rounds,
@@ -235,14 +259,6 @@ async fn round(
     credentials: Option<&(String, String)>,
     every: std::time::Duration,
 ) -> Result<(), ArchiveError> {
-    let held: bool = a
-        .client()
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&REPAIR_LOCK])
-        .await?
-        .get(0);
-    if !held {
-        return Ok(());
-    }
     let now = gaps(a, None).await?;
     let online: std::collections::BTreeSet<String> = a
         .client()

@@ -21,13 +21,18 @@ pub const SIGN_IN_WINDOW_MINUTES: i32 = 15;
 /// The shortest password the portal accepts, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
+/// What is wrong with `password` on its own (its length), if anything: the one rule every
+/// password the portal sets follows, whoever sets it.
+pub fn too_short(password: &str) -> Option<String> {
+    (password.chars().count() < MIN_PASSWORD_CHARS)
+        .then(|| format!("a password needs at least {MIN_PASSWORD_CHARS} characters"))
+}
+
 /// What is wrong with `new` as the next password of someone whose password is `current`, with
 /// `repeated` typed again to confirm it; None: nothing.
 pub fn new_password_problem(current: &str, new: &str, repeated: &str) -> Option<String> {
-    if new.chars().count() < MIN_PASSWORD_CHARS {
-        Some(format!(
-            "a password needs at least {MIN_PASSWORD_CHARS} characters"
-        ))
+    if let Some(short) = too_short(new) {
+        Some(short)
     } else if new != repeated {
         Some("the new password and its repetition differ".into())
     } else if new == current {
@@ -58,12 +63,8 @@ pub fn new_person_problem(
         Some(format!("the role must be one of {}", ROLES.join(", ")))
     } else if display_name.trim().is_empty() || display_name.chars().count() > 100 {
         Some("the name shown needs 1 to 100 characters".into())
-    } else if password.chars().count() < MIN_PASSWORD_CHARS {
-        Some(format!(
-            "a password needs at least {MIN_PASSWORD_CHARS} characters"
-        ))
     } else {
-        None
+        too_short(password)
     }
 }
 

@@ -180,13 +180,10 @@ pub(super) async fn password(
         return refused;
     }
     let new = form.get("password").map_or("", String::as_str);
-    let outcome = if new.chars().count() < auth::MIN_PASSWORD_CHARS {
+    let outcome = if let Some(short) = auth::too_short(new) {
         Err((
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "not set: a password needs at least {} characters",
-                auth::MIN_PASSWORD_CHARS
-            ),
+            format!("not set: {short}"),
         ))
     } else if store::reset_password(portal.db(), &person.org_id, &username, new).await? {
         Ok(format!(
