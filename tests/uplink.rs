@@ -943,6 +943,87 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
     assert_eq!(ns, (0..20).collect::<Vec<_>>(), "every message, in order");
 }
 
+/// A recorder that takes longer than the keep-alive to answer (an SD card stalled in fsync)
+/// must not cost the connection: the uplink keeps polling it while it waits, so the broker
+/// never publishes the Last Will `offline` for an appliance that is fine. The stall is real
+/// time because the broker's keep-alive timer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_slower_than_the_keep_alive_does_not_take_the_appliance_offline() {
+    use medbox::store::outbox;
+    let dev = device("stall");
+    let dir = tempfile::tempdir().unwrap();
+    let conn = medbox::store::schema::open(&dir.path().join("m.db")).unwrap();
+    for i in 0..5 {
+        conn.execute(
+            "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (1, ?1, ?2, 't')",
+            rusqlite::params![
+                format!("medbox/{dev}/events/test"),
+                format!("{{\"n\":{i}}}")
+            ],
+        )
+        .unwrap();
+    }
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let sub = tokio::spawn({
+        let dev = dev.clone();
+        async move {
+            collect(&dev, ready_tx, Duration::from_secs(30), |g| {
+                g.iter()
+                    .filter(|(t, _)| t.ends_with("/events/test"))
+                    .count()
+                    >= 5
+            })
+            .await
+        }
+    });
+    ready.await.unwrap();
+    let (owner, mut requests) = outbox::channel();
+    let mut cfg = medbox::uplink::UplinkConfig::with_outbox(
+        "mqtt://127.0.0.1:1883",
+        &dev,
+        medbox::uplink::OutboxSource::Owner(owner),
+    );
+    // The broker gives up on a client silent for 1.5 times its keep-alive, checked coarsely:
+    // Mosquitto 2.0 let a 1 s keep-alive outlast a 3.5 s silence, never an 8 s one.
+    cfg.keep_alive = Duration::from_secs(1);
+    let uplink = medbox::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10)).unwrap();
+    let first = loop {
+        let req = requests.recv().await.unwrap();
+        if req.limit > 0 {
+            break req;
+        }
+        req.answer(&conn);
+    };
+    // Connected (rows are asked for only then); the owner now holds the question well past the
+    // broker's patience. (Without the polling, this test fails: `offline`, then a reconnection.)
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    first.answer(&conn);
+    let got = tokio::select! {
+        got = sub => got.unwrap(),
+        _ = async {
+            while let Some(req) = requests.recv().await {
+                req.answer(&conn);
+            }
+        } => unreachable!("the uplink stopped asking"),
+    };
+    let statuses: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t.ends_with("/status"))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["online"],
+        "no Last Will while the recorder was slow"
+    );
+    let stats = uplink.drain_serving(&conn, &mut requests).await.unwrap();
+    assert_eq!(
+        (stats.connects, stats.failures, stats.acked, stats.left),
+        (1, 0, 5, 0),
+        "one connection, kept through the stall"
+    );
+}
+
 /// Every command gets an answer (docs/dose-safety.md): a burst larger than the command queue is
 /// answered command by command (done, refused, or BUSY), and a 1 MB payload is refused with
 /// PAYLOAD_TOO_LARGE without costing the appliance its connection (no Last Will).

@@ -19,7 +19,9 @@ pub mod tls;
 pub mod window;
 
 use crate::store::outbox::{OutboxError, OutboxHandle, OutboxRequest};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,6 +232,9 @@ pub async fn run(
     let mut woken = false;
     // Acknowledged by the broker, not yet deleted (see `delete`).
     let mut acked: Vec<i64> = Vec::new();
+    // What the connection yielded while the outbox was being asked (see `while_polling`),
+    // handled before the connection is polled again.
+    let mut held: VecDeque<Result<Event, ConnectionError>> = VecDeque::new();
     let started = tokio::time::Instant::now();
     let wake = cfg.wake.clone();
     let idle_look = if wake.is_some() {
@@ -244,11 +249,14 @@ pub async fn run(
             break;
         }
         let outbox_usable = tokio::time::Instant::now() >= outbox_retry_at;
-        if mode == StopMode::Drain && window.rows() == 0 && outbox_usable {
-            let left = outbox
-                .exchange(&mut acked, 0, true)
-                .await
-                .map(|x| x.waiting.unwrap_or(0));
+        if mode == StopMode::Drain && window.rows() == 0 && outbox_usable && held.is_empty() {
+            let left = while_polling(
+                outbox.exchange(&mut acked, 0, true),
+                &mut eventloop,
+                &mut held,
+            )
+            .await
+            .map(|x| x.waiting.unwrap_or(0));
             let Some(left) = tolerate(left)? else {
                 outbox_retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
                 continue;
@@ -271,6 +279,7 @@ pub async fn run(
                     forget_connection(&mut eventloop);
                     stats.outages += 1;
                 }
+                held.clear();
                 connected = false;
                 window.forget();
                 ahead.clear();
@@ -292,12 +301,19 @@ pub async fn run(
         // lot), so the query never hands back a message that was already delivered. A new
         // commit (an alarm overtakes everything) or a read-ahead running low asks again; the
         // answer, in outbox order, replaces what was read ahead.
-        if connected && outbox_usable && (woken || ahead.len() < cfg.max_inflight / 2) {
+        if connected
+            && outbox_usable
+            && held.is_empty()
+            && (woken || ahead.len() < cfg.max_inflight / 2)
+        {
             woken = false;
-            let rows = outbox
-                .exchange(&mut acked, cfg.max_inflight * 2, false)
-                .await
-                .map(|x| x.rows);
+            let rows = while_polling(
+                outbox.exchange(&mut acked, cfg.max_inflight * 2, false),
+                &mut eventloop,
+                &mut held,
+            )
+            .await
+            .map(|x| x.rows);
             match tolerate(rows)? {
                 // Rows already in flight come back too and are skipped.
                 Some(rows) => ahead = rows.into_iter().filter(|r| !window.has_row(r.id)).collect(),
@@ -347,10 +363,21 @@ pub async fn run(
         // publishes the Last Will (`offline`) for an appliance that is fine, and a stream of
         // commits could keep it from ever connecting.
         let linked = eventloop.network.is_some();
-        tokio::select! {
-            biased;
-            _ = stop.changed() => {}
-            ev = eventloop.poll() => match ev {
+        let polled = match held.pop_front() {
+            Some(ev) => Some(ev),
+            None => tokio::select! {
+                biased;
+                _ = stop.changed() => None,
+                ev = eventloop.poll() => Some(ev),
+                _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() && linked => {
+                    woken = true;
+                    None
+                }
+                _ = tokio::time::sleep(idle_look), if window.rows() == 0 && linked => None,
+            },
+        };
+        if let Some(ev) = polled {
+            match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     stats.connects += 1;
@@ -367,18 +394,32 @@ pub async fn run(
                             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
                     }
-                    send(&client, &mut window, Carried::Status, &status, b"online", true);
+                    send(
+                        &client,
+                        &mut window,
+                        Carried::Status,
+                        &status,
+                        b"online",
+                        true,
+                    );
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => window.bound(pkid),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let (Some(inbound), Some(tx)) = (inbound(&cfg.device_id, &p.topic, &p.payload), &cfg.commands) {
+                    if let (Some(inbound), Some(tx)) =
+                        (inbound(&cfg.device_id, &p.topic, &p.payload), &cfg.commands)
+                    {
                         let (name, role) = (inbound.name.clone(), inbound.role.clone());
                         if tx.try_send(inbound).is_err() {
                             // Every command is answered, even one the appliance cannot take in
                             // (published before the next outbox top-up; bounded).
                             if let Some(role) = role {
                                 if busy_answers.len() < MAX_BUSY_ANSWERS {
-                                    busy_answers.push_back(crate::wire::busy_answer(&cfg.device_id, &role, &name, &p.payload));
+                                    busy_answers.push_back(crate::wire::busy_answer(
+                                        &cfg.device_id,
+                                        &role,
+                                        &name,
+                                        &p.payload,
+                                    ));
                                 }
                                 tracing::warn!("command {role}/{name} answered BUSY: the appliance's command queue is full");
                             }
@@ -405,9 +446,7 @@ pub async fn run(
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
-            },
-            _ = async { wake.as_deref()?.notified().await; Some(()) }, if wake.is_some() && linked => woken = true,
-            _ = tokio::time::sleep(idle_look), if window.rows() == 0 && linked => {}
+            }
         }
     }
     if connected {
@@ -439,6 +478,32 @@ pub async fn run(
         .waiting
         .unwrap_or(0);
     Ok(stats)
+}
+
+/// Awaits `work` (an answer from the outbox's owner) while polling the live connection, so
+/// keep-alive goes on: the recorder answers between two records, and one stuck in a slow
+/// fsync for longer than 1.5× the keep-alive would otherwise leave the link silent until the
+/// broker took it for dead and published the Last Will `offline` for an appliance that is
+/// fine. What the connection yields meanwhile is kept, in order, for the main loop: a PUBACK
+/// must not touch `acked` while the exchange holds it. A connection not yet made is left
+/// alone (dropping `poll` mid-connect costs an accepted connection), and so is one that just
+/// failed (polling again would reconnect at once, past the backoff).
+async fn while_polling<T>(
+    work: impl std::future::Future<Output = T>,
+    eventloop: &mut EventLoop,
+    held: &mut VecDeque<Result<Event, ConnectionError>>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        let live = eventloop.network.is_some()
+            && held.len() < MAX_HELD_EVENTS
+            && !held.back().is_some_and(|ev| ev.is_err());
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            ev = eventloop.poll(), if live => held.push_back(ev),
+        }
+    }
 }
 
 /// Hands a QoS 1 publish of `what` to the client if the window has room for it; its packet id
@@ -558,6 +623,9 @@ pub const MAX_INCOMING: usize = 8 * 1024 * 1024;
 
 /// Most BUSY answers held for publishing at once (each a few hundred bytes).
 const MAX_BUSY_ANSWERS: usize = 10_000;
+/// Most connection events held while the outbox is asked (a window's acknowledgements and a
+/// burst of commands fit many times over); past it, polling waits for the answer.
+const MAX_HELD_EVENTS: usize = 4096;
 /// BUSY answers unacknowledged at once.
 const ANSWERS_IN_FLIGHT: usize = 16;
 
