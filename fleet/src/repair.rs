@@ -77,6 +77,8 @@ pub fn requests(gap: &Gap, max: i64) -> Vec<Request> {
 pub struct Asked {
     /// The device asked.
     pub device: String,
+    /// The gap the request is part of.
+    pub gap: Gap,
     /// What it was asked.
     pub request: Request,
     /// Its answer, or why none came.
@@ -118,6 +120,7 @@ pub async fn ask(
             };
             out.push(Asked {
                 device: gap.device.clone(),
+                gap: gap.clone(),
                 request,
                 answer,
             });
@@ -187,6 +190,25 @@ impl Rounds {
         self.seen = now;
         round
     }
+
+    /// The appliance answered BUSY to a request for `gap` (its command queue or its resend
+    /// budget was full: nothing done, send again): that ask is not counted, so a busy
+    /// appliance is never given up on for being busy.
+    pub fn busy(&mut self, gap: &Gap) {
+        if let Some(n) = self.asked.get_mut(gap) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Whether an answer is the appliance's BUSY refusal (nothing done; send it again).
+pub fn is_busy(answer: &medbox::remote::Answer) -> bool {
+    let busy = medbox::refusal::RefusalCode::Busy.code();
+    !answer.ok
+        && answer
+            .detail
+            .strip_prefix(busy.as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
 }
 
 /// The automatic repair: a round every `every` for as long as it runs, by whichever collector
@@ -283,6 +305,8 @@ async fn round(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(30),
     );
+    // A gap asked for in several parts is uncounted once, however many parts were BUSY.
+    let mut busied: Vec<Gap> = Vec::new();
     for x in ask(
         mqtt,
         credentials,
@@ -292,6 +316,10 @@ async fn round(
     )
     .await
     {
+        if x.answer.as_ref().is_ok_and(is_busy) && !busied.contains(&x.gap) {
+            rounds.busy(&x.gap);
+            busied.push(x.gap.clone());
+        }
         match &x.answer {
             Ok(a) if a.ok => tracing::info!("repair: {} {:?}: {}", x.device, x.request, a.detail),
             Ok(a) => tracing::warn!("repair: {} {:?} refused: {}", x.device, x.request, a.detail),
@@ -359,6 +387,35 @@ mod tests {
         r.next(vec![], all);
         r.next(g(), all);
         assert_eq!(r.next(g(), all).ask, g());
+    }
+
+    #[test]
+    fn a_gap_refused_busy_is_not_counted_as_asked() {
+        let mut r = Rounds::default();
+        let all = |_: &str| true;
+        let g = || vec![gap("a", 3, 3)];
+        r.next(g(), all);
+        // Every ask but the last answered BUSY: still asked, never given up on.
+        for _ in 0..MAX_ASKS * 4 {
+            let round = r.next(g(), all);
+            assert_eq!((round.ask.clone(), round.given_up), (g(), vec![]));
+            r.busy(&round.ask[0]);
+        }
+        // Answers that are not BUSY count again.
+        let asked = (0..MAX_ASKS + 2)
+            .filter(|_| !r.next(g(), all).ask.is_empty())
+            .count();
+        assert_eq!(asked, MAX_ASKS as usize);
+        assert!(is_busy(&medbox::remote::Answer {
+            ok: false,
+            detail: "BUSY: resend budget spent; wait 12 s".into(),
+            duplicate: false,
+        }));
+        assert!(!is_busy(&medbox::remote::Answer {
+            ok: false,
+            detail: "NOT_HELD: rows 1-3 are gone".into(),
+            duplicate: false,
+        }));
     }
 
     #[test]
