@@ -238,6 +238,7 @@ impl Opened {
                 installed_at: crate::store::schedules::installed_at(conn)?,
                 answered: crate::store::commands::answered(conn, now)?,
                 vitals: crate::store::vitals::recent(conn, now - chrono::Duration::days(1))?,
+                keep_history: Some(crate::dosing::dispenser::KEEP_HISTORY),
             },
             None => controller::Dosing {
                 schedules: self.settings.schedules.clone(),

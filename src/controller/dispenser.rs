@@ -36,6 +36,9 @@ pub(super) struct DispenserTask {
     /// Who waits for which answer.
     waiting: HashMap<Token, Reply>,
     next_token: Token,
+    /// Where [`Effect::LoadHistory`] goes: the store's owner, which answers with
+    /// [`crate::dosing::dispenser::Command::HistoryLoaded`].
+    history: mpsc::Sender<()>,
 }
 
 impl DispenserTask {
@@ -45,6 +48,7 @@ impl DispenserTask {
         offload: Offload,
         core: Dispenser,
         events: mpsc::Sender<Event>,
+        history: mpsc::Sender<()>,
     ) -> Self {
         let DispenserDevices {
             carousel,
@@ -66,6 +70,7 @@ impl DispenserTask {
             core,
             waiting: HashMap::new(),
             next_token: 0,
+            history,
         }
     }
 
@@ -158,6 +163,11 @@ impl DispenserTask {
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Emit(e) => super::emit(&self.events, e).await,
+                // One request at a time is enough (the core asks once until answered); a full
+                // channel already holds one.
+                Effect::LoadHistory => {
+                    let _ = self.history.try_send(());
+                }
                 Effect::Lights { buzzer, led } => {
                     let now = self.now();
                     for (light, on) in [(&mut self.dev.buzzer, buzzer), (&mut self.dev.led, led)] {

@@ -119,6 +119,9 @@ pub struct Dosing {
     pub answered: Vec<commands::Answered>,
     /// Where the audit chain failed to verify at start-up (None: intact).
     pub integrity: Option<crate::dosing::dispenser::IntegrityBreak>,
+    /// How long dose records stay in memory (None: all of them; see
+    /// [`crate::dosing::dispenser::Restored::keep_history`]).
+    pub keep_history: Option<chrono::Duration>,
 }
 
 impl Dosing {
@@ -137,6 +140,7 @@ impl Dosing {
             unconfirmed: self.unconfirmed,
             installed_at: self.installed_at,
             integrity: self.integrity,
+            keep_history: self.keep_history,
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct Running {
     pub commands: mpsc::Sender<commands::Inbound>,
     /// Set to true to stop; every task then applies its safe states and ends.
     pub shutdown: watch::Sender<bool>,
+    /// The dispenser asks for every dose record in the store (it let some go from memory and
+    /// a decision needs them); the answer goes back as
+    /// [`crate::dosing::dispenser::Command::HistoryLoaded`].
+    pub history_wanted: mpsc::Receiver<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events_tx: mpsc::Sender<Event>,
     clock: Arc<dyn Clock>,
@@ -192,6 +200,7 @@ pub fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (fridge_tx, fridge_rx) = mpsc::channel(64);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (history_tx, history_wanted) = mpsc::channel(1);
     let mut fridge_task = FridgeTask::new(clock.clone(), cfg, fridge, offload, events_tx.clone());
     fridge_task.strategy = strategy;
     fridge_task.annunciator = Some(cmd_tx.clone());
@@ -222,12 +231,14 @@ pub fn start(
                 offload,
                 core,
                 events_tx.clone(),
+                history_tx,
             )
             .run(cmd_rx, shutdown_rx),
         ),
     ];
     Running {
         events,
+        history_wanted,
         dispenser: cmd_tx,
         fridge: fridge_tx,
         commands: inbound_tx,

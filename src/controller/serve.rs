@@ -82,6 +82,21 @@ pub async fn serve(
                 }
                 None
             }
+            // After the events above (the select is biased): every record the dispenser made
+            // before it asked has reached the store, or waits in the backlog and is still in
+            // the dispenser's memory.
+            Some(()) = running.history_wanted.recv(), if recorder.is_some() => {
+                if let Some(rec) = recorder.as_deref() {
+                    match crate::store::doses::history(rec.connection()) {
+                        Ok(h) => {
+                            let _ = running.dispenser.send(DispenserCommand::tell(Command::HistoryLoaded(Box::new(h)))).await;
+                        }
+                        // The dispenser asks again a planning round later.
+                        Err(e) => tracing::warn!("cannot read the dose history back: {e}"),
+                    }
+                }
+                None
+            }
             _ = tokio::time::sleep_until(next_vitals), if recorder.is_some() => {
                 next_vitals += VITALS_POLL;
                 if let Some(rec) = recorder.as_deref() {

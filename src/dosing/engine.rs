@@ -236,6 +236,36 @@ pub fn elapsed_now(now: Now, history: &[&DoseRecord]) -> DateTime<Utc> {
         .fold(now.elapsed, DateTime::max)
 }
 
+/// How far back, on either timeline, the rules deciding `med` may look: its spacing or PRN
+/// interval, the weekly guard, the rolling 24 h, and three days for the windows around now
+/// (an occurrence up to 24 h before now, records from 4 h before it, counted on its local
+/// date in any zone). A record whose every instant is older cannot change a decision about
+/// `med`, whatever its name was then: what decides is when, not what it was called.
+pub fn reach(med: &Medication) -> Duration {
+    let longest = [
+        med.spacing,
+        med.prn.as_ref().map(|p| p.min_interval),
+        med.weekly_guard().then_some(WEEKLY_GUARD),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|d| Duration::from_std(d).ok())
+    .max()
+    .unwrap_or_default();
+    longest.max(Duration::days(1)) + Duration::days(3)
+}
+
+/// The earliest instant a decision at `now` about any of `meds` may read: [`reach`] back from
+/// the earlier of the two timelines.
+pub fn needed_from<'a>(now: Now, meds: impl IntoIterator<Item = &'a Medication>) -> DateTime<Utc> {
+    let reach = meds
+        .into_iter()
+        .map(reach)
+        .max()
+        .unwrap_or_else(|| Duration::days(4));
+    now.wall.min(now.elapsed) - reach
+}
+
 /// How long ago a record was for elapsed-time rules: the shorter of what the two timelines say.
 /// The elapsed timeline (`elapsed`, from [`elapsed_now`]) cannot be shrunk by a wall-clock step;
 /// the wall clock catches a timeline that resumed too far ahead (a restart on a wall clock that

@@ -87,6 +87,9 @@ fn source(v: Version) -> String {
 enum Op {
     /// Let this many half hours pass, ticking each one (windows are at least an hour).
     Tick(u32),
+    /// Days pass, ticked every two hours (some doses are missed): long enough for records to
+    /// be let go from memory, so later clock steps back make the core read them again.
+    Away(u32),
     Replace(Version),
     /// The wall clock jumps by this many minutes.
     ClockStep(i64),
@@ -112,6 +115,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (1u32..=24).prop_map(Op::Tick),
+        1 => (2u32..=10).prop_map(Op::Away),
         2 => (0usize..4, -2i64..=3, 0usize..4)
             .prop_map(|(name, shift, weekly)| Op::Replace(Version { name, shift, weekly })),
         1 => prop_oneof![-720i64..-2, 2i64..720].prop_map(Op::ClockStep),
@@ -168,6 +172,9 @@ struct Appliance {
     installed_at: Option<DateTime<Utc>>,
     /// A crash happened while carrying out effects: the rest never ran.
     crashed: bool,
+    /// The core asked for the store's dose records; they come before its next tick (so
+    /// commands meanwhile meet a history that lacks them).
+    history_wanted: bool,
     tokens: u64,
 }
 
@@ -202,6 +209,7 @@ impl Appliance {
         let restored = Restored {
             schedules: vec![schedule],
             since: Some(start),
+            keep_history: Some(Duration::zero()),
             ..Restored::default()
         };
         let boot = Instant {
@@ -221,6 +229,7 @@ impl Appliance {
             confirmed,
             installed_at: None,
             crashed: false,
+            history_wanted: false,
             tokens: 0,
         };
         let fx = a.core.start(boot);
@@ -254,6 +263,7 @@ impl Appliance {
                     self.log.push((wall, e));
                 }
                 Effect::Lights { .. } | Effect::Reply { .. } => {}
+                Effect::LoadHistory => self.history_wanted = true,
                 Effect::Home => queue.extend(self.core.on_homed(Ok(7), self.now())),
                 Effect::Turn { slot, units, .. } => {
                     self.release(slot, units);
@@ -320,6 +330,13 @@ impl Appliance {
     }
 
     fn tick(&mut self) {
+        if std::mem::take(&mut self.history_wanted) {
+            let stored = self.restored().history;
+            let fx =
+                self.core
+                    .on_command(Command::HistoryLoaded(Box::new(stored)), None, self.now());
+            self.carry_out(fx);
+        }
         let fx = self.core.on_tick(self.now());
         self.carry_out(fx);
         if self.crashed {
@@ -327,7 +344,9 @@ impl Appliance {
         }
     }
 
-    /// What the store gives a restart, from the log.
+    /// What the store gives a restart, from the log. Records are let go from memory as
+    /// soon as no rule reaches them (nothing is kept for reports), so every clock step back
+    /// and every schedule with a longer reach makes the core read them back.
     fn restored(&self) -> Restored {
         let mut history = DoseHistory::default();
         let mut anchor: Option<ElapsedAnchor> = None;
@@ -380,6 +399,7 @@ impl Appliance {
                 .installed_at
                 .map(|t| [(PATIENT.to_string(), t)].into_iter().collect())
                 .unwrap_or_default(),
+            keep_history: Some(Duration::zero()),
             ..Restored::default()
         }
     }
@@ -398,6 +418,8 @@ impl Appliance {
         // while it was down) cannot be told from time passing, after a reboot whose monotonic
         // clock starts again. A clock behind the last record always can.
         self.clock_doubtful = behind || (self.clock_doubtful && restored.clock_locked);
+        // A restart reads every record: an earlier request is moot.
+        self.history_wanted = false;
         self.core = Dispenser::on_restart(restored, GEOMETRY, self.now());
         let fx = self.core.start(self.now());
         self.carry_out(fx);
@@ -408,6 +430,12 @@ impl Appliance {
             Op::Tick(n) => {
                 for _ in 0..*n {
                     self.real += Duration::minutes(30);
+                    self.tick();
+                }
+            }
+            Op::Away(days) => {
+                for _ in 0..days * 12 {
+                    self.real += Duration::hours(2);
                     self.tick();
                 }
             }
@@ -474,7 +502,7 @@ impl Appliance {
                 else {
                     return;
                 };
-                let before = self.core.history().of(PATIENT).len();
+                let before = self.log.len();
                 self.command(Command::Reconcile {
                     patient: PATIENT.into(),
                     medication,
@@ -484,8 +512,13 @@ impl Appliance {
                     actor: "nurse-1".into(),
                     note: "checked the cup".into(),
                 });
-                // The person found it did not reach the patient: it is not in the patient.
-                let settled = self.core.history().of(PATIENT).len() > before;
+                // The person found it did not reach the patient: it is not in the patient. (The
+                // log, not the history held: that may let old records go meanwhile.)
+                let settled = self.log.get(before..).is_some_and(|new| {
+                    new.iter().any(|(_, e)| {
+                        matches!(e, Event::Dose { record, .. } if record.outcome.is_confirmation())
+                    })
+                });
                 if !*given && settled {
                     if let Some(i) = self
                         .released

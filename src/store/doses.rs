@@ -100,3 +100,114 @@ pub fn elapsed_anchor(
         Some((wall, elapsed.as_deref().and_then(parse).unwrap_or(wall)))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DropReport;
+    use crate::dosing::dispenser::{
+        Command, Dispenser, Effect, Geometry, Instant, Restored, Turned,
+    };
+    use crate::dosing::schedule::Schedule;
+    use crate::store::audit::ChainKey;
+    use crate::store::recorder::Recorder;
+    use std::time::Duration as StdDuration;
+
+    /// What the dispenser let go from memory comes back from the store in place: the records
+    /// it made, recorded through the real recorder (JSON in SQLite and back), line up with the
+    /// ones it holds, so [`DoseHistory::restore_forgotten`] accepts them.
+    #[test]
+    fn the_records_a_dispenser_made_come_back_from_the_store_exactly_as_it_holds_them() {
+        let src = "[patient]\nid = \"p-1\"\ntimezone = \"Europe/Berlin\"\n\
+            [[medication]]\nname = \"Metformin\"\nslot = 0\nunits = 1\ntimes = [\"08:00\", \"20:00\"]\n\
+            [[medication]]\nname = \"Paracetamol\"\nslot = 4\nunits = 2\nprn = { min_interval = \"4h\", max_per_24h = 4 }\n";
+        let schedule = Schedule::parse(src, std::path::Path::new("t.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec =
+            Recorder::open(&dir.path().join("d.db"), ChainKey::unkeyed(), "t".into()).unwrap();
+        let start: DateTime<Utc> = "2026-03-23T06:00:00Z".parse().unwrap();
+        let at = |minutes: i64| Instant {
+            wall: start + chrono::Duration::minutes(minutes),
+            mono: StdDuration::from_secs(minutes as u64 * 60),
+        };
+        let mut d = Dispenser::on_restart(
+            Restored {
+                schedules: vec![schedule],
+                since: Some(start),
+                ..Restored::default()
+            },
+            Geometry {
+                slots: 8,
+                capacity: 250,
+            },
+            at(0),
+        );
+        let mut queue: std::collections::VecDeque<Effect> = d.start(at(0)).into();
+        for slot in [0, 4] {
+            queue.extend(d.on_command(
+                Command::Refill {
+                    slot,
+                    added: 100,
+                    expiry: None,
+                    actor: "pharmacist-1".into(),
+                    note: "lot 1".into(),
+                },
+                None,
+                at(0),
+            ));
+        }
+        for minute in (0..6 * 24 * 60).step_by(10) {
+            let now = at(minute);
+            queue.extend(d.on_tick(now));
+            if minute % (9 * 60) == 0 {
+                queue.extend(d.on_command(
+                    Command::Prn {
+                        patient: "p-1".into(),
+                        medication: "Paracetamol".into(),
+                        request: crate::dosing::engine::PrnRequest {
+                            actor: "p-1".into(),
+                            role: crate::dosing::engine::Role::Patient,
+                            override_reason: None,
+                        },
+                    },
+                    None,
+                    now,
+                ));
+            }
+            while let Some(effect) = queue.pop_front() {
+                match effect {
+                    Effect::Emit(e) => {
+                        rec.record(&e, now.mono, true, now.wall).unwrap();
+                    }
+                    Effect::Home => queue.extend(d.on_homed(Ok(3), now)),
+                    Effect::Turn { slot, units, .. } => queue.extend(d.on_drop(
+                        Turned::Done(Ok(DropReport {
+                            slot,
+                            requested: units,
+                            drops_seen: units,
+                            stray_drops: 0,
+                            stray_from: None,
+                            returned_home: true,
+                        })),
+                        now,
+                    )),
+                    _ => {}
+                }
+            }
+            // Every other dose is taken from the cup.
+            if minute % (24 * 60) == 12 * 60 {
+                queue.extend(d.on_tray(true, now));
+                queue.extend(d.on_tray(false, now));
+            }
+        }
+        let stored = history(rec.connection()).unwrap();
+        let held = d.history();
+        assert!(held.of("p-1").len() > 20, "{:?}", held.of("p-1"));
+        assert_eq!(stored.of("p-1"), held.of("p-1"));
+        let mut shortened = held.clone();
+        let cutoff = start + chrono::Duration::days(4);
+        assert!(shortened.forget_before(cutoff) > 10);
+        shortened.restore_forgotten(&stored).unwrap();
+        assert_eq!(shortened.of("p-1"), held.of("p-1"));
+    }
+}

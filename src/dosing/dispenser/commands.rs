@@ -369,6 +369,11 @@ impl Dispenser {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) -> Answer {
+        // The dose's own records, and everything its medication's rules read.
+        let from = self.needed_from(&patient, now).min(occurrence);
+        if !self.history_holds(&patient, from, now, fx) {
+            return refuse(RefusalCode::Busy, HISTORY_LOADING);
+        }
         let schedule = self.schedule_of(&patient)?;
         let Some((m, Some(rec))) = schedule.medication(medication) else {
             return refuse(
@@ -564,6 +569,10 @@ impl Dispenser {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
+        let from = self.needed_from(&patient, now);
+        if !self.history_holds(&patient, from, now, fx) {
+            return refuse(RefusalCode::Busy, HISTORY_LOADING);
+        }
         let schedule = self.schedule_of(&patient)?;
         let Some((m, _)) = schedule.medication(medication) else {
             return refuse(RefusalCode::UnknownMedication, format!("{medication:?}"));

@@ -153,6 +153,8 @@ pub enum Command {
         /// The version a second person confirms.
         confirm: Option<String>,
     },
+    /// Every dose record as the store holds it, asked for by [`Effect::LoadHistory`].
+    HistoryLoaded(Box<DoseHistory>),
     /// A pharmacist acknowledges a broken audit chain: dispensing may resume.
     AcknowledgeIntegrity {
         /// Who.
@@ -197,6 +199,10 @@ pub enum Effect {
         /// LED on.
         led: bool,
     },
+    /// Read every dose record back from the store and hand it over as
+    /// [`Command::HistoryLoaded`]: a decision needs records that were let go from memory.
+    /// Until they come, what needs them waits (the planning round) or is refused `BUSY`.
+    LoadHistory,
     /// Answer the command that carried `token`.
     Reply {
         /// Whose.
@@ -242,7 +248,20 @@ pub struct Restored {
     pub installed_at: BTreeMap<String, DateTime<Utc>>,
     /// Where the audit chain, and so the history above, failed to verify (None: intact).
     pub integrity: Option<IntegrityBreak>,
+    /// Keep dose records in memory at least this long (and as long as any rule reaches), the
+    /// older ones being read back from the store when needed; None: keep every record (there is
+    /// no store to read them back from).
+    pub keep_history: Option<chrono::Duration>,
 }
+
+/// Why a command that needs records let go from memory waits (they are being read back).
+const HISTORY_LOADING: &str =
+    "older dose records are being read back from the store; nothing done, send it again";
+
+/// How long dose records stay in memory when a store holds them: past the 90 days a report
+/// may cover, so only a clock set back by months or a schedule with a very long spacing ever
+/// needs the store.
+pub const KEEP_HISTORY: chrono::Duration = chrono::Duration::days(92);
 
 /// Where the audit chain failed to verify at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,7 +346,7 @@ pub struct Dispenser {
     history: DoseHistory,
     /// [`Dispenser::awaiting_reconciliation`] for a history of this many records (asked at
     /// every input; the history only grows, so its count says when to ask again).
-    reconciliation: std::cell::Cell<Option<(usize, bool)>>,
+    reconciliation: std::cell::Cell<Option<(u64, bool)>>,
     inventory: Inventory,
     refill_days: Option<f64>,
     planner: Planner,
@@ -370,6 +389,14 @@ pub struct Dispenser {
     /// monotonic clock only, so wall-clock steps never shrink elapsed-time rules.
     elapsed_base: DateTime<Utc>,
     mono_base: Duration,
+    /// See [`Restored::keep_history`].
+    keep_history: Option<chrono::Duration>,
+    /// When (monotonic) [`Effect::LoadHistory`] was last asked and not yet answered: asked
+    /// again a planning round later (a store that failed to read answers nothing).
+    history_asked: Option<Duration>,
+    /// The store's records did not line up with memory: not asked again, and what needs them
+    /// stays refused until a restart reads the store whole.
+    history_misaligned: bool,
 }
 
 fn wall_minus_mono(now: Instant) -> i64 {
@@ -466,6 +493,9 @@ impl Dispenser {
             untrusted_at_start,
             elapsed_base,
             mono_base: now.mono,
+            keep_history: r.keep_history,
+            history_asked: None,
+            history_misaligned: false,
         }
     }
 
@@ -566,7 +596,11 @@ impl Dispenser {
         self.next_plan = now.mono + PLAN_EVERY;
         self.escalate(now, &mut fx);
         self.stock_alerts(now, &mut fx);
-        if now.mono >= self.next_summary {
+        // A day's adherence counted from a history missing some of it would be wrong: it waits
+        // for the records instead.
+        if now.mono >= self.next_summary
+            && self.history_held_since(now.wall - chrono::Duration::days(1), now, &mut fx)
+        {
             self.next_summary = now.mono + SUMMARY_EVERY;
             self.summarise(now, 1, "daily".into(), &mut fx);
         }
@@ -729,6 +763,7 @@ impl Dispenser {
                 Ok(String::new())
             }
             Command::Vital(reading) => self.vital(reading, VitalSource::New, now, &mut fx),
+            Command::HistoryLoaded(stored) => self.history_loaded(&stored, now, &mut fx),
             Command::VitalRecorded(reading) => {
                 self.vital(reading, VitalSource::Recorded, now, &mut fx)
             }
@@ -742,6 +777,16 @@ impl Dispenser {
                 actor,
                 note,
             } => self.refill(slot, added, expiry, actor, note, now, &mut fx),
+            // An adherence report over days whose records are not all in memory waits for them.
+            Command::Report { days, .. }
+                if !self.history_held_since(
+                    now.wall - chrono::Duration::days(i64::from(days)),
+                    now,
+                    &mut fx,
+                ) =>
+            {
+                refuse(RefusalCode::Busy, HISTORY_LOADING)
+            }
             Command::Report { days, actor } => {
                 let t = self.summarise(now, days, format!("requested by {actor}"), &mut fx);
                 let (taken, scheduled) = t.iter().fold((0, 0), |(a, b), t| {
@@ -904,7 +949,7 @@ impl Dispenser {
     /// caregiver. (Asked only while the carousel is idle, so an intent without its outcome here
     /// is an interrupted one.)
     fn awaiting_reconciliation(&self) -> bool {
-        let records = self.history.len();
+        let records = self.history.version();
         if let Some((seen, answer)) = self.reconciliation.get() {
             if seen == records {
                 return answer;
@@ -998,6 +1043,18 @@ impl Dispenser {
     /// ones are decided again, on the new history, when it ends).
     fn plan(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if self.busy() {
+            return;
+        }
+        self.forget_old_records(now);
+        // Every decision of the round reads each patient's records back to their reach: none
+        // is made on a history that lacks some (the round waits for the store's).
+        let patients: Vec<String> = self.schedules.iter().map(|s| s.patient.clone()).collect();
+        let mut held = true;
+        for p in &patients {
+            let from = self.needed_from(p, now);
+            held &= self.history_holds(p, from, now, fx);
+        }
+        if !held {
             return;
         }
         let horizon = now.wall - chrono::Duration::days(3);
@@ -1096,6 +1153,112 @@ impl Dispenser {
                         released: None,
                     },
                 ),
+            }
+        }
+    }
+
+    /// The earliest instant a decision about `patient`'s medications at `now` may read.
+    fn needed_from(&self, patient: &str, now: Instant) -> DateTime<Utc> {
+        engine::needed_from(
+            self.clocks(now),
+            self.schedules
+                .iter()
+                .filter(|s| s.patient == patient)
+                .flat_map(|s| s.medications.iter().map(|(m, _)| m)),
+        )
+    }
+
+    /// Whether `patient`'s records back to `from` are all held; if not, the store is asked for
+    /// them (once until it answers).
+    fn history_holds(
+        &mut self,
+        patient: &str,
+        from: DateTime<Utc>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        if self.history.holds_from(patient, from) {
+            return true;
+        }
+        let due = self
+            .history_asked
+            .is_none_or(|asked| now.mono >= asked + PLAN_EVERY);
+        if due && !self.history_misaligned {
+            self.history_asked = Some(now.mono);
+            fx.push(Effect::LoadHistory);
+        }
+        false
+    }
+
+    /// [`Dispenser::history_holds`] for every patient with records or a schedule.
+    fn history_held_since(
+        &mut self,
+        from: DateTime<Utc>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let patients: std::collections::BTreeSet<String> = self
+            .history
+            .patients()
+            .map(str::to_string)
+            .chain(self.schedules.iter().map(|s| s.patient.clone()))
+            .collect();
+        let mut held = true;
+        for p in &patients {
+            held &= self.history_holds(p, from, now, fx);
+        }
+        held
+    }
+
+    /// Lets go of records no rule can read any more, keeping [`Restored::keep_history`] or
+    /// the longest reach of any medication in force, whichever is longer, back from the
+    /// earlier of the two timelines. Not while the clock is doubted: a wall clock stepped far
+    /// ahead must not make a week look like months.
+    fn forget_old_records(&mut self, now: Instant) {
+        let Some(keep) = self.keep_history else {
+            return;
+        };
+        if !self.clock_trusted {
+            return;
+        }
+        let longest = self
+            .schedules
+            .iter()
+            .flat_map(|s| s.medications.iter().map(|(m, _)| engine::reach(m)))
+            .max()
+            .unwrap_or_default();
+        let clocks = self.clocks(now);
+        let cutoff = clocks.wall.min(clocks.elapsed) - keep.max(longest);
+        self.history.forget_before(cutoff);
+    }
+
+    /// The store's records came back: what was let go is taken back in place. Records that
+    /// do not line up with the ones held (a store changed behind the appliance's back) are
+    /// not used; the fault is told and what needs them stays refused.
+    fn history_loaded(
+        &mut self,
+        stored: &DoseHistory,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Answer {
+        match self.history.restore_forgotten(stored) {
+            Ok(()) => {
+                self.history_asked = None;
+                Ok("dose records read back from the store".into())
+            }
+            Err(e) => {
+                self.history_misaligned = true;
+                emit(
+                    fx,
+                    Event::DeviceFault {
+                        at: now.wall,
+                        device: "dose history".into(),
+                        detail: format!(
+                            "{e}: decisions that need older records are refused until the appliance restarts"
+                        ),
+                    },
+                );
+                Err(Refusal::new(RefusalCode::StorageFailed, e.to_string()))
             }
         }
     }

@@ -688,3 +688,156 @@ fn a_broken_audit_chain_dispenses_nothing_until_a_pharmacist_acknowledges_it() {
         })]
     ));
 }
+
+/// Records let go from memory are read back from the store before any decision that reaches
+/// them: after a person sets the clock back six days, an as-needed dose given two hours
+/// before the new time (six days ago on the old clock, long let go) must refuse the next one.
+/// Until the records come, the request is answered BUSY and the planning round waits.
+#[test]
+fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothing_wrongly() {
+    let given_at = at("05:00") - chrono::Duration::days(6);
+    let given = DoseRecord {
+        medication: "Paracetamol".into(),
+        occurrence: None,
+        at: given_at,
+        units: 2,
+        outcome: Outcome::Dispensed,
+        slot: Some(4),
+        elapsed: Some(given_at),
+    };
+    let stored: DoseHistory = [("p-1".to_string(), given)].into_iter().collect();
+    let t0 = now(at("07:00"), 0);
+    let mut d = Dispenser::on_restart(
+        Restored {
+            history: stored.clone(),
+            keep_history: Some(chrono::Duration::zero()),
+            ..restored("00:00")
+        },
+        GEOMETRY,
+        t0,
+    );
+    d.start(t0);
+    d.on_homed(Ok(12), t0);
+    d.on_command(refill(4, 30), Some(1), t0);
+    // The first round lets the six-day-old record go: no rule reaches it.
+    d.on_tick(t0);
+    assert_eq!(d.history().of("p-1").len(), 0);
+    assert!(d.history().forgot_any());
+    // The clock is set back six days, and a person confirms it.
+    let back = at("07:01") - chrono::Duration::days(6);
+    let mut asked = d.on_tick(now(back, 60));
+    let trust = Command::TrustClock {
+        actor: "nurse-4".into(),
+        comment: "the date was wrong".into(),
+    };
+    let fx = d.on_command(trust, Some(2), now(back, 61));
+    assert!(matches!(replies(&fx).as_slice(), [Ok(_)]), "{fx:?}");
+    asked.extend(fx);
+    // The request reaches back past what memory holds: BUSY, and the store is asked once.
+    let fx = d.on_command(prn(), Some(3), now(back, 62));
+    assert!(
+        matches!(
+            replies(&fx).as_slice(),
+            [Err(Refusal {
+                code: RefusalCode::Busy,
+                ..
+            })]
+        ),
+        "{fx:?}"
+    );
+    assert!(turns(&fx).is_empty());
+    asked.extend(fx);
+    let load = |fx: &[Effect]| {
+        fx.iter()
+            .filter(|e| matches!(e, Effect::LoadHistory))
+            .count()
+    };
+    assert_eq!(load(&asked), 1, "{asked:?}");
+    let fx = d.on_tick(now(back, 63));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::LoadHistory)),
+        "asked once: {fx:?}"
+    );
+    assert!(turns(&fx).is_empty());
+    // The store's records come back; the dose two hours ago now counts.
+    let fx = d.on_command(
+        Command::HistoryLoaded(Box::new(stored)),
+        None,
+        now(back, 64),
+    );
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Emit(Event::DeviceFault { .. }))),
+        "{fx:?}"
+    );
+    assert_eq!(d.history().of("p-1").len(), 1);
+    let fx = d.on_command(prn(), Some(4), now(back, 65));
+    assert!(
+        matches!(
+            replies(&fx).as_slice(),
+            [Err(Refusal {
+                code: RefusalCode::Dose(engine::Reason::PrnTooSoon),
+                ..
+            })]
+        ),
+        "{fx:?}"
+    );
+    assert!(turns(&fx).is_empty());
+}
+
+/// Records from the store that do not continue the ones in memory (a database changed behind
+/// the appliance's back) are not used: a fault is told and the decision stays refused.
+#[test]
+fn a_store_that_does_not_line_up_with_memory_is_not_used_and_the_fault_is_told() {
+    let old = at("05:00") - chrono::Duration::days(6);
+    let record = |units| DoseRecord {
+        medication: "Paracetamol".into(),
+        occurrence: None,
+        at: old,
+        units,
+        outcome: Outcome::Dispensed,
+        slot: Some(4),
+        elapsed: Some(old),
+    };
+    let t0 = now(at("07:00"), 0);
+    let mut d = Dispenser::on_restart(
+        Restored {
+            history: [("p-1".to_string(), record(2))].into_iter().collect(),
+            keep_history: Some(chrono::Duration::zero()),
+            ..restored("00:00")
+        },
+        GEOMETRY,
+        t0,
+    );
+    d.start(t0);
+    d.on_homed(Ok(12), t0);
+    d.on_tick(t0);
+    let back = at("07:01") - chrono::Duration::days(6);
+    let mut asked = d.on_tick(now(back, 60));
+    let trust = Command::TrustClock {
+        actor: "nurse-4".into(),
+        comment: "the date was wrong".into(),
+    };
+    asked.extend(d.on_command(trust, Some(2), now(back, 61)));
+    asked.extend(d.on_command(prn(), Some(3), now(back, 62)));
+    assert!(asked.iter().any(|e| matches!(e, Effect::LoadHistory)));
+    // Nothing stored: the forgotten record cannot come back.
+    let fx = d.on_command(Command::HistoryLoaded(Box::default()), None, now(back, 63));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(Event::DeviceFault { device, .. }) if device == "dose history")),
+        "{fx:?}"
+    );
+    let fx = d.on_command(prn(), Some(4), now(back, 64));
+    assert!(matches!(
+        replies(&fx).as_slice(),
+        [Err(Refusal {
+            code: RefusalCode::Busy,
+            ..
+        })]
+    ));
+    assert!(turns(&fx).is_empty());
+    // It is not asked for again and again: a restart reads the store whole.
+    let fx = d.on_tick(now(back, 200));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::LoadHistory)));
+}
