@@ -48,6 +48,10 @@ pub struct StoreSettings {
     pub signing_key: Option<PathBuf>,
     /// Cap the database at this many pages (rehearses a full disk).
     pub max_pages: Option<u32>,
+    /// Keep dose records in memory this long (None:
+    /// [`crate::dosing::dispenser::KEEP_HISTORY`]); older ones are read back from here when a
+    /// decision reaches them.
+    pub keep_dose_history: Option<std::time::Duration>,
 }
 
 /// Where the appliance publishes.
@@ -238,7 +242,14 @@ impl Opened {
                 installed_at: crate::store::schedules::installed_at(conn)?,
                 answered: crate::store::commands::answered(conn, now)?,
                 vitals: crate::store::vitals::recent(conn, now - chrono::Duration::days(1))?,
-                keep_history: Some(crate::dosing::dispenser::KEEP_HISTORY),
+                keep_history: Some(
+                    self.settings
+                        .store
+                        .as_ref()
+                        .and_then(|s| s.keep_dose_history)
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .unwrap_or(crate::dosing::dispenser::KEEP_HISTORY),
+                ),
             },
             None => controller::Dosing {
                 schedules: self.settings.schedules.clone(),

@@ -1276,3 +1276,78 @@ fn repeated_device_faults_are_told_once_with_how_often() {
     assert_eq!(text.matches(first.as_str()).count(), 1, "{text}");
     assert!(text.contains("times, "), "{text}");
 }
+
+/// Records let go from memory come back from the store when a decision reaches them, through
+/// the real controller and SQLite. Every record is let go as soon as no rule reaches it
+/// (`keep_dose_history = 0`: memory then holds 8.25 days, the weekly medication's reach). After
+/// 18.5 days the wall clock is set back seven days and a person confirms it: the as-needed
+/// painkiller's rules now reach back past what memory holds, so the dispenser asks the store.
+/// A request three hours after an earlier dose (on the new clock) is refused as too soon once
+/// the records are back (it would be answered BUSY for days if they never came), and nothing
+/// is dispensed twice.
+#[test]
+fn records_let_go_from_memory_are_read_back_after_the_clock_is_set_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let prn = |at: &str, id: &str| {
+        format!(
+            "[[event]]\nat = \"{at}\"\naction = \"command\"\ncommand = \"request_prn\"\n\
+             payload = '{{\"id\": \"{id}\", \"actor\": \"p-0311\", \"role\": \"patient\", \"args\": {{\"patient\": \"p-0311\", \"medication\": \"Paracetamol\"}}}}'\n"
+        )
+    };
+    let sc = format!(
+        "name = \"set back\"\n{}{}{}[[event]]\nat = \"18d 12h\"\naction = \"clock_jump\"\nby = \"-7d\"\n\
+         [[event]]\nat = \"18d 12h 10m\"\naction = \"trust_clock\"\n",
+        prn("11d 10h", "before"),
+        prn("18d 13h", "after"),
+        prn("18d 13h 1m", "after-again"),
+    );
+    let s = common::run(SimOptions {
+        scenario: Some(Scenario::parse(&sc, Path::new("s.toml")).unwrap()),
+        keep_records: false,
+        db: Some(db.clone()),
+        keep_dose_history: Some(std::time::Duration::ZERO),
+        schedules: schedules(),
+        ..common::options(19.0)
+    });
+    let mut dispensed: BTreeMap<(String, Option<chrono::DateTime<chrono::Utc>>), u32> =
+        BTreeMap::new();
+    for r in s
+        .dose_records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Dispensed && r.occurrence.is_some())
+    {
+        *dispensed
+            .entry((r.medication.clone(), r.occurrence))
+            .or_default() += 1;
+    }
+    assert!(
+        dispensed.values().all(|n| *n == 1),
+        "dispensed twice: {dispensed:?}"
+    );
+    let conn = medbox::store::schema::open_read_only(&db).unwrap();
+    let answer = |id: &str| -> String {
+        conn.query_row(
+            "SELECT body FROM audit WHERE kind = 'command.result' AND body LIKE ?1 ORDER BY seq DESC LIMIT 1",
+            [format!("%\"id\":\"{id}\"%")],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("no answer to {id}: {e}"))
+    };
+    assert!(
+        answer("before").contains("\"ok\":true"),
+        "{}",
+        answer("before")
+    );
+    for id in ["after", "after-again"] {
+        assert!(answer(id).contains("PRN_TOO_SOON"), "{id}: {}", answer(id));
+    }
+    let faults: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE body LIKE '%dose history%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(faults, 0, "the records lined up");
+}

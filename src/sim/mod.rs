@@ -76,6 +76,9 @@ pub struct SimOptions {
     pub device_id: String,
     /// Cap the database at this many pages (rehearses a full disk).
     pub db_max_pages: Option<u32>,
+    /// Keep dose records in memory this long (None: the appliance's default), to rehearse
+    /// reading them back from the store.
+    pub keep_dose_history: Option<Duration>,
     /// Refill alert below this many days of doses (None: 7).
     pub refill_days: Option<f64>,
     /// Also queue FHIR R4 renderings (MedicationAdministration, Observation) for the uplink.
@@ -120,6 +123,7 @@ impl SimOptions {
             keep_checkpoints: false,
             db: None,
             db_max_pages: None,
+            keep_dose_history: None,
             refill_days: None,
             audit_key: None,
             fhir: false,
@@ -354,6 +358,7 @@ pub async fn run(
                 .unwrap_or_else(crate::store::audit::ChainKey::unkeyed),
             signing_key: None,
             max_pages: opts.db_max_pages,
+            keep_dose_history: opts.keep_dose_history,
         }),
         uplink: opts.mqtt.as_ref().map(|url| appliance::UplinkSettings {
             url: url.clone(),

@@ -600,6 +600,10 @@ struct SimArgs {
     /// Cap the database at this many pages, to rehearse a full disk.
     #[arg(long, hide = true)]
     db_max_pages: Option<u32>,
+    /// Keep dose records in memory this long (e.g. `0s`), to rehearse reading them back from
+    /// the database; the default is 92 days.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    keep_dose_history: Option<std::time::Duration>,
     /// Also publish dose outcomes and vitals as FHIR R4 resources (`fhir/<resource>` topics).
     #[arg(long)]
     fhir: bool,

@@ -122,6 +122,7 @@ fn settings(config_path: &Path) -> Result<(Settings, BoardKind)> {
                 key,
                 signing_key: cfg.audit.signing_key.clone(),
                 max_pages: None,
+                keep_dose_history: None,
             }),
             uplink,
             // Real time on either board: blocking device calls go to the blocking pool.

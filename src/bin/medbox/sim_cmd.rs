@@ -110,6 +110,7 @@ pub(crate) fn run_sim(args: SimArgs) -> Result<()> {
         keep_checkpoints: args.checkpoints_out.is_some(),
         db,
         db_max_pages: args.db_max_pages,
+        keep_dose_history: args.keep_dose_history,
         refill_days,
         fhir: args.fhir,
         audit_key: match &args.audit_secret_file {
