@@ -867,16 +867,20 @@ async fn over_tls_with_a_client_certificate_the_appliance_delivers_its_outbox() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("no PEM certificate"));
 }
 
-/// The uplink reads the outbox through the connection's owner; while that owner's storage
-/// fails, the uplink waits (it neither stops nor deletes anything) and delivers every message
-/// once storage works again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
-    use medbox::store::outbox;
-    let dev = device("owner");
-    let dir = tempfile::tempdir().unwrap();
-    let conn = medbox::store::schema::open(&dir.path().join("m.db")).unwrap();
-    for i in 0..20 {
+/// An outbox in a database the test owns, a subscriber that watches it arrive, and an uplink
+/// configuration that asks the test (as the connection's owner) for rows.
+struct Owned {
+    conn: rusqlite::Connection,
+    /// Everything the subscriber saw once `n` messages `{"n": i}` arrived.
+    sub: tokio::task::JoinHandle<Vec<(String, String)>>,
+    requests: medbox::store::outbox::OutboxRequests,
+    cfg: medbox::uplink::UplinkConfig,
+}
+
+async fn owned_outbox(name: &str, n: usize, dir: &std::path::Path) -> Owned {
+    let dev = device(name);
+    let conn = medbox::store::schema::open(&dir.join("m.db")).unwrap();
+    for i in 0..n {
         conn.execute(
             "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (1, ?1, ?2, 't')",
             rusqlite::params![
@@ -890,22 +894,43 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
     let sub = tokio::spawn({
         let dev = dev.clone();
         async move {
-            collect(&dev, ready_tx, Duration::from_secs(10), |g| {
+            collect(&dev, ready_tx, Duration::from_secs(30), |g| {
                 g.iter()
                     .filter(|(t, _)| t.ends_with("/events/test"))
                     .count()
-                    >= 20
+                    >= n
             })
             .await
         }
     });
     ready.await.unwrap();
-    let (owner, mut requests) = outbox::channel();
-    let mut cfg = medbox::uplink::UplinkConfig::with_outbox(
+    let (owner, requests) = medbox::store::outbox::channel();
+    let cfg = medbox::uplink::UplinkConfig::with_outbox(
         "mqtt://127.0.0.1:1883",
         &dev,
         medbox::uplink::OutboxSource::Owner(owner),
     );
+    Owned {
+        conn,
+        sub,
+        requests,
+        cfg,
+    }
+}
+
+/// The uplink reads the outbox through the connection's owner; while that owner's storage
+/// fails, the uplink waits (it neither stops nor deletes anything) and delivers every message
+/// once storage works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
+    use medbox::store::outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let Owned {
+        conn,
+        sub,
+        mut requests,
+        mut cfg,
+    } = owned_outbox("owner", 20, dir.path()).await;
     cfg.max_inflight = 8;
     let uplink = medbox::uplink::UplinkThread::spawn(cfg, Duration::from_secs(10)).unwrap();
     // The owner: the first answers fail as a full disk would.
@@ -949,40 +974,13 @@ async fn the_uplink_asks_the_owner_and_waits_out_a_storage_failure() {
 /// time because the broker's keep-alive timer is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorder_slower_than_the_keep_alive_does_not_take_the_appliance_offline() {
-    use medbox::store::outbox;
-    let dev = device("stall");
     let dir = tempfile::tempdir().unwrap();
-    let conn = medbox::store::schema::open(&dir.path().join("m.db")).unwrap();
-    for i in 0..5 {
-        conn.execute(
-            "INSERT INTO outbox (priority, topic, payload, created_utc) VALUES (1, ?1, ?2, 't')",
-            rusqlite::params![
-                format!("medbox/{dev}/events/test"),
-                format!("{{\"n\":{i}}}")
-            ],
-        )
-        .unwrap();
-    }
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let sub = tokio::spawn({
-        let dev = dev.clone();
-        async move {
-            collect(&dev, ready_tx, Duration::from_secs(30), |g| {
-                g.iter()
-                    .filter(|(t, _)| t.ends_with("/events/test"))
-                    .count()
-                    >= 5
-            })
-            .await
-        }
-    });
-    ready.await.unwrap();
-    let (owner, mut requests) = outbox::channel();
-    let mut cfg = medbox::uplink::UplinkConfig::with_outbox(
-        "mqtt://127.0.0.1:1883",
-        &dev,
-        medbox::uplink::OutboxSource::Owner(owner),
-    );
+    let Owned {
+        conn,
+        sub,
+        mut requests,
+        mut cfg,
+    } = owned_outbox("stall", 5, dir.path()).await;
     // The broker gives up on a client silent for 1.5 times its keep-alive, checked coarsely:
     // Mosquitto 2.0 let a 1 s keep-alive outlast a 3.5 s silence, never an 8 s one.
     cfg.keep_alive = Duration::from_secs(1);

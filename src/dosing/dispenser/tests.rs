@@ -689,12 +689,8 @@ fn a_broken_audit_chain_dispenses_nothing_until_a_pharmacist_acknowledges_it() {
     ));
 }
 
-/// Records let go from memory are read back from the store before any decision that reaches
-/// them: after a person sets the clock back six days, an as-needed dose given two hours
-/// before the new time (six days ago on the old clock, long let go) must refuse the next one.
-/// Until the records come, the request is answered BUSY and the planning round waits.
-#[test]
-fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothing_wrongly() {
+/// A paracetamol dose six days and two hours before 07:00, as the store holds it.
+fn six_days_ago() -> DoseHistory {
     let given_at = at("05:00") - chrono::Duration::days(6);
     let given = DoseRecord {
         medication: "Paracetamol".into(),
@@ -705,7 +701,12 @@ fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothin
         slot: Some(4),
         elapsed: Some(given_at),
     };
-    let stored: DoseHistory = [("p-1".to_string(), given)].into_iter().collect();
+    [("p-1".to_string(), given)].into_iter().collect()
+}
+
+/// A dispenser restarted at 07:00 on `stored` that keeps records only as long as a rule
+/// reaches them, homed and stocked, after its first round let the six-day-old record go.
+fn forgetful(stored: &DoseHistory) -> Dispenser {
     let t0 = now(at("07:00"), 0);
     let mut d = Dispenser::on_restart(
         Restored {
@@ -719,20 +720,39 @@ fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothin
     d.start(t0);
     d.on_homed(Ok(12), t0);
     d.on_command(refill(4, 30), Some(1), t0);
-    // The first round lets the six-day-old record go: no rule reaches it.
     d.on_tick(t0);
-    assert_eq!(d.history().of("p-1").len(), 0);
+    assert_eq!(d.history().of("p-1").len(), 0, "no rule reaches it");
     assert!(d.history().forgot_any());
-    // The clock is set back six days, and a person confirms it.
+    d
+}
+
+/// The wall clock set back six days at 07:01 and a person confirming it: the new time, and
+/// the effects of both.
+fn set_back(d: &mut Dispenser) -> (DateTime<Utc>, Vec<Effect>) {
     let back = at("07:01") - chrono::Duration::days(6);
-    let mut asked = d.on_tick(now(back, 60));
+    let mut fx = d.on_tick(now(back, 60));
     let trust = Command::TrustClock {
         actor: "nurse-4".into(),
         comment: "the date was wrong".into(),
     };
-    let fx = d.on_command(trust, Some(2), now(back, 61));
-    assert!(matches!(replies(&fx).as_slice(), [Ok(_)]), "{fx:?}");
-    asked.extend(fx);
+    let trusted = d.on_command(trust, Some(2), now(back, 61));
+    assert!(
+        matches!(replies(&trusted).as_slice(), [Ok(_)]),
+        "{trusted:?}"
+    );
+    fx.extend(trusted);
+    (back, fx)
+}
+
+/// Records let go from memory are read back from the store before any decision that reaches
+/// them: after a person sets the clock back six days, an as-needed dose given two hours
+/// before the new time (six days ago on the old clock, long let go) must refuse the next one.
+/// Until the records come, the request is answered BUSY and the planning round waits.
+#[test]
+fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothing_wrongly() {
+    let stored = six_days_ago();
+    let mut d = forgetful(&stored);
+    let (back, mut asked) = set_back(&mut d);
     // The request reaches back past what memory holds: BUSY, and the store is asked once.
     let fx = d.on_command(prn(), Some(3), now(back, 62));
     assert!(
@@ -789,36 +809,8 @@ fn a_decision_that_reaches_records_let_go_waits_for_the_store_and_refuses_nothin
 /// the appliance's back) are not used: a fault is told and the decision stays refused.
 #[test]
 fn a_store_that_does_not_line_up_with_memory_is_not_used_and_the_fault_is_told() {
-    let old = at("05:00") - chrono::Duration::days(6);
-    let record = |units| DoseRecord {
-        medication: "Paracetamol".into(),
-        occurrence: None,
-        at: old,
-        units,
-        outcome: Outcome::Dispensed,
-        slot: Some(4),
-        elapsed: Some(old),
-    };
-    let t0 = now(at("07:00"), 0);
-    let mut d = Dispenser::on_restart(
-        Restored {
-            history: [("p-1".to_string(), record(2))].into_iter().collect(),
-            keep_history: Some(chrono::Duration::zero()),
-            ..restored("00:00")
-        },
-        GEOMETRY,
-        t0,
-    );
-    d.start(t0);
-    d.on_homed(Ok(12), t0);
-    d.on_tick(t0);
-    let back = at("07:01") - chrono::Duration::days(6);
-    let mut asked = d.on_tick(now(back, 60));
-    let trust = Command::TrustClock {
-        actor: "nurse-4".into(),
-        comment: "the date was wrong".into(),
-    };
-    asked.extend(d.on_command(trust, Some(2), now(back, 61)));
+    let mut d = forgetful(&six_days_ago());
+    let (back, mut asked) = set_back(&mut d);
     asked.extend(d.on_command(prn(), Some(3), now(back, 62)));
     assert!(asked.iter().any(|e| matches!(e, Effect::LoadHistory)));
     // Nothing stored: the forgotten record cannot come back.
