@@ -348,54 +348,6 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"))
     }
 
-    #[test]
-    fn a_weekly_guarded_dose_five_and_a_half_days_ago_is_still_held_at_the_next_window() {
-        use crate::dosing::engine::{self, Decision, Now, Reason};
-        let s = reach_schedule();
-        let (m, rec) = &s.medications[1];
-        // Monday 2026-03-09 09:00 Berlin; an extra dose the Tuesday before, 5.5 days earlier.
-        let wall: DateTime<Utc> = "2026-03-09T08:30:00Z".parse().unwrap();
-        let mut h = DoseHistory::default();
-        let given = wall - Duration::hours(132);
-        h.push(
-            "p-1",
-            DoseRecord {
-                medication: m.name.clone(),
-                occurrence: None,
-                at: given,
-                units: 4,
-                outcome: Outcome::Dispensed,
-                slot: Some(2),
-                elapsed: Some(given),
-            },
-        );
-        let now = Now {
-            wall,
-            elapsed: wall,
-        };
-        let cut = engine::needed_from(now, s.medications.iter().map(|(m, _)| m));
-        h.forget_before(cut);
-        let d = engine::decide_on(
-            m,
-            rec.as_ref().unwrap(),
-            s.tz,
-            now,
-            &h.standing("p-1"),
-            &[],
-            true,
-        );
-        assert!(
-            matches!(
-                d,
-                Decision::Refuse {
-                    reason: Reason::WeeklyGuard,
-                    ..
-                }
-            ),
-            "{d:?}"
-        );
-    }
-
     /// Each look-back rule at its edge: the records that make it refuse are inside the
     /// medication's reach, so a history cut there refuses alike.
     #[test]
