@@ -65,6 +65,26 @@ pub struct Planner {
     /// When each patient's schedule in force was installed: its doses whose windows had
     /// closed by then were never due, so they are never closed as missed.
     in_force_from: BTreeMap<String, DateTime<Utc>>,
+    /// See [`Planner::revisit`].
+    revisit: Option<DateTime<Utc>>,
+}
+
+/// How soon a round is worth repeating while a dose waits in its open window on something time
+/// alone can change (a spacing, a rolling limit, a reading ageing out).
+pub const WATCH_EVERY: Duration = Duration::minutes(1);
+
+/// Whether a refusal inside an open window stands until the window closes unless a person acts
+/// (a command, a reconciliation, a new schedule): rounds need not repeat it every minute. Kept
+/// to the plainly final ones; anything else is watched every [`WATCH_EVERY`].
+fn stands_until_input(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::AlreadyDispensed
+            | Reason::Skipped
+            | Reason::MissedLocked
+            | Reason::NotActive
+            | Reason::Unreconciled
+    )
 }
 
 fn is_hold(r: Reason) -> bool {
@@ -89,7 +109,18 @@ impl Planner {
             closed: BTreeSet::new(),
             locked: BTreeSet::new(),
             in_force_from: BTreeMap::new(),
+            revisit: None,
         }
+    }
+
+    /// The earliest wall-clock instant at which the last round could decide anything
+    /// differently without an input: the next window that opens or closes, or a minute on
+    /// while a dose waits in its open window on something time can change. None: no window
+    /// opens or closes within two days. A caller may plan more often, never less without
+    /// missing a window; inputs (commands, a clock step, a dispense ending) call for a round
+    /// of their own.
+    pub fn revisit(&self) -> Option<DateTime<Utc>> {
+        self.revisit
     }
 
     /// A patient's schedule was replaced (or changed on disk) at `at`: doses of the new one
@@ -128,6 +159,10 @@ impl Planner {
         let clocks = now.into();
         let now = clocks.wall;
         let mut out = Vec::new();
+        let mut revisit: Option<DateTime<Utc>> = None;
+        let mut soonest = |t: DateTime<Utc>| {
+            revisit = Some(revisit.map_or(t, |r| r.min(t)));
+        };
         for s in schedules {
             // The records that stand, kept by the history as records arrive.
             let standing = history.standing(&s.patient);
@@ -135,8 +170,22 @@ impl Planner {
             for (m, rec) in &s.medications {
                 let Some(rec) = rec else { continue };
                 let key_of = |o: DateTime<Utc>| (s.patient.clone(), m.name.clone(), o);
+                // The last day's windows (to close), the one open now, and the next two days'
+                // (whose edges are when to plan again).
+                let ws = super::engine::windows(
+                    m,
+                    rec,
+                    s.tz,
+                    now - Duration::days(1),
+                    now + Duration::days(2),
+                );
+                for edge in ws.iter().flat_map(|w| [w.opens, w.closes]) {
+                    if edge > now {
+                        soonest(edge);
+                    }
+                }
                 // Close windows that ended: missed or held, once.
-                for w in super::engine::windows(m, rec, s.tz, now - Duration::days(1), now) {
+                for &w in &ws {
                     if w.closes > now
                         || w.occurrence < self.since
                         || self
@@ -200,20 +249,26 @@ impl Planner {
                     Decision::Dispense {
                         occurrence: Some(o),
                         units,
-                    } => out.push(Action::Dispense {
-                        patient: s.patient.clone(),
-                        medication: m.name.clone(),
-                        slot: *m.slot.get_ref(),
-                        occurrence: o,
-                        units,
-                    }),
+                    } => {
+                        // Until the dispenser's records say it went (it may wait to retry).
+                        soonest(now + WATCH_EVERY);
+                        out.push(Action::Dispense {
+                            patient: s.patient.clone(),
+                            medication: m.name.clone(),
+                            slot: *m.slot.get_ref(),
+                            occurrence: o,
+                            units,
+                        })
+                    }
                     Decision::Dispense {
                         occurrence: None, ..
                     } => {}
                     Decision::Refuse { reason, detail } => {
                         // Remember why the current window's dose waits, for its close.
-                        let ws = super::engine::windows(m, rec, s.tz, now, now);
                         if let Some(w) = ws.iter().find(|w| w.opens <= now && now < w.closes) {
+                            if !stands_until_input(reason) {
+                                soonest(now + WATCH_EVERY);
+                            }
                             // A dose held on a reading stays held on it when the reading later
                             // ages out (NEEDS_READING): the pharmacist sees why it was held.
                             let held = self.last_reason.get(&key_of(w.occurrence))
@@ -254,6 +309,7 @@ impl Planner {
         self.last_reason.retain(|k, _| k.2 > horizon);
         self.alerted.retain(|k| k.2 > horizon);
         self.closed.retain(|k| k.2 > horizon);
+        self.revisit = revisit;
         out
     }
 }
@@ -514,5 +570,55 @@ mod tests {
             ),
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn the_planner_asks_back_at_the_next_window_edge_or_each_minute_while_time_may_release_a_dose()
+    {
+        let s = sched("[[medication]]\nname = \"Metoprolol\"\nslot = 0\nunits = 1\ntimes = [\"08:00\"]\nearly = \"30m\"\nlate = \"2h\"\n[[medication.hold]]\nvital = \"heart_rate\"\nbelow = 55\nmax_age = \"2h\"\n");
+        let schedules = std::slice::from_ref(&s);
+        let mut p = Planner::new(utc("2026-03-02T00:00:00Z"));
+        let mut history = DoseHistory::default();
+        let pulse = |at: &str| VitalReading {
+            vital: crate::dosing::schedule::Vital::HeartRate,
+            value: 70.0,
+            at: utc(at),
+            quality: crate::dosing::engine::Quality::Good,
+            source: "test".into(),
+            patient: Some("p-1".into()),
+        };
+        // Before the window: its opening.
+        p.plan(schedules, utc("2026-03-02T06:00:00Z"), &history, &[], true);
+        assert_eq!(p.revisit(), Some(utc("2026-03-02T07:30:00Z")));
+        // Open, and waiting for a reading that may come (or age out): a minute on.
+        p.plan(schedules, utc("2026-03-02T07:30:00Z"), &history, &[], true);
+        assert_eq!(p.revisit(), Some(utc("2026-03-02T07:31:00Z")));
+        // Due: a minute on too, until the dispense is on record.
+        let now = utc("2026-03-02T07:40:00Z");
+        let actions = p.plan(
+            schedules,
+            now,
+            &history,
+            &[pulse("2026-03-02T07:39:00Z")],
+            true,
+        );
+        assert!(matches!(actions.as_slice(), [Action::Dispense { .. }]));
+        assert_eq!(p.revisit(), Some(utc("2026-03-02T07:41:00Z")));
+        // Given: nothing changes until the window closes.
+        let given = DoseRecord {
+            medication: "Metoprolol".into(),
+            occurrence: Some(utc("2026-03-02T08:00:00Z")),
+            at: now,
+            units: 1,
+            outcome: Outcome::Dispensed,
+            slot: Some(0),
+            elapsed: None,
+        };
+        history.push("p-1", given);
+        p.plan(schedules, utc("2026-03-02T07:41:00Z"), &history, &[], true);
+        assert_eq!(p.revisit(), Some(utc("2026-03-02T10:00:00Z")));
+        // Closed: the next day's opening.
+        p.plan(schedules, utc("2026-03-02T10:00:00Z"), &history, &[], true);
+        assert_eq!(p.revisit(), Some(utc("2026-03-03T07:30:00Z")));
     }
 }

@@ -38,8 +38,15 @@ const ATTENTIVE_FOR: Duration = Duration::from_secs(15 * 60);
 const PENDING_POLL: Duration = Duration::from_secs(1);
 /// How often otherwise (the states are still tracked so a change is never misread as an edge).
 const IDLE_POLL: Duration = Duration::from_secs(5);
-/// How often the dose planner runs.
+/// How often the dose planner runs while it waits on something it cannot foresee: a dose in
+/// the cup (its reminders), records being read back from the store.
 const PLAN_EVERY: Duration = Duration::from_secs(60);
+/// The longest the planner sleeps when no window opens or closes sooner: stock and expiry
+/// warnings and letting go of old records need no finer step than this.
+const PLAN_IDLE_MAX: Duration = Duration::from_secs(15 * 60);
+/// How far the wall clock may move against the monotonic one before the next planning round,
+/// timed on the old offset, is brought forward: a window edge may have moved.
+const REPLAN_ON_STEP_S: i64 = 1;
 /// How often the adherence summary is published.
 const SUMMARY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long a dose whose dispense failed before motion waits before it is tried again.
@@ -359,7 +366,11 @@ pub struct Dispenser {
     /// Doses whose dispense failed before motion, and when they may be tried again (None: after
     /// the next refill), so a jam or an empty slot is not retried, and recorded, every minute.
     retry_after: HashMap<DoseKey, Option<Duration>>,
+    /// When (monotonic) the next planning round is due: at the next window edge the planner
+    /// foresees, at once after an input, at most [`PLAN_IDLE_MAX`] on.
     next_plan: Duration,
+    /// The wall clock's offset from the monotonic one when `next_plan` was set.
+    plan_offset_s: i64,
     next_summary: Duration,
     /// Storage fails: dispensing is locked.
     storage_locked: bool,
@@ -478,6 +489,7 @@ impl Dispenser {
             attentive_until: Duration::ZERO,
             retry_after: HashMap::new(),
             next_plan: now.mono,
+            plan_offset_s: wall_minus_mono(now),
             next_summary: now.mono + SUMMARY_EVERY,
             storage_locked: false,
             fridge_alarm: false,
@@ -584,16 +596,25 @@ impl Dispenser {
         (now.mono + poll).min(self.next_plan)
     }
 
-    /// Time passes: once a minute the waiting doses escalate, stock is checked, the clock is
-    /// watched, and due doses are dispensed.
+    /// A planning round is due at once: something a round reads changed.
+    fn replan(&mut self, now: Instant) {
+        self.next_plan = self.next_plan.min(now.mono);
+    }
+
+    /// Time passes: the clock is watched at every tick; at each planning round the waiting
+    /// doses escalate, stock is checked and due doses are dispensed or closed.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
         // At every input, not once a minute: a step is seen before anything else is decided.
         self.check_clock(now, &mut fx);
+        if (wall_minus_mono(now) - self.plan_offset_s).abs() > REPLAN_ON_STEP_S {
+            self.replan(now);
+        }
         if now.mono < self.next_plan || self.busy() {
             return fx;
         }
         self.next_plan = now.mono + PLAN_EVERY;
+        self.plan_offset_s = wall_minus_mono(now);
         self.escalate(now, &mut fx);
         self.stock_alerts(now, &mut fx);
         // A day's adherence counted from a history missing some of it would be wrong: it waits
@@ -695,6 +716,8 @@ impl Dispenser {
         }
         // Whatever else is due now goes next, decided afresh on the history just recorded.
         self.plan(now, &mut fx);
+        // And a whole round (reminders, stock) follows on the new stock and cup.
+        self.replan(now);
         fx
     }
 
@@ -838,6 +861,9 @@ impl Dispenser {
         let mut answered = Vec::new();
         reply(&mut answered, token, answer);
         fx.splice(at..at, answered);
+        // What a round decides may have changed with it (a reading, a reconciliation, a new
+        // schedule, a trusted clock, records read back): one follows at once.
+        self.replan(now);
         fx
     }
 
@@ -1155,6 +1181,33 @@ impl Dispenser {
                 ),
             }
         }
+        self.next_plan = self.after_round(now);
+    }
+
+    /// When the round just made must be made again without an input: at the next window edge
+    /// the planner foresees; at a waiting dose's next reminder, and every minute while one
+    /// waits (quiet hours may begin or end); when a dose that failed may be tried again; when
+    /// the daily summary is due; and never more than [`PLAN_IDLE_MAX`] on.
+    fn after_round(&self, now: Instant) -> Duration {
+        let at_wall = |at: DateTime<Utc>| now.mono + (at - now.wall).to_std().unwrap_or_default();
+        let mut wake = (now.mono + PLAN_IDLE_MAX).min(self.next_summary);
+        if !self.pending.is_empty() {
+            wake = wake.min(now.mono + PLAN_EVERY);
+        }
+        let reminders = self.pending.iter().filter_map(|p| {
+            p.escalation
+                .iter()
+                .map(|(at, _)| *at)
+                .find(|at| *at > p.escalated_to)
+        });
+        for at in reminders.chain(self.planner.revisit()) {
+            wake = wake.min(at_wall(at));
+        }
+        let retries = self.retry_after.values().flatten();
+        for &at in retries.filter(|at| **at > now.mono) {
+            wake = wake.min(at);
+        }
+        wake
     }
 
     /// The earliest instant a decision about `patient`'s medications at `now` may read.

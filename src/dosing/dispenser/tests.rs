@@ -833,3 +833,339 @@ fn a_store_that_does_not_line_up_with_memory_is_not_used_and_the_fault_is_told()
     let fx = d.on_tick(now(back, 200));
     assert!(!fx.iter().any(|e| matches!(e, Effect::LoadHistory)));
 }
+
+/// Windows with every kind of edge: two doses a day under a daily maximum, one held on a
+/// reading, a weekly high-alert dose with a long late window, one every eight hours.
+const EDGES: &str = r#"
+[patient]
+id = "p-1"
+timezone = "Europe/Berlin"
+quiet_hours = "22:00-07:00"
+
+[[medication]]
+name = "Metformin"
+slot = 0
+units = 1
+times = ["08:07", "19:53"]
+max_daily_units = 2
+
+[[medication]]
+name = "Metoprolol"
+slot = 1
+units = 1
+times = ["08:11"]
+early = "22m"
+
+[[medication.hold]]
+vital = "heart_rate"
+below = 55
+max_age = "2h"
+
+[[medication]]
+name = "Methotrexate"
+slot = 2
+units = 4
+times = ["09:13"]
+days = ["mon"]
+high_alert_weekly = true
+late = "12h"
+
+[[medication]]
+name = "Amoxicillin"
+slot = 3
+units = 1
+every = "8h"
+first = "2026-03-23T06:29"
+missed_policy = "window"
+"#;
+
+/// What happens to a dispenser from outside, at a wall-clock instant.
+enum Input {
+    /// The cup is lifted (and put back a minute later).
+    Lift,
+    Command(Command),
+}
+
+/// Two weeks of inputs: readings most mornings (some low, some missing), the cup lifted at
+/// fixed hours on most days and left for hours on others, slot 3 left to run empty and
+/// refilled days later, and a caregiver reconciling a dispense that went uncertain.
+fn two_weeks_of_inputs(t0: DateTime<Utc>) -> Vec<(DateTime<Utc>, Input)> {
+    let mut out = Vec::new();
+    for day in 0..14i64 {
+        let midnight = t0 + chrono::Duration::days(day);
+        // Seconds past the minute: an input's round is its own, not the next minute's.
+        let h = |hh: i64, mm: i64| {
+            midnight + chrono::Duration::minutes(hh * 60 + mm) + chrono::Duration::seconds(17)
+        };
+        if day % 3 != 2 {
+            let value = if day % 4 == 1 { 50.0 } else { 70.0 };
+            let reading = VitalReading {
+                vital: crate::dosing::schedule::Vital::HeartRate,
+                value,
+                at: h(6, 40),
+                quality: crate::dosing::engine::Quality::Good,
+                source: "monitor".into(),
+                patient: None,
+            };
+            out.push((h(6, 45), Input::Command(Command::Vital(reading))));
+        }
+        if day % 5 != 4 {
+            for (hh, mm) in [(6, 50), (7, 20), (14, 35), (18, 5), (22, 40)] {
+                out.push((h(hh, mm), Input::Lift));
+            }
+        }
+        if day == 8 {
+            // While the 13:29 dose's window is open and the dose waits for stock.
+            out.push((h(13, 35), Input::Command(refill(3, 30))));
+        }
+        if day == 3 {
+            out.push((
+                h(9, 0),
+                Input::Command(Command::Reconcile {
+                    patient: "p-1".into(),
+                    medication: "metformin".into(),
+                    occurrence: Some(midnight + chrono::Duration::minutes(7 * 60 + 7)),
+                    given: false,
+                    units: None,
+                    actor: "nurse-4".into(),
+                    note: "the cup was empty".into(),
+                }),
+            ));
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    out
+}
+
+/// A dispenser on [`EDGES`] at `t0` (mono 0), homed, slot 3 stocked for a few days only.
+fn on_edges(t0: DateTime<Utc>) -> Dispenser {
+    let schedule =
+        Schedule::parse(EDGES, Path::new("edges.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+    let restored = Restored {
+        schedules: vec![schedule],
+        since: Some(t0),
+        ..Restored::default()
+    };
+    let start = now(t0, 0);
+    let mut d = Dispenser::on_restart(restored, GEOMETRY, start);
+    d.start(start);
+    d.on_homed(Ok(12), start);
+    for (slot, units) in [(0, 200), (1, 200), (2, 200), (3, 12)] {
+        d.on_command(refill(slot, units), None, start);
+    }
+    d.on_tray(true, start);
+    d.on_button(false, start);
+    d
+}
+
+/// What a life has seen so far.
+#[derive(Default)]
+struct Seen {
+    /// Every event but stock warnings, whose cadence is not a dose decision.
+    log: Vec<Event>,
+    turns: u32,
+}
+
+/// Carries out `fx` at `t` as the controller would. Turns are answered with every unit seen,
+/// except the first Metformin dose of the fourth day (its units are not seen: uncertain) and
+/// the twentieth turn (the chute is blocked before anything moves: failed, tried again).
+fn carry(d: &mut Dispenser, mut fx: Vec<Effect>, t: Instant, t0: DateTime<Utc>, seen: &mut Seen) {
+    let uncertain_from = t0 + chrono::Duration::days(3) + chrono::Duration::hours(6);
+    while let Some(i) = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Turn { .. } | Effect::Home))
+    {
+        let rest = fx.split_off(i + 1);
+        let next = match fx.last() {
+            Some(Effect::Turn { slot, units, .. }) => {
+                seen.turns += 1;
+                let lost = *slot == 0
+                    && t.wall >= uncertain_from
+                    && t.wall < uncertain_from + chrono::Duration::hours(2);
+                Some(Turned::Done(if seen.turns == 20 {
+                    Err(CarouselError::BeamBlocked)
+                } else {
+                    Ok(DropReport {
+                        slot: *slot,
+                        requested: *units,
+                        drops_seen: if lost { 0 } else { *units },
+                        stray_drops: 0,
+                        stray_from: None,
+                        returned_home: true,
+                    })
+                }))
+            }
+            _ => None,
+        };
+        keep(&fx, &mut seen.log);
+        fx = match next {
+            Some(turned) => d.on_drop(turned, t),
+            None => d.on_homed(Ok(5), t),
+        };
+        fx.extend(rest);
+    }
+    keep(&fx, &mut seen.log);
+}
+
+fn keep(fx: &[Effect], log: &mut Vec<Event>) {
+    log.extend(fx.iter().filter_map(|e| match e {
+        Effect::Emit(Event::StockAlert { .. }) => None,
+        Effect::Emit(e) => Some(e.clone()),
+        _ => None,
+    }));
+}
+
+/// How a dispenser is driven between inputs.
+#[derive(Clone, Copy)]
+enum Drive {
+    /// Ticked when it asks ([`Dispenser::next_wake`]), as the controller does.
+    WhenAsked,
+    /// A planning round forced every minute, as the planner ran before it woke on edges.
+    EveryMinute,
+}
+
+/// Lives two weeks of [`two_weeks_of_inputs`], driven by `drive` (and ticked at each input).
+fn live(drive: Drive) -> Vec<Event> {
+    let t0 = at("00:00");
+    let end = t0 + chrono::Duration::days(14);
+    let inputs = two_weeks_of_inputs(t0);
+    let mut d = on_edges(t0);
+    let instant = |wall: DateTime<Utc>| Instant {
+        wall,
+        mono: (wall - t0).to_std().unwrap_or_default(),
+    };
+    let mut seen = Seen::default();
+    let mut t = instant(t0);
+    let mut i = 0;
+    while t.wall < end {
+        while let Some((when, input)) = inputs.get(i).filter(|(w, _)| *w <= t.wall) {
+            let at = instant(*when);
+            let fx = match input {
+                Input::Lift => {
+                    let fx = d.on_tray(false, at);
+                    carry(&mut d, fx, at, t0, &mut seen);
+                    d.on_tray(true, instant(*when + chrono::Duration::seconds(30)))
+                }
+                Input::Command(c) => d.on_command(c.clone(), None, at),
+            };
+            carry(&mut d, fx, at, t0, &mut seen);
+            let fx = d.on_tick(at);
+            carry(&mut d, fx, at, t0, &mut seen);
+            i += 1;
+        }
+        if let Drive::EveryMinute = drive {
+            d.replan(t);
+        }
+        let fx = d.on_tick(t);
+        carry(&mut d, fx, t, t0, &mut seen);
+        let wake = match drive {
+            Drive::WhenAsked => d.next_wake(t),
+            Drive::EveryMinute => Duration::from_secs((t.mono.as_secs() / 60 + 1) * 60),
+        };
+        let input_at = inputs.get(i).map(|(w, _)| instant(*w).mono);
+        let mono = input_at.map_or(wake, |a| a.min(wake));
+        t = instant(t0 + chrono::Duration::from_std(mono).unwrap_or_default());
+    }
+    seen.log
+}
+
+#[test]
+fn a_dispenser_woken_only_when_it_asks_decides_exactly_as_one_planning_every_minute() {
+    let every_minute = live(Drive::EveryMinute);
+    let when_asked = live(Drive::WhenAsked);
+    let doses = |log: &[Event]| {
+        log.iter()
+            .filter(|e| matches!(e, Event::Dose { .. }))
+            .count()
+    };
+    // The two weeks hold what the comparison is about: doses given, held, missed, uncertain.
+    let outcomes: Vec<Outcome> = every_minute
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dose { record, .. } => Some(record.outcome),
+            _ => None,
+        })
+        .collect();
+    for o in [
+        Outcome::Dispensed,
+        Outcome::Taken,
+        Outcome::Held,
+        Outcome::Missed,
+        Outcome::Uncertain,
+        Outcome::Failed,
+    ] {
+        assert!(outcomes.contains(&o), "no {o:?} in {outcomes:?}");
+    }
+    assert!(doses(&every_minute) > 80, "{}", doses(&every_minute));
+    // Reminders of a dose in the cup follow it a minute at a time from when it dropped, not
+    // from the minute's start: never later than planning every minute, and less than a minute
+    // sooner. Everything else is the same to the second.
+    for (a, b) in every_minute.iter().zip(&when_asked) {
+        match (a, b) {
+            (Event::DoseAlert { at: late, .. }, Event::DoseAlert { at: soon, .. }) => {
+                assert!(
+                    soon <= late && *late - *soon < chrono::Duration::minutes(1),
+                    "{a:?}\n{b:?}"
+                );
+                let mut b = b.clone();
+                if let Event::DoseAlert { at, .. } = &mut b {
+                    *at = *late;
+                }
+                assert_eq!(*a, b);
+            }
+            _ => assert_eq!(a, b),
+        }
+    }
+    assert_eq!(every_minute.len(), when_asked.len());
+}
+
+/// A wall clock corrected by less than the trust tolerance moves every window edge against the
+/// monotonic clock: a round timed on the old offset is brought forward, not left late.
+#[test]
+fn a_small_clock_correction_brings_a_round_timed_on_the_old_offset_forward() {
+    const NINE: &str = r#"
+[patient]
+id = "p-1"
+timezone = "UTC"
+
+[[medication]]
+name = "Metformin"
+slot = 0
+units = 1
+times = ["09:00"]
+early = "10m"
+"#;
+    let schedule =
+        Schedule::parse(NINE, Path::new("nine.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+    let restored = Restored {
+        schedules: vec![schedule],
+        since: Some(at("07:00")),
+        ..Restored::default()
+    };
+    let t0 = now(at("07:00"), 0);
+    let mut d = Dispenser::on_restart(restored, GEOMETRY, t0);
+    d.start(t0);
+    d.on_homed(Ok(12), t0);
+    d.on_command(refill(0, 30), None, t0);
+    // Ticked when it asks until 08:49:30: the round is timed for 08:50, when the window opens.
+    let mut t = t0;
+    while t.wall < at("08:49") + chrono::Duration::seconds(30) {
+        assert!(turns(&d.on_tick(t)).is_empty());
+        let mono = d.next_wake(t);
+        let ahead = chrono::Duration::from_std(mono - t.mono).unwrap_or_default();
+        t = Instant {
+            wall: t.wall + ahead,
+            mono,
+        };
+    }
+    assert_eq!(d.next_plan, Duration::from_secs(110 * 60));
+    // NTP sets the clock 45 s ahead, within the tolerance (still trusted); at the next poll,
+    // 5 s on, the window is open by the clock.
+    let stepped = Instant {
+        wall: t.wall + chrono::Duration::seconds(50),
+        mono: t.mono + Duration::from_secs(5),
+    };
+    let fx = d.on_tick(stepped);
+    assert!(d.clock_trusted());
+    assert_eq!(turns(&fx), vec![(0, 1, true)]);
+}
