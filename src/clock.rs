@@ -10,8 +10,11 @@
 //! physics of the simulated board run on it, so a wall-clock jump cannot shorten a safety delay.
 
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// A source of wall-clock and monotonic time, and the bridge to tokio's timer.
 pub trait Clock: Send + Sync + 'static {
@@ -21,23 +24,62 @@ pub trait Clock: Send + Sync + 'static {
     fn monotonic(&self) -> Duration;
     /// How long tokio must sleep for `d` of this clock's monotonic time to pass.
     fn timer_duration(&self, d: Duration) -> Duration;
+    /// For a clock that something besides tokio's timer moves (the simulated board's blocking
+    /// delays): a wake-up for when it passes `deadline` that way. None: only tokio's timer
+    /// moves it, and a timer sleep alone ends on time.
+    fn wake_at(&self, deadline: Duration) -> Option<Wake> {
+        let _ = deadline;
+        None
+    }
 }
 
-/// Longest single timer sleep. On the simulated board, blocking driver delays move the clock
-/// forward without tokio's timer knowing; waking at least this often bounds how late a long
-/// sleep can end in simulated time.
-const MAX_TIMER_SLICE: Duration = Duration::from_secs(5);
-
 /// Sleeps until the clock's monotonic time reaches `deadline` (returns at once if it has).
+/// One timer sleep covers the whole wait: a long sleep costs one wake-up, not one every few
+/// seconds, on the Pi and in a simulation alike.
 pub async fn sleep_until(clock: &dyn Clock, deadline: Duration) {
     loop {
         let now = clock.monotonic();
         if now >= deadline {
             return;
         }
-        let slice = (deadline - now).min(MAX_TIMER_SLICE);
-        tokio::time::sleep(clock.timer_duration(slice)).await;
+        let timer = tokio::time::sleep(clock.timer_duration(deadline - now));
+        match clock.wake_at(deadline) {
+            None => timer.await,
+            Some(wake) => {
+                tokio::select! {
+                    _ = timer => {}
+                    _ = wake.notify.notified() => {}
+                }
+            }
+        }
     }
+}
+
+/// Sleepers of a [`SimClock`] by deadline, woken when a blocking delay carries the clock past
+/// theirs (tokio's timer, which does not see those delays, would wake them late).
+#[derive(Debug, Default)]
+struct Sleepers {
+    next_id: u64,
+    by_deadline: BTreeMap<(Duration, u64), Arc<Notify>>,
+}
+
+/// A registered wake-up (see [`Clock::wake_at`]); dropping it (the sleep ended or was given up)
+/// takes it out of the clock's list.
+#[derive(Debug)]
+pub struct Wake {
+    key: (Duration, u64),
+    notify: Arc<Notify>,
+    sleepers: Arc<Mutex<Sleepers>>,
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        lock(&self.sleepers).by_deadline.remove(&self.key);
+    }
+}
+
+fn lock(sleepers: &Mutex<Sleepers>) -> std::sync::MutexGuard<'_, Sleepers> {
+    sleepers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The operating system's clocks, for the appliance on real hardware.
@@ -91,6 +133,8 @@ pub struct SimClock {
     /// Real time that does not count (see [`SimClock::hold`]): since when it is held and how
     /// deep, and how much was excluded so far.
     hold: std::sync::Mutex<Hold>,
+    /// Who sleeps until when, for [`SimClock::advance`] to wake.
+    sleepers: Arc<Mutex<Sleepers>>,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +175,7 @@ impl SimClock {
             jump_ms: AtomicI64::new(0),
             blocked_ns: AtomicU64::new(0),
             hold: std::sync::Mutex::new(Hold::default()),
+            sleepers: Arc::default(),
         }
     }
 
@@ -165,6 +210,16 @@ impl SimClock {
     pub fn advance(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.blocked_ns.fetch_add(ns, Ordering::SeqCst);
+        let now = self.monotonic();
+        let sleepers = lock(&self.sleepers);
+        // Woken, not removed: each sleeper's `Wake` removes itself when its sleep ends.
+        for notify in sleepers
+            .by_deadline
+            .range(..=(now, u64::MAX))
+            .map(|(_, n)| n)
+        {
+            notify.notify_one();
+        }
     }
 
     /// Makes the wall clock jump by `by` (negative: backwards); monotonic time is unaffected.
@@ -185,6 +240,18 @@ impl Clock for SimClock {
     }
     fn timer_duration(&self, d: Duration) -> Duration {
         d.div_f64(self.speed)
+    }
+    fn wake_at(&self, deadline: Duration) -> Option<Wake> {
+        let notify = Arc::new(Notify::new());
+        let mut sleepers = lock(&self.sleepers);
+        sleepers.next_id += 1;
+        let key = (deadline, sleepers.next_id);
+        sleepers.by_deadline.insert(key, notify.clone());
+        Some(Wake {
+            key,
+            notify,
+            sleepers: self.sleepers.clone(),
+        })
     }
 }
 
@@ -219,6 +286,38 @@ mod tests {
         assert_eq!(clock.monotonic(), Duration::from_millis(750));
         sleep_until(&clock, Duration::from_secs(2)).await;
         assert_eq!(clock.monotonic(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_ends_when_a_blocking_delay_carries_the_clock_past_it_not_later() {
+        let clock = Arc::new(SimClock::new(Utc::now(), 1.0));
+        let sleeper = {
+            let clock = clock.clone();
+            tokio::spawn(async move { sleep_until(&*clock, Duration::from_secs(3600)).await })
+        };
+        tokio::task::yield_now().await;
+        // A delay short of the deadline wakes nobody for good.
+        clock.advance(Duration::from_secs(1800));
+        tokio::task::yield_now().await;
+        assert!(!sleeper.is_finished());
+        // One that carries the clock past it ends the sleep at once, before tokio's timer moved.
+        let timer_before = tokio::time::Instant::now();
+        clock.advance(Duration::from_secs(1801));
+        sleeper.await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), timer_before);
+        assert!(lock(&clock.sleepers).by_deadline.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_given_up_leaves_no_wake_up_behind() {
+        let clock = SimClock::new(Utc::now(), 1.0);
+        tokio::select! {
+            _ = sleep_until(&clock, Duration::from_secs(60)) => panic!("slept a minute in a second"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        assert!(lock(&clock.sleepers).by_deadline.is_empty());
+        sleep_until(&clock, Duration::from_secs(60)).await;
+        assert_eq!(clock.monotonic(), Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]
