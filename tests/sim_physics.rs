@@ -216,3 +216,67 @@ fn step_dir_carousel_works_through_the_same_mechanism() {
         "driver disabled after the move"
     );
 }
+
+/// The cup and the button say when they move, through the same device trait the dispenser
+/// task waits on: a 300 ms press is seen at its start and at its end, a lifted cup when it is
+/// lifted and when it comes back, each at the simulated instant it happens and with nothing
+/// polled in between.
+#[test]
+fn the_cup_and_the_button_tell_their_edges_at_the_instant_they_move() {
+    let rt = common::paused_runtime();
+    let _time = rt.enter();
+    let (_f, mut d, handle) = common::board(&rt, &common::profile());
+    let clock = handle.clock().clone();
+    let t0 = medbox::clock::Clock::monotonic(&*clock);
+    let settle = d.button.settle();
+    assert!(!d.button.sample(t0).unwrap());
+    rt.block_on(async {
+        let press = {
+            let handle = handle.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                handle.world().press_button();
+            }
+        };
+        let (edge, ()) = tokio::join!(
+            d.button.edge().expect("the sim button tells its edges"),
+            press
+        );
+        edge.unwrap();
+    });
+    let pressed_at = medbox::clock::Clock::monotonic(&*clock);
+    assert_eq!(pressed_at - t0, Duration::from_secs(7));
+    d.button.sample(pressed_at).unwrap();
+    handle.block_for(settle);
+    assert!(
+        d.button.sample(pressed_at + settle).unwrap(),
+        "the press is believed once settled"
+    );
+    // The press ends by itself 300 ms after it began: that is an edge too.
+    rt.block_on(d.button.edge().expect("edges")).unwrap();
+    let released_at = medbox::clock::Clock::monotonic(&*clock);
+    assert_eq!(released_at - pressed_at, Duration::from_millis(300));
+    // The cup: lifted for 20 s.
+    assert!(d.tray.sample(released_at).unwrap());
+    rt.block_on(async {
+        let lift = {
+            let handle = handle.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                handle.world().pick_up_cup(Duration::from_secs(20));
+            }
+        };
+        let (edge, ()) = tokio::join!(d.tray.edge().expect("the sim cup tells its edges"), lift);
+        edge.unwrap();
+    });
+    let lifted_at = medbox::clock::Clock::monotonic(&*clock);
+    assert_eq!(lifted_at - released_at, Duration::from_secs(60));
+    // Sampled at the edge, as the dispenser task does; until then a wait ends at once, since
+    // the line moved after it was last looked at.
+    rt.block_on(d.tray.edge().expect("edges")).unwrap();
+    assert_eq!(medbox::clock::Clock::monotonic(&*clock), lifted_at);
+    d.tray.sample(lifted_at).unwrap();
+    rt.block_on(d.tray.edge().expect("edges")).unwrap();
+    let back_at = medbox::clock::Clock::monotonic(&*clock);
+    assert_eq!(back_at - lifted_at, Duration::from_secs(20));
+}

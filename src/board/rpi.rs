@@ -3,20 +3,25 @@
 //! `linux-embedded-hal` can replace rppal (unmaintained since 2025-07) here alone.
 
 use crate::config::{BoardKind, BoardProfile, InputSpec, Level, MotorWiring, OutputSpec, Pull};
-use crate::devices::adapt::{Light, RelayCompressor, Sensor};
+use crate::devices::adapt::{EdgeSensor, Light, RelayCompressor, Sensor};
 use crate::devices::carousel::CarouselMechanism;
 use crate::devices::{DispenserDevices, FridgeDevices};
 use crate::drivers::ds18b20::{Ds18b20, SysfsW1};
 use crate::drivers::indicator::Indicator;
-use crate::drivers::input::{DebouncedInput, Line};
+use crate::drivers::input::{DebouncedInput, EdgeFuture, EdgeWait, Line};
 use crate::drivers::relay::Relay;
 use crate::drivers::stepper::{StepDirStepper, Uln2003Stepper};
 use crate::drivers::tmp117::Tmp117Probe;
-use rppal::gpio::{Gpio, InputPin, OutputPin};
+use embedded_hal::digital::{ErrorType, InputPin as _};
+use embedded_hal_async::digital::Wait;
+use rppal::gpio::{Gpio, InputPin, OutputPin, Trigger};
 use rppal::hal::Delay;
 use rppal::i2c::I2c;
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 /// The Pi's peripherals could not be opened.
 #[derive(Debug, Error)]
@@ -76,6 +81,98 @@ fn input(gpio: &Gpio, spec: &InputSpec, key: &'static str) -> Result<InputPin, R
         Pull::Up => p.into_input_pullup(),
         Pull::Down => p.into_input_pulldown(),
     })
+}
+
+/// A GPIO input that tells its edges: rppal's interrupt thread wakes whoever waits, so the
+/// dispenser sleeps instead of polling the cup and the button.
+pub struct EdgeInput {
+    pin: InputPin,
+    edges: Arc<Notify>,
+}
+
+impl EdgeInput {
+    fn new(mut pin: InputPin, key: &'static str) -> Result<Self, RpiBoardError> {
+        let edges = Arc::new(Notify::new());
+        let tell = edges.clone();
+        let number = pin.pin();
+        pin.set_async_interrupt(Trigger::Both, None, move |_| tell.notify_waiters())
+            .map_err(|source| RpiBoardError::Gpio {
+                pin: number,
+                key,
+                source,
+            })?;
+        Ok(Self { pin, edges })
+    }
+}
+
+impl ErrorType for EdgeInput {
+    type Error = Infallible;
+}
+
+impl embedded_hal::digital::InputPin for EdgeInput {
+    fn is_high(&mut self) -> Result<bool, Infallible> {
+        Ok(self.pin.is_high())
+    }
+    fn is_low(&mut self) -> Result<bool, Infallible> {
+        Ok(self.pin.is_low())
+    }
+}
+
+impl Wait for EdgeInput {
+    async fn wait_for_high(&mut self) -> Result<(), Infallible> {
+        while !self.is_high()? {
+            self.wait_for_any_edge().await?;
+        }
+        Ok(())
+    }
+    async fn wait_for_low(&mut self) -> Result<(), Infallible> {
+        while self.is_high()? {
+            self.wait_for_any_edge().await?;
+        }
+        Ok(())
+    }
+    async fn wait_for_rising_edge(&mut self) -> Result<(), Infallible> {
+        self.wait_for_low().await?;
+        self.wait_for_high().await
+    }
+    async fn wait_for_falling_edge(&mut self) -> Result<(), Infallible> {
+        self.wait_for_high().await?;
+        self.wait_for_low().await
+    }
+    /// Returns once the level differs from where it started (an interrupt that bounced back
+    /// before the level was read again is waited past).
+    async fn wait_for_any_edge(&mut self) -> Result<(), Infallible> {
+        let start = self.is_high()?;
+        let edges = self.edges.clone();
+        loop {
+            let changed = edges.notified();
+            tokio::pin!(changed);
+            // Registered before the level is read again, so an edge in between is not lost.
+            changed.as_mut().enable();
+            if self.is_high()? != start {
+                return Ok(());
+            }
+            changed.await;
+        }
+    }
+}
+
+impl EdgeWait for EdgeInput {
+    fn any_edge(&mut self) -> EdgeFuture<'_, Infallible> {
+        Box::pin(self.wait_for_any_edge())
+    }
+}
+
+fn edge_sensor(
+    gpio: &Gpio,
+    spec: &InputSpec,
+    key: &'static str,
+) -> Result<EdgeSensor<EdgeInput>, RpiBoardError> {
+    let pin = EdgeInput::new(input(gpio, spec, key)?, key)?;
+    Ok(EdgeSensor(
+        DebouncedInput::new(pin, spec.active, spec.debounce()),
+        key,
+    ))
 }
 
 fn sensor(
@@ -203,8 +300,8 @@ pub fn build(
     };
     let dispenser = DispenserDevices {
         carousel,
-        tray: Box::new(sensor(&gpio, &d.tray, "dispenser.tray")?),
-        button: Box::new(sensor(&gpio, &d.button, "dispenser.button")?),
+        tray: Box::new(edge_sensor(&gpio, &d.tray, "dispenser.tray")?),
+        button: Box::new(edge_sensor(&gpio, &d.button, "dispenser.button")?),
         buzzer: Box::new(light(&gpio, &d.buzzer, "dispenser.buzzer")?),
         led: Box::new(light(&gpio, &d.led, "dispenser.led")?),
     };

@@ -6,7 +6,9 @@
 use super::hardware::{Hardware, Offload};
 use super::{device_fault, DispenserCommand, Reply};
 use crate::clock::{self, Clock};
-use crate::devices::{Annunciator, BinarySensor, Carousel, CarouselError, DispenserDevices};
+use crate::devices::{
+    Annunciator, BinarySensor, Carousel, CarouselError, DispenserDevices, LineError,
+};
 use crate::dosing::dispenser::{Dispenser, Effect, Instant, Token, Turned};
 use crate::events::Event;
 use std::collections::{HashMap, VecDeque};
@@ -88,6 +90,12 @@ impl DispenserTask {
     ) {
         let fx = self.core.start(self.now());
         self.carry_out(fx).await;
+        // Sleep until the cup or the button moves instead of polling them fast, where both
+        // can tell; after an edge, look again once the level has had time to settle.
+        let mut on_edges = self.dev.tray.edge().is_some() && self.dev.button.edge().is_some();
+        let settle =
+            self.dev.tray.settle().max(self.dev.button.settle()) + Duration::from_millis(1);
+        let mut settled_at: Option<Duration> = None;
         loop {
             let now = self.now();
             match self.dev.tray.sample(now.mono) {
@@ -114,11 +122,28 @@ impl DispenserTask {
             }
             let fx = self.core.on_tick(self.now());
             self.carry_out(fx).await;
-            let wake = self.core.next_wake(self.now());
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                Some(cmd) = commands.recv() => {
+            let now = self.now();
+            let mut wake = if on_edges {
+                self.core.next_wake_on_edges(now)
+            } else {
+                self.core.next_wake(now)
+            };
+            if let Some(at) = settled_at.filter(|at| *at > now.mono) {
+                wake = wake.min(at);
+            }
+            let woke = {
+                let edge = next_edge(&mut self.dev.tray, &mut self.dev.button, on_edges);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => Woke::Shutdown,
+                    Some(cmd) = commands.recv() => Woke::Command(cmd),
+                    edge = edge => Woke::Edge(edge),
+                    _ = clock::sleep_until(&*self.clock, wake) => Woke::Timer,
+                }
+            };
+            match woke {
+                Woke::Shutdown => break,
+                Woke::Command(cmd) => {
                     let token = cmd.reply.map(|r| {
                         self.next_token += 1;
                         self.waiting.insert(self.next_token, r);
@@ -127,7 +152,14 @@ impl DispenserTask {
                     let fx = self.core.on_command(cmd.command, token, self.now());
                     self.carry_out(fx).await;
                 }
-                _ = clock::sleep_until(&*self.clock, wake) => {}
+                Woke::Edge(Ok(())) => settled_at = Some(self.clock.monotonic() + settle),
+                Woke::Edge(Err(e)) => {
+                    // A line that cannot tell its edges is polled again, as before.
+                    on_edges = false;
+                    let now = self.now();
+                    super::emit(&self.events, device_fault(now.wall, e.line, e.reason)).await;
+                }
+                Woke::Timer => {}
             }
             if *shutdown.borrow() {
                 break;
@@ -211,6 +243,34 @@ impl DispenserTask {
                 }
             }
         }
+    }
+}
+
+/// What ended the dispenser task's wait.
+enum Woke {
+    Shutdown,
+    Command(DispenserCommand),
+    /// The cup or the button moved (or could not say).
+    Edge(Result<(), LineError>),
+    Timer,
+}
+
+/// The next edge of either input; never, when not waiting on edges.
+async fn next_edge(
+    tray: &mut Box<dyn BinarySensor>,
+    button: &mut Box<dyn BinarySensor>,
+    on_edges: bool,
+) -> Result<(), LineError> {
+    if !on_edges {
+        return std::future::pending().await;
+    }
+    match (tray.edge(), button.edge()) {
+        (Some(a), Some(b)) => tokio::select! {
+            r = a => r,
+            r = b => r,
+        },
+        (Some(a), None) | (None, Some(a)) => a.await,
+        (None, None) => std::future::pending().await,
     }
 }
 

@@ -83,7 +83,19 @@ pub trait Compressor: Send {
 pub trait BinarySensor: Send {
     /// The debounced state at monotonic time `at` (true: active).
     fn sample(&mut self, at: Duration) -> Result<bool, LineError>;
+    /// The line's next edge, for a task that would rather sleep than poll; sample at it and
+    /// again [`BinarySensor::settle`] later. None: this line cannot tell, so poll it.
+    fn edge(&mut self) -> Option<EdgeFuture<'_>> {
+        None
+    }
+    /// How long after an edge the level is believed (its debounce time).
+    fn settle(&self) -> Duration {
+        Duration::ZERO
+    }
 }
+
+/// A sensor's next edge (see [`BinarySensor::edge`]).
+pub type EdgeFuture<'a> = crate::drivers::input::EdgeFuture<'a, LineError>;
 
 /// A buzzer or LED with a maximum on-time.
 pub trait Annunciator: Send {
@@ -124,7 +136,8 @@ pub struct DispenserDevices {
 /// Adapters from drivers to device traits, shared by both boards.
 pub mod adapt {
     use super::*;
-    use crate::drivers::{ds18b20, indicator::Indicator, input::DebouncedInput, relay, tmp117};
+    use crate::drivers::input::{DebouncedInput, EdgeWait};
+    use crate::drivers::{ds18b20, indicator::Indicator, relay, tmp117};
     use embedded_hal::digital::{InputPin, OutputPin};
     use embedded_hal::i2c::{ErrorKind, I2c};
 
@@ -186,6 +199,30 @@ pub mod adapt {
             self.0
                 .safe(at)
                 .map_err(|e| line_err("fridge.compressor")(format!("{e:?}")))
+        }
+    }
+
+    /// A debounced input that also tells its edges, as a device named by its profile key.
+    pub struct EdgeSensor<P: EdgeWait>(pub DebouncedInput<P>, pub &'static str);
+
+    impl<P: EdgeWait + Send> BinarySensor for EdgeSensor<P>
+    where
+        P::Error: Send,
+    {
+        fn sample(&mut self, at: Duration) -> Result<bool, LineError> {
+            self.0
+                .sample(at)
+                .map_err(|e| line_err(self.1)(format!("{e:?}")))
+        }
+        fn edge(&mut self) -> Option<EdgeFuture<'_>> {
+            let name = self.1;
+            let edge = self.0.edge();
+            Some(Box::pin(async move {
+                edge.await.map_err(|e| line_err(name)(format!("{e:?}")))
+            }))
+        }
+        fn settle(&self) -> Duration {
+            self.0.debounce()
         }
     }
 

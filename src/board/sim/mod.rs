@@ -16,7 +16,7 @@ pub use world::{InLine, OutLine, ProbeFault, World};
 
 use crate::clock::{Clock, SimClock};
 use crate::config::{BoardKind, BoardProfile, MotorWiring};
-use crate::devices::adapt::{Light, RelayCompressor, Sensor};
+use crate::devices::adapt::{EdgeSensor, Light, RelayCompressor, Sensor};
 use crate::devices::carousel::CarouselMechanism;
 use crate::devices::{DispenserDevices, FridgeDevices};
 use crate::drivers::{
@@ -199,11 +199,11 @@ pub fn build(
             inner: carousel,
             clock: clock.clone(),
         }),
-        tray: Box::new(Sensor(
+        tray: Box::new(EdgeSensor(
             DebouncedInput::new(inp(InLine::Tray), d.tray.active, d.tray.debounce()),
             "dispenser.tray",
         )),
-        button: Box::new(Sensor(
+        button: Box::new(EdgeSensor(
             DebouncedInput::new(inp(InLine::Button), d.button.active, d.button.debounce()),
             "dispenser.button",
         )),

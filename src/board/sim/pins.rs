@@ -2,8 +2,10 @@
 
 use super::world::{InLine, OutLine};
 use super::SimHandle;
+use crate::drivers::input::{EdgeFuture, EdgeWait};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
+use embedded_hal_async::digital::Wait;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -56,6 +58,67 @@ impl InputPin for SimInput {
     }
     fn is_low(&mut self) -> Result<bool, Infallible> {
         Ok(!self.handle.world().input_high(self.line))
+    }
+}
+
+impl Wait for SimInput {
+    async fn wait_for_high(&mut self) -> Result<(), Infallible> {
+        while !self.is_high()? {
+            self.wait_for_any_edge().await?;
+        }
+        Ok(())
+    }
+    async fn wait_for_low(&mut self) -> Result<(), Infallible> {
+        while self.is_high()? {
+            self.wait_for_any_edge().await?;
+        }
+        Ok(())
+    }
+    async fn wait_for_rising_edge(&mut self) -> Result<(), Infallible> {
+        self.wait_for_low().await?;
+        self.wait_for_high().await
+    }
+    async fn wait_for_falling_edge(&mut self) -> Result<(), Infallible> {
+        self.wait_for_high().await?;
+        self.wait_for_low().await
+    }
+    /// Sleeps until a person changes an input, or until the model's own next change of this
+    /// line (a press ending, the cup put back), whichever is first; returns once the level
+    /// differs from where it started.
+    async fn wait_for_any_edge(&mut self) -> Result<(), Infallible> {
+        let start = self.is_high()?;
+        loop {
+            let (changes, next) = {
+                let w = self.handle.world();
+                (w.input_changes(), w.next_input_change(self.line))
+            };
+            let changed = changes.notified();
+            tokio::pin!(changed);
+            // Registered before the level is read again, so a change in between is not lost.
+            changed.as_mut().enable();
+            if self.is_high()? != start {
+                return Ok(());
+            }
+            let scheduled = async {
+                match next {
+                    Some(t) => crate::clock::sleep_until(&**self.handle.clock(), t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = changed => {}
+                _ = scheduled => {}
+            }
+            if self.is_high()? != start {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl EdgeWait for SimInput {
+    fn any_edge(&mut self) -> EdgeFuture<'_, Infallible> {
+        Box::pin(self.wait_for_any_edge())
     }
 }
 

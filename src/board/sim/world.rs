@@ -153,6 +153,9 @@ pub struct World {
     cup_present: bool,
     button_until: Option<Duration>,
     cup_back_at: Option<Duration>,
+    /// Told whenever a person changes an input (a press, a lift): what an edge-waiting pin
+    /// sleeps on between the changes the model schedules itself.
+    input_changed: std::sync::Arc<tokio::sync::Notify>,
     home_width: u32,
     /// Slots with a loose unit.
     loose: std::collections::BTreeSet<u8>,
@@ -202,6 +205,7 @@ impl World {
             cup_present: true,
             button_until: None,
             cup_back_at: None,
+            input_changed: Default::default(),
             home_width: m.home_width_steps,
             loose: Default::default(),
             machine: Default::default(),
@@ -366,6 +370,7 @@ impl World {
     /// Presses the "taken" button for 300 ms.
     pub fn press_button(&mut self) {
         self.button_until = Some(self.t + Duration::from_millis(300));
+        self.input_changed.notify_waiters();
     }
 
     /// Lifts the cup (emptying it) and puts it back after `away`.
@@ -373,6 +378,21 @@ impl World {
         self.cup_present = false;
         self.in_cup = 0;
         self.cup_back_at = Some(self.t + away);
+        self.input_changed.notify_waiters();
+    }
+
+    /// What an edge-waiting pin sleeps on: told at each change a person makes.
+    pub fn input_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.input_changed.clone()
+    }
+
+    /// When the model itself next changes `line` (a press ends, the cup comes back), if it will.
+    pub fn next_input_change(&self, line: InLine) -> Option<Duration> {
+        match line {
+            InLine::Button => self.button_until,
+            InLine::Tray => self.cup_back_at,
+            _ => None,
+        }
     }
 
     /// Units in each slot.

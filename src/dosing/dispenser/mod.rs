@@ -596,6 +596,18 @@ impl Dispenser {
         (now.mono + poll).min(self.next_plan)
     }
 
+    /// [`Dispenser::next_wake`] for a task whose tray and button tell their edges: no fast
+    /// polling after a dispense, only the clock and the lights' on-time looked at every second
+    /// while a dose waits and every few seconds otherwise, and the next planning round.
+    pub fn next_wake_on_edges(&self, now: Instant) -> Duration {
+        let poll = if self.pending.is_empty() {
+            IDLE_POLL
+        } else {
+            PENDING_POLL
+        };
+        (now.mono + poll).min(self.next_plan)
+    }
+
     /// A planning round is due at once: something a round reads changed.
     fn replan(&mut self, now: Instant) {
         self.next_plan = self.next_plan.min(now.mono);
