@@ -8,7 +8,7 @@ use crate::devices::carousel::CarouselMechanism;
 use crate::devices::{DispenserDevices, FridgeDevices};
 use crate::drivers::ds18b20::{Ds18b20, SysfsW1};
 use crate::drivers::indicator::Indicator;
-use crate::drivers::input::{DebouncedInput, EdgeFuture, EdgeWait, Line};
+use crate::drivers::input::{wait_for_level, DebouncedInput, EdgeFuture, EdgeWait, Line};
 use crate::drivers::relay::Relay;
 use crate::drivers::stepper::{StepDirStepper, Uln2003Stepper};
 use crate::drivers::tmp117::Tmp117Probe;
@@ -120,24 +120,18 @@ impl embedded_hal::digital::InputPin for EdgeInput {
 
 impl Wait for EdgeInput {
     async fn wait_for_high(&mut self) -> Result<(), Infallible> {
-        while !self.is_high()? {
-            self.wait_for_any_edge().await?;
-        }
-        Ok(())
+        wait_for_level(self, true).await
     }
     async fn wait_for_low(&mut self) -> Result<(), Infallible> {
-        while self.is_high()? {
-            self.wait_for_any_edge().await?;
-        }
-        Ok(())
+        wait_for_level(self, false).await
     }
     async fn wait_for_rising_edge(&mut self) -> Result<(), Infallible> {
-        self.wait_for_low().await?;
-        self.wait_for_high().await
+        wait_for_level(self, false).await?;
+        wait_for_level(self, true).await
     }
     async fn wait_for_falling_edge(&mut self) -> Result<(), Infallible> {
-        self.wait_for_high().await?;
-        self.wait_for_low().await
+        wait_for_level(self, true).await?;
+        wait_for_level(self, false).await
     }
     /// Returns once the level differs from where it started (an interrupt that bounced back
     /// before the level was read again is waited past).

@@ -14,6 +14,18 @@ use std::time::Duration;
 /// embedded-hal-async `Wait` future is neither for a generic pin).
 pub type EdgeFuture<'a, E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'a>>;
 
+/// Waits until `pin` is at `high`, on its edges alone: the level waits of embedded-hal-async's
+/// `Wait` for a pin that implements only `wait_for_any_edge` itself.
+pub async fn wait_for_level<P>(pin: &mut P, high: bool) -> Result<(), P::Error>
+where
+    P: InputPin + embedded_hal_async::digital::Wait,
+{
+    while pin.is_high()? != high {
+        pin.wait_for_any_edge().await?;
+    }
+    Ok(())
+}
+
 /// An input pin that can say when its level changes instead of being polled: embedded-hal-async's
 /// `Wait::wait_for_any_edge`, boxed. Each board implements it for its concrete pin type, where
 /// the future's `Send` is known.

@@ -2,7 +2,7 @@
 
 use super::world::{InLine, OutLine};
 use super::SimHandle;
-use crate::drivers::input::{EdgeFuture, EdgeWait};
+use crate::drivers::input::{wait_for_level, EdgeFuture, EdgeWait};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 use embedded_hal_async::digital::Wait;
@@ -63,24 +63,18 @@ impl InputPin for SimInput {
 
 impl Wait for SimInput {
     async fn wait_for_high(&mut self) -> Result<(), Infallible> {
-        while !self.is_high()? {
-            self.wait_for_any_edge().await?;
-        }
-        Ok(())
+        wait_for_level(self, true).await
     }
     async fn wait_for_low(&mut self) -> Result<(), Infallible> {
-        while self.is_high()? {
-            self.wait_for_any_edge().await?;
-        }
-        Ok(())
+        wait_for_level(self, false).await
     }
     async fn wait_for_rising_edge(&mut self) -> Result<(), Infallible> {
-        self.wait_for_low().await?;
-        self.wait_for_high().await
+        wait_for_level(self, false).await?;
+        wait_for_level(self, true).await
     }
     async fn wait_for_falling_edge(&mut self) -> Result<(), Infallible> {
-        self.wait_for_high().await?;
-        self.wait_for_low().await
+        wait_for_level(self, true).await?;
+        wait_for_level(self, false).await
     }
     /// Sleeps until a person changes an input, or until the model's own next change of this
     /// line (a press ending, the cup put back), whichever is first; returns once the level
