@@ -1202,7 +1202,10 @@ impl Dispenser {
     /// the daily summary is due; and never more than [`PLAN_IDLE_MAX`] on.
     fn after_round(&self, now: Instant) -> Duration {
         let at_wall = |at: DateTime<Utc>| now.mono + (at - now.wall).to_std().unwrap_or_default();
-        let mut wake = (now.mono + PLAN_IDLE_MAX).min(self.next_summary);
+        // A summary held back for records being read back is tried again a minute on, not at
+        // once: its time has passed, and waking "then" would spin.
+        let summary = self.next_summary.max(now.mono + PLAN_EVERY);
+        let mut wake = (now.mono + PLAN_IDLE_MAX).min(summary);
         if !self.pending.is_empty() {
             wake = wake.min(now.mono + PLAN_EVERY);
         }

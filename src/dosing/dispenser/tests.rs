@@ -1169,3 +1169,16 @@ early = "10m"
     assert!(d.clock_trusted());
     assert_eq!(turns(&fx), vec![(0, 1, true)]);
 }
+
+/// A daily summary that waits for records being read back keeps its passed due time; the next
+/// round is still timed ahead of now, or the task would wake at once, again and again.
+#[test]
+fn a_summary_held_back_past_its_time_does_not_make_the_dispenser_spin() {
+    let mut d = started();
+    let t = now(at("09:00"), 7200);
+    d.next_summary = Duration::ZERO;
+    assert_eq!(d.after_round(t), t.mono + PLAN_EVERY);
+    // Due later: at its time.
+    d.next_summary = t.mono + Duration::from_secs(300);
+    assert_eq!(d.after_round(t), t.mono + Duration::from_secs(300));
+}
