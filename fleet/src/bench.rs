@@ -6,10 +6,18 @@
 //! (topics and message ids rewritten) as fast as the broker takes it, while the collectors
 //! store it into a schema of the bench's own. The clock runs from the first publish until the
 //! archive holds every audit row, reading and checkpoint of every device.
+//!
+//! The publisher keeps at most `max_queued` messages published and not yet stored: one
+//! Mosquitto holds its queue in memory (≈ 0.9 kB a message) and, past what it can carry, stops
+//! answering or drops what it already acknowledged. Unbounded, the figure would be the broker's
+//! collapse, not the collectors' rate. The bound stands for appliances that come back after an
+//! outage at the pace the fleet's broker is sized for.
 
 use crate::archive::Archive;
 use crate::collect::{collect, CollectConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The template device's id in the backlog.
@@ -26,6 +34,10 @@ pub struct IngestBench {
     pub collectors: usize,
     /// Messages published.
     pub messages: usize,
+    /// The most messages the publisher let wait in the broker (published, not yet stored).
+    pub max_queued: usize,
+    /// The most it found waiting when it looked.
+    pub peak_queued: u64,
     /// Rows the archive held at the end (audit rows, readings, checkpoints).
     pub rows: i64,
     /// From the first publish to the last row stored.
@@ -48,6 +60,8 @@ pub struct BenchConfig {
     pub hours: u64,
     /// Collectors.
     pub collectors: usize,
+    /// Most messages published and not yet stored.
+    pub max_queued: usize,
 }
 
 /// The template device's backlog: (topic, payload) in outbox order, and the rows it makes.
@@ -119,6 +133,7 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
     let group = format!("bench{}", std::process::id());
     let mut stops = Vec::new();
     let mut runs = Vec::new();
+    let done = Arc::new(AtomicU64::new(0));
     for i in 0..cfg.collectors {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (tx, mut subscribed) = tokio::sync::mpsc::unbounded_channel();
@@ -131,6 +146,7 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
             name: format!("{group}-{i}"),
             subscribed: Some(tx),
             repair_every: None,
+            progress: Some(done.clone()),
         };
         runs.push(tokio::spawn(async move {
             collect(&c, async {
@@ -158,8 +174,21 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
     let publisher = {
         let client = client.clone();
         let devices = cfg.devices;
+        let done = done.clone();
+        // A device's backlog goes in whole, so the bound leaves room for one.
+        let room = cfg.max_queued.saturating_sub(template.len()).max(1) as u64;
         tokio::spawn(async move {
+            let mut published = 0u64;
+            let mut peak = 0u64;
             for d in 0..devices {
+                loop {
+                    let waiting = published.saturating_sub(done.load(Ordering::Relaxed));
+                    peak = peak.max(waiting);
+                    if waiting <= room {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let id = format!("bench-{d:04}");
                 for (topic, payload) in &template {
                     let topic = topic.replace(&format!("/{TEMPLATE}/"), &format!("/{id}/"));
@@ -169,10 +198,12 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
                         .await
                         .is_err()
                     {
-                        return;
+                        return peak;
                     }
+                    published += 1;
                 }
             }
+            peak
         })
     };
     let mut acked = 0;
@@ -184,7 +215,21 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
             Err(_) => anyhow::bail!("publisher: no progress for 60 s"),
         }
     }
-    publisher.await?;
+    let peak_queued = publisher.await?;
+    // Counting the archive's rows takes a while at a million; the collectors' own count says
+    // when it is worth doing.
+    let mut last_change = Instant::now();
+    let mut seen = 0;
+    while done.load(Ordering::Relaxed) < messages as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = done.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("the collectors stopped at {seen} of {messages} messages");
+        }
+    }
     let mut held = rows(&archive).await?;
     let mut last_change = Instant::now();
     while held < want {
@@ -213,6 +258,8 @@ pub async fn ingest(cfg: &BenchConfig) -> anyhow::Result<IngestBench> {
         hours: cfg.hours,
         collectors: cfg.collectors,
         messages,
+        max_queued: cfg.max_queued,
+        peak_queued,
         rows: held,
         seconds,
         per_s: messages as f64 / seconds,

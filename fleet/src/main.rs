@@ -68,6 +68,9 @@ enum Command {
         /// Collectors sharing the subscription.
         #[arg(long, default_value_t = 2)]
         collectors: usize,
+        /// Most messages published and not yet stored (what one broker must hold at once).
+        #[arg(long, default_value_t = 200_000)]
+        max_queued: usize,
     },
     /// How long the portal's pages take for a fleet of N appliances (prints figures).
     BenchPages {
@@ -144,6 +147,11 @@ enum Command {
         /// page); without it an existing person's administrator right is left as it was.
         #[arg(long)]
         admin: bool,
+        /// Make them a fleet administrator: the portal's Organisations page (create
+        /// organisations, add their administrators, put appliances in their care). Shows no
+        /// other organisation's patients.
+        #[arg(long)]
+        fleet_admin: bool,
     },
     /// Ask appliances for the audit rows the archive lacks (holes, and a tail up to the last
     /// checkpoint held); prints each gap and the appliance's answer.
@@ -217,6 +225,7 @@ async fn main() -> Result<ExitCode> {
                 name,
                 subscribed: None,
                 repair_every,
+                progress: None,
             };
             let stats = collect::collect(&cfg, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -235,6 +244,7 @@ async fn main() -> Result<ExitCode> {
             devices,
             hours,
             collectors,
+            max_queued,
         } => {
             let r = medbox_fleet::bench::ingest(&medbox_fleet::bench::BenchConfig {
                 mqtt,
@@ -242,6 +252,7 @@ async fn main() -> Result<ExitCode> {
                 devices,
                 hours,
                 collectors,
+                max_queued,
             })
             .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -296,6 +307,7 @@ async fn main() -> Result<ExitCode> {
             role,
             name,
             admin,
+            fleet_admin,
         } => {
             let password = match std::env::var("MEDBOX_FLEET_PASSWORD") {
                 Ok(p) => p,
@@ -315,7 +327,15 @@ async fn main() -> Result<ExitCode> {
             if admin {
                 store::set_admin(a.client(), &username, true).await?;
             }
-            let what = if admin { ", administrator" } else { "" };
+            if fleet_admin {
+                store::set_fleet_admin(a.client(), &username, true).await?;
+            }
+            let what = match (admin, fleet_admin) {
+                (false, false) => "",
+                (true, false) => ", administrator",
+                (false, true) => ", fleet administrator",
+                (true, true) => ", administrator and fleet administrator",
+            };
             println!("{username}: {role} of {org}{what}");
             Ok(ExitCode::SUCCESS)
         }

@@ -55,6 +55,7 @@ fn config(broker: &Broker, schema: &str, group: &str, name: &str) -> CollectConf
         name: name.into(),
         subscribed: None,
         repair_every: None,
+        progress: None,
     }
 }
 
@@ -707,6 +708,7 @@ async fn a_collector_that_repairs_on_its_own_gets_back_what_the_broker_dropped()
     let every = Some(Duration::from_secs(1));
     let x = Archived::start("autorepair", "dev-ar", 7, 3 * 3600, |c| CollectConfig {
         repair_every: every,
+        progress: None,
         ..c
     })
     .await;
@@ -729,4 +731,115 @@ async fn a_collector_that_repairs_on_its_own_gets_back_what_the_broker_dropped()
     assert!(asked >= 1, "the appliance recorded being asked");
     assert_eq!(x.flags().await, 0);
     x.finish(live).await;
+}
+
+/// Publishes `n` QoS 1 messages no collector can read (each is refused, acknowledged and
+/// counted), as fast as the broker takes them.
+async fn publish_unreadable(broker: &Broker, n: usize) {
+    let mut opts = rumqttc::MqttOptions::new(
+        format!("flood{}", std::process::id()),
+        "127.0.0.1",
+        broker_port(broker),
+    );
+    opts.set_inflight(100);
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 100);
+    let publisher = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(
+                    "medbox/dev-flood/telemetry/reading",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    format!("not json {i}"),
+                )
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(30), ev.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+    drop(publisher.await);
+}
+
+/// Waits (bounded) until `done` stops moving for half a second; returns where it stopped.
+async fn quiet(done: &std::sync::atomic::AtomicU64) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last = done.load(Relaxed);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = done.load(Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_acknowledges_each_batch_as_soon_as_it_is_stored() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    const N: u64 = 6_000;
+    let broker = broker();
+    let schema = fresh_schema("acks");
+    let group = format!("k{}", std::process::id());
+    let first = Arc::new(AtomicU64::new(0));
+    let (stop, mut sub, run) = start(CollectConfig {
+        progress: Some(first.clone()),
+        ..config(&broker, &schema, &group, "k")
+    });
+    sub.recv().await.expect("subscribed");
+    publish_unreadable(&broker, N as usize).await;
+    let mut seen = 0;
+    for _ in 0..600 {
+        seen = first.load(Relaxed);
+        if seen >= N * 2 / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen > 0, "the collector took nothing");
+    // Killed with no goodbye: whatever it had finished with but the broker had not heard
+    // about comes again to the same session.
+    run.abort();
+    let _ = stop;
+    let finished = first.load(Relaxed);
+    let again = Arc::new(AtomicU64::new(0));
+    let (stop, mut sub, run) = start(CollectConfig {
+        progress: Some(again.clone()),
+        ..config(&broker, &schema, &group, "k")
+    });
+    sub.recv().await.expect("back");
+    let mut after = 0;
+    for _ in 0..600 {
+        after = again.load(Relaxed);
+        if finished + after >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = after.max(quiet(&again).await);
+    assert!(finished + after >= N, "lost: {finished} + {after} of {N}");
+    // What came twice is at most what was on its way when it was killed: a batch being
+    // stored and the broker's window, not a backlog of acknowledgements never sent.
+    let twice = finished + after - N;
+    let bound = (medbox_fleet::collect::BATCH + 100) as u64;
+    assert!(
+        twice <= bound,
+        "{twice} messages came twice (at most {bound} expected)"
+    );
+    let _ = stop.send(());
+    run.await.expect("join").expect("collector");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    drop_schema(&a, &schema).await;
 }

@@ -191,6 +191,7 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
         name: "collector-portal".into(),
         subscribed: None,
         repair_every: None,
+        progress: None,
     };
     let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(async move {
@@ -248,6 +249,7 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
     }
     // Pete also administers North's people.
     assert!(store::set_admin(db, "pete", true).await.unwrap());
+    assert!(store::set_fleet_admin(db, "pete", true).await.unwrap());
     wait_for("the archive to hold both appliances' days", Duration::from_secs(120), || async {
         db.query_one(
             "SELECT (SELECT count(*) FROM patients WHERE patient IN ('p-0107', 'p-9001')) = 2 \
@@ -516,6 +518,40 @@ async fn caregivers_and_pharmacists_use_the_portal_in_a_browser() {
         .unwrap()
         .contains("Nina Nurse"));
     shot(&c, "10-people").await;
+    // As the fleet's administrator, Pete creates an organisation from the Organisations page.
+    c.goto(&format!("{base}/organisations")).await.unwrap();
+    let t = text(&c).await;
+    assert!(
+        t.contains("North Home Care") && t.contains("South Community Nursing"),
+        "{t}"
+    );
+    for (field, value) in [("org_id", "west"), ("name", "West Care")] {
+        c.find(Locator::Css(&format!("#add-org [name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css("#add-org button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let created = el(&c, Locator::Id("orgs-result"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(created, "organisation west (West Care, UTC) created");
+    assert!(el(&c, Locator::Id("org-west"))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("none yet"));
+    shot(&c, "11-organisations").await;
 
     c.close().await.unwrap();
     drop(driver);

@@ -885,3 +885,217 @@ async fn an_administrator_manages_the_people_of_their_own_organisation_only() {
     assert_eq!(site.actions("person.disable").await.len(), 3);
     site.stop().await;
 }
+
+#[tokio::test]
+async fn a_fleet_administrator_creates_an_organisation_gives_it_an_administrator_and_an_appliance()
+{
+    let site = Site::start("orgs").await;
+    let db = site.portal.db();
+    store::upsert_person(db, "fran", "north", "pharmacist", "Fran Fleet", PASSWORD)
+        .await
+        .unwrap();
+    assert!(store::set_fleet_admin(db, "fran", true).await.unwrap());
+    // An appliance that reports but is in nobody's care: nobody sees its patient.
+    db.execute("INSERT INTO devices (device_id) VALUES ('mb-east')", &[])
+        .await
+        .unwrap();
+    db.execute(
+        "INSERT INTO patients (device_id, patient) VALUES ('mb-east', 'p-east-1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let new_org = |csrf: &str, id: &str, tz: &str| {
+        vec![
+            ("csrf".to_string(), csrf.to_string()),
+            ("org_id".to_string(), id.to_string()),
+            ("name".to_string(), "East Care".to_string()),
+            ("timezone".to_string(), tz.to_string()),
+        ]
+    };
+    let post = |path: &str, token: &str, form: Vec<(String, String)>| {
+        let (site, path, token) = (&site, path.to_string(), token.to_string());
+        async move {
+            let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            site.request(Method::POST, &path, Some(&token), Some(&f), None)
+                .await
+        }
+    };
+    // An organisation's own administrator is no fleet administrator.
+    store::set_admin(db, "alice", true).await.unwrap();
+    let (alice, alice_csrf) = site.sign_in("alice").await;
+    let (status, _, _) = site
+        .request(Method::GET, "/organisations", Some(&alice), None, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = post(
+        "/organisations",
+        &alice,
+        new_org(&alice_csrf, "east", "UTC"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = post(
+        "/organisations/south/devices",
+        &alice,
+        vec![
+            ("csrf".into(), alice_csrf.clone()),
+            ("device".into(), "mb-north".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!store::org_exists(db, "east").await.unwrap());
+    assert_eq!(
+        store::device_org(db, "mb-north").await.unwrap().as_deref(),
+        Some("north"),
+        "a refused move moves nothing"
+    );
+    // The fleet administrator sees every organisation and the appliance nobody looks after.
+    let (fran, csrf) = site.sign_in("fran").await;
+    let (status, _, page) = site
+        .request(Method::GET, "/organisations", Some(&fran), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("org-north") && page.contains("org-south"),
+        "{page}"
+    );
+    assert!(page.contains("mb-east"), "{page}");
+    // Bad fields create nothing and say which.
+    let (status, _, page) = post(
+        "/organisations",
+        &fran,
+        new_org(&csrf, "east", "Mars/Olympus"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("is not a time zone"), "{page}");
+    let (status, _, _) = post("/organisations", &fran, new_org(&csrf, "East Care", "UTC")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, _) = post("/organisations", &fran, new_org(&csrf, "north", "UTC")).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an existing one is never renamed"
+    );
+    assert!(!store::org_exists(db, "east").await.unwrap());
+    let (status, _, page) = post(
+        "/organisations",
+        &fran,
+        new_org(&csrf, "east", "Europe/Berlin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("org-east"), "{page}");
+    // Its first administrator, who can sign in and manage its people.
+    let admin = |org: &str, who: &str| {
+        post(
+            &format!("/organisations/{org}/admins"),
+            &fran,
+            vec![
+                ("csrf".into(), csrf.clone()),
+                ("username".into(), who.into()),
+                ("display_name".into(), "Erin East".into()),
+                ("role".into(), "nurse".into()),
+                ("password".into(), PASSWORD.into()),
+            ],
+        )
+    };
+    assert_eq!(admin("nowhere", "erin").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(admin("east", "carol").await.0, StatusCode::CONFLICT);
+    let (status, _, page) = admin("east", "erin").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (erin, _) = site.sign_in("erin").await;
+    let (status, _, page) = site
+        .request(Method::GET, "/people", Some(&erin), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "erin administers east's people");
+    assert!(
+        page.contains("East Care") && page.contains("person-erin"),
+        "{page}"
+    );
+    assert!(!page.contains("alice"), "{page}");
+    let (_, _, page) = site
+        .request(Method::GET, "/patients", Some(&erin), None, None)
+        .await;
+    assert!(!page.contains("p-east-1"), "not in east's care yet: {page}");
+    // The appliance goes into east's care: erin sees its patient, the fleet administrator,
+    // being of north, still does not.
+    let assign = |org: &str, device: &str| {
+        post(
+            &format!("/organisations/{org}/devices"),
+            &fran,
+            vec![
+                ("csrf".into(), csrf.clone()),
+                ("device".into(), device.into()),
+            ],
+        )
+    };
+    assert_eq!(
+        assign("east", "mb/east#").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (status, _, page) = assign("east", "mb-east").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("mb-east is in the care of east"), "{page}");
+    let (_, _, page) = site
+        .request(Method::GET, "/patients", Some(&erin), None, None)
+        .await;
+    assert!(page.contains("p-east-1"), "{page}");
+    let (_, _, page) = site
+        .request(Method::GET, "/patients", Some(&fran), None, None)
+        .await;
+    assert!(!page.contains("p-east-1"), "{page}");
+    let (status, _, _) = site
+        .request(
+            Method::GET,
+            "/patients/mb-east/p-east-1",
+            Some(&fran),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no right to east's patients");
+    // A move between organisations says where it came from.
+    let (_, _, page) = assign("south", "mb-east").await;
+    assert!(page.contains("mb-east moved from east to south"), "{page}");
+    // Every try is audited, under the organisation it concerned, with who made it.
+    let audited: Vec<(String, Option<String>, String, bool)> = db
+        .query(
+            "SELECT username, org_id, action, ok FROM portal_actions \
+             WHERE action IN ('org.create', 'org.add_admin', 'device.assign') ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let row = |who: &str, org: &str, action: &str, ok: bool| {
+        (
+            who.to_string(),
+            Some(org.to_string()),
+            action.to_string(),
+            ok,
+        )
+    };
+    assert_eq!(
+        audited,
+        vec![
+            row("alice", "east", "org.create", false),
+            row("alice", "south", "device.assign", false),
+            row("fran", "east", "org.create", false),
+            row("fran", "East Care", "org.create", false),
+            row("fran", "north", "org.create", false),
+            row("fran", "east", "org.create", true),
+            row("fran", "nowhere", "org.add_admin", false),
+            row("fran", "east", "org.add_admin", false),
+            row("fran", "east", "org.add_admin", true),
+            row("fran", "east", "device.assign", false),
+            row("fran", "east", "device.assign", true),
+            row("fran", "south", "device.assign", true),
+        ]
+    );
+    site.stop().await;
+}

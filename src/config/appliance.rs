@@ -118,7 +118,8 @@ impl ApplianceConfig {
     }
 }
 
-fn valid_device_id(id: &str) -> bool {
+/// Ids name MQTT topics and audit rows, so they stay topic-safe (no `/`, `+`, `#`, spaces).
+pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

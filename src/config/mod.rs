@@ -8,7 +8,7 @@
 mod appliance;
 mod profile;
 
-pub use appliance::{ApplianceConfig, ApplianceSection, MqttSection};
+pub use appliance::{valid_device_id, ApplianceConfig, ApplianceSection, MqttSection};
 pub use profile::{
     BoardKind, BoardProfile, CarouselWiring, DispenserWiring, FridgeWiring, I2cProbe, InputSpec,
     Level, MotorWiring, OutputSpec, Pull, RelaySpec, SafeState, SimModel, W1Probe,

@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod auth;
 mod forms;
+mod organisations;
 mod pages;
 mod people;
 pub mod store;
@@ -151,6 +152,15 @@ impl Portal {
             .route("/audit", get(pages::audit))
             .route("/audit.csv", get(pages::audit_csv))
             .route("/people", get(people::list).post(people::create))
+            .route(
+                "/organisations",
+                get(organisations::list).post(organisations::create),
+            )
+            .route(
+                "/organisations/{org}/admins",
+                post(organisations::add_admin),
+            )
+            .route("/organisations/{org}/devices", post(organisations::assign))
             .route("/people/{username}/disabled", post(people::disabled))
             .route("/people/{username}/password", post(people::password))
             .layer(axum::middleware::from_fn(same_origin))
@@ -286,6 +296,10 @@ fn templates() -> Environment<'static> {
         ("fridges.html", include_str!("templates/fridges.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("people.html", include_str!("templates/people.html")),
+        (
+            "organisations.html",
+            include_str!("templates/organisations.html"),
+        ),
     ] {
         env.add_template(name, src)
             .unwrap_or_else(|e| panic!("template {name}: {e}"));

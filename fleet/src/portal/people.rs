@@ -120,7 +120,9 @@ pub(super) async fn create(
         Some(p) => Err((StatusCode::UNPROCESSABLE_ENTITY, format!("not added: {p}"))),
         None => {
             let org = person.org_id.clone();
-            if store::create_person(portal.db(), &org, username, role, name, password).await? {
+            if store::create_person(portal.db(), &org, username, role, name, password, false)
+                .await?
+            {
                 Ok(format!("{username} added as {role}"))
             } else {
                 Err((

@@ -29,6 +29,8 @@ pub struct Person {
     pub csrf: String,
     /// Whether they administer their organisation's people.
     pub admin: bool,
+    /// Whether they create organisations and give them administrators and appliances.
+    pub fleet_admin: bool,
 }
 
 /// A person as the People page lists them.
@@ -158,7 +160,8 @@ pub async fn recent_failed_sign_ins(
 pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError> {
     let row = c
         .query_opt(
-            "SELECT p.username, p.display_name, p.org_id, o.name, p.role, o.timezone, s.csrf, p.admin \
+            "SELECT p.username, p.display_name, p.org_id, o.name, p.role, o.timezone, s.csrf, p.admin, \
+                    p.fleet_admin \
              FROM sessions s JOIN people p USING (username) JOIN organisations o USING (org_id) \
              WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT p.disabled",
             &[&auth::token_hash(token)],
@@ -173,7 +176,103 @@ pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError>
         tz: r.get(5),
         csrf: r.get(6),
         admin: r.get(7),
+        fleet_admin: r.get(8),
     }))
+}
+
+/// Makes `username` a fleet administrator, or not.
+pub async fn set_fleet_admin(c: &Client, username: &str, on: bool) -> Result<bool, PgError> {
+    c.execute(
+        "UPDATE people SET fleet_admin = $2 WHERE username = $1",
+        &[&username, &on],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// An organisation as the Organisations page lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OrgRow {
+    /// Short id.
+    pub org_id: String,
+    /// Name shown.
+    pub name: String,
+    /// Its people's time zone.
+    pub timezone: String,
+    /// Appliances in its care.
+    pub appliances: i64,
+    /// People who may sign in.
+    pub people: i64,
+    /// Its administrators' login names, comma-separated ("" while it has none).
+    pub admins: String,
+}
+
+/// Every organisation, by id.
+pub async fn organisations(c: &Client) -> Result<Vec<OrgRow>, PgError> {
+    Ok(c.query(
+        "SELECT o.org_id, o.name, o.timezone, \
+                (SELECT count(*) FROM device_orgs d WHERE d.org_id = o.org_id), \
+                (SELECT count(*) FROM people p WHERE p.org_id = o.org_id AND NOT p.disabled), \
+                coalesce((SELECT string_agg(p.username, ', ' ORDER BY p.username) FROM people p \
+                          WHERE p.org_id = o.org_id AND p.admin AND NOT p.disabled), '') \
+         FROM organisations o ORDER BY o.org_id",
+        &[],
+    )
+    .await?
+    .into_iter()
+    .map(|r| OrgRow {
+        org_id: r.get(0),
+        name: r.get(1),
+        timezone: r.get(2),
+        appliances: r.get(3),
+        people: r.get(4),
+        admins: r.get(5),
+    })
+    .collect())
+}
+
+/// Creates an organisation; false if the id is taken (the portal never renames one).
+pub async fn create_org(c: &Client, org: &str, name: &str, tz: &str) -> Result<bool, PgError> {
+    c.execute(
+        "INSERT INTO organisations (org_id, name, timezone) VALUES ($1, $2, $3) \
+         ON CONFLICT (org_id) DO NOTHING",
+        &[&org, &name.trim(), &tz],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// Whether an organisation exists.
+pub async fn org_exists(c: &Client, org: &str) -> Result<bool, PgError> {
+    Ok(
+        c.query_opt("SELECT 1 FROM organisations WHERE org_id = $1", &[&org])
+            .await?
+            .is_some(),
+    )
+}
+
+/// The organisation an appliance is in the care of, if any.
+pub async fn device_org(c: &Client, device: &str) -> Result<Option<String>, PgError> {
+    Ok(c.query_opt(
+        "SELECT org_id FROM device_orgs WHERE device_id = $1",
+        &[&device],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}
+
+/// Appliances that have reported but are in nobody's care: nobody sees their patients yet.
+pub async fn unassigned_devices(c: &Client) -> Result<Vec<String>, PgError> {
+    Ok(c.query(
+        "SELECT device_id FROM devices d \
+         WHERE NOT EXISTS (SELECT 1 FROM device_orgs o WHERE o.device_id = d.device_id) \
+         ORDER BY device_id",
+        &[],
+    )
+    .await?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// Makes `username` an administrator of their organisation's people, or not.
@@ -205,8 +304,9 @@ pub async fn people(c: &Client, org: &str) -> Result<Vec<PersonRow>, PgError> {
     .collect())
 }
 
-/// Adds a person to `org`; false if the login name is taken (in any organisation: it is
-/// also the actor the appliances record, so it must name one person).
+/// Adds a person to `org` (an administrator of its people if `admin`); false if the login
+/// name is taken (in any organisation: it is also the actor the appliances record, so it must
+/// name one person).
 pub async fn create_person(
     c: &Client,
     org: &str,
@@ -214,12 +314,13 @@ pub async fn create_person(
     role: &str,
     display_name: &str,
     password: &str,
+    admin: bool,
 ) -> Result<bool, PgError> {
     let hash = auth::hash_password(password);
     c.execute(
-        "INSERT INTO people (username, org_id, role, display_name, password_hash) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING",
-        &[&username, &org, &role, &display_name.trim(), &hash],
+        "INSERT INTO people (username, org_id, role, display_name, password_hash, admin) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING",
+        &[&username, &org, &role, &display_name.trim(), &hash, &admin],
     )
     .await
     .map(|n| n == 1)
