@@ -74,10 +74,62 @@ pub async fn collect(
     cfg: &CollectConfig,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<CollectStats> {
+    run(cfg, stop, None).await
+}
+
+/// Takes a collector out of its group for good, losing nothing: under its name it leaves the
+/// shared subscription (so the broker hands it no new share), stores what the broker had queued
+/// for it until nothing has come for `idle`, then removes its session.
+///
+/// The broker keeps handing a collector's session its share of the group's messages while it is
+/// away; a collector simply no longer started would have that share wait for it until
+/// `max_queued_messages`, stored by nobody.
+pub async fn retire(cfg: &CollectConfig, idle: Duration) -> anyhow::Result<CollectStats> {
+    let stats = run(cfg, std::future::pending(), Some(idle)).await?;
+    forget_session(cfg).await?;
+    Ok(stats)
+}
+
+/// The MQTT client id of a collector.
+pub fn client_id(name: &str) -> String {
+    format!("medbox-fleet-{name}")
+}
+
+/// Connects once under the collector's id with a clean session, which makes the broker drop
+/// the session it kept (its subscriptions and anything still queued), and leaves.
+async fn forget_session(cfg: &CollectConfig) -> anyhow::Result<()> {
+    let mut opts = medbox::uplink::broker_options(
+        &cfg.mqtt,
+        &client_id(&cfg.name),
+        None,
+        cfg.credentials.as_ref(),
+    )?;
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4);
+    loop {
+        match tokio::time::timeout(ACK_TIMEOUT, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                client.try_disconnect()?;
+            }
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("removing the session of {}: {e}", cfg.name),
+            Err(_) => anyhow::bail!("removing the session of {}: no answer", cfg.name),
+        }
+    }
+}
+
+/// Collects until `stop` completes, or, retiring (`Some(idle)`), leaves the group and stops once
+/// nothing more has come for `idle` after the broker confirmed it.
+async fn run(
+    cfg: &CollectConfig,
+    stop: impl Future<Output = ()>,
+    retiring: Option<Duration>,
+) -> anyhow::Result<CollectStats> {
     let mut archive = Archive::connect(&cfg.pg, cfg.schema.as_deref()).await?;
     let mut opts = medbox::uplink::broker_options(
         &cfg.mqtt,
-        &format!("medbox-fleet-{}", cfg.name),
+        &client_id(&cfg.name),
         None,
         cfg.credentials.as_ref(),
     )?;
@@ -99,12 +151,28 @@ pub async fn collect(
         )))
     });
     tokio::pin!(stop);
+    // Retiring: when it last stored something, once the broker confirmed it left the group.
+    let mut quiet_since: Option<tokio::time::Instant> = None;
     loop {
+        let done_retiring = async {
+            match (retiring, quiet_since) {
+                (Some(idle), Some(t)) => tokio::time::sleep_until(t + idle).await,
+                _ => std::future::pending().await,
+            }
+        };
         let ev = tokio::select! {
             _ = &mut stop => break,
+            _ = done_retiring => break,
             ev = eventloop.poll() => ev,
         };
         match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) if retiring.is_some() => {
+                // What the session has queued still comes after this; nothing new does.
+                client.try_unsubscribe(subscription(&cfg.group))?;
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                quiet_since = Some(tokio::time::Instant::now());
+            }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // A resumed session already has the subscription; asking again is harmless
                 // (and says when it is in place).
@@ -138,16 +206,22 @@ pub async fn collect(
                 if let Err(e) = acknowledge(&mut eventloop, &batch).await {
                     tracing::warn!("mqtt: {e} while acknowledging; reconnecting");
                     forget_connection(&mut eventloop);
+                    quiet_since = None;
                     continue;
                 }
                 if let Some(done) = &cfg.progress {
                     done.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                if quiet_since.is_some() {
+                    quiet_since = Some(tokio::time::Instant::now());
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("mqtt: {e}; reconnecting");
                 forget_connection(&mut eventloop);
+                // Retiring: the next connection leaves the group again before it counts.
+                quiet_since = None;
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

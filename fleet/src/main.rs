@@ -52,6 +52,26 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         repair_every: Option<std::time::Duration>,
     },
+    /// Take a collector out of its group for good: it leaves the shared subscription, stores
+    /// what the broker had queued for it, and its session is removed (a collector simply not
+    /// started again leaves its share of the fleet's messages queued for it).
+    Retire {
+        /// Broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt: String,
+        /// Its shared-subscription group.
+        #[arg(long, default_value = "medbox-fleet")]
+        group: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Broker username (the password from MEDBOX_FLEET_MQTT_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        /// How long nothing must come, after leaving the group, before its session is removed.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
+    },
     /// Create or update the archive's tables.
     Migrate,
     /// How fast collectors take a fleet's backlog into PostgreSQL (prints figures).
@@ -232,6 +252,32 @@ async fn main() -> Result<ExitCode> {
             })
             .await?;
             println!("{}", serde_json::to_string(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retire {
+            mqtt,
+            group,
+            name,
+            username,
+            idle,
+        } => {
+            let cfg = CollectConfig {
+                mqtt,
+                credentials: mqtt_credentials(username)?,
+                pg: cli.pg,
+                schema: cli.schema,
+                group,
+                name,
+                subscribed: None,
+                repair_every: None,
+                progress: None,
+            };
+            let stats = collect::retire(&cfg, idle).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+            eprintln!(
+                "{} left group {} and its session is removed",
+                cfg.name, cfg.group
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchPages { devices, runs } => {

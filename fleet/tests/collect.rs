@@ -843,3 +843,76 @@ async fn a_collector_acknowledges_each_batch_as_soon_as_it_is_stored() {
         .expect("archive");
     drop_schema(&a, &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_collector_hands_over_its_share_and_leaves_no_queue_behind() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let broker = broker();
+    let schema = fresh_schema("retire");
+    let group = format!("r{}", std::process::id());
+    let a_done = Arc::new(AtomicU64::new(0));
+    let (stop_a, mut sub_a, run_a) = start(CollectConfig {
+        progress: Some(a_done.clone()),
+        ..config(&broker, &schema, &group, "a")
+    });
+    let (stop_b, mut sub_b, run_b) = start(config(&broker, &schema, &group, "b"));
+    sub_a.recv().await.expect("a subscribed");
+    sub_b.recv().await.expect("b subscribed");
+    // b goes away without a word: its session stays, and its share waits for it.
+    run_b.abort();
+    let _ = stop_b;
+    publish_unreadable(&broker, 400).await;
+    let a_alone = quiet(&a_done).await;
+    assert!(
+        a_alone < 400,
+        "the absent collector's share waited for it, not for a ({a_alone} of 400 went to a)"
+    );
+    // Retired: b's share is stored, then its session is gone.
+    let retired = Arc::new(AtomicU64::new(0));
+    let stats = medbox_fleet::collect::retire(
+        &CollectConfig {
+            progress: Some(retired.clone()),
+            ..config(&broker, &schema, &group, "b")
+        },
+        Duration::from_millis(500),
+    )
+    .await
+    .expect("retire");
+    assert_eq!(
+        a_alone + retired.load(Relaxed),
+        400,
+        "every message stored once between them: {stats:?}"
+    );
+    // From now on everything goes to a.
+    publish_unreadable(&broker, 300).await;
+    let mut now = a_done.load(Relaxed);
+    for _ in 0..300 {
+        if now >= a_alone + 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = a_done.load(Relaxed);
+    }
+    assert_eq!(now - a_alone, 300, "all of it went to the collector left");
+    // And b's name holds no session any more.
+    let mut opts = rumqttc::MqttOptions::new(
+        medbox_fleet::collect::client_id("b"),
+        "127.0.0.1",
+        broker_port(&broker),
+    );
+    opts.set_clean_session(false);
+    let (_client, mut ev) = rumqttc::AsyncClient::new(opts, 4);
+    match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+            assert!(!ack.session_present, "the broker still kept b's session")
+        }
+        other => panic!("connect: {other:?}"),
+    }
+    let _ = stop_a.send(());
+    run_a.await.expect("join").expect("collector a");
+    let a = Archive::connect(&pg(), Some(&schema))
+        .await
+        .expect("archive");
+    drop_schema(&a, &schema).await;
+}
