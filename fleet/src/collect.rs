@@ -95,15 +95,20 @@ pub fn client_id(name: &str) -> String {
     format!("medbox-fleet-{name}")
 }
 
-/// Connects once under the collector's id with a clean session, which makes the broker drop
-/// the session it kept (its subscriptions and anything still queued), and leaves.
-async fn forget_session(cfg: &CollectConfig) -> anyhow::Result<()> {
-    let mut opts = medbox::uplink::broker_options(
+/// The broker connection of a collector, under its own client id.
+fn options(cfg: &CollectConfig) -> anyhow::Result<rumqttc::MqttOptions> {
+    Ok(medbox::uplink::broker_options(
         &cfg.mqtt,
         &client_id(&cfg.name),
         None,
         cfg.credentials.as_ref(),
-    )?;
+    )?)
+}
+
+/// Connects once under the collector's id with a clean session, which makes the broker drop
+/// the session it kept (its subscriptions and anything still queued), and leaves.
+async fn forget_session(cfg: &CollectConfig) -> anyhow::Result<()> {
+    let mut opts = options(cfg)?;
     opts.set_clean_session(true);
     let (client, mut eventloop) = AsyncClient::new(opts, 4);
     loop {
@@ -127,12 +132,7 @@ async fn run(
     retiring: Option<Duration>,
 ) -> anyhow::Result<CollectStats> {
     let mut archive = Archive::connect(&cfg.pg, cfg.schema.as_deref()).await?;
-    let mut opts = medbox::uplink::broker_options(
-        &cfg.mqtt,
-        &client_id(&cfg.name),
-        None,
-        cfg.credentials.as_ref(),
-    )?;
+    let mut opts = options(cfg)?;
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     // Long enough that a PINGRESP queued behind a backlog of publishes does not drop the link.

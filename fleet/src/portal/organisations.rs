@@ -159,30 +159,17 @@ pub(super) async fn add_admin(
 ) -> PageResult {
     let person = signed_in!(portal, headers);
     super::forms::csrf(&person, form.get("csrf"))?;
-    let field = |f: &str| form.get(f).map_or("", String::as_str);
-    let (username, role, name, password) = (
-        field("username").trim(),
-        field("role"),
-        field("display_name"),
-        field("password"),
-    );
     let outcome = if !person.fleet_admin {
         forbidden()
     } else if !store::org_exists(portal.db(), &org).await? {
         Err(no_such_org(&org))
-    } else if let Some(p) = auth::new_person_problem(username, role, name, password) {
-        Err((StatusCode::UNPROCESSABLE_ENTITY, format!("not added: {p}")))
-    } else if store::create_person(portal.db(), &org, username, role, name, password, true).await? {
-        Ok(format!(
-            "{username} added to {org} as {role} and administrator of its people"
-        ))
     } else {
-        Err((
-            StatusCode::CONFLICT,
-            format!("not added: the login name {username} is taken"),
-        ))
+        super::people::add_person(&portal, &org, &form, true).await?
     };
-    let args = serde_json::json!({ "person": username, "role": role });
+    let args = serde_json::json!({
+        "person": form.get("username").map_or("", |u| u.trim()),
+        "role": form.get("role"),
+    });
     done(&portal, person, "org.add_admin", &org, args, outcome).await
 }
 

@@ -106,32 +106,11 @@ pub(super) async fn create(
 ) -> PageResult {
     let person = signed_in!(portal, headers);
     csrf(&person, form.get("csrf"))?;
-    let field = |f: &str| form.get(f).map_or("", String::as_str);
-    if let Some(refused) = unless_admin(&portal, &person, "person.add", field("username")).await? {
+    let username = form.get("username").map_or("", |u| u.trim());
+    if let Some(refused) = unless_admin(&portal, &person, "person.add", username).await? {
         return refused;
     }
-    let (username, role, name, password) = (
-        field("username").trim(),
-        field("role"),
-        field("display_name"),
-        field("password"),
-    );
-    let outcome = match auth::new_person_problem(username, role, name, password) {
-        Some(p) => Err((StatusCode::UNPROCESSABLE_ENTITY, format!("not added: {p}"))),
-        None => {
-            let org = person.org_id.clone();
-            if store::create_person(portal.db(), &org, username, role, name, password, false)
-                .await?
-            {
-                Ok(format!("{username} added as {role}"))
-            } else {
-                Err((
-                    StatusCode::CONFLICT,
-                    format!("not added: the login name {username} is taken"),
-                ))
-            }
-        }
-    };
+    let outcome = add_person(&portal, &person.org_id, &form, false).await?;
     done(&portal, person, "person.add", username, outcome).await
 }
 
@@ -195,6 +174,43 @@ pub(super) async fn password(
         Err(not_yours(&username))
     };
     done(&portal, person, action, &username, outcome).await
+}
+
+/// Checks a new person's fields (from the add-person form) and adds them to `org`, as an
+/// administrator of its people if `admin`; the outcome as the page tells it.
+pub(super) async fn add_person(
+    portal: &Portal,
+    org: &str,
+    form: &HashMap<String, String>,
+    admin: bool,
+) -> Result<Result<String, (StatusCode, String)>, super::PageError> {
+    let field = |f: &str| form.get(f).map_or("", String::as_str);
+    let (username, role, name, password) = (
+        field("username").trim(),
+        field("role"),
+        field("display_name"),
+        field("password"),
+    );
+    if let Some(p) = auth::new_person_problem(username, role, name, password) {
+        return Ok(Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not added: {p}"),
+        )));
+    }
+    Ok(
+        if store::create_person(portal.db(), org, username, role, name, password, admin).await? {
+            Ok(if admin {
+                format!("{username} added to {org} as {role} and administrator of its people")
+            } else {
+                format!("{username} added as {role}")
+            })
+        } else {
+            Err((
+                StatusCode::CONFLICT,
+                format!("not added: the login name {username} is taken"),
+            ))
+        },
+    )
 }
 
 /// A person of another organisation is answered as one who does not exist.
