@@ -1,5 +1,5 @@
 -- Who runs the fleet's organisations: creates them, adds each one's first administrator and puts
 -- appliances in their care (the portal's Organisations page). Made with `medbox-fleet person …
--- --fleet-admin`. It is no right to see patients: a fleet administrator still sees only their
--- own organisation's.
+-- --fleet-admin`. The page shows no patients: a fleet administrator's pages show only their own
+-- organisation's.
 ALTER TABLE people ADD COLUMN fleet_admin boolean NOT NULL DEFAULT false;

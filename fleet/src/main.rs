@@ -168,7 +168,7 @@ enum Command {
         #[arg(long)]
         admin: bool,
         /// Make them a fleet administrator: the portal's Organisations page (create
-        /// organisations, add their administrators, put appliances in their care). Shows no
+        /// organisations, add their administrators, put appliances in their care). Shows them no
         /// other organisation's patients.
         #[arg(long)]
         fleet_admin: bool,

@@ -1,8 +1,9 @@
 //! The Organisations page: a fleet administrator creates an organisation, adds its first
 //! administrator (who then adds its people on the People page), and puts appliances in its care.
-//! Nothing here shows a patient: being a fleet administrator is no right to another
-//! organisation's records. Every try is audited under the organisation it concerns, refused
-//! ones too.
+//! Nothing here shows a patient, and a fleet administrator's other pages stay scoped to their own
+//! organisation. They do set the first password of each administrator they add (as an
+//! organisation's administrator does for its people), so every try is audited under the
+//! organisation it concerns, refused ones too.
 
 use super::auth;
 use super::store::{self, Action, Person};
