@@ -167,8 +167,9 @@ impl Site {
             .and_then(|c| c.split(';').next())
             .unwrap()
             .to_string();
+        // The password page answers everyone signed in, even on a password set by someone else.
         let (_, _, page) = self
-            .request(Method::GET, "/confirmations", Some(&token), None, None)
+            .request(Method::GET, "/password", Some(&token), None, None)
             .await;
         let csrf = page
             .split("name=\"csrf\" value=\"")
@@ -801,6 +802,13 @@ async fn an_administrator_manages_the_people_of_their_own_organisation_only() {
             (),
         )
     };
+    let (_, headers, _) = site
+        .request(Method::GET, "/patients", Some(&dana), None, None)
+        .await;
+    assert_eq!(
+        headers["location"], "/password",
+        "a password someone else set is replaced before anything else"
+    );
     // Another organisation's person cannot be disabled from here.
     let disable = |v: &'static str| with_csrf(&csrf, &[("disabled", v)]);
     let (status, _, _) = post(
@@ -819,10 +827,11 @@ async fn an_administrator_manages_the_people_of_their_own_organisation_only() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = site
+    let (status, headers, _) = site
         .request(Method::GET, "/patients", Some(&dana), None, None)
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER, "the session ended");
+    assert_eq!(headers["location"], "/login", "the session ended");
     assert_eq!(
         site.login("dana", "a long first password").await.0,
         StatusCode::UNAUTHORIZED
@@ -852,9 +861,19 @@ async fn an_administrator_manages_the_people_of_their_own_organisation_only() {
         site.login("dana", "a long first password").await.0,
         StatusCode::UNAUTHORIZED
     );
+    let (status, headers, _) = site.login("dana", "another long password").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let token = headers["set-cookie"].to_str().unwrap().to_string();
+    let token = token
+        .strip_prefix("medbox_session=")
+        .and_then(|c| c.split(';').next())
+        .unwrap();
+    let (_, headers, _) = site
+        .request(Method::GET, "/patients", Some(token), None, None)
+        .await;
     assert_eq!(
-        site.login("dana", "another long password").await.0,
-        StatusCode::SEE_OTHER
+        headers["location"], "/password",
+        "a password an administrator reset is hers to replace too"
     );
     // Nobody locks themselves out.
     let (status, _, _) = post(
@@ -1006,7 +1025,30 @@ async fn a_fleet_administrator_creates_an_organisation_gives_it_an_administrator
     assert_eq!(admin("east", "carol").await.0, StatusCode::CONFLICT);
     let (status, _, page) = admin("east", "erin").await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let (erin, _) = site.sign_in("erin").await;
+    let (erin, erin_csrf) = site.sign_in("erin").await;
+    // On a password someone else chose, the password page is all there is until she picks
+    // her own.
+    let (status, headers, _) = site
+        .request(Method::GET, "/people", Some(&erin), None, None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/password");
+    let (_, _, page) = site
+        .request(Method::GET, "/password", Some(&erin), None, None)
+        .await;
+    assert!(page.contains("set by someone else"), "{page}");
+    let (status, _, page) = post(
+        "/password",
+        &erin,
+        vec![
+            ("csrf".into(), erin_csrf),
+            ("current".into(), PASSWORD.into()),
+            ("new".into(), "erin's very own password".into()),
+            ("repeat".into(), "erin's very own password".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
     let (status, _, page) = site
         .request(Method::GET, "/people", Some(&erin), None, None)
         .await;

@@ -110,7 +110,7 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
-    let person = signed_in!(portal, headers);
+    let person = signed_in!(portal, headers, first_password_allowed);
     csrf(&person, form.get("csrf"))?;
     if let Some(t) = session_token(&headers) {
         store::end_session(portal.db(), t).await?;
@@ -138,7 +138,7 @@ pub(super) async fn password(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
-    let person = signed_in!(portal, headers);
+    let person = signed_in!(portal, headers, first_password_allowed);
     csrf(&person, form.get("csrf"))?;
     let field = |f: &str| form.get(f).map_or("", String::as_str);
     let (current, new) = (field("current"), field("new"));

@@ -218,13 +218,22 @@ impl Portal {
     }
 
     /// The signed-in person, or the login page.
-    async fn person(&self, headers: &HeaderMap) -> Result<Result<Person, Response>, PageError> {
+    /// The signed-in person. One still on a password someone else set is sent to choose their
+    /// own first, unless `first_password_allowed` (the password page and signing out).
+    async fn person(
+        &self,
+        headers: &HeaderMap,
+        first_password_allowed: bool,
+    ) -> Result<Result<Person, Response>, PageError> {
         let token = headers
             .get(header::COOKIE)
             .and_then(|v| v.to_str().ok())
             .and_then(auth::session_cookie);
         match token {
             Some(t) => match store::session(self.db(), t).await? {
+                Some(p) if p.first_password && !first_password_allowed => {
+                    Ok(Err(Redirect::to("/password").into_response()))
+                }
                 Some(p) => Ok(Ok(p)),
                 None => Ok(Err(Redirect::to("/login").into_response())),
             },
@@ -249,7 +258,13 @@ fn html(status: StatusCode, body: String) -> Response {
 /// Signed in, or return the redirect to the login page.
 macro_rules! signed_in {
     ($portal:expr, $headers:expr) => {
-        match $portal.person(&$headers).await? {
+        match $portal.person(&$headers, false).await? {
+            Ok(p) => p,
+            Err(redirect) => return Ok(redirect),
+        }
+    };
+    ($portal:expr, $headers:expr, first_password_allowed) => {
+        match $portal.person(&$headers, true).await? {
             Ok(p) => p,
             Err(redirect) => return Ok(redirect),
         }

@@ -22,7 +22,7 @@ pub(super) async fn home(State(portal): St, headers: HeaderMap) -> PageResult {
 }
 
 pub(super) async fn password_form(State(portal): St, headers: HeaderMap) -> PageResult {
-    let person = signed_in!(portal, headers);
+    let person = signed_in!(portal, headers, first_password_allowed);
     portal.page(
         StatusCode::OK,
         "password.html",

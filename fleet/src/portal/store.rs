@@ -31,6 +31,8 @@ pub struct Person {
     pub admin: bool,
     /// Whether they create organisations and give them administrators and appliances.
     pub fleet_admin: bool,
+    /// Whether their password was set by someone else and not yet replaced by their own.
+    pub first_password: bool,
 }
 
 /// A person as the People page lists them.
@@ -161,7 +163,7 @@ pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError>
     let row = c
         .query_opt(
             "SELECT p.username, p.display_name, p.org_id, o.name, p.role, o.timezone, s.csrf, p.admin, \
-                    p.fleet_admin \
+                    p.fleet_admin, p.first_password \
              FROM sessions s JOIN people p USING (username) JOIN organisations o USING (org_id) \
              WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT p.disabled",
             &[&auth::token_hash(token)],
@@ -177,6 +179,7 @@ pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError>
         csrf: r.get(6),
         admin: r.get(7),
         fleet_admin: r.get(8),
+        first_password: r.get(9),
     }))
 }
 
@@ -318,8 +321,9 @@ pub async fn create_person(
 ) -> Result<bool, PgError> {
     let hash = auth::hash_password(password);
     c.execute(
-        "INSERT INTO people (username, org_id, role, display_name, password_hash, admin) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING",
+        "INSERT INTO people (username, org_id, role, display_name, password_hash, admin, \
+                             first_password) \
+         VALUES ($1, $2, $3, $4, $5, $6, true) ON CONFLICT (username) DO NOTHING",
         &[&username, &org, &role, &display_name.trim(), &hash, &admin],
     )
     .await
@@ -358,7 +362,8 @@ pub async fn reset_password(
     let hash = auth::hash_password(password);
     let n = c
         .execute(
-            "UPDATE people SET password_hash = $3 WHERE username = $1 AND org_id = $2",
+            "UPDATE people SET password_hash = $3, first_password = true \
+             WHERE username = $1 AND org_id = $2",
             &[&username, &org, &hash],
         )
         .await?;
@@ -389,7 +394,7 @@ pub async fn change_password(
 ) -> Result<(), PgError> {
     let hash = auth::hash_password(password);
     c.execute(
-        "UPDATE people SET password_hash = $2 WHERE username = $1",
+        "UPDATE people SET password_hash = $2, first_password = false WHERE username = $1",
         &[&username, &hash],
     )
     .await?;
