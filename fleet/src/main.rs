@@ -54,7 +54,8 @@ enum Command {
     },
     /// Take a collector out of its group for good: it leaves the shared subscription, stores
     /// what the broker had queued for it, and its session is removed (a collector simply not
-    /// started again leaves its share of the fleet's messages queued for it).
+    /// started again leaves its share of the fleet's messages queued for it). Stop the collector
+    /// first: two connections under one client id take the session from each other.
     Retire {
         /// Broker.
         #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
@@ -172,6 +173,10 @@ enum Command {
         /// other organisation's patients.
         #[arg(long)]
         fleet_admin: bool,
+        /// They must choose their own password at their first sign-in (for someone other than
+        /// yourself: whoever sets a password knows it).
+        #[arg(long)]
+        must_change_password: bool,
     },
     /// Ask appliances for the audit rows the archive lacks (holes, and a tail up to the last
     /// checkpoint held); prints each gap and the appliance's answer.
@@ -354,6 +359,7 @@ async fn main() -> Result<ExitCode> {
             name,
             admin,
             fleet_admin,
+            must_change_password,
         } => {
             let password = match std::env::var("MEDBOX_FLEET_PASSWORD") {
                 Ok(p) => p,
@@ -375,6 +381,9 @@ async fn main() -> Result<ExitCode> {
             }
             if fleet_admin {
                 store::set_fleet_admin(a.client(), &username, true).await?;
+            }
+            if must_change_password {
+                store::set_first_password(a.client(), &username, true).await?;
             }
             let what = match (admin, fleet_admin) {
                 (false, false) => "",

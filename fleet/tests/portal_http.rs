@@ -971,7 +971,25 @@ async fn a_fleet_administrator_creates_an_organisation_gives_it_an_administrator
         "a refused move moves nothing"
     );
     // The fleet administrator sees every organisation and the appliance nobody looks after.
+    // Made on the command line with --must-change-password, she chooses her own first.
+    assert!(store::set_first_password(db, "fran", true).await.unwrap());
     let (fran, csrf) = site.sign_in("fran").await;
+    let (_, headers, _) = site
+        .request(Method::GET, "/organisations", Some(&fran), None, None)
+        .await;
+    assert_eq!(headers["location"], "/password");
+    let (status, _, _) = post(
+        "/password",
+        &fran,
+        vec![
+            ("csrf".into(), csrf.clone()),
+            ("current".into(), PASSWORD.into()),
+            ("new".into(), "fran's very own password".into()),
+            ("repeat".into(), "fran's very own password".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _, page) = site
         .request(Method::GET, "/organisations", Some(&fran), None, None)
         .await;

@@ -183,6 +183,17 @@ pub async fn session(c: &Client, token: &str) -> Result<Option<Person>, PgError>
     }))
 }
 
+/// Makes `username` choose their own password before anything else (a password someone else
+/// set), or not.
+pub async fn set_first_password(c: &Client, username: &str, on: bool) -> Result<bool, PgError> {
+    c.execute(
+        "UPDATE people SET first_password = $2 WHERE username = $1",
+        &[&username, &on],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
 /// Makes `username` a fleet administrator, or not.
 pub async fn set_fleet_admin(c: &Client, username: &str, on: bool) -> Result<bool, PgError> {
     c.execute(
