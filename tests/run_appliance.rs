@@ -187,11 +187,32 @@ fn online(p: &[u8]) -> bool {
 
 fn audit_kinds(db: &Path) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(PATIENCE).unwrap();
     let mut st = conn.prepare("SELECT kind FROM audit ORDER BY seq").unwrap();
     st.query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// Waits until the store holds a second run's start row, read as any other process would read
+/// it (the running appliance keeps writing beside this).
+async fn started_twice(db: &Path) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let starts = audit_kinds(db)
+            .iter()
+            .filter(|k| *k == "system.start")
+            .count();
+        if starts >= 2 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second run never recorded its start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,9 +252,11 @@ async fn run_serves_commands_stops_safely_on_sigterm_and_resumes_after_sigkill()
         "{kinds:?}"
     );
 
-    // 2. Start again and SIGKILL it: nothing can run at a kill.
+    // 2. Start again and SIGKILL it once its start is on record (`online` may come first: the
+    //    uplink connects beside the controller): nothing can run at a kill.
     let second = Appliance::start(&cfg);
     published(&mut ev, "/status", online).await;
+    started_twice(&db).await;
     second.signal("KILL");
     let (code, _) = second.wait();
     assert_eq!(code, None, "killed by a signal");
