@@ -400,3 +400,64 @@ fn a_stray_drop_raises_an_alert_naming_the_slot_it_fell_from() {
     assert_eq!(stock.get(&1), Some(&(s.truth.stock[1])));
     assert_eq!(stock.get(&3), Some(&(s.truth.stock[3])));
 }
+
+/// The store tells a clean stop from a kill by a run's start and stop rows, so nothing a run does
+/// may be recorded before its start: here a command is already waiting when the tasks first run
+/// (the router is spawned first and would answer it at once).
+#[test]
+fn a_run_records_its_start_before_anything_else_it_does() {
+    use medbox::controller::{self, commands::Inbound, hardware::Offload, Dosing, Strategy};
+    use medbox::events::Event;
+    let rt = common::paused_runtime();
+    let _time = rt.enter();
+    let profile = common::profile();
+    let clock = std::sync::Arc::new(medbox::clock::SimClock::new(
+        profile.sim.as_ref().expect("sim model").start,
+        1.0,
+    ));
+    let (fridge, dispenser, _handle) =
+        medbox::board::sim::build(&profile, clock.clone()).expect("board builds");
+    let mut running = controller::start(
+        clock,
+        Default::default(),
+        Strategy::Protected,
+        fridge,
+        dispenser,
+        Dosing::default(),
+        Offload::Inline,
+    );
+    running
+        .commands
+        .try_send(Inbound {
+            name: "refill".into(),
+            role: Some("pharmacist".into()),
+            payload: b"not json".to_vec(),
+        })
+        .unwrap();
+    let events: Vec<Event> = rt.block_on(async {
+        let mut seen = Vec::new();
+        while let Some(e) = running.events.recv().await {
+            let answered = matches!(e, Event::CommandResult { .. });
+            seen.push(e);
+            if answered {
+                return seen;
+            }
+        }
+        seen
+    });
+    assert!(
+        matches!(events.first(), Some(Event::Started { .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::CommandResult { ok: false, .. })),
+        "the malformed command was answered: {events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Started { .. }))
+            .count(),
+        1
+    );
+}

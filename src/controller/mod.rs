@@ -197,6 +197,11 @@ pub fn start(
     offload: Offload,
 ) -> Running {
     let (events_tx, events) = mpsc::channel(4096);
+    // The run's first event, queued before any task can emit: the store judges whether a run
+    // stopped cleanly by its start and stop rows, so a row of a run that comes before its start
+    // (a command answered, a carousel homed) would let a kill after it go unrecorded.
+    // `try_send` on the new, empty channel cannot fail.
+    let _ = events_tx.try_send(Event::Started { at: clock.now() });
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (fridge_tx, fridge_rx) = mpsc::channel(64);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -389,8 +394,6 @@ impl FridgeTask {
         mut commands: mpsc::Receiver<FridgeCommand>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let at = self.clock.now();
-        emit(&self.events, Event::Started { at }).await;
         let mut next_record = self.clock.monotonic();
         loop {
             let now = self.clock.monotonic();
